@@ -1,0 +1,241 @@
+//! The engine: a materializer in front of a log.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::compaction::{Index, Key};
+use crate::config::{Config, Durability};
+use crate::error::Result;
+use crate::event::{Event, Heartbeat, Leave};
+use crate::log::{Log, LogStats, WriterSetup};
+use crate::materializer::{Change, Materializer};
+use crate::replay::{self, ReplayReport};
+use crate::store::Store;
+use crate::types::{Seq, Ticket, UnixMs};
+
+/// How long [`Engine::sync`] and [`Engine::close`] wait for the disk at most.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Presence state with a durable log behind it.
+///
+/// Every heartbeat and leave is folded into the [`Materializer`] at once (so readers
+/// and subscribers never wait for the disk) and queued for the log's writer thread,
+/// which returns a [`Ticket`] to wait on for durability.
+pub struct Engine {
+    materializer: Materializer,
+    log: Option<Log>,
+    durability: Durability,
+    memory_tickets: Ticket,
+    memory_meta: HashMap<String, Vec<u8>>,
+}
+
+impl Engine {
+    /// Opens (or creates) the log described by `config`, replays it and drops every
+    /// entry that has expired by the config's clock.
+    pub fn open(mut config: Config) -> Result<(Engine, ReplayReport)> {
+        if config.durability == Durability::Memory {
+            return Ok((Engine::memory(), ReplayReport::default()));
+        }
+        let store = Store::open(&config.path, config.cache_capacity)?;
+        let now = (config.clock)();
+        let mut materializer = Materializer::new();
+        let mut index = Index::default();
+        let report = replay::replay(
+            &store,
+            &mut materializer,
+            &mut index,
+            config.recovery,
+            config.on_progress.as_mut(),
+            now,
+        )?;
+        let next_seq = index.last_seq().map_or(Seq(1), |seq| Seq(seq.0 + 1));
+        let log = Log::start(WriterSetup {
+            store,
+            index,
+            next_seq,
+            durability: config.durability,
+            layout: config.layout,
+            clock: config.clock.clone(),
+            on_durable: config.on_durable.clone(),
+            compaction_slack: config.compaction_slack,
+            max_record_events: config.max_record_events,
+            max_record_bytes: config.max_record_bytes,
+        })?;
+        Ok((
+            Engine {
+                materializer,
+                log: Some(log),
+                durability: config.durability,
+                memory_tickets: Ticket(0),
+                memory_meta: HashMap::new(),
+            },
+            report,
+        ))
+    }
+
+    /// An engine without a log.
+    pub fn memory() -> Engine {
+        Engine {
+            materializer: Materializer::new(),
+            log: None,
+            durability: Durability::Memory,
+            memory_tickets: Ticket(0),
+            memory_meta: HashMap::new(),
+        }
+    }
+
+    /// Upserts the heartbeat's entry and appends it to the log.
+    pub fn heartbeat(&mut self, heartbeat: Heartbeat) -> (Change, Ticket) {
+        let change = self.materializer.heartbeat(&heartbeat);
+        let ticket = self.append(Event::Heartbeat(heartbeat));
+        (change, ticket)
+    }
+
+    /// Removes the client's entry and appends the leave to the log. `None` (and
+    /// nothing appended) if the client had no entry in the room.
+    pub fn leave(&mut self, leave: Leave) -> Option<(Change, Ticket)> {
+        let change = self.materializer.leave(&leave)?;
+        let ticket = self.append(Event::Leave(leave));
+        Some((change, ticket))
+    }
+
+    /// Applies either kind of event.
+    pub fn apply(&mut self, event: Event) -> Option<(Change, Ticket)> {
+        match event {
+            Event::Heartbeat(hb) => Some(self.heartbeat(hb)),
+            Event::Leave(leave) => self.leave(leave),
+        }
+    }
+
+    /// Folds an event into the materializer without logging it: for state owned by
+    /// another node, which logs it itself.
+    pub fn fold_unlogged(&mut self, event: &Event) -> Option<Change> {
+        self.materializer.fold(event)
+    }
+
+    fn append(&mut self, event: Event) -> Ticket {
+        match &mut self.log {
+            Some(log) => log.append(event),
+            None => {
+                self.memory_tickets = Ticket(self.memory_tickets.0 + 1);
+                self.memory_tickets
+            }
+        }
+    }
+
+    /// Removes every entry with `expires_at < now`, appending an expiry change for each
+    /// to `out`. Returns how many expired.
+    pub fn sweep(&mut self, now: UnixMs, out: &mut Vec<Change>) -> usize {
+        let start = out.len();
+        let expired = self.materializer.sweep_due(now, out);
+        if let Some(log) = &mut self.log {
+            if expired > 0 {
+                log.expired(out[start..].iter().map(|change| Key {
+                    room: change.room.clone(),
+                    client: change.entry.client,
+                }));
+            }
+        }
+        expired
+    }
+
+    /// Read access to the folded state.
+    pub fn materializer(&self) -> &Materializer {
+        &self.materializer
+    }
+
+    /// The durability mode the engine was opened with.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Every append up to this ticket is durable (in `buffered` mode: flushed).
+    pub fn durable(&self) -> Ticket {
+        match &self.log {
+            Some(log) => log.durable(),
+            None => self.memory_tickets,
+        }
+    }
+
+    /// The ticket of the latest append.
+    pub fn last_ticket(&self) -> Ticket {
+        match &self.log {
+            Some(log) => log.last_ticket(),
+            None => self.memory_tickets,
+        }
+    }
+
+    /// Blocks the calling thread until `ticket` is durable or `timeout` passes.
+    /// Async callers use [`Config::on_durable`] instead.
+    pub fn wait_durable(&self, ticket: Ticket, timeout: Duration) -> bool {
+        match &self.log {
+            Some(log) => log.wait_durable(ticket, timeout),
+            None => true,
+        }
+    }
+
+    /// Flushes everything appended so far, whatever the durability mode, and waits
+    /// for it (at most 30 s). Returns whether it completed in time.
+    pub fn sync(&self) -> Result<bool> {
+        match &self.log {
+            Some(log) => log.sync(SYNC_TIMEOUT),
+            None => Ok(true),
+        }
+    }
+
+    /// Counters about the log (all zero without a log).
+    pub fn log_stats(&self) -> LogStats {
+        self.log.as_ref().map(Log::stats).unwrap_or_default()
+    }
+
+    /// Whether the last write or flush failed and is being retried.
+    pub fn log_failing(&self) -> bool {
+        self.log.as_ref().is_some_and(Log::is_failing)
+    }
+
+    /// Bytes the data directory occupies, as sled reports it.
+    pub fn size_on_disk(&self) -> Result<u64> {
+        match &self.log {
+            Some(log) => log.store().size_on_disk(),
+            None => Ok(0),
+        }
+    }
+
+    /// Reads a small persistent value (kept beside the log, e.g. server secrets).
+    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match &self.log {
+            Some(log) => log.store().meta_get(key),
+            None => Ok(self.memory_meta.get(key).cloned()),
+        }
+    }
+
+    /// Writes and flushes a small persistent value.
+    pub fn meta_put(&mut self, key: &str, value: &[u8]) -> Result<()> {
+        match &self.log {
+            Some(log) => log.store().meta_put(key, value),
+            None => {
+                self.memory_meta.insert(key.to_owned(), value.to_vec());
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes and flushes everything queued, then stops the writer thread.
+    pub fn close(self) -> Result<()> {
+        match self.log {
+            Some(log) => log.close(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("entries", &self.materializer.len())
+            .field("rooms", &self.materializer.room_count())
+            .field("durability", &self.durability)
+            .field("log", &self.log)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,713 @@
+//! The append path: a dedicated writer thread with group commit.
+//!
+//! Callers push events onto a queue and get a [`Ticket`] back at once. The writer
+//! thread takes everything queued, coalesces events for the same (room, client) to the
+//! last one, writes the group as one sled batch (together with deletions of records
+//! that compaction retired) and, in `flush` mode, flushes once for the whole group.
+//! Then it advances the durable watermark, which callers can poll, wait on, or be
+//! called back about; nothing here blocks an async runtime.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hashbrown::HashMap;
+
+use crate::compaction::{Index, Indexed, Key};
+use crate::config::{Clock, Durability, DurableHook, Layout};
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::record;
+use crate::store::Store;
+use crate::types::{Seq, Ticket};
+
+/// How often an idle writer wakes up to look for compaction work.
+const IDLE_TICK: Duration = Duration::from_secs(1);
+/// Longest pause between retries while the disk refuses writes.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Oldest records rewritten per round at most, so compaction never stalls appends.
+const COMPACTION_RECORDS_PER_ROUND: usize = 16;
+
+/// Counters describing the log, for metrics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Bytes of all records in the log.
+    pub total_bytes: u64,
+    /// Bytes of events that keep a live entry.
+    pub live_bytes: u64,
+    /// Records in the log.
+    pub records: u64,
+    /// Batches written.
+    pub groups: u64,
+    /// Events written (after coalescing).
+    pub events: u64,
+    /// Events dropped because a later event for the same key was in the same group.
+    pub coalesced: u64,
+    /// Live events that compaction copied forward.
+    pub copied: u64,
+    /// Records deleted.
+    pub deleted: u64,
+    /// Writes or flushes that failed (retried).
+    pub errors: u64,
+}
+
+#[derive(Debug, Default)]
+struct AtomicStats {
+    total_bytes: AtomicU64,
+    live_bytes: AtomicU64,
+    records: AtomicU64,
+    groups: AtomicU64,
+    events: AtomicU64,
+    coalesced: AtomicU64,
+    copied: AtomicU64,
+    deleted: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl AtomicStats {
+    fn snapshot(&self) -> LogStats {
+        let get = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        LogStats {
+            total_bytes: get(&self.total_bytes),
+            live_bytes: get(&self.live_bytes),
+            records: get(&self.records),
+            groups: get(&self.groups),
+            events: get(&self.events),
+            coalesced: get(&self.coalesced),
+            copied: get(&self.copied),
+            deleted: get(&self.deleted),
+            errors: get(&self.errors),
+        }
+    }
+}
+
+enum Op {
+    Append(Ticket, Event),
+    Expired(Key),
+}
+
+#[derive(Default)]
+struct Queue {
+    ops: Vec<Op>,
+    writer_waiting: bool,
+    sync_wanted: bool,
+    closing: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    durable: AtomicU64,
+    durable_lock: Mutex<()>,
+    durable_changed: Condvar,
+    durable_waiters: AtomicU64,
+    on_durable: Option<DurableHook>,
+    failing: AtomicBool,
+    stats: AtomicStats,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks leaves plain data behind; keep going.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    fn publish_durable(&self, ticket: Ticket) {
+        self.durable.fetch_max(ticket.0, Ordering::Release);
+        if self.durable_waiters.load(Ordering::Acquire) > 0 {
+            let _guard = lock(&self.durable_lock);
+            self.durable_changed.notify_all();
+        }
+        if let Some(hook) = &self.on_durable {
+            hook(ticket);
+        }
+    }
+}
+
+/// Handle to the writer thread.
+pub(crate) struct Log {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<Result<()>>>,
+    last_ticket: Ticket,
+    store: Store,
+}
+
+/// What the writer needs to start.
+pub(crate) struct WriterSetup {
+    pub(crate) store: Store,
+    pub(crate) index: Index,
+    pub(crate) next_seq: Seq,
+    pub(crate) durability: Durability,
+    pub(crate) layout: Layout,
+    pub(crate) clock: Clock,
+    pub(crate) on_durable: Option<DurableHook>,
+    pub(crate) compaction_slack: u64,
+    pub(crate) max_record_events: usize,
+    pub(crate) max_record_bytes: usize,
+}
+
+impl Log {
+    pub(crate) fn start(setup: WriterSetup) -> Result<Log> {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            durable: AtomicU64::new(0),
+            durable_lock: Mutex::new(()),
+            durable_changed: Condvar::new(),
+            durable_waiters: AtomicU64::new(0),
+            on_durable: setup.on_durable.clone(),
+            failing: AtomicBool::new(false),
+            stats: AtomicStats::default(),
+        });
+        let store = setup.store.clone();
+        let mut writer = Writer {
+            shared: shared.clone(),
+            store: setup.store,
+            index: setup.index,
+            next_seq: setup.next_seq,
+            durability: setup.durability,
+            layout: setup.layout,
+            clock: setup.clock,
+            slack: setup.compaction_slack,
+            max_record_events: setup.max_record_events.max(1),
+            max_record_bytes: setup.max_record_bytes,
+            group: Group::default(),
+            deletes: Vec::new(),
+            compacting: Vec::new(),
+            absorbed: Ticket(0),
+            written: Ticket(0),
+            last_flush: Instant::now(),
+            backoff: None,
+        };
+        writer.deletes = writer.index.take_dead();
+        writer.publish_stats();
+        let thread = std::thread::Builder::new()
+            .name("rollcall-log".into())
+            .spawn(move || writer.run())
+            .map_err(Error::Spawn)?;
+        Ok(Log {
+            shared,
+            thread: Some(thread),
+            last_ticket: Ticket(0),
+            store,
+        })
+    }
+
+    /// Queues an event; it is durable once [`Log::durable`] reaches the ticket.
+    pub(crate) fn append(&mut self, event: Event) -> Ticket {
+        self.last_ticket = Ticket(self.last_ticket.0 + 1);
+        let ticket = self.last_ticket;
+        self.push(Op::Append(ticket, event));
+        ticket
+    }
+
+    /// Tells compaction that these entries expired, so their bytes stop counting as
+    /// live.
+    pub(crate) fn expired(&mut self, keys: impl IntoIterator<Item = Key>) {
+        let mut queue = lock(&self.shared.queue);
+        queue.ops.extend(keys.into_iter().map(Op::Expired));
+        // No wake-up: expiry only feeds compaction, which can wait for the next round.
+    }
+
+    fn push(&self, op: Op) {
+        let mut queue = lock(&self.shared.queue);
+        queue.ops.push(op);
+        if queue.writer_waiting {
+            queue.writer_waiting = false;
+            self.shared.wake.notify_one();
+        }
+    }
+
+    pub(crate) fn last_ticket(&self) -> Ticket {
+        self.last_ticket
+    }
+
+    pub(crate) fn durable(&self) -> Ticket {
+        Ticket(self.shared.durable.load(Ordering::Acquire))
+    }
+
+    /// Blocks until `ticket` is durable or `timeout` passes; true if durable.
+    pub(crate) fn wait_durable(&self, ticket: Ticket, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        self.shared.durable_waiters.fetch_add(1, Ordering::AcqRel);
+        let mut guard = lock(&self.shared.durable_lock);
+        let done = loop {
+            if self.durable() >= ticket {
+                break true;
+            }
+            let now = Instant::now();
+            if now >= deadline || self.thread.as_ref().is_none_or(JoinHandle::is_finished) {
+                break self.durable() >= ticket;
+            }
+            let wait = (deadline - now).min(Duration::from_millis(100));
+            guard = self
+                .shared
+                .durable_changed
+                .wait_timeout(guard, wait)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        };
+        drop(guard);
+        self.shared.durable_waiters.fetch_sub(1, Ordering::AcqRel);
+        done
+    }
+
+    /// Asks the writer to make everything appended so far durable now, even in
+    /// buffered mode, and waits for it.
+    pub(crate) fn sync(&self, timeout: Duration) -> Result<bool> {
+        {
+            let mut queue = lock(&self.shared.queue);
+            queue.sync_wanted = true;
+            if queue.writer_waiting {
+                queue.writer_waiting = false;
+                self.shared.wake.notify_one();
+            }
+        }
+        if self.thread.as_ref().is_none_or(JoinHandle::is_finished) {
+            return Err(Error::WriterStopped);
+        }
+        Ok(self.wait_durable(self.last_ticket, timeout))
+    }
+
+    pub(crate) fn stats(&self) -> LogStats {
+        self.shared.stats.snapshot()
+    }
+
+    pub(crate) fn is_failing(&self) -> bool {
+        self.shared.failing.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Stops the writer after it has written and flushed everything queued.
+    pub(crate) fn close(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        {
+            let mut queue = lock(&self.shared.queue);
+            queue.closing = true;
+            self.shared.wake.notify_one();
+        }
+        thread.join().map_err(|_| Error::WriterStopped)?
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        // Best effort only: callers that care about the result call `close`.
+        if let Err(error) = self.shutdown() {
+            tracing::error!(%error, "log writer failed while closing");
+        }
+    }
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("last_ticket", &self.last_ticket)
+            .field("durable", &self.durable())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Events waiting for the next batch, at most one per key.
+#[derive(Default)]
+struct Group {
+    slots: Vec<Option<Pending>>,
+    by_key: HashMap<Key, usize, std::hash::RandomState>,
+    len: usize,
+}
+
+struct Pending {
+    event: Event,
+    /// The entry expired before its event reached the disk.
+    expired: bool,
+}
+
+impl Group {
+    /// Adds an event, dropping an earlier one for the same key. True if it coalesced.
+    fn push(&mut self, event: Event) -> bool {
+        let key = Key::of(&event);
+        let index = self.slots.len();
+        self.slots.push(Some(Pending {
+            event,
+            expired: false,
+        }));
+        match self.by_key.insert(key, index) {
+            Some(old) => {
+                self.slots[old] = None;
+                true
+            }
+            None => {
+                self.len += 1;
+                false
+            }
+        }
+    }
+
+    fn contains(&self, key: &Key) -> bool {
+        self.by_key.contains_key(key)
+    }
+
+    fn mark_expired(&mut self, key: &Key) -> bool {
+        match self.by_key.get(key) {
+            Some(&index) => {
+                if let Some(pending) = self.slots[index].as_mut() {
+                    pending.expired = true;
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn clear(&mut self) {
+        self.slots.clear();
+        self.by_key.clear();
+        self.len = 0;
+    }
+
+    fn pending(&self) -> impl Iterator<Item = &Pending> + Clone {
+        self.slots.iter().flatten()
+    }
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    store: Store,
+    index: Index,
+    next_seq: Seq,
+    durability: Durability,
+    layout: Layout,
+    clock: Clock,
+    slack: u64,
+    max_record_events: usize,
+    max_record_bytes: usize,
+    group: Group,
+    /// Records to delete with the next batch.
+    deletes: Vec<Seq>,
+    /// Records being rewritten by compaction in the next batch, with the keys whose
+    /// latest event they hold and that are not copied forward.
+    compacting: Vec<(Seq, Vec<Key>)>,
+    /// Highest ticket taken from the queue.
+    absorbed: Ticket,
+    /// Highest ticket written to sled (not necessarily flushed).
+    written: Ticket,
+    last_flush: Instant,
+    backoff: Option<Duration>,
+}
+
+/// One record about to be written.
+struct Built {
+    seq: Seq,
+    bytes: Vec<u8>,
+    events: Vec<Indexed>,
+}
+
+impl Writer {
+    fn run(mut self) -> Result<()> {
+        loop {
+            let (ops, sync_wanted, closing) = self.wait_for_work();
+            for op in ops {
+                self.absorb(op);
+            }
+            if self.backoff.is_none() && self.compacting.is_empty() {
+                self.plan_compaction();
+            }
+            if !self.group.is_empty() || !self.deletes.is_empty() {
+                if let Err(error) = self.write() {
+                    self.fail(&error);
+                    if closing {
+                        return Err(error);
+                    }
+                    continue;
+                }
+            }
+            let flush_due = match self.durability {
+                Durability::Flush => self.written > self.durable(),
+                Durability::Buffered(interval) => {
+                    self.written > self.durable() && self.last_flush.elapsed() >= interval
+                }
+                Durability::Memory => false,
+            };
+            if flush_due || ((sync_wanted || closing) && self.written > self.durable()) {
+                if let Err(error) = self.flush() {
+                    self.fail(&error);
+                    if closing {
+                        return Err(error);
+                    }
+                    continue;
+                }
+            } else if sync_wanted && self.written <= self.durable() {
+                // Nothing unflushed: still wake anyone waiting on coalesced tickets.
+                self.shared.publish_durable(self.absorbed);
+            }
+            self.backoff = None;
+            self.shared.failing.store(false, Ordering::Relaxed);
+            if closing && self.group.is_empty() && lock(&self.shared.queue).ops.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn durable(&self) -> Ticket {
+        Ticket(self.shared.durable.load(Ordering::Acquire))
+    }
+
+    /// Blocks until there is something to do; returns the queued ops and flags.
+    fn wait_for_work(&mut self) -> (Vec<Op>, bool, bool) {
+        let mut queue = lock(&self.shared.queue);
+        loop {
+            let work = !queue.ops.is_empty() || queue.sync_wanted || queue.closing;
+            if work && self.backoff.is_none() {
+                break;
+            }
+            let timeout = if let Some(backoff) = self.backoff {
+                // Retrying a failed write: wait out the backoff (new events coalesce).
+                drop(queue);
+                std::thread::sleep(backoff);
+                queue = lock(&self.shared.queue);
+                break;
+            } else if let Durability::Buffered(interval) = self.durability {
+                if self.written > self.durable() {
+                    let since = self.last_flush.elapsed();
+                    if since >= interval {
+                        break;
+                    }
+                    interval.saturating_sub(since)
+                } else {
+                    IDLE_TICK
+                }
+            } else {
+                IDLE_TICK
+            };
+            queue.writer_waiting = true;
+            let (guard, result) = self
+                .shared
+                .wake
+                .wait_timeout(queue, timeout)
+                .unwrap_or_else(PoisonError::into_inner);
+            queue = guard;
+            queue.writer_waiting = false;
+            if result.timed_out() {
+                break;
+            }
+        }
+        let ops = std::mem::take(&mut queue.ops);
+        let sync = std::mem::replace(&mut queue.sync_wanted, false);
+        (ops, sync, queue.closing)
+    }
+
+    fn absorb(&mut self, op: Op) {
+        match op {
+            Op::Append(ticket, event) => {
+                self.absorbed = ticket;
+                if self.group.push(event) {
+                    self.shared.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Op::Expired(key) => {
+                if !self.group.mark_expired(&key) {
+                    self.index.mark_expired(&key);
+                }
+            }
+        }
+    }
+
+    /// Rewrites the oldest records while the log holds more than twice its live bytes.
+    fn plan_compaction(&mut self) {
+        if !self.index.needs_compaction(self.slack, 0) {
+            return;
+        }
+        let now = (self.clock)();
+        let mut reclaiming = 0;
+        let already: std::collections::HashSet<Seq> = self.deletes.iter().copied().collect();
+        let candidates: Vec<(Seq, u64)> = self
+            .index
+            .oldest()
+            .filter(|(seq, _)| !already.contains(seq))
+            .take(COMPACTION_RECORDS_PER_ROUND)
+            .collect();
+        for (seq, bytes) in candidates {
+            if !self.index.needs_compaction(self.slack, reclaiming) {
+                break;
+            }
+            let events = match self.store.get(seq).map(|v| v.map(|v| record::decode(&v))) {
+                Ok(Some(Ok(events))) => events,
+                Ok(Some(Err(error))) => {
+                    tracing::error!(%seq, %error, "log record no longer decodes; deleting it");
+                    self.deletes.push(seq);
+                    continue;
+                }
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::warn!(%seq, %error, "could not read a log record for compaction");
+                    return;
+                }
+            };
+            let mut dropped = Vec::new();
+            for event in events {
+                let key = Key::of(&event);
+                if self.group.contains(&key) {
+                    // A newer event for this key is about to be written.
+                    dropped.push(key);
+                    continue;
+                }
+                let live = match &event {
+                    Event::Heartbeat(hb) => {
+                        self.index.is_live_latest(&key, seq) && now <= hb.expires_at()
+                    }
+                    Event::Leave(_) => false,
+                };
+                if live {
+                    self.group.push(event);
+                    self.shared.stats.copied.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    dropped.push(key);
+                }
+            }
+            reclaiming += bytes;
+            self.deletes.push(seq);
+            self.compacting.push((seq, dropped));
+        }
+    }
+
+    fn build(&self) -> Vec<Built> {
+        let mut built = Vec::new();
+        let mut seq = self.next_seq;
+        let mut chunk: Vec<&Pending> = Vec::new();
+        let mut chunk_bytes = 0usize;
+        let max_events = match self.layout {
+            Layout::PerEvent => 1,
+            Layout::PerGroup => self.max_record_events,
+        };
+        let mut finish = |chunk: &mut Vec<&Pending>, seq: &mut Seq| {
+            if chunk.is_empty() {
+                return;
+            }
+            let mut bytes = Vec::new();
+            let mut sizes = Vec::with_capacity(chunk.len());
+            record::encode_into(chunk.iter().map(|p| &p.event), &mut bytes, &mut sizes);
+            let events = chunk
+                .iter()
+                .zip(sizes)
+                .map(|(pending, size)| Indexed {
+                    key: Key::of(&pending.event),
+                    size,
+                    live: matches!(pending.event, Event::Heartbeat(_)) && !pending.expired,
+                })
+                .collect();
+            built.push(Built {
+                seq: *seq,
+                bytes,
+                events,
+            });
+            *seq = Seq(seq.0 + 1);
+            chunk.clear();
+        };
+        for pending in self.group.pending() {
+            let size = match &pending.event {
+                Event::Heartbeat(hb) => hb.data.len() + hb.room.len() + 32,
+                Event::Leave(leave) => leave.room.len() + 24,
+            };
+            if chunk.len() >= max_events
+                || (chunk_bytes + size > self.max_record_bytes && !chunk.is_empty())
+            {
+                finish(&mut chunk, &mut seq);
+                chunk_bytes = 0;
+            }
+            chunk.push(pending);
+            chunk_bytes += size;
+        }
+        finish(&mut chunk, &mut seq);
+        built
+    }
+
+    fn write(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let built = self.build();
+        let inserts: Vec<(Seq, &[u8])> =
+            built.iter().map(|b| (b.seq, b.bytes.as_slice())).collect();
+        self.store.write(&inserts, &self.deletes)?;
+        let events: usize = built.iter().map(|b| b.events.len()).sum();
+        metrics::histogram!("rollcall_log_write_seconds").record(started.elapsed().as_secs_f64());
+        if events > 0 {
+            metrics::histogram!("rollcall_log_group_events").record(events as f64);
+        }
+
+        // The batch is on sled: bring the index in step with it.
+        for (seq, dropped) in std::mem::take(&mut self.compacting) {
+            self.index.remove_record(seq, &dropped);
+        }
+        let deleted = self.deletes.len() as u64;
+        for seq in std::mem::take(&mut self.deletes) {
+            self.index.remove_record(seq, &[]);
+        }
+        for record in built {
+            self.next_seq = Seq(record.seq.0 + 1);
+            self.index
+                .add_record(record.seq, record.bytes.len() as u64, record.events);
+        }
+        self.deletes = self.index.take_dead();
+        self.group.clear();
+        self.written = self.absorbed;
+
+        let stats = &self.shared.stats;
+        if events > 0 {
+            stats.groups.fetch_add(1, Ordering::Relaxed);
+            stats.events.fetch_add(events as u64, Ordering::Relaxed);
+        }
+        stats.deleted.fetch_add(deleted, Ordering::Relaxed);
+        self.publish_stats();
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let target = self.written;
+        self.store.flush()?;
+        self.last_flush = Instant::now();
+        metrics::histogram!("rollcall_log_flush_seconds").record(started.elapsed().as_secs_f64());
+        self.shared.publish_durable(target);
+        Ok(())
+    }
+
+    fn fail(&mut self, error: &Error) {
+        let backoff = self
+            .backoff
+            .map_or(Duration::from_millis(50), |b| (b * 2).min(MAX_BACKOFF));
+        tracing::error!(%error, retry_in = ?backoff, "log write failed; entries stay served from memory");
+        metrics::counter!("rollcall_log_errors_total").increment(1);
+        self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+        self.shared.failing.store(true, Ordering::Relaxed);
+        self.backoff = Some(backoff);
+    }
+
+    fn publish_stats(&self) {
+        let stats = &self.shared.stats;
+        stats
+            .total_bytes
+            .store(self.index.total_bytes(), Ordering::Relaxed);
+        stats
+            .live_bytes
+            .store(self.index.live_bytes(), Ordering::Relaxed);
+        stats
+            .records
+            .store(self.index.record_count() as u64, Ordering::Relaxed);
+        metrics::gauge!("rollcall_log_bytes").set(self.index.total_bytes() as f64);
+        metrics::gauge!("rollcall_log_live_bytes").set(self.index.live_bytes() as f64);
+        metrics::gauge!("rollcall_log_records").set(self.index.record_count() as f64);
+    }
+}

@@ -1,0 +1,464 @@
+//! Folds events into per-room state ordered by expiry.
+//!
+//! Each room keeps its entries by client id and a `BTreeSet` of `(expires_at, client)`;
+//! a global `BTreeSet` holds each room's earliest expiry. A sweep therefore visits only
+//! rooms that have something due and pops exactly the due entries: O(k log n) for k
+//! expirations, O(1) when nothing is due. The fold takes time from its events and
+//! sweeps take `now` from the caller: nothing here reads the clock.
+
+use std::collections::BTreeSet;
+use std::hash::RandomState;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hashbrown::HashMap;
+
+use crate::event::{Event, Heartbeat, Leave};
+use crate::types::{ClientId, UnixMs};
+
+/// One client's presence in one room.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The client that owns the entry.
+    pub client: ClientId,
+    /// The authenticated user behind the client, if any.
+    pub user: Option<Arc<str>>,
+    /// The client's JSON value as opaque bytes.
+    pub data: Bytes,
+    /// The entry is live while `now <= expires_at`.
+    pub expires_at: UnixMs,
+}
+
+impl Entry {
+    /// Whether the entry is live at `now` (`now <= expires_at`).
+    pub fn is_live(&self, now: UnixMs) -> bool {
+        now <= self.expires_at
+    }
+}
+
+/// What happened to an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ChangeKind {
+    /// A heartbeat created the entry.
+    Insert,
+    /// A heartbeat replaced an existing entry.
+    Update,
+    /// The client left: the entry was removed.
+    Leave,
+    /// The entry's time ran out and a sweep removed it.
+    Expire,
+}
+
+/// A change to one entry, for subscribers of its room.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The room of the entry.
+    pub room: Arc<str>,
+    /// What happened.
+    pub kind: ChangeKind,
+    /// The entry after an insert or update; the removed entry after a leave or expiry.
+    pub entry: Entry,
+}
+
+/// Index of a room in the materializer's slab; reused after a room empties.
+type RoomSlot = u32;
+
+#[derive(Debug)]
+struct Room {
+    name: Arc<str>,
+    entries: HashMap<ClientId, Entry>,
+    by_expiry: BTreeSet<(UnixMs, ClientId)>,
+}
+
+impl Room {
+    fn earliest(&self) -> Option<UnixMs> {
+        self.by_expiry.first().map(|&(at, _)| at)
+    }
+
+    fn expired_count(&self, now: UnixMs) -> usize {
+        self.by_expiry.range(..(now, ClientId(0))).count()
+    }
+}
+
+/// Per-room presence state folded from events.
+#[derive(Debug, Default)]
+pub struct Materializer {
+    /// Room names are chosen by clients, so this map uses a keyed (SipHash) hasher.
+    slots: HashMap<Arc<str>, RoomSlot, RandomState>,
+    rooms: Vec<Option<Room>>,
+    free: Vec<RoomSlot>,
+    /// Each non-empty room's earliest expiry.
+    due: BTreeSet<(UnixMs, RoomSlot)>,
+    len: usize,
+}
+
+impl Materializer {
+    /// An empty materializer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies one event and reports the change it made, if any.
+    pub fn fold(&mut self, event: &Event) -> Option<Change> {
+        match event {
+            Event::Heartbeat(hb) => Some(self.heartbeat(hb)),
+            Event::Leave(leave) => self.leave(leave),
+        }
+    }
+
+    /// Upserts the heartbeat's entry with `expires_at = at + ttl`.
+    ///
+    /// The last event wins, whatever its timestamp: a heartbeat with a shorter TTL, or
+    /// one stamped by a clock that went backwards, replaces the entry all the same.
+    pub fn heartbeat(&mut self, hb: &Heartbeat) -> Change {
+        let slot = self.slot_or_insert(&hb.room);
+        let room = self.rooms[slot as usize]
+            .as_mut()
+            .expect("slot maps to a room");
+        let before = room.earliest();
+        let entry = Entry {
+            client: hb.client,
+            user: hb.user.clone(),
+            data: hb.data.clone(),
+            expires_at: hb.expires_at(),
+        };
+        let kind = match room.entries.insert(hb.client, entry.clone()) {
+            Some(old) => {
+                if old.expires_at != entry.expires_at {
+                    room.by_expiry.remove(&(old.expires_at, hb.client));
+                    room.by_expiry.insert((entry.expires_at, hb.client));
+                }
+                ChangeKind::Update
+            }
+            None => {
+                room.by_expiry.insert((entry.expires_at, hb.client));
+                self.len += 1;
+                ChangeKind::Insert
+            }
+        };
+        let after = room.earliest();
+        let name = room.name.clone();
+        self.reindex(slot, before, after);
+        Change {
+            room: name,
+            kind,
+            entry,
+        }
+    }
+
+    /// Removes the client's entry; `None` if it had none in that room.
+    pub fn leave(&mut self, leave: &Leave) -> Option<Change> {
+        let slot = *self.slots.get(&*leave.room)?;
+        let room = self.rooms[slot as usize]
+            .as_mut()
+            .expect("slot maps to a room");
+        let before = room.earliest();
+        let entry = room.entries.remove(&leave.client)?;
+        room.by_expiry.remove(&(entry.expires_at, leave.client));
+        self.len -= 1;
+        let after = room.earliest();
+        let name = room.name.clone();
+        self.reindex(slot, before, after);
+        Some(Change {
+            room: name,
+            kind: ChangeKind::Leave,
+            entry,
+        })
+    }
+
+    /// Removes every entry with `expires_at < now` and appends an
+    /// [`ChangeKind::Expire`] change for each to `out`. Returns how many expired.
+    pub fn sweep_due(&mut self, now: UnixMs, out: &mut Vec<Change>) -> usize {
+        let mut expired = 0;
+        while let Some(&(earliest, slot)) = self.due.first() {
+            if earliest >= now {
+                break;
+            }
+            self.due.pop_first();
+            let room = self.rooms[slot as usize].as_mut().expect("due rooms exist");
+            while let Some(&(at, client)) = room.by_expiry.first() {
+                if at >= now {
+                    break;
+                }
+                room.by_expiry.pop_first();
+                if let Some(entry) = room.entries.remove(&client) {
+                    expired += 1;
+                    out.push(Change {
+                        room: room.name.clone(),
+                        kind: ChangeKind::Expire,
+                        entry,
+                    });
+                }
+            }
+            match room.earliest() {
+                Some(next) => {
+                    self.due.insert((next, slot));
+                }
+                None => self.remove_room(slot),
+            }
+        }
+        self.len -= expired;
+        expired
+    }
+
+    /// The earliest expiry of any entry, so a caller can schedule the next sweep.
+    pub fn next_expiry(&self) -> Option<UnixMs> {
+        self.due.first().map(|&(at, _)| at)
+    }
+
+    /// The client's entry in `room` if it is live at `now`.
+    pub fn get(&self, room: &str, client: ClientId, now: UnixMs) -> Option<&Entry> {
+        self.room(room)?
+            .entries
+            .get(&client)
+            .filter(|entry| entry.is_live(now))
+    }
+
+    /// The live entries of `room` at `now`, in no particular order.
+    pub fn entries<'a>(&'a self, room: &str, now: UnixMs) -> impl Iterator<Item = &'a Entry> + 'a {
+        self.room(room)
+            .into_iter()
+            .flat_map(|room| room.entries.values())
+            .filter(move |entry| entry.is_live(now))
+    }
+
+    /// How many entries of `room` are live at `now`.
+    pub fn live_count(&self, room: &str, now: UnixMs) -> usize {
+        self.room(room)
+            .map_or(0, |room| room.entries.len() - room.expired_count(now))
+    }
+
+    /// Every room with at least one live entry at `now`, with its live-entry count.
+    pub fn rooms(&self, now: UnixMs) -> impl Iterator<Item = (&Arc<str>, usize)> + '_ {
+        self.rooms.iter().flatten().filter_map(move |room| {
+            let live = room.entries.len() - room.expired_count(now);
+            (live > 0).then_some((&room.name, live))
+        })
+    }
+
+    /// Entries held, including expired ones that no sweep has removed yet.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Rooms held (rooms with at least one entry, live or not yet swept).
+    pub fn room_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn room(&self, name: &str) -> Option<&Room> {
+        let slot = *self.slots.get(name)?;
+        self.rooms[slot as usize].as_ref()
+    }
+
+    fn slot_or_insert(&mut self, name: &Arc<str>) -> RoomSlot {
+        if let Some(&slot) = self.slots.get(&**name) {
+            return slot;
+        }
+        let room = Room {
+            name: name.clone(),
+            entries: HashMap::new(),
+            by_expiry: BTreeSet::new(),
+        };
+        let slot = if let Some(slot) = self.free.pop() {
+            self.rooms[slot as usize] = Some(room);
+            slot
+        } else {
+            self.rooms.push(Some(room));
+            RoomSlot::try_from(self.rooms.len() - 1).expect("fewer than 2^32 rooms")
+        };
+        self.slots.insert(name.clone(), slot);
+        slot
+    }
+
+    /// Keeps the global index in step with a room whose earliest expiry moved.
+    fn reindex(&mut self, slot: RoomSlot, before: Option<UnixMs>, after: Option<UnixMs>) {
+        if before == after {
+            return;
+        }
+        if let Some(at) = before {
+            self.due.remove(&(at, slot));
+        }
+        match after {
+            Some(at) => {
+                self.due.insert((at, slot));
+            }
+            None => self.remove_room(slot),
+        }
+    }
+
+    fn remove_room(&mut self, slot: RoomSlot) {
+        if let Some(room) = self.rooms[slot as usize].take() {
+            self.slots.remove(&*room.name);
+            self.free.push(slot);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Ttl;
+
+    fn hb(room: &str, client: u64, at: u64, ttl: u64) -> Heartbeat {
+        Heartbeat {
+            room: room.into(),
+            client: ClientId(client),
+            user: None,
+            data: Bytes::from(format!("{{\"c\":{client},\"at\":{at}}}")),
+            ttl: Ttl(ttl),
+            at: UnixMs(at),
+        }
+    }
+
+    fn leave(room: &str, client: u64, at: u64) -> Leave {
+        Leave {
+            room: room.into(),
+            client: ClientId(client),
+            at: UnixMs(at),
+        }
+    }
+
+    fn sweep(m: &mut Materializer, now: u64) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        m.sweep_due(UnixMs(now), &mut out);
+        out.iter()
+            .inspect(|c| assert_eq!(c.kind, ChangeKind::Expire))
+            .map(|c| (c.room.to_string(), c.entry.client.0))
+            .collect()
+    }
+
+    #[test]
+    fn ttl_boundary_is_inclusive() {
+        let mut m = Materializer::new();
+        m.heartbeat(&hb("r", 1, 1_000, 500));
+        assert!(m.get("r", ClientId(1), UnixMs(1_500)).is_some());
+        assert!(sweep(&mut m, 1_500).is_empty(), "now == expires_at is live");
+        assert!(m.get("r", ClientId(1), UnixMs(1_501)).is_none());
+        assert_eq!(m.live_count("r", UnixMs(1_501)), 0);
+        assert_eq!(sweep(&mut m, 1_501), vec![("r".to_string(), 1)]);
+        assert!(m.is_empty());
+        assert_eq!(m.room_count(), 0);
+    }
+
+    #[test]
+    fn reads_hide_expired_entries_before_any_sweep() {
+        let mut m = Materializer::new();
+        m.heartbeat(&hb("r", 1, 0, 10));
+        m.heartbeat(&hb("r", 2, 0, 100));
+        let live: Vec<_> = m.entries("r", UnixMs(50)).map(|e| e.client.0).collect();
+        assert_eq!(live, vec![2]);
+        assert_eq!(m.live_count("r", UnixMs(50)), 1);
+        assert_eq!(m.len(), 2, "not swept yet");
+        let rooms: Vec<_> = m.rooms(UnixMs(101)).collect();
+        assert!(rooms.is_empty());
+    }
+
+    #[test]
+    fn later_heartbeat_with_shorter_ttl_wins() {
+        let mut m = Materializer::new();
+        m.heartbeat(&hb("r", 1, 1_000, 60_000));
+        let change = m.heartbeat(&hb("r", 1, 2_000, 100));
+        assert_eq!(change.kind, ChangeKind::Update);
+        assert_eq!(change.entry.expires_at, UnixMs(2_100));
+        assert!(sweep(&mut m, 2_100).is_empty());
+        assert_eq!(sweep(&mut m, 2_101), vec![("r".to_string(), 1)]);
+        assert_eq!(m.next_expiry(), None);
+    }
+
+    #[test]
+    fn leave_then_heartbeat() {
+        let mut m = Materializer::new();
+        assert_eq!(m.heartbeat(&hb("r", 1, 0, 1_000)).kind, ChangeKind::Insert);
+        let left = m.leave(&leave("r", 1, 10)).unwrap();
+        assert_eq!(left.kind, ChangeKind::Leave);
+        assert_eq!(left.entry.client, ClientId(1));
+        assert!(
+            m.leave(&leave("r", 1, 11)).is_none(),
+            "second leave is a no-op"
+        );
+        assert_eq!(m.room_count(), 0);
+        assert_eq!(m.next_expiry(), None);
+        assert_eq!(m.heartbeat(&hb("r", 1, 20, 1_000)).kind, ChangeKind::Insert);
+        assert_eq!(m.live_count("r", UnixMs(30)), 1);
+        assert_eq!(m.next_expiry(), Some(UnixMs(1_020)));
+    }
+
+    #[test]
+    fn leave_of_unknown_room_or_client_changes_nothing() {
+        let mut m = Materializer::new();
+        assert!(m.leave(&leave("nowhere", 1, 0)).is_none());
+        m.heartbeat(&hb("r", 1, 0, 10));
+        assert!(m.leave(&leave("r", 2, 0)).is_none());
+        assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn many_rooms_sweep_only_what_is_due() {
+        let mut m = Materializer::new();
+        for room in 0..100u64 {
+            for client in 1..=10 {
+                // Room r's clients expire at 1000 + r*10 + client.
+                m.heartbeat(&hb(
+                    &format!("room-{room}"),
+                    client,
+                    1_000,
+                    room * 10 + client,
+                ));
+            }
+        }
+        assert_eq!(m.len(), 1_000);
+        assert_eq!(m.room_count(), 100);
+        assert_eq!(m.next_expiry(), Some(UnixMs(1_001)));
+        // Due at now=1_025: every entry with expires_at < 1_025.
+        let expired = sweep(&mut m, 1_025);
+        assert_eq!(expired.len(), 10 + 10 + 4);
+        assert_eq!(m.room_count(), 98);
+        assert_eq!(m.live_count("room-2", UnixMs(1_025)), 6);
+        assert!(sweep(&mut m, 1_025).is_empty());
+        assert_eq!(sweep(&mut m, u64::MAX).len(), 1_000 - 24);
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn clock_going_backwards_between_events() {
+        let mut m = Materializer::new();
+        m.heartbeat(&hb("r", 1, 10_000, 1_000));
+        // The server clock stepped back by 5 s: the later event still wins, and the
+        // entry now expires earlier than before.
+        let change = m.heartbeat(&hb("r", 1, 5_000, 1_000));
+        assert_eq!(change.entry.expires_at, UnixMs(6_000));
+        assert_eq!(m.next_expiry(), Some(UnixMs(6_000)));
+        assert!(m.get("r", ClientId(1), UnixMs(6_000)).is_some());
+        assert_eq!(sweep(&mut m, 6_001).len(), 1);
+        // A sweep with an older `now` than a previous one is harmless.
+        m.heartbeat(&hb("r", 2, 5_000, 10));
+        assert!(sweep(&mut m, 1).is_empty());
+        assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn room_slots_are_reused() {
+        let mut m = Materializer::new();
+        for round in 0..10u64 {
+            m.heartbeat(&hb(&format!("r{round}"), 1, 0, 5));
+            m.leave(&leave(&format!("r{round}"), 1, 1)).unwrap();
+        }
+        assert_eq!(m.rooms.len(), 1);
+    }
+
+    #[test]
+    fn same_expiry_for_two_clients() {
+        let mut m = Materializer::new();
+        m.heartbeat(&hb("r", 1, 0, 100));
+        m.heartbeat(&hb("r", 2, 0, 100));
+        m.leave(&leave("r", 1, 1)).unwrap();
+        assert_eq!(m.next_expiry(), Some(UnixMs(100)));
+        assert_eq!(sweep(&mut m, 101), vec![("r".to_string(), 2)]);
+    }
+}
