@@ -1,0 +1,208 @@
+//! Command-line flags (each also an environment variable `ROLLCALL_*`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rollcall_engine::{Durability, Layout, Recovery};
+
+use crate::config::ServerConfig;
+use crate::limits::Limits;
+
+/// Rollcall: a presence server. Clients heartbeat ephemeral state into rooms with a
+/// TTL; entries vanish when heartbeats stop.
+#[derive(Debug, Parser)]
+#[command(name = "rollcall", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(Box<ServeArgs>),
+}
+
+/// `rollcall serve` flags.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (HTTP and WebSocket). Port 0 picks a free port.
+    #[arg(long, env = "ROLLCALL_LISTEN", default_value = "127.0.0.1:7700")]
+    pub listen: SocketAddr,
+
+    /// Data directory of the embedded sled log.
+    #[arg(long, env = "ROLLCALL_DATA", default_value = "./rollcall-data")]
+    pub data: PathBuf,
+
+    /// flush: an acknowledged write is on disk; buffered: flushed every
+    /// --flush-interval-ms (a crash loses at most that window); memory: no log at all.
+    #[arg(long, env = "ROLLCALL_DURABILITY", value_enum, default_value_t = DurabilityArg::Flush)]
+    pub durability: DurabilityArg,
+
+    /// Flush interval in buffered mode, in milliseconds.
+    #[arg(long, env = "ROLLCALL_FLUSH_INTERVAL_MS", default_value_t = 100)]
+    pub flush_interval_ms: u64,
+
+    /// Log record layout: one record per commit group, or one per event.
+    #[arg(long, env = "ROLLCALL_LOG_LAYOUT", value_enum, default_value_t = LayoutArg::Group)]
+    pub log_layout: LayoutArg,
+
+    /// What to do with an unreadable record in the middle of the log: refuse to start
+    /// (strict) or delete it and start without it (skip-corrupt).
+    #[arg(long, env = "ROLLCALL_RECOVERY", value_enum, default_value_t = RecoveryArg::Strict)]
+    pub recovery: RecoveryArg,
+
+    /// Sweep interval in milliseconds: an entry disappears within its TTL plus one tick.
+    #[arg(long, env = "ROLLCALL_TICK_MS", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub tick_ms: u64,
+
+    /// Largest WebSocket message in bytes; larger ones close the connection with 1009.
+    #[arg(long, env = "ROLLCALL_MAX_MESSAGE_BYTES", default_value_t = 65_536)]
+    pub max_message_bytes: usize,
+
+    /// Largest heartbeat `data`, in bytes of serialized JSON.
+    #[arg(long, env = "ROLLCALL_MAX_DATA_BYTES", default_value_t = 4_096)]
+    pub max_data_bytes: usize,
+
+    /// Longest TTL a heartbeat may ask for, in milliseconds.
+    #[arg(long, env = "ROLLCALL_MAX_TTL_MS", default_value_t = 3_600_000)]
+    pub max_ttl_ms: u64,
+
+    /// Rooms one connection may use at once (subscribed or holding its entry).
+    #[arg(long, env = "ROLLCALL_MAX_ROOMS_PER_CONNECTION", default_value_t = 128)]
+    pub max_rooms_per_connection: usize,
+
+    /// Live entries one room may hold.
+    #[arg(long, env = "ROLLCALL_MAX_ENTRIES_PER_ROOM", default_value_t = 10_000)]
+    pub max_entries_per_room: usize,
+
+    /// Sustained heartbeats per second per connection.
+    #[arg(long, env = "ROLLCALL_HEARTBEAT_RATE", default_value_t = 120)]
+    pub heartbeat_rate: u32,
+
+    /// Heartbeats per connection allowed in a burst.
+    #[arg(long, env = "ROLLCALL_HEARTBEAT_BURST", default_value_t = 240)]
+    pub heartbeat_burst: u32,
+
+    /// Milliseconds a new connection has to send `hello`.
+    #[arg(long, env = "ROLLCALL_HELLO_TIMEOUT_MS", default_value_t = 10_000)]
+    pub hello_timeout_ms: u64,
+
+    /// Seconds between pings to a quiet client.
+    #[arg(long, env = "ROLLCALL_PING_INTERVAL_SECS", default_value_t = 20)]
+    pub ping_interval_secs: u64,
+
+    /// Seconds of silence (no message, no pong) after which a client is closed.
+    #[arg(long, env = "ROLLCALL_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+
+    /// Open WebSocket sessions at most.
+    #[arg(long, env = "ROLLCALL_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Seconds shutdown waits for sessions to close before flushing anyway.
+    #[arg(long, env = "ROLLCALL_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
+    pub drain_timeout_secs: u64,
+
+    /// Log filter, e.g. `info` or `rollcall_server=debug`.
+    #[arg(long, env = "ROLLCALL_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// `--durability` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityArg {
+    /// Acknowledge after the log is flushed to disk.
+    Flush,
+    /// Flush every --flush-interval-ms.
+    Buffered,
+    /// Keep no log.
+    Memory,
+}
+
+/// `--log-layout` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LayoutArg {
+    /// One record per commit group.
+    Group,
+    /// One record per event.
+    Event,
+}
+
+/// `--recovery` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RecoveryArg {
+    /// Refuse to start on a corrupt record.
+    Strict,
+    /// Delete corrupt records and start.
+    SkipCorrupt,
+}
+
+impl ServeArgs {
+    /// The server configuration these flags describe.
+    pub fn config(&self) -> ServerConfig {
+        ServerConfig {
+            data_dir: self.data.clone(),
+            durability: match self.durability {
+                DurabilityArg::Flush => Durability::Flush,
+                DurabilityArg::Buffered => {
+                    Durability::Buffered(Duration::from_millis(self.flush_interval_ms.max(1)))
+                }
+                DurabilityArg::Memory => Durability::Memory,
+            },
+            layout: match self.log_layout {
+                LayoutArg::Group => Layout::PerGroup,
+                LayoutArg::Event => Layout::PerEvent,
+            },
+            recovery: match self.recovery {
+                RecoveryArg::Strict => Recovery::Strict,
+                RecoveryArg::SkipCorrupt => Recovery::SkipCorrupt,
+            },
+            limits: Limits {
+                max_message_bytes: self.max_message_bytes,
+                max_data_bytes: self.max_data_bytes,
+                max_ttl_ms: self.max_ttl_ms,
+                max_rooms_per_connection: self.max_rooms_per_connection,
+                max_entries_per_room: self.max_entries_per_room,
+                heartbeats_per_second: self.heartbeat_rate,
+                heartbeat_burst: self.heartbeat_burst,
+                hello_timeout: Duration::from_millis(self.hello_timeout_ms),
+                ..Limits::default()
+            },
+            tick: Duration::from_millis(self.tick_ms),
+            max_connections: self.max_connections,
+            ping_interval: Duration::from_secs(self.ping_interval_secs.max(1)),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
+            drain_timeout: Duration::from_secs(self.drain_timeout_secs),
+            node_id: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn flags_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let cli = Cli::try_parse_from(["rollcall", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command;
+        assert_eq!(args.listen.to_string(), "127.0.0.1:7700");
+        assert_eq!(args.data, PathBuf::from("./rollcall-data"));
+        let config = args.config();
+        assert_eq!(config.durability, Durability::Flush);
+        assert_eq!(config.limits, Limits::default());
+        assert!(config.tick <= Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,30 @@
+//! The server's error type.
+
+use std::io;
+
+/// What can stop the server from starting or running.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The engine could not open or write the data directory.
+    #[error(transparent)]
+    Engine(#[from] rollcall_engine::Error),
+    /// Binding, accepting or serving failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+    /// The operating system's random source failed.
+    #[error("could not read random bytes for the resume secret: {0}")]
+    Random(String),
+    /// Every client id of this node has been handed out.
+    #[error("client ids exhausted")]
+    IdsExhausted,
+    /// A background task panicked.
+    #[error("a server task failed: {0}")]
+    Task(String),
+    /// The configuration is inconsistent.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// Result with the server's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,317 @@
+//! The HTTP side: health, metrics, the REST API, and the WebSocket upgrade.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use rollcall_engine::{ClientId, Ticket};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::{Semaphore, broadcast};
+use tokio_util::task::TaskTracker;
+
+use crate::config::ServerConfig;
+use crate::hub::Hub;
+use crate::protocol::{self, ErrorCode, Rejection};
+use crate::session::{self, Timeouts};
+use crate::shutdown::Shutdown;
+
+/// How long a REST write waits for the disk.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Rooms per page of `GET /v1/rooms` at most.
+const MAX_PAGE: usize = 1_000;
+
+/// Shared by every request handler.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    inner: Arc<StateInner>,
+}
+
+#[derive(Debug)]
+struct StateInner {
+    hub: OnceLock<Arc<Hub>>,
+    config: ServerConfig,
+    shutdown: broadcast::Sender<()>,
+    sessions: TaskTracker,
+    connections: Arc<Semaphore>,
+    prometheus: PrometheusHandle,
+}
+
+impl AppState {
+    /// State for a server that is still replaying its log.
+    pub fn new(
+        config: ServerConfig,
+        shutdown: broadcast::Sender<()>,
+        sessions: TaskTracker,
+        prometheus: PrometheusHandle,
+    ) -> AppState {
+        let connections = Arc::new(Semaphore::new(config.max_connections));
+        AppState {
+            inner: Arc::new(StateInner {
+                hub: OnceLock::new(),
+                config,
+                shutdown,
+                sessions,
+                connections,
+                prometheus,
+            }),
+        }
+    }
+
+    /// Marks the server ready.
+    pub fn set_hub(&self, hub: Arc<Hub>) {
+        let _ = self.inner.hub.set(hub);
+    }
+
+    fn hub(&self) -> Result<&Arc<Hub>, ApiError> {
+        self.inner.hub.get().ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Starting,
+                "the server is replaying its log; retry shortly",
+            )
+        })
+    }
+}
+
+/// An HTTP error in the JSON shape `{"error": code, "message": …}`.
+#[derive(Debug)]
+pub struct ApiError(Rejection);
+
+impl ApiError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError(Rejection::new(code, message))
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(rejection: Rejection) -> Self {
+        ApiError(rejection)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+        let body = serde_json::json!({"error": self.0.code.as_str(), "message": self.0.message});
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+fn json(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Every route.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/ws", get(upgrade))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/rooms", get(rooms))
+        .route("/v1/rooms/{room}", get(room))
+        .route("/v1/rooms/{room}/heartbeat", post(heartbeat))
+        .route("/v1/rooms/{room}/entries/{client}", delete(remove_entry))
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
+        .with_state(state)
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    if state.inner.hub.get().is_some() {
+        json(StatusCode::OK, r#"{"status":"ok"}"#.into())
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"status":"starting"}"#.into(),
+        )
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    if let Some(hub) = state.inner.hub.get() {
+        hub.record_gauges();
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.inner.prometheus.render(),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct Page {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+async fn rooms(
+    State(state): State<AppState>,
+    Query(page): Query<Page>,
+) -> Result<Response, ApiError> {
+    let hub = state.hub()?;
+    let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let page = hub.rooms_page(page.after.as_deref(), limit);
+    let rooms: Vec<_> = page
+        .rooms
+        .into_iter()
+        .map(|(room, entries)| serde_json::json!({"room": room, "entries": entries}))
+        .collect();
+    let body = serde_json::json!({"rooms": rooms, "next": page.next});
+    Ok(json(StatusCode::OK, body.to_string()))
+}
+
+async fn room(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+) -> Result<Response, ApiError> {
+    let hub = state.hub()?;
+    hub.limits().check_room(&room)?;
+    let mut body = String::from("{\"room\":");
+    protocol::push_json_str(&mut body, &room);
+    body.push_str(",\"entries\":");
+    body.push_str(&hub.entries_json(&room));
+    body.push('}');
+    Ok(json(StatusCode::OK, body))
+}
+
+#[derive(Deserialize)]
+struct HeartbeatBody<'a> {
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(rename = "ttlMs", borrow)]
+    ttl_ms: Option<&'a RawValue>,
+    #[serde(rename = "clientId")]
+    client_id: Option<u64>,
+}
+
+async fn heartbeat(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let hub = state.hub()?;
+    let limits = hub.limits();
+    limits.check_room(&room)?;
+    let body: HeartbeatBody<'_> = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!("the body must be a JSON object: {e}"),
+        )
+    })?;
+    let ttl = protocol::parse_ttl(body.ttl_ms, limits)?;
+    let data = body.data.map_or("null", RawValue::get);
+    if data.len() > limits.max_data_bytes {
+        return Err(ApiError::new(
+            ErrorCode::DataTooLarge,
+            format!(
+                "data is {} bytes of JSON; the limit is {}",
+                data.len(),
+                limits.max_data_bytes
+            ),
+        ));
+    }
+    let client = match body.client_id {
+        Some(id) => ClientId::new(id).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::BadRequest,
+                "clientId must be an integer in [1, 2^53)",
+            )
+        })?,
+        None => hub
+            .allocate_client()
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?,
+    };
+    let room: Arc<str> = room.into();
+    let (expires_at, ticket) = hub.heartbeat(
+        &room,
+        client,
+        None,
+        Bytes::copy_from_slice(data.as_bytes()),
+        ttl,
+    )?;
+    wait_durable(hub, ticket).await?;
+    let body = serde_json::json!({"clientId": client.0, "expiresAtMs": expires_at.0});
+    Ok(json(StatusCode::OK, body.to_string()))
+}
+
+async fn remove_entry(
+    State(state): State<AppState>,
+    Path((room, client)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let hub = state.hub()?;
+    hub.limits().check_room(&room)?;
+    let client = client
+        .parse::<u64>()
+        .ok()
+        .and_then(ClientId::new)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::BadRequest,
+                "clientId must be an integer in [1, 2^53)",
+            )
+        })?;
+    if let Some(ticket) = hub.leave(&room.into(), client) {
+        wait_durable(hub, ticket).await?;
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn wait_durable(hub: &Hub, ticket: Ticket) -> Result<(), ApiError> {
+    if !hub.acks_wait_for_disk() {
+        return Ok(());
+    }
+    let mut durable = hub.durable();
+    match tokio::time::timeout(WRITE_TIMEOUT, durable.wait_for(|t| *t >= ticket)).await {
+        Ok(Ok(_)) => Ok(()),
+        _ => Err(ApiError::new(
+            ErrorCode::StorageUnavailable,
+            "the log could not make this write durable in time",
+        )),
+    }
+}
+
+async fn upgrade(
+    State(state): State<AppState>,
+    ConnectInfo(_peer): ConnectInfo<SocketAddr>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let hub = state.hub()?.clone();
+    let Ok(permit) = state.inner.connections.clone().try_acquire_owned() else {
+        return Err(ApiError::new(
+            ErrorCode::StorageUnavailable,
+            "the server has reached its connection limit",
+        ));
+    };
+    let config = &state.inner.config;
+    let limits = hub.limits();
+    let timeouts = Timeouts {
+        hello: limits.hello_timeout,
+        ping_interval: config.ping_interval,
+        idle: config.idle_timeout,
+    };
+    let shutdown = Shutdown::new(state.inner.shutdown.subscribe());
+    let sessions = state.inner.sessions.clone();
+    Ok(upgrade
+        .protocols(["rollcall.v1"])
+        .max_message_size(limits.max_message_bytes)
+        .max_frame_size(limits.max_message_bytes)
+        // A small read buffer keeps idle connections cheap (it grows for big messages);
+        // the write threshold only decides when `feed` writes early, since every batch
+        // ends with one explicit flush.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(256 * 1024)
+        .on_upgrade(move |socket| {
+            sessions.track_future(async move {
+                session::serve(socket, hub, shutdown, timeouts).await;
+                drop(permit);
+            })
+        }))
+}

@@ -1,0 +1,404 @@
+//! Shared state: the engine, who subscribes to which room, and who is connected.
+//!
+//! Everything here runs under one `std::sync::Mutex`: every critical section is short
+//! and never awaits, which is cheaper than an async lock and keeps a heartbeat's apply,
+//! log append and fan-out atomic with respect to subscribes (a subscriber never misses
+//! a change between its snapshot and its first `changes` frame).
+
+use std::hash::RandomState;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use hashbrown::HashMap;
+use rollcall_engine::{
+    Change, ClientId, Durability, Engine, Heartbeat, Leave, Ticket, Ttl, UnixMs,
+};
+use tokio::sync::{Notify, watch};
+
+use crate::error::Result;
+use crate::fanout::{Outbox, Slot};
+use crate::identity::Identity;
+use crate::limits::Limits;
+use crate::metrics::Metrics;
+use crate::protocol::{self, ErrorCode, Rejection};
+
+/// Subscribers of each room: their outbox and the room's slot in it. Room names come
+/// from clients, so the map uses a keyed hasher.
+type Subscribers = HashMap<Arc<str>, Vec<(Arc<Outbox>, Slot)>, RandomState>;
+
+/// A live WebSocket session, by client id.
+#[derive(Debug)]
+struct Session {
+    connection: u64,
+    kick: Arc<Notify>,
+}
+
+struct Inner {
+    engine: Engine,
+    identity: Identity,
+    subscribers: Subscribers,
+    sessions: HashMap<ClientId, Session>,
+    next_connection: u64,
+    scratch: Vec<Change>,
+}
+
+/// What a new session gets.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The session's client id.
+    pub client: ClientId,
+    /// Its resume token.
+    pub resume_token: String,
+    /// Whether the client id came from a valid resume token.
+    pub resumed: bool,
+    /// The resume token presented was not valid (a fresh id was assigned).
+    pub resume_rejected: bool,
+    /// Unique per connection, to tell sessions of the same client apart.
+    pub connection: u64,
+    /// Notified when another connection resumes the same client id.
+    pub kick: Arc<Notify>,
+}
+
+/// The server's shared state.
+pub struct Hub {
+    inner: Mutex<Inner>,
+    limits: Limits,
+    durability: Durability,
+    durable: watch::Receiver<Ticket>,
+    metrics: Metrics,
+}
+
+/// A page of `GET /v1/rooms`.
+#[derive(Debug)]
+pub struct RoomsPage {
+    /// Rooms with their live-entry counts, sorted by name.
+    pub rooms: Vec<(String, usize)>,
+    /// The cursor for the next page.
+    pub next: Option<String>,
+}
+
+impl Hub {
+    /// Wraps an opened engine. `durable` follows the engine's durable watermark.
+    pub fn new(
+        mut engine: Engine,
+        node: u16,
+        limits: Limits,
+        durable: watch::Receiver<Ticket>,
+        metrics: Metrics,
+    ) -> Result<Hub> {
+        let identity = Identity::load(&mut engine, node)?;
+        let durability = engine.durability();
+        Ok(Hub {
+            inner: Mutex::new(Inner {
+                engine,
+                identity,
+                subscribers: HashMap::default(),
+                sessions: HashMap::new(),
+                next_connection: 1,
+                scratch: Vec::new(),
+            }),
+            limits,
+            durability,
+            durable,
+            metrics,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The limits clients must respect.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The server's metrics handles.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Whether acks wait for the disk (`flush` mode) rather than going out at once.
+    pub fn acks_wait_for_disk(&self) -> bool {
+        self.durability == Durability::Flush
+    }
+
+    /// A receiver of the log's durable watermark.
+    pub fn durable(&self) -> watch::Receiver<Ticket> {
+        self.durable.clone()
+    }
+
+    /// The durable watermark now.
+    pub fn durable_now(&self) -> Ticket {
+        *self.durable.borrow()
+    }
+
+    /// Starts a session: resumes the client id of a valid `resume` token (closing any
+    /// other connection holding it) or assigns a new one.
+    pub fn admit(&self, resume: Option<&str>, user: Option<&str>) -> Result<Admitted> {
+        let mut inner = self.lock();
+        let resumed_id = resume.and_then(|token| inner.identity.verify(token, user));
+        let resume_rejected = resume.is_some() && resumed_id.is_none();
+        let client = match resumed_id {
+            Some(id) => id,
+            None => {
+                let Inner {
+                    identity, engine, ..
+                } = &mut *inner;
+                identity.allocate(engine)?
+            }
+        };
+        let connection = inner.next_connection;
+        inner.next_connection += 1;
+        let kick = Arc::new(Notify::new());
+        if let Some(old) = inner.sessions.insert(
+            client,
+            Session {
+                connection,
+                kick: kick.clone(),
+            },
+        ) {
+            old.kick.notify_one();
+        }
+        let resume_token = inner.identity.token(client, user);
+        Ok(Admitted {
+            client,
+            resume_token,
+            resumed: resumed_id.is_some(),
+            resume_rejected,
+            connection,
+            kick,
+        })
+    }
+
+    /// Ends a session: its subscriptions stop; its entries stay until their TTL.
+    pub fn depart(
+        &self,
+        client: ClientId,
+        connection: u64,
+        outbox: &Arc<Outbox>,
+        rooms: &[Arc<str>],
+    ) {
+        let mut inner = self.lock();
+        for room in rooms {
+            remove_subscriber(&mut inner.subscribers, room, outbox);
+        }
+        if inner
+            .sessions
+            .get(&client)
+            .is_some_and(|s| s.connection == connection)
+        {
+            inner.sessions.remove(&client);
+        }
+    }
+
+    /// A fresh client id (for REST heartbeats without one).
+    pub fn allocate_client(&self) -> Result<ClientId> {
+        let mut inner = self.lock();
+        let Inner {
+            identity, engine, ..
+        } = &mut *inner;
+        identity.allocate(engine)
+    }
+
+    /// Subscribes `outbox` to `room` and queues the room's snapshot. Pass the slot of
+    /// an existing subscription to re-send the snapshot.
+    pub fn subscribe(&self, room: &Arc<str>, outbox: &Arc<Outbox>, slot: Option<Slot>) -> Slot {
+        let now = UnixMs::now();
+        let mut inner = self.lock();
+        let snapshot =
+            protocol::snapshot(room, now, inner.engine.materializer().entries(room, now));
+        let slot = match slot {
+            Some(slot) => slot,
+            None => {
+                let slot = outbox.open_slot(room.clone());
+                inner
+                    .subscribers
+                    .entry(room.clone())
+                    .or_default()
+                    .push((outbox.clone(), slot));
+                slot
+            }
+        };
+        outbox.push_snapshot(slot, snapshot);
+        slot
+    }
+
+    /// Stops `outbox`'s subscription to `room`.
+    pub fn unsubscribe(&self, room: &Arc<str>, outbox: &Arc<Outbox>, slot: Slot) {
+        let mut inner = self.lock();
+        remove_subscriber(&mut inner.subscribers, room, outbox);
+        drop(inner);
+        outbox.close_slot(slot);
+    }
+
+    /// Upserts `client`'s entry, appends it to the log and fans the change out.
+    pub fn heartbeat(
+        &self,
+        room: &Arc<str>,
+        client: ClientId,
+        user: Option<Arc<str>>,
+        data: Bytes,
+        ttl: Ttl,
+    ) -> Result<(UnixMs, Ticket), Rejection> {
+        let now = UnixMs::now();
+        let mut inner = self.lock();
+        let materializer = inner.engine.materializer();
+        if materializer.get(room, client, now).is_none()
+            && materializer.live_count(room, now) >= self.limits.max_entries_per_room
+        {
+            return Err(Rejection {
+                code: ErrorCode::RoomFull,
+                message: format!(
+                    "the room already has {} entries, the limit",
+                    self.limits.max_entries_per_room
+                ),
+                reference: None,
+                room: Some(room.to_string()),
+            });
+        }
+        let (change, ticket) = inner.engine.heartbeat(Heartbeat {
+            room: room.clone(),
+            client,
+            user,
+            data,
+            ttl,
+            at: now,
+        });
+        let expires_at = change.entry.expires_at;
+        self.metrics.heartbeats.increment(1);
+        fan_out(&inner.subscribers, &change, &self.metrics);
+        Ok((expires_at, ticket))
+    }
+
+    /// Removes `client`'s entry; `None` if it had none.
+    pub fn leave(&self, room: &Arc<str>, client: ClientId) -> Option<Ticket> {
+        let mut inner = self.lock();
+        let (change, ticket) = inner.engine.leave(Leave {
+            room: room.clone(),
+            client,
+            at: UnixMs::now(),
+        })?;
+        self.metrics.leaves.increment(1);
+        fan_out(&inner.subscribers, &change, &self.metrics);
+        Some(ticket)
+    }
+
+    /// Expires due entries and fans out their removal. Returns how many expired.
+    pub fn sweep(&self, now: UnixMs) -> usize {
+        let mut inner = self.lock();
+        if inner
+            .engine
+            .materializer()
+            .next_expiry()
+            .is_none_or(|at| at >= now)
+        {
+            return 0;
+        }
+        let Inner {
+            engine,
+            subscribers,
+            scratch,
+            ..
+        } = &mut *inner;
+        scratch.clear();
+        let expired = engine.sweep(now, scratch);
+        for change in scratch.drain(..) {
+            fan_out(subscribers, &change, &self.metrics);
+        }
+        self.metrics.expirations.increment(expired as u64);
+        expired
+    }
+
+    /// The live entries of `room` as a JSON array.
+    pub fn entries_json(&self, room: &str) -> String {
+        let now = UnixMs::now();
+        let inner = self.lock();
+        protocol::entries_json(inner.engine.materializer().entries(room, now))
+    }
+
+    /// Rooms with live entries, sorted by name, after `after`, at most `limit`.
+    pub fn rooms_page(&self, after: Option<&str>, limit: usize) -> RoomsPage {
+        let now = UnixMs::now();
+        let inner = self.lock();
+        let mut rooms: Vec<(String, usize)> = inner
+            .engine
+            .materializer()
+            .rooms(now)
+            .filter(|(name, _)| after.is_none_or(|after| &***name > after))
+            .map(|(name, live)| (name.to_string(), live))
+            .collect();
+        drop(inner);
+        rooms.sort_unstable();
+        let next = (rooms.len() > limit).then(|| rooms[limit - 1].0.clone());
+        rooms.truncate(limit);
+        RoomsPage { rooms, next }
+    }
+
+    /// Publishes gauges: rooms, entries, log size.
+    pub fn record_gauges(&self) {
+        let inner = self.lock();
+        let materializer = inner.engine.materializer();
+        self.metrics.rooms.set(materializer.room_count() as f64);
+        self.metrics.entries.set(materializer.len() as f64);
+        self.metrics
+            .subscribed_rooms
+            .set(inner.subscribers.len() as f64);
+        self.metrics
+            .log_failing
+            .set(if inner.engine.log_failing() { 1.0 } else { 0.0 });
+    }
+
+    /// Flushes the log and waits for it (blocking).
+    pub fn sync(&self) -> Result<bool> {
+        Ok(self.lock().engine.sync()?)
+    }
+
+    /// Closes the engine if this is the last handle; otherwise only flushes.
+    pub fn close(self: Arc<Hub>) -> Result<()> {
+        match Arc::try_unwrap(self) {
+            Ok(hub) => {
+                let inner = hub
+                    .inner
+                    .into_inner()
+                    .unwrap_or_else(PoisonError::into_inner);
+                inner.engine.close()?;
+            }
+            Err(hub) => {
+                tracing::warn!("connections still hold the engine; flushing without closing");
+                hub.sync()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("limits", &self.limits)
+            .field("durability", &self.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+fn remove_subscriber(subscribers: &mut Subscribers, room: &str, outbox: &Arc<Outbox>) {
+    if let Some(subs) = subscribers.get_mut(room) {
+        subs.retain(|(o, _)| !Arc::ptr_eq(o, outbox));
+        if subs.is_empty() {
+            subscribers.remove(room);
+        }
+    }
+}
+
+/// Serializes a change once and queues it for every subscriber of its room.
+fn fan_out(subscribers: &Subscribers, change: &Change, metrics: &Metrics) {
+    let Some(subs) = subscribers.get(&*change.room) else {
+        return;
+    };
+    let fragment: Arc<str> = protocol::change_fragment(change).into();
+    for (outbox, slot) in subs {
+        outbox.push_change(*slot, change.entry.client, &fragment);
+    }
+    metrics.fanout_changes.increment(subs.len() as u64);
+}

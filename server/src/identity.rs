@@ -1,0 +1,193 @@
+//! Client ids and resume tokens.
+//!
+//! Ids are handed out from blocks reserved in the engine's metadata, so an id is never
+//! reused, even across restarts. A resume token is the id plus an HMAC over the id and
+//! the user it was issued to, keyed by a secret that is also kept in the metadata: it
+//! stays valid across restarts and cannot be forged or moved to another user.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use rollcall_engine::{ClientId, Engine};
+use sha2::Sha256;
+
+use crate::error::{Error, Result};
+
+const SECRET_KEY: &str = "resume_secret";
+const NEXT_ID_KEY: &str = "next_client_id";
+/// Ids reserved per metadata write.
+const BLOCK: u64 = 4_096;
+/// Bits of an id below the node id (cluster mode puts the node id above them).
+pub const NODE_SHIFT: u32 = 40;
+const TAG_BYTES: usize = 16;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Allocates client ids and signs and checks resume tokens.
+pub struct Identity {
+    secret: [u8; 32],
+    node: u64,
+    next: u64,
+    ceiling: u64,
+}
+
+impl Identity {
+    /// Loads (or creates) the secret and the id counter of node `node` (0 when alone).
+    pub fn load(engine: &mut Engine, node: u16) -> Result<Identity> {
+        let secret = match engine.meta_get(SECRET_KEY)? {
+            Some(bytes) if bytes.len() == 32 => {
+                let mut secret = [0; 32];
+                secret.copy_from_slice(&bytes);
+                secret
+            }
+            _ => {
+                let mut secret = [0; 32];
+                getrandom::fill(&mut secret).map_err(|e| Error::Random(e.to_string()))?;
+                engine.meta_put(SECRET_KEY, &secret)?;
+                secret
+            }
+        };
+        let next = match engine.meta_get(NEXT_ID_KEY)? {
+            Some(bytes) if bytes.len() == 8 => {
+                u64::from_be_bytes(bytes.try_into().unwrap_or([0; 8])).max(1)
+            }
+            _ => 1,
+        };
+        Ok(Identity {
+            secret,
+            node: u64::from(node) << NODE_SHIFT,
+            next,
+            // Nothing reserved yet: the first allocation writes a block.
+            ceiling: next,
+        })
+    }
+
+    /// A fresh client id, never handed out before.
+    pub fn allocate(&mut self, engine: &mut Engine) -> Result<ClientId> {
+        if self.next >= self.ceiling {
+            let ceiling = self.next + BLOCK;
+            engine.meta_put(NEXT_ID_KEY, &ceiling.to_be_bytes())?;
+            self.ceiling = ceiling;
+        }
+        let counter = self.next;
+        self.next += 1;
+        ClientId::new(self.node | counter).ok_or(Error::IdsExhausted)
+    }
+
+    fn tag(&self, client: ClientId, user: Option<&str>) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(&self.secret).expect("HMAC takes any key size");
+        mac.update(b"rollcall-resume-v1\0");
+        mac.update(&client.0.to_be_bytes());
+        match user {
+            Some(user) => {
+                mac.update(b"\x01");
+                mac.update(user.as_bytes());
+            }
+            None => mac.update(b"\x00"),
+        }
+        mac
+    }
+
+    /// The resume token for `client`, bound to `user`.
+    pub fn token(&self, client: ClientId, user: Option<&str>) -> String {
+        let tag = self.tag(client, user).finalize().into_bytes();
+        format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(client.0.to_be_bytes()),
+            URL_SAFE_NO_PAD.encode(&tag[..TAG_BYTES])
+        )
+    }
+
+    /// The client id of a token issued to `user`; `None` if it is malformed, forged
+    /// or was issued to someone else.
+    pub fn verify(&self, token: &str, user: Option<&str>) -> Option<ClientId> {
+        let (id, tag) = token.split_once('.')?;
+        if id.len() > 16 || tag.len() > 32 {
+            return None;
+        }
+        let id: [u8; 8] = URL_SAFE_NO_PAD.decode(id).ok()?.try_into().ok()?;
+        let client = ClientId::new(u64::from_be_bytes(id))?;
+        let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
+        if tag.len() != TAG_BYTES {
+            return None;
+        }
+        self.tag(client, user)
+            .verify_truncated_left(&tag)
+            .ok()
+            .map(|()| client)
+    }
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("node", &(self.node >> NODE_SHIFT))
+            .field("next", &self.next)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rollcall_engine::Config;
+
+    use super::*;
+
+    #[test]
+    fn tokens_verify_only_for_their_user() {
+        let mut engine = Engine::memory();
+        let mut identity = Identity::load(&mut engine, 0).unwrap();
+        let a = identity.allocate(&mut engine).unwrap();
+        let b = identity.allocate(&mut engine).unwrap();
+        assert_ne!(a, b);
+        let token = identity.token(a, Some("alice"));
+        assert_eq!(identity.verify(&token, Some("alice")), Some(a));
+        assert_eq!(identity.verify(&token, Some("bob")), None);
+        assert_eq!(identity.verify(&token, None), None);
+        let anonymous = identity.token(b, None);
+        assert_eq!(identity.verify(&anonymous, None), Some(b));
+        // Forging: another id with a's tag.
+        let (_, tag) = token.split_once('.').unwrap();
+        let forged = format!("{}.{tag}", URL_SAFE_NO_PAD.encode(b.0.to_be_bytes()));
+        assert_eq!(identity.verify(&forged, Some("alice")), None);
+        for junk in [
+            "",
+            ".",
+            "abc",
+            "AAAAAAAAAAE.",
+            "AAAAAAAAAAE.xyz",
+            &"A".repeat(5000),
+        ] {
+            assert_eq!(identity.verify(junk, None), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn ids_and_secret_survive_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut engine, _) = Engine::open(Config::new(dir.path())).unwrap();
+        let mut identity = Identity::load(&mut engine, 0).unwrap();
+        let first = identity.allocate(&mut engine).unwrap();
+        let token = identity.token(first, None);
+        engine.close().unwrap();
+
+        let (mut engine, _) = Engine::open(Config::new(dir.path())).unwrap();
+        let mut identity = Identity::load(&mut engine, 0).unwrap();
+        assert_eq!(identity.verify(&token, None), Some(first));
+        let second = identity.allocate(&mut engine).unwrap();
+        assert!(
+            second > first,
+            "ids are never reused: {second} after {first}"
+        );
+        engine.close().unwrap();
+    }
+
+    #[test]
+    fn node_id_goes_in_the_high_bits() {
+        let mut engine = Engine::memory();
+        let mut identity = Identity::load(&mut engine, 3).unwrap();
+        let id = identity.allocate(&mut engine).unwrap();
+        assert_eq!(id.0 >> NODE_SHIFT, 3);
+        assert!(id <= ClientId::MAX);
+    }
+}

@@ -1,0 +1,43 @@
+//! The Rollcall presence server.
+//!
+//! Clients connect over WebSocket (`/ws`), heartbeat entries into rooms and subscribe
+//! to rooms' snapshots and changes; bots use the REST API. `docs/protocol.md` documents
+//! the wire protocol. The pieces, in the shape of tokio's mini-redis:
+//!
+//! - [`run`] serves a listener until a shutdown future completes;
+//! - [`connection`] owns a socket and reads and writes whole messages;
+//! - [`protocol`] parses requests and encodes messages, in one place;
+//! - [`session`] runs one client: handshake, request loop, write loop;
+//! - [`hub`] holds the engine and the subscriptions; [`fanout`] the per-subscriber
+//!   conflating outboxes;
+//! - [`shutdown`] is the signal every task listens to.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), rollcall_server::Error> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:7700").await?;
+//! let config = rollcall_server::ServerConfig::default();
+//! rollcall_server::run(listener, config, tokio::signal::ctrl_c()).await
+//! # }
+//! ```
+#![deny(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
+pub mod cli;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod fanout;
+pub mod http;
+pub mod hub;
+pub mod identity;
+pub mod limits;
+pub mod metrics;
+pub mod protocol;
+mod server;
+pub mod session;
+pub mod shutdown;
+
+pub use config::ServerConfig;
+pub use error::{Error, Result};
+pub use limits::Limits;
+pub use server::run;

@@ -1,0 +1,181 @@
+//! Runs the server: opens the engine, serves HTTP and WebSockets, sweeps, shuts down.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rollcall_engine::{Config, Durability, Engine, Ticket, UnixMs};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, broadcast, watch};
+use tokio::time::MissedTickBehavior;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ServerConfig;
+use crate::error::{Error, Result};
+use crate::http::{self, AppState};
+use crate::hub::Hub;
+use crate::metrics::{self, Metrics};
+use crate::shutdown::Shutdown;
+
+/// Serves on `listener` until `shutdown` completes, then closes every session with
+/// 1001, flushes the log and returns.
+///
+/// The listener answers at once: `/healthz` says 503 until the log is replayed.
+pub async fn run(
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future + Send + 'static,
+) -> Result<()> {
+    let prometheus = metrics::install();
+    let metrics = Metrics::new();
+    let (notify_shutdown, _) = broadcast::channel(1);
+    let sessions = TaskTracker::new();
+    let state = AppState::new(
+        config.clone(),
+        notify_shutdown.clone(),
+        sessions.clone(),
+        prometheus.clone(),
+    );
+
+    let opening = tokio::task::spawn_blocking({
+        let config = config.clone();
+        let metrics = metrics.clone();
+        move || open(&config, metrics)
+    });
+
+    // The HTTP server stops on the caller's signal, or when replay fails.
+    let replay_failed = Arc::new(Notify::new());
+    let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let stop = notify_shutdown.clone();
+    let failed = replay_failed.clone();
+    let serve = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    _ = shutdown => tracing::info!("shutting down: closing sessions"),
+                    () = failed.notified() => {}
+                }
+                let _ = stop.send(());
+            })
+            .into_future(),
+    );
+
+    let hub = match opening.await {
+        Ok(Ok(hub)) => Arc::new(hub),
+        Ok(Err(error)) => {
+            replay_failed.notify_one();
+            let _ = serve.await;
+            return Err(error);
+        }
+        Err(join) => {
+            replay_failed.notify_one();
+            let _ = serve.await;
+            return Err(Error::Task(join.to_string()));
+        }
+    };
+    state.set_hub(hub.clone());
+    let sweeper = tokio::spawn(sweep(
+        hub.clone(),
+        config.tick,
+        prometheus,
+        Shutdown::new(notify_shutdown.subscribe()),
+    ));
+
+    serve.await.map_err(|e| Error::Task(e.to_string()))??;
+    let _ = sweeper.await;
+
+    sessions.close();
+    if tokio::time::timeout(config.drain_timeout, sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = sessions.len(),
+            "sessions did not close within the drain timeout"
+        );
+    }
+    // The last handles to the hub go with the state; then the engine can close.
+    drop(state);
+    tokio::task::spawn_blocking(move || hub.close())
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
+    tracing::info!("log flushed; bye");
+    Ok(())
+}
+
+/// Opens the engine (replaying the log) and wraps it in a hub. Blocking.
+fn open(config: &ServerConfig, metrics: Metrics) -> Result<Hub> {
+    let started = Instant::now();
+    let (durable_tx, durable_rx) = watch::channel(Ticket(0));
+    let engine_config = Config::new(&config.data_dir)
+        .durability(config.durability)
+        .layout(config.layout)
+        .recovery(config.recovery)
+        .on_durable(move |ticket| {
+            durable_tx.send_replace(ticket);
+        })
+        .on_progress(|progress| {
+            if progress.elapsed.as_secs() < 1 {
+                return;
+            }
+            tracing::info!(
+                records = progress.records,
+                events = progress.events,
+                elapsed_ms = progress.elapsed.as_millis() as u64,
+                "replaying the log"
+            );
+        });
+    if config.durability == Durability::Memory {
+        tracing::info!("durability is memory: nothing is written to disk");
+    } else {
+        tracing::info!(data = %config.data_dir.display(), durability = ?config.durability, "opening the log");
+    }
+    let (engine, report) = Engine::open(engine_config)?;
+    metrics.replay_seconds.set(started.elapsed().as_secs_f64());
+    metrics.replay_entries.set(report.live_entries as f64);
+    if !report.torn.is_empty() {
+        tracing::warn!(records = ?report.torn, "truncated a torn tail");
+    }
+    if !report.skipped.is_empty() {
+        tracing::error!(records = ?report.skipped, "skipped unreadable log records");
+    }
+    tracing::info!(
+        live_entries = report.live_entries,
+        expired = report.expired,
+        records = report.records,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "ready"
+    );
+    Hub::new(
+        engine,
+        config.node_id,
+        config.limits.clone(),
+        durable_rx,
+        metrics,
+    )
+}
+
+/// Expires due entries every tick, so an entry disappears within TTL + one tick.
+async fn sweep(
+    hub: Arc<Hub>,
+    tick: std::time::Duration,
+    prometheus: metrics_exporter_prometheus::PrometheusHandle,
+    mut shutdown: Shutdown,
+) {
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_upkeep = Instant::now();
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            () = shutdown.recv() => return,
+        }
+        hub.sweep(UnixMs::now());
+        if last_upkeep.elapsed().as_secs() >= 5 {
+            last_upkeep = Instant::now();
+            prometheus.run_upkeep();
+            hub.record_gauges();
+        }
+    }
+}
