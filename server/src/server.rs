@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::serve::ListenerExt as _;
 use rollcall_engine::{Config, Durability, Engine, Ticket, UnixMs};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, broadcast, watch};
@@ -49,6 +50,12 @@ pub async fn run(
     let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let stop = notify_shutdown.clone();
     let failed = replay_failed.clone();
+    // Frames are batched by the writer; Nagle's algorithm would only add latency.
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY");
+        }
+    });
     let serve = tokio::spawn(
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
