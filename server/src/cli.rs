@@ -9,6 +9,7 @@ use rollcall_engine::{Durability, Layout, Recovery};
 
 use crate::config::ServerConfig;
 use crate::limits::Limits;
+use crate::listener::ConnectionLimits;
 
 /// Rollcall: a presence server. Clients heartbeat ephemeral state into rooms with a
 /// TTL; entries vanish when heartbeats stop.
@@ -100,9 +101,25 @@ pub struct ServeArgs {
     #[arg(long, env = "ROLLCALL_IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub idle_timeout_secs: u64,
 
-    /// Open WebSocket sessions at most.
+    /// Open connections (HTTP and WebSocket) at most; more are refused at accept.
     #[arg(long, env = "ROLLCALL_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
+
+    /// Open connections per client IP address at most.
+    #[arg(
+        long,
+        env = "ROLLCALL_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 10_000
+    )]
+    pub max_connections_per_ip: usize,
+
+    /// Milliseconds a client has to send its HTTP request head (or upgrade request).
+    #[arg(long, env = "ROLLCALL_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+
+    /// Largest HTTP request head in bytes (larger ones are answered 431).
+    #[arg(long, env = "ROLLCALL_MAX_HEADER_BYTES", default_value_t = 65_536)]
+    pub max_header_bytes: usize,
 
     /// Seconds shutdown waits for sessions to close before flushing anyway.
     #[arg(long, env = "ROLLCALL_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
@@ -174,7 +191,12 @@ impl ServeArgs {
                 ..Limits::default()
             },
             tick: Duration::from_millis(self.tick_ms),
-            max_connections: self.max_connections,
+            connections: ConnectionLimits {
+                max_connections: self.max_connections,
+                max_per_ip: self.max_connections_per_ip,
+                header_timeout: Duration::from_millis(self.header_timeout_ms),
+                max_header_bytes: self.max_header_bytes,
+            },
             ping_interval: Duration::from_secs(self.ping_interval_secs.max(1)),
             idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),

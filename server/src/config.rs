@@ -6,6 +6,7 @@ use std::time::Duration;
 use rollcall_engine::{Durability, Layout, Recovery};
 
 use crate::limits::Limits;
+use crate::listener::ConnectionLimits;
 
 /// Everything `run` needs besides the listener.
 #[derive(Clone, Debug)]
@@ -22,8 +23,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// How often expired entries are swept (an entry disappears within TTL + tick).
     pub tick: Duration,
-    /// Open WebSocket sessions at most; more get 503 at the upgrade.
-    pub max_connections: usize,
+    /// Caps and timeouts applied when accepting connections.
+    pub connections: ConnectionLimits,
     /// How often an idle client is pinged.
     pub ping_interval: Duration,
     /// A client silent for this long is closed.
@@ -43,7 +44,7 @@ impl Default for ServerConfig {
             recovery: Recovery::Strict,
             limits: Limits::default(),
             tick: Duration::from_millis(25),
-            max_connections: 100_000,
+            connections: ConnectionLimits::default(),
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),

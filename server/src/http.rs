@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::ws::WebSocketUpgrade;
@@ -15,11 +16,11 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use rollcall_engine::{ClientId, Ticket};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::sync::{Semaphore, broadcast};
 use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
 use crate::hub::Hub;
+use crate::listener::ConnectionGuard;
 use crate::protocol::{self, ErrorCode, Rejection};
 use crate::session::{self, Timeouts};
 use crate::shutdown::Shutdown;
@@ -39,9 +40,8 @@ pub struct AppState {
 struct StateInner {
     hub: OnceLock<Arc<Hub>>,
     config: ServerConfig,
-    shutdown: broadcast::Sender<()>,
+    shutdown: Shutdown,
     sessions: TaskTracker,
-    connections: Arc<Semaphore>,
     prometheus: PrometheusHandle,
 }
 
@@ -49,18 +49,16 @@ impl AppState {
     /// State for a server that is still replaying its log.
     pub fn new(
         config: ServerConfig,
-        shutdown: broadcast::Sender<()>,
+        shutdown: Shutdown,
         sessions: TaskTracker,
         prometheus: PrometheusHandle,
     ) -> AppState {
-        let connections = Arc::new(Semaphore::new(config.max_connections));
         AppState {
             inner: Arc::new(StateInner {
                 hub: OnceLock::new(),
                 config,
                 shutdown,
                 sessions,
-                connections,
                 prometheus,
             }),
         }
@@ -281,15 +279,12 @@ async fn wait_durable(hub: &Hub, ticket: Ticket) -> Result<(), ApiError> {
 async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(_peer): ConnectInfo<SocketAddr>,
+    guard: Option<Extension<Arc<ConnectionGuard>>>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let hub = state.hub()?.clone();
-    let Ok(permit) = state.inner.connections.clone().try_acquire_owned() else {
-        return Err(ApiError::new(
-            ErrorCode::StorageUnavailable,
-            "the server has reached its connection limit",
-        ));
-    };
+    // The session keeps the connection's slot under the connection caps.
+    let guard = guard.map(|Extension(guard)| guard);
     let config = &state.inner.config;
     let limits = hub.limits();
     let timeouts = Timeouts {
@@ -297,7 +292,7 @@ async fn upgrade(
         ping_interval: config.ping_interval,
         idle: config.idle_timeout,
     };
-    let shutdown = Shutdown::new(state.inner.shutdown.subscribe());
+    let shutdown = state.inner.shutdown.clone();
     let sessions = state.inner.sessions.clone();
     Ok(upgrade
         .protocols(["rollcall.v1"])
@@ -311,7 +306,7 @@ async fn upgrade(
         .on_upgrade(move |socket| {
             sessions.track_future(async move {
                 session::serve(socket, hub, shutdown, timeouts).await;
-                drop(permit);
+                drop(guard);
             })
         }))
 }

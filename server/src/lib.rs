@@ -31,6 +31,7 @@ pub mod http;
 pub mod hub;
 pub mod identity;
 pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod protocol;
 mod server;

@@ -1,14 +1,12 @@
 //! Runs the server: opens the engine, serves HTTP and WebSockets, sweeps, shuts down.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::serve::ListenerExt as _;
 use rollcall_engine::{Config, Durability, Engine, Ticket, UnixMs};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tokio_util::task::TaskTracker;
 
@@ -16,8 +14,9 @@ use crate::config::ServerConfig;
 use crate::error::{Error, Result};
 use crate::http::{self, AppState};
 use crate::hub::Hub;
+use crate::listener;
 use crate::metrics::{self, Metrics};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Shutdown, Trigger};
 
 /// Serves on `listener` until `shutdown` completes, then closes every session with
 /// 1001, flushes the log and returns.
@@ -30,11 +29,11 @@ pub async fn run(
 ) -> Result<()> {
     let prometheus = metrics::install();
     let metrics = Metrics::new();
-    let (notify_shutdown, _) = broadcast::channel(1);
+    let trigger = Trigger::new();
     let sessions = TaskTracker::new();
     let state = AppState::new(
         config.clone(),
-        notify_shutdown.clone(),
+        trigger.subscribe(),
         sessions.clone(),
         prometheus.clone(),
     );
@@ -45,39 +44,31 @@ pub async fn run(
         move || open(&config, metrics)
     });
 
-    // The HTTP server stops on the caller's signal, or when replay fails.
-    let replay_failed = Arc::new(Notify::new());
-    let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let stop = notify_shutdown.clone();
-    let failed = replay_failed.clone();
-    // Frames are batched by the writer; Nagle's algorithm would only add latency.
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "could not set TCP_NODELAY");
-        }
+    // Accept at once: `/healthz` answers 503 until the replay is done.
+    let router = http::router(state.clone());
+    let acceptor = tokio::spawn(listener::accept_loop(
+        listener,
+        router,
+        config.connections,
+        trigger.subscribe(),
+        sessions.clone(),
+    ));
+    let mut stop = trigger.subscribe();
+    let signal = tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down: closing sessions");
     });
-    let serve = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    _ = shutdown => tracing::info!("shutting down: closing sessions"),
-                    () = failed.notified() => {}
-                }
-                let _ = stop.send(());
-            })
-            .into_future(),
-    );
 
     let hub = match opening.await {
         Ok(Ok(hub)) => Arc::new(hub),
         Ok(Err(error)) => {
-            replay_failed.notify_one();
-            let _ = serve.await;
+            trigger.fire();
+            let _ = acceptor.await;
             return Err(error);
         }
         Err(join) => {
-            replay_failed.notify_one();
-            let _ = serve.await;
+            trigger.fire();
+            let _ = acceptor.await;
             return Err(Error::Task(join.to_string()));
         }
     };
@@ -86,10 +77,16 @@ pub async fn run(
         hub.clone(),
         config.tick,
         prometheus,
-        Shutdown::new(notify_shutdown.subscribe()),
+        trigger.subscribe(),
     ));
 
-    serve.await.map_err(|e| Error::Task(e.to_string()))??;
+    // Run until the caller's signal (or until every listener of it is gone).
+    tokio::select! {
+        _ = signal => {}
+        () = stop.recv() => {}
+    }
+    trigger.fire();
+    let _ = acceptor.await;
     let _ = sweeper.await;
 
     sessions.close();

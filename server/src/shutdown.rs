@@ -1,39 +1,83 @@
 //! The shutdown signal every task listens to.
 
-use tokio::sync::broadcast;
+use tokio::sync::watch;
 
 /// Listens for the server's shutdown signal.
 ///
-/// Shutdown is signalled with a `broadcast` channel: every task holds a receiver, and
-/// one send (or dropping the sender) reaches all of them. Once seen, the signal stays
-/// seen.
-#[derive(Debug)]
+/// The signal is a `watch` channel flipped to `true` once: unlike a broadcast, a
+/// listener created after the flip (a connection accepted in the same instant) still
+/// sees it, and dropping the sender counts as the signal too.
+#[derive(Clone, Debug)]
 pub struct Shutdown {
-    is_shutdown: bool,
-    notify: broadcast::Receiver<()>,
+    notify: watch::Receiver<bool>,
+}
+
+/// Sends the shutdown signal.
+#[derive(Debug)]
+pub struct Trigger {
+    notify: watch::Sender<bool>,
+}
+
+impl Trigger {
+    /// A trigger and nothing listening yet.
+    pub fn new() -> Trigger {
+        Trigger {
+            notify: watch::channel(false).0,
+        }
+    }
+
+    /// A new listener.
+    pub fn subscribe(&self) -> Shutdown {
+        Shutdown {
+            notify: self.notify.subscribe(),
+        }
+    }
+
+    /// Signals every listener, present and future.
+    pub fn fire(&self) {
+        self.notify.send_replace(true);
+    }
+}
+
+impl Default for Trigger {
+    fn default() -> Self {
+        Trigger::new()
+    }
 }
 
 impl Shutdown {
-    /// Wraps a receiver of the shutdown channel.
-    pub fn new(notify: broadcast::Receiver<()>) -> Shutdown {
-        Shutdown {
-            is_shutdown: false,
-            notify,
-        }
-    }
-
-    /// Whether the signal has been received.
+    /// Whether the signal has been given.
     pub fn is_shutdown(&self) -> bool {
-        self.is_shutdown
+        *self.notify.borrow()
     }
 
-    /// Waits for the signal (returns at once if it was already seen).
+    /// Waits for the signal (returns at once if it was already given).
     pub async fn recv(&mut self) {
-        if self.is_shutdown {
-            return;
-        }
-        // Lagged and closed both mean "shut down": only one value is ever sent.
-        let _ = self.notify.recv().await;
-        self.is_shutdown = true;
+        // An error means the trigger is gone, which also means "shut down".
+        let _ = self.notify.wait_for(|stop| *stop).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn late_listeners_see_the_signal() {
+        let trigger = Trigger::new();
+        let mut early = trigger.subscribe();
+        trigger.fire();
+        let mut late = trigger.subscribe();
+        early.recv().await;
+        late.recv().await;
+        assert!(late.is_shutdown());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_trigger_counts_as_the_signal() {
+        let trigger = Trigger::new();
+        let mut listener = trigger.subscribe();
+        drop(trigger);
+        listener.recv().await;
     }
 }

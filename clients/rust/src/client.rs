@@ -250,14 +250,20 @@ impl Presence {
     }
 
     /// Upserts this client's entry; errors arrive on [`Client::errors`].
-    #[allow(clippy::needless_pass_by_value, reason = "callers pass `json!(..)` temporaries")]
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "callers pass `json!(..)` temporaries"
+    )]
     pub fn heartbeat(&self, data: Value, ttl: Duration) {
         self.send_heartbeat(&data, ttl, None);
     }
 
     /// Upserts this client's entry and waits for the server's ack (sent once durable).
     /// Returns the entry's `expiresAtMs`.
-    #[allow(clippy::needless_pass_by_value, reason = "callers pass `json!(..)` temporaries")]
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "callers pass `json!(..)` temporaries"
+    )]
     pub async fn heartbeat_acked(&self, data: Value, ttl: Duration) -> Result<u64> {
         let (ack, wait) = oneshot::channel();
         self.send_heartbeat(&data, ttl, Some(ack));
