@@ -7,7 +7,12 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rollcall_engine::{Durability, Layout, Recovery};
 
-use crate::config::ServerConfig;
+use std::sync::Arc;
+
+use rollcall_engine::UnixMs;
+
+use crate::auth::{self, Auth, Claims, RoomClaims};
+use crate::config::{CorruptDataPolicy, ServerConfig};
 use crate::limits::Limits;
 use crate::listener::ConnectionLimits;
 
@@ -26,6 +31,60 @@ pub struct Cli {
 pub enum Command {
     /// Run the server.
     Serve(Box<ServeArgs>),
+    /// Mint a JWT for local testing (prints it on stdout).
+    Token(TokenArgs),
+}
+
+/// `rollcall token` flags.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// HS256: the same secret file the server uses (--auth-secret-file).
+    #[arg(
+        long,
+        conflicts_with = "private_key",
+        required_unless_present = "private_key"
+    )]
+    pub secret_file: Option<PathBuf>,
+    /// ES256/RS256: a PEM private key matching the server's --auth-public-key.
+    #[arg(long)]
+    pub private_key: Option<PathBuf>,
+    /// The user (`sub`), which becomes the userId of this client's entries.
+    #[arg(long)]
+    pub sub: String,
+    /// Room pattern the token may read (subscribe); repeatable, `*` is a wildcard.
+    #[arg(long = "read")]
+    pub read: Vec<String>,
+    /// Room pattern the token may write (heartbeat, leave); repeatable.
+    #[arg(long = "write")]
+    pub write: Vec<String>,
+    /// Allow the REST API's writes and listing.
+    #[arg(long)]
+    pub admin: bool,
+    /// Seconds until the token expires.
+    #[arg(long, default_value_t = 3_600)]
+    pub ttl_secs: u64,
+}
+
+impl TokenArgs {
+    /// Signs the token these flags describe.
+    pub fn mint(&self) -> crate::Result<String> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path)
+                .map_err(|e| crate::Error::Config(format!("cannot read {}: {e}", path.display())))
+        };
+        let secret = self.secret_file.as_ref().map(read).transpose()?;
+        let private_key = self.private_key.as_ref().map(read).transpose()?;
+        let claims = Claims {
+            sub: self.sub.clone(),
+            exp: UnixMs::now().0 / 1_000 + self.ttl_secs,
+            rooms: RoomClaims {
+                read: self.read.clone(),
+                write: self.write.clone(),
+            },
+            admin: self.admin,
+        };
+        auth::mint(&claims, secret.as_deref(), private_key.as_deref())
+    }
 }
 
 /// `rollcall serve` flags.
@@ -125,6 +184,50 @@ pub struct ServeArgs {
     #[arg(long, env = "ROLLCALL_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
     pub drain_timeout_secs: u64,
 
+    /// Seconds a client's socket may accept nothing before it is closed (4005).
+    #[arg(
+        long,
+        env = "ROLLCALL_SLOW_CONSUMER_TIMEOUT_SECS",
+        default_value_t = 30
+    )]
+    pub slow_consumer_timeout_secs: u64,
+
+    /// Requests other than heartbeats per second per connection (burst twice that).
+    #[arg(long, env = "ROLLCALL_REQUEST_RATE", default_value_t = 100)]
+    pub request_rate: u32,
+
+    /// WebSocket pings/pongs per second per connection (burst twice that); a flood
+    /// closes the connection (4006).
+    #[arg(long, env = "ROLLCALL_CONTROL_FRAME_RATE", default_value_t = 10)]
+    pub control_frame_rate: u32,
+
+    /// Turn auth on with an HS256 secret (a file of at least 32 random bytes).
+    #[arg(
+        long,
+        env = "ROLLCALL_AUTH_SECRET_FILE",
+        conflicts_with = "auth_public_key"
+    )]
+    pub auth_secret_file: Option<PathBuf>,
+
+    /// Turn auth on with an ES256 (P-256) or RS256 public key (PEM file).
+    #[arg(long, env = "ROLLCALL_AUTH_PUBLIC_KEY")]
+    pub auth_public_key: Option<PathBuf>,
+
+    /// Browser origin allowed to open WebSockets, e.g. https://app.example.com
+    /// (repeatable, or comma-separated in the env var). Without any, every origin is
+    /// allowed; the server's own pages always are.
+    #[arg(
+        long = "allowed-origin",
+        env = "ROLLCALL_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// A data directory that cannot be opened: fail (exit non-zero) or move-aside
+    /// (rename it, log an error, start empty; presence is soft state).
+    #[arg(long, env = "ROLLCALL_ON_CORRUPT_DATA", value_enum, default_value_t = CorruptDataArg::Fail)]
+    pub on_corrupt_data: CorruptDataArg,
+
     /// Log filter, e.g. `info` or `rollcall_server=debug`.
     #[arg(long, env = "ROLLCALL_LOG", default_value = "info")]
     pub log: String,
@@ -139,6 +242,15 @@ pub enum DurabilityArg {
     Buffered,
     /// Keep no log.
     Memory,
+}
+
+/// `--on-corrupt-data` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CorruptDataArg {
+    /// Exit with a clear message.
+    Fail,
+    /// Move the directory aside and start empty.
+    MoveAside,
 }
 
 /// `--log-layout` values.
@@ -160,9 +272,14 @@ pub enum RecoveryArg {
 }
 
 impl ServeArgs {
-    /// The server configuration these flags describe.
-    pub fn config(&self) -> ServerConfig {
-        ServerConfig {
+    /// The server configuration these flags describe (reads the auth key files).
+    pub fn config(&self) -> crate::Result<ServerConfig> {
+        let auth = match (&self.auth_secret_file, &self.auth_public_key) {
+            (Some(path), _) => Some(Arc::new(Auth::from_secret_file(path)?)),
+            (None, Some(path)) => Some(Arc::new(Auth::from_public_key_file(path)?)),
+            (None, None) => None,
+        };
+        Ok(ServerConfig {
             data_dir: self.data.clone(),
             durability: match self.durability {
                 DurabilityArg::Flush => Durability::Flush,
@@ -200,8 +317,21 @@ impl ServeArgs {
             ping_interval: Duration::from_secs(self.ping_interval_secs.max(1)),
             idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),
+            slow_consumer_timeout: Duration::from_secs(self.slow_consumer_timeout_secs.max(1)),
+            requests_per_second: self.request_rate.max(1),
+            control_frames_per_second: self.control_frame_rate.max(1),
+            auth,
+            allowed_origins: self
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim().to_owned())
+                .collect(),
+            on_corrupt_data: match self.on_corrupt_data {
+                CorruptDataArg::Fail => CorruptDataPolicy::Fail,
+                CorruptDataArg::MoveAside => CorruptDataPolicy::MoveAside,
+            },
             node_id: 0,
-        }
+        })
     }
 }
 
@@ -219,10 +349,13 @@ mod tests {
     #[test]
     fn defaults_match_the_spec() {
         let cli = Cli::try_parse_from(["rollcall", "serve"]).unwrap();
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("serve parses as serve");
+        };
         assert_eq!(args.listen.to_string(), "127.0.0.1:7700");
         assert_eq!(args.data, PathBuf::from("./rollcall-data"));
-        let config = args.config();
+        let config = args.config().unwrap();
+        assert!(config.auth.is_none());
         assert_eq!(config.durability, Durability::Flush);
         assert_eq!(config.limits, Limits::default());
         assert!(config.tick <= Duration::from_millis(50));

@@ -1,10 +1,12 @@
 //! Server configuration, independent of how it was given (flags, env, code).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rollcall_engine::{Durability, Layout, Recovery};
 
+use crate::auth::Auth;
 use crate::limits::Limits;
 use crate::listener::ConnectionLimits;
 
@@ -31,8 +33,31 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// How long shutdown waits for sessions to close.
     pub drain_timeout: Duration,
+    /// A client whose socket accepts nothing for this long is closed with 4005.
+    pub slow_consumer_timeout: Duration,
+    /// Requests other than heartbeats a connection may send per second.
+    pub requests_per_second: u32,
+    /// WebSocket pings and pongs a connection may send per second.
+    pub control_frames_per_second: u32,
+    /// Token verification; `None` when auth is off.
+    pub auth: Option<Arc<Auth>>,
+    /// Browser origins allowed to open WebSockets; empty allows every origin.
+    pub allowed_origins: Vec<String>,
+    /// What to do with a data directory that cannot be opened.
+    pub on_corrupt_data: CorruptDataPolicy,
     /// This node's id (0 when running alone); it prefixes client ids.
     pub node_id: u16,
+}
+
+/// What to do when the data directory cannot be opened (sled refuses it, or a record
+/// in the middle of the log is unreadable).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CorruptDataPolicy {
+    /// Say why and exit non-zero.
+    #[default]
+    Fail,
+    /// Rename the directory to `<dir>.corrupt-<unix ms>`, log an error, start empty.
+    MoveAside,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +73,12 @@ impl Default for ServerConfig {
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),
+            slow_consumer_timeout: Duration::from_secs(30),
+            requests_per_second: 100,
+            control_frames_per_second: 10,
+            auth: None,
+            allowed_origins: Vec::new(),
+            on_corrupt_data: CorruptDataPolicy::Fail,
             node_id: 0,
         }
     }

@@ -25,6 +25,8 @@ pub enum Inbound {
     Closed,
     /// The message exceeded the size limit: close with 1009.
     TooBig,
+    /// A ping or pong (tungstenite answers pings itself); counted for flood control.
+    Control,
 }
 
 /// Time of the last frame received, shared between the reader and the writer's idle
@@ -113,27 +115,24 @@ async fn read_next<S>(stream: &mut S, last_seen: &LastSeen) -> Inbound
 where
     S: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
-    loop {
-        let Some(item) = stream.next().await else {
-            return Inbound::Closed;
-        };
-        last_seen.touch();
-        match item {
-            Ok(Message::Text(text)) => return Inbound::Text(text),
-            Ok(Message::Binary(_)) => return Inbound::Binary,
-            // tungstenite answers pings itself; both only count as signs of life.
-            Ok(Message::Ping(_) | Message::Pong(_)) => {}
-            Ok(Message::Close(_)) => return Inbound::Closed,
-            Err(error) => {
-                let too_big = error
-                    .into_inner()
-                    .downcast_ref::<tungstenite::Error>()
-                    .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
-                return if too_big {
-                    Inbound::TooBig
-                } else {
-                    Inbound::Closed
-                };
+    let Some(item) = stream.next().await else {
+        return Inbound::Closed;
+    };
+    last_seen.touch();
+    match item {
+        Ok(Message::Text(text)) => Inbound::Text(text),
+        Ok(Message::Binary(_)) => Inbound::Binary,
+        Ok(Message::Ping(_) | Message::Pong(_)) => Inbound::Control,
+        Ok(Message::Close(_)) => Inbound::Closed,
+        Err(error) => {
+            let too_big = error
+                .into_inner()
+                .downcast_ref::<tungstenite::Error>()
+                .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
+            if too_big {
+                Inbound::TooBig
+            } else {
+                Inbound::Closed
             }
         }
     }

@@ -6,9 +6,22 @@ use std::io;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The engine could not open or write the data directory.
+    /// The engine failed.
     #[error(transparent)]
     Engine(#[from] rollcall_engine::Error),
+    /// The data directory cannot be opened: sled refuses it or the log is unreadable.
+    #[error(
+        "cannot open the data directory {}: {source}. Presence is soft state: start with \
+         --on-corrupt-data=move-aside to move it aside and start empty, or \
+         --recovery=skip-corrupt to drop only unreadable log records",
+        path.display()
+    )]
+    DataDirectory {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why it failed.
+        source: rollcall_engine::Error,
+    },
     /// Binding, accepting or serving failed.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),

@@ -9,7 +9,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -18,11 +18,12 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Grant;
 use crate::config::ServerConfig;
 use crate::hub::Hub;
 use crate::listener::ConnectionGuard;
 use crate::protocol::{self, ErrorCode, Rejection};
-use crate::session::{self, Timeouts};
+use crate::session::{self, SessionConfig};
 use crate::shutdown::Shutdown;
 
 /// How long a REST write waits for the disk.
@@ -67,6 +68,63 @@ impl AppState {
     /// Marks the server ready.
     pub fn set_hub(&self, hub: Arc<Hub>) {
         let _ = self.inner.hub.set(hub);
+    }
+
+    /// With auth on, the request's bearer token must verify and satisfy `allowed`.
+    /// Returns the grant (`None` when auth is off).
+    fn authorize(
+        &self,
+        headers: &HeaderMap,
+        allowed: impl FnOnce(&Grant) -> bool,
+    ) -> Result<Option<Grant>, ApiError> {
+        let Some(auth) = &self.inner.config.auth else {
+            return Ok(None);
+        };
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::Unauthorized,
+                    "send Authorization: Bearer <token>",
+                )
+            })?;
+        let grant = auth.verify(token.trim())?;
+        if !allowed(&grant) {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "your token does not allow this",
+            ));
+        }
+        Ok(Some(grant))
+    }
+
+    /// Browsers send `Origin`; with an allow-list, other origins are refused. The
+    /// server's own origin (its pages) is always allowed; requests without `Origin`
+    /// (non-browser clients, which can send any header anyway) are allowed.
+    fn check_origin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let allowed = &self.inner.config.allowed_origins;
+        if allowed.is_empty() {
+            return Ok(());
+        }
+        let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+            return Ok(());
+        };
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+        let same_origin = host.is_some_and(|host| {
+            origin
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest.trim_end_matches('/') == host)
+        });
+        if same_origin || allowed.iter().any(|a| a.trim_end_matches('/') == origin) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("origin {origin} is not allowed"),
+            ))
+        }
     }
 
     fn hub(&self) -> Result<&Arc<Hub>, ApiError> {
@@ -192,12 +250,14 @@ struct HeartbeatBody<'a> {
 
 async fn heartbeat(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path(room): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let hub = state.hub()?;
     let limits = hub.limits();
     limits.check_room(&room)?;
+    let grant = state.authorize(&headers, |grant| grant.admin)?;
     let body: HeartbeatBody<'_> = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             ErrorCode::BadRequest,
@@ -228,10 +288,11 @@ async fn heartbeat(
             .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?,
     };
     let room: Arc<str> = room.into();
+    let user = grant.map(|g| g.user);
     let (expires_at, ticket) = hub.heartbeat(
         &room,
         client,
-        None,
+        user,
         Bytes::copy_from_slice(data.as_bytes()),
         ttl,
     )?;
@@ -242,10 +303,12 @@ async fn heartbeat(
 
 async fn remove_entry(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path((room, client)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let hub = state.hub()?;
     hub.limits().check_room(&room)?;
+    state.authorize(&headers, |grant| grant.admin)?;
     let client = client
         .parse::<u64>()
         .ok()
@@ -280,17 +343,23 @@ async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(_peer): ConnectInfo<SocketAddr>,
     guard: Option<Extension<Arc<ConnectionGuard>>>,
+    headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
+    state.check_origin(&headers)?;
     let hub = state.hub()?.clone();
     // The session keeps the connection's slot under the connection caps.
     let guard = guard.map(|Extension(guard)| guard);
     let config = &state.inner.config;
     let limits = hub.limits();
-    let timeouts = Timeouts {
-        hello: limits.hello_timeout,
+    let session_config = SessionConfig {
+        hello_timeout: limits.hello_timeout,
         ping_interval: config.ping_interval,
-        idle: config.idle_timeout,
+        idle_timeout: config.idle_timeout,
+        slow_consumer_timeout: config.slow_consumer_timeout,
+        requests_per_second: config.requests_per_second,
+        control_frames_per_second: config.control_frames_per_second,
+        auth: config.auth.clone(),
     };
     let shutdown = state.inner.shutdown.clone();
     let sessions = state.inner.sessions.clone();
@@ -305,7 +374,7 @@ async fn upgrade(
         .write_buffer_size(256 * 1024)
         .on_upgrade(move |socket| {
             sessions.track_future(async move {
-                session::serve(socket, hub, shutdown, timeouts).await;
+                session::serve(socket, hub, shutdown, session_config).await;
                 drop(guard);
             })
         }))

@@ -22,6 +22,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod connection;

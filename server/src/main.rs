@@ -8,6 +8,10 @@ use tokio::net::TcpListener;
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Token(args) => {
+            println!("{}", args.mint()?);
+            Ok(())
+        }
         Command::Serve(args) => {
             tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log)?)
@@ -25,11 +29,15 @@ async fn serve(args: &rollcall_server::cli::ServeArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let config = args.config()?;
     let addr = listener.local_addr()?;
+    if config.auth.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "listening beyond loopback without auth: anyone who can reach this port can read and write every room; use --auth-secret-file or --auth-public-key");
+    }
     // Scripts and tests read this line to learn the port (e.g. with --listen :0).
     println!("rollcall listening on http://{addr}");
     std::io::stdout().flush()?;
-    rollcall_server::run(listener, args.config(), shutdown_signal())
+    rollcall_server::run(listener, config, shutdown_signal())
         .await
         .context("the server stopped with an error")
 }

@@ -1,6 +1,7 @@
 //! Runs the server: opens the engine, serves HTTP and WebSockets, sweeps, shuts down.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,7 +11,7 @@ use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tokio_util::task::TaskTracker;
 
-use crate::config::ServerConfig;
+use crate::config::{CorruptDataPolicy, ServerConfig};
 use crate::error::{Error, Result};
 use crate::http::{self, AppState};
 use crate::hub::Hub;
@@ -108,34 +109,77 @@ pub async fn run(
     Ok(())
 }
 
+/// Whether an engine error means the directory's content is bad (rather than, say,
+/// held by another process).
+fn is_unreadable(error: &rollcall_engine::Error) -> bool {
+    matches!(
+        error,
+        rollcall_engine::Error::Storage(_)
+            | rollcall_engine::Error::CorruptRecord { .. }
+            | rollcall_engine::Error::CorruptKey { .. }
+    )
+}
+
 /// Opens the engine (replaying the log) and wraps it in a hub. Blocking.
 fn open(config: &ServerConfig, metrics: Metrics) -> Result<Hub> {
     let started = Instant::now();
     let (durable_tx, durable_rx) = watch::channel(Ticket(0));
-    let engine_config = Config::new(&config.data_dir)
-        .durability(config.durability)
-        .layout(config.layout)
-        .recovery(config.recovery)
-        .on_durable(move |ticket| {
-            durable_tx.send_replace(ticket);
-        })
-        .on_progress(|progress| {
-            if progress.elapsed.as_secs() < 1 {
-                return;
-            }
-            tracing::info!(
-                records = progress.records,
-                events = progress.events,
-                elapsed_ms = progress.elapsed.as_millis() as u64,
-                "replaying the log"
-            );
-        });
+    let engine_config = || {
+        let durable_tx = durable_tx.clone();
+        Config::new(&config.data_dir)
+            .durability(config.durability)
+            .layout(config.layout)
+            .recovery(config.recovery)
+            .on_durable(move |ticket| {
+                durable_tx.send_replace(ticket);
+            })
+            .on_progress(|progress| {
+                if progress.elapsed.as_secs() < 1 {
+                    return;
+                }
+                tracing::info!(
+                    records = progress.records,
+                    events = progress.events,
+                    elapsed_ms = progress.elapsed.as_millis() as u64,
+                    "replaying the log"
+                );
+            })
+    };
     if config.durability == Durability::Memory {
         tracing::info!("durability is memory: nothing is written to disk");
     } else {
         tracing::info!(data = %config.data_dir.display(), durability = ?config.durability, "opening the log");
     }
-    let (engine, report) = Engine::open(engine_config)?;
+    let (engine, report) = match Engine::open(engine_config()) {
+        Ok(opened) => opened,
+        Err(error)
+            if is_unreadable(&error) && config.on_corrupt_data == CorruptDataPolicy::MoveAside =>
+        {
+            let aside = PathBuf::from(format!(
+                "{}.corrupt-{}",
+                config.data_dir.display(),
+                UnixMs::now().0
+            ));
+            std::fs::rename(&config.data_dir, &aside)?;
+            tracing::error!(
+                %error,
+                moved_to = %aside.display(),
+                "the data directory could not be opened; moved it aside and starting empty"
+            );
+            ::metrics::counter!("rollcall_data_moved_aside_total").increment(1);
+            Engine::open(engine_config()).map_err(|source| Error::DataDirectory {
+                path: config.data_dir.clone(),
+                source,
+            })?
+        }
+        Err(error) if is_unreadable(&error) => {
+            return Err(Error::DataDirectory {
+                path: config.data_dir.clone(),
+                source: error,
+            });
+        }
+        Err(error) => return Err(error.into()),
+    };
     metrics.replay_seconds.set(started.elapsed().as_secs_f64());
     metrics.replay_entries.set(report.live_entries as f64);
     if !report.torn.is_empty() {

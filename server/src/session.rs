@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rollcall_engine::{ClientId, UnixMs};
-use tokio::sync::Notify;
+use rollcall_engine::{ClientId, Ticket, UnixMs};
+use tokio::sync::{Notify, watch};
 use tokio::time::{MissedTickBehavior, sleep_until, timeout};
 
+use crate::auth::{Auth, Grant};
 use crate::connection::{Connection, Inbound, Reader, TOO_BIG, Writer};
 use crate::fanout::{CONTROL_CAPACITY, Drained, Outbox, Slot};
 use crate::hub::{Admitted, Hub};
@@ -20,15 +21,23 @@ use crate::shutdown::Shutdown;
 /// How long a write may wait for the disk before it is answered `storage_unavailable`.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Timing of a session's keep-alive.
-#[derive(Clone, Copy, Debug)]
-pub struct Timeouts {
+/// Per-session settings.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
     /// Time allowed for `hello`.
-    pub hello: Duration,
-    /// How often the server pings an idle client.
+    pub hello_timeout: Duration,
+    /// How often the server pings a client.
     pub ping_interval: Duration,
-    /// A client silent for this long is closed with 4008.
-    pub idle: Duration,
+    /// A client silent for this long (no message, no pong) is closed with 4008.
+    pub idle_timeout: Duration,
+    /// A client whose socket accepts nothing for this long is closed with 4005.
+    pub slow_consumer_timeout: Duration,
+    /// Requests other than heartbeats, per second (burst twice as many).
+    pub requests_per_second: u32,
+    /// WebSocket pings and pongs from the client, per second (burst twice as many).
+    pub control_frames_per_second: u32,
+    /// Token verification, when auth is on.
+    pub auth: Option<Arc<Auth>>,
 }
 
 /// How a session ended.
@@ -39,23 +48,34 @@ enum Exit {
     Gone,
 }
 
+/// Reads until a text, binary, close or oversize event (pings during the handshake
+/// are answered by tungstenite and otherwise ignored).
+async fn read_hello(connection: &mut Connection) -> Inbound {
+    loop {
+        match connection.read().await {
+            Inbound::Control => {}
+            other => return other,
+        }
+    }
+}
+
 /// Runs a session to completion.
 pub async fn serve(
     socket: axum::extract::ws::WebSocket,
     hub: Arc<Hub>,
     mut shutdown: Shutdown,
-    timeouts: Timeouts,
+    config: SessionConfig,
 ) {
     let mut connection = Connection::new(socket);
 
     let hello = tokio::select! {
-        read = timeout(timeouts.hello, connection.read()) => read,
+        read = timeout(config.hello_timeout, read_hello(&mut connection)) => read,
         () = shutdown.recv() => {
             connection.close(close::GOING_AWAY, "server shutting down").await;
             return;
         }
     };
-    let (resume, _token) = match hello {
+    let (resume, token) = match hello {
         Err(_) => {
             connection
                 .close(close::HELLO_TIMEOUT, "no hello in time")
@@ -84,10 +104,38 @@ pub async fn serve(
                 .await;
             return;
         }
-        Ok(Inbound::Closed) => return,
+        Ok(Inbound::Closed | Inbound::Control) => return,
     };
 
-    let user: Option<Arc<str>> = None;
+    let grant = match (&config.auth, token) {
+        (None, _) => None,
+        (Some(auth), token) => {
+            let verified = token
+                .ok_or_else(|| {
+                    Rejection::new(
+                        ErrorCode::Unauthorized,
+                        "this server requires a token in hello",
+                    )
+                })
+                .and_then(|token| auth.verify(&token));
+            match verified {
+                Ok(grant) => Some(grant),
+                Err(rejection) => {
+                    hub.metrics().error(rejection.code);
+                    let _ = connection.send(protocol::error(&rejection)).await;
+                    let reason = match rejection.code {
+                        ErrorCode::TokenExpired => "token expired",
+                        ErrorCode::Unauthorized => "token required",
+                        _ => "invalid token",
+                    };
+                    connection.close(close::UNAUTHORIZED, reason).await;
+                    return;
+                }
+            }
+        }
+    };
+    let user = grant.as_ref().map(|g| g.user.clone());
+
     let admitted = match hub.admit(resume.as_deref(), user.as_deref()) {
         Ok(admitted) => admitted,
         Err(error) => {
@@ -125,24 +173,32 @@ pub async fn serve(
         kick,
         ..
     } = admitted;
+    let (expiry_tx, expiry_rx) = watch::channel(grant.as_ref().map(|g| g.expires_at));
+    let limits = hub.limits();
     let mut session = Session {
         hub: hub.clone(),
         outbox: outbox.clone(),
         client,
         user,
+        grant,
+        auth: config.auth.clone(),
+        expiry: expiry_tx,
         rooms: HashMap::new(),
-        bucket: TokenBucket::new(
-            hub.limits().heartbeats_per_second,
-            hub.limits().heartbeat_burst,
+        heartbeats: TokenBucket::new(limits.heartbeats_per_second, limits.heartbeat_burst),
+        requests: TokenBucket::new(config.requests_per_second, config.requests_per_second * 2),
+        control: TokenBucket::new(
+            config.control_frames_per_second,
+            config.control_frames_per_second * 2,
         ),
     };
     let (mut reader, mut writer) = connection.split();
     let exit = tokio::select! {
         exit = session.read_loop(&mut reader) => exit,
-        exit = write_loop(&mut writer, &hub, &outbox, &kick, &mut shutdown, timeouts) => exit,
+        exit = write_loop(&mut writer, &hub, &outbox, &kick, &mut shutdown, expiry_rx, &config) => exit,
     };
     if let Exit::Close(code, reason) = exit {
-        writer.close(code, reason).await;
+        // A slow consumer's socket may accept nothing: do not wait on it for long.
+        let _ = timeout(Duration::from_secs(1), writer.close(code, reason)).await;
     }
     let rooms: Vec<Arc<str>> = session
         .rooms
@@ -168,8 +224,18 @@ struct Session {
     outbox: Arc<Outbox>,
     client: ClientId,
     user: Option<Arc<str>>,
+    grant: Option<Grant>,
+    auth: Option<Arc<Auth>>,
+    expiry: watch::Sender<Option<UnixMs>>,
     rooms: HashMap<Arc<str>, RoomUse>,
-    bucket: TokenBucket,
+    heartbeats: TokenBucket,
+    requests: TokenBucket,
+    control: TokenBucket,
+}
+
+fn forbidden() -> Rejection {
+    // The same answer whether or not the room exists or has entries: nothing leaks.
+    Rejection::new(ErrorCode::Forbidden, "your token does not grant this room")
 }
 
 impl Session {
@@ -186,20 +252,27 @@ impl Session {
                         Err(rejection) => Err(rejection),
                     };
                     if let Err(rejection) = result {
-                        self.hub.metrics().error(rejection.code);
-                        self.outbox.push_control(protocol::error(&rejection));
+                        self.reject(&rejection);
                     }
                 }
-                Inbound::Binary => {
-                    let rejection =
-                        Rejection::new(ErrorCode::BadRequest, "protocol v1 uses text frames only");
-                    self.hub.metrics().error(rejection.code);
-                    self.outbox.push_control(protocol::error(&rejection));
+                Inbound::Binary => self.reject(&Rejection::new(
+                    ErrorCode::BadRequest,
+                    "protocol v1 uses text frames only",
+                )),
+                Inbound::Control => {
+                    if !self.control.take(Instant::now()) {
+                        return Exit::Close(close::CONTROL_FLOOD, "too many control frames");
+                    }
                 }
                 Inbound::TooBig => return Exit::Close(TOO_BIG.0, TOO_BIG.1),
                 Inbound::Closed => return Exit::Gone,
             }
         }
+    }
+
+    fn reject(&self, rejection: &Rejection) {
+        self.hub.metrics().error(rejection.code);
+        self.outbox.push_control(protocol::error(rejection));
     }
 
     fn handle(&mut self, request: Request<'_>) -> Result<(), Rejection> {
@@ -209,6 +282,15 @@ impl Session {
             room: Some(room.to_owned()),
             ..rejection
         };
+        if !matches!(request, Request::Heartbeat { .. }) && !self.requests.take(Instant::now()) {
+            return Err(Rejection {
+                reference,
+                ..Rejection::new(
+                    ErrorCode::RateLimited,
+                    "too many requests; this one was dropped",
+                )
+            });
+        }
         match request {
             Request::Hello { .. } => Err(Rejection {
                 reference,
@@ -219,11 +301,11 @@ impl Session {
                     .push_control(protocol::pong(reference, UnixMs::now()));
                 Ok(())
             }
-            Request::Auth { .. } => Err(Rejection {
-                reference,
-                ..Rejection::new(ErrorCode::BadRequest, "this server does not use tokens")
-            }),
+            Request::Auth { token, reference } => self.reauthenticate(&token, reference),
             Request::Subscribe { room, reference } => {
+                if self.grant.as_ref().is_some_and(|g| !g.can_read(&room)) {
+                    return Err(reject(forbidden(), &room));
+                }
                 let name = self.use_room(&room).map_err(|r| reject(r, &room))?;
                 let existing = self.rooms.get(&*name).and_then(|usage| usage.slot);
                 let slot = self.hub.subscribe(&name, &self.outbox, existing);
@@ -234,13 +316,7 @@ impl Session {
                 Ok(())
             }
             Request::Unsubscribe { room, reference } => {
-                if let Some(usage) = self.rooms.get_mut(&*room) {
-                    if let Some(slot) = usage.slot.take() {
-                        let name = self.room_name(&room);
-                        self.hub.unsubscribe(&name, &self.outbox, slot);
-                    }
-                }
-                self.release_room(&room);
+                self.unsubscribe(&room);
                 self.ack(reference, None, None);
                 Ok(())
             }
@@ -250,7 +326,10 @@ impl Session {
                 ttl,
                 reference,
             } => {
-                if !self.bucket.take(Instant::now()) {
+                if self.grant.as_ref().is_some_and(|g| !g.can_write(&room)) {
+                    return Err(reject(forbidden(), &room));
+                }
+                if !self.heartbeats.take(Instant::now()) {
                     return Err(reject(
                         Rejection::new(
                             ErrorCode::RateLimited,
@@ -285,6 +364,9 @@ impl Session {
                 }
             }
             Request::Leave { room, reference } => {
+                if self.grant.as_ref().is_some_and(|g| !g.can_write(&room)) {
+                    return Err(reject(forbidden(), &room));
+                }
                 let name = self.room_name(&room);
                 let ticket = self.hub.leave(&name, self.client);
                 if let Some(usage) = self.rooms.get_mut(&*room) {
@@ -295,6 +377,57 @@ impl Session {
                 Ok(())
             }
         }
+    }
+
+    /// Replaces the session's token; rooms the new token does not grant are dropped.
+    fn reauthenticate(&mut self, token: &str, reference: Option<u64>) -> Result<(), Rejection> {
+        let with_ref = |rejection: Rejection| Rejection {
+            reference,
+            ..rejection
+        };
+        let Some(auth) = &self.auth else {
+            return Err(with_ref(Rejection::new(
+                ErrorCode::BadRequest,
+                "this server does not use tokens",
+            )));
+        };
+        let grant = auth.verify(token).map_err(with_ref)?;
+        if Some(&grant.user) != self.user.as_ref() {
+            return Err(with_ref(Rejection::new(
+                ErrorCode::InvalidToken,
+                "the new token is for another user",
+            )));
+        }
+        let revoked: Vec<Arc<str>> = self
+            .rooms
+            .iter()
+            .filter(|(room, usage)| usage.slot.is_some() && !grant.can_read(room))
+            .map(|(room, _)| room.clone())
+            .collect();
+        for room in revoked {
+            self.unsubscribe(&room);
+            self.reject(&Rejection {
+                room: Some(room.to_string()),
+                ..Rejection::new(
+                    ErrorCode::Forbidden,
+                    "your new token does not grant this room; unsubscribed",
+                )
+            });
+        }
+        self.expiry.send_replace(Some(grant.expires_at));
+        self.grant = Some(grant);
+        self.ack(reference, None, None);
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, room: &str) {
+        if let Some(usage) = self.rooms.get_mut(room) {
+            if let Some(slot) = usage.slot.take() {
+                let name = self.room_name(room);
+                self.hub.unsubscribe(&name, &self.outbox, slot);
+            }
+        }
+        self.release_room(room);
     }
 
     /// The shared name of `room`, registering it as used by this connection.
@@ -331,12 +464,7 @@ impl Session {
         }
     }
 
-    fn ack(
-        &self,
-        reference: Option<u64>,
-        ticket: Option<rollcall_engine::Ticket>,
-        expires_at: Option<UnixMs>,
-    ) {
+    fn ack(&self, reference: Option<u64>, ticket: Option<Ticket>, expires_at: Option<UnixMs>) {
         let Some(reference) = reference else {
             return;
         };
@@ -353,23 +481,31 @@ impl Session {
     }
 }
 
+/// The instant (on tokio's clock) at which a wall-clock time arrives.
+fn instant_of(at: UnixMs) -> tokio::time::Instant {
+    let wait = at.since(UnixMs::now());
+    tokio::time::Instant::now() + Duration::from_millis(wait)
+}
+
 async fn write_loop(
     writer: &mut Writer,
     hub: &Hub,
     outbox: &Outbox,
     kick: &Notify,
     shutdown: &mut Shutdown,
-    timeouts: Timeouts,
+    mut token_expiry: watch::Receiver<Option<UnixMs>>,
+    config: &SessionConfig,
 ) -> Exit {
     let mut durable = hub.durable();
-    let mut ping = tokio::time::interval(timeouts.ping_interval);
+    let mut ping = tokio::time::interval(config.ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ping.reset();
     let mut drained = Drained::default();
     let metrics = hub.metrics();
     loop {
         let awaiting = outbox.awaits_durability();
-        let deadline = outbox.next_ack_deadline();
+        let ack_deadline = outbox.next_ack_deadline();
+        let expires_at = *token_expiry.borrow_and_update();
         tokio::select! {
             () = shutdown.recv() => return Exit::Close(close::GOING_AWAY, "server shutting down"),
             () = kick.notified() => return Exit::Close(close::REPLACED, "another connection resumed this client"),
@@ -379,13 +515,23 @@ async fn write_loop(
                     return Exit::Close(close::INTERNAL, "the log stopped");
                 }
             }
-            () = sleep_until(deadline.map_or_else(tokio::time::Instant::now, Into::into)), if deadline.is_some() => {}
+            () = sleep_until(ack_deadline.map_or_else(tokio::time::Instant::now, Into::into)), if ack_deadline.is_some() => {}
+            // `now > exp` is expired: wait one millisecond past it.
+            () = sleep_until(instant_of(UnixMs(expires_at.map_or(0, |at| at.0 + 1)))), if expires_at.is_some() => {
+                if token_expiry.borrow().is_some_and(|at| UnixMs::now() > at) {
+                    return Exit::Close(close::TOKEN_EXPIRED, "token expired");
+                }
+                continue;
+            }
+            _ = token_expiry.changed() => continue,
             _ = ping.tick() => {
-                if writer.last_seen().elapsed() >= timeouts.idle {
+                if writer.last_seen().elapsed() >= config.idle_timeout {
                     return Exit::Close(close::IDLE, "idle timeout");
                 }
-                if !writer.ping().await {
-                    return Exit::Gone;
+                match timeout(config.slow_consumer_timeout, writer.ping()).await {
+                    Ok(true) => {}
+                    Ok(false) => return Exit::Gone,
+                    Err(_) => return Exit::Close(close::SLOW_CONSUMER, "the client stopped reading"),
                 }
                 continue;
             }
@@ -398,8 +544,15 @@ async fn write_loop(
         let frames = drained.frames.len() as u64;
         let changes = drained.changes as u64;
         drained.changes = 0;
-        let Some(bytes) = writer.send_batch(&mut drained.frames).await else {
-            return Exit::Gone;
+        let sent = timeout(
+            config.slow_consumer_timeout,
+            writer.send_batch(&mut drained.frames),
+        )
+        .await;
+        let bytes = match sent {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Exit::Gone,
+            Err(_) => return Exit::Close(close::SLOW_CONSUMER, "the client stopped reading"),
         };
         metrics.fanout_frames.increment(frames);
         metrics.fanout_delivered.increment(changes);
