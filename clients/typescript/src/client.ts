@@ -1,0 +1,589 @@
+import { ClockSync } from "./clock.js";
+import { loadEffectSchema, loadWebSocket } from "./loaders.js";
+import { RollcallError } from "./errors.js";
+import { DEFAULT_LIMITS, isClientId, PresenceView, Room, roomNameProblem, type Limits, type RoomHost, type WireEntry } from "./presence.js";
+import { errorMessage, makeCodec, type Codec } from "./schema.js";
+import type {
+  ClientOptions,
+  ConnectionState,
+  EffectSchemaModule,
+  Presence,
+  PresenceSchema,
+  RollcallClient,
+  RollcallErrorLike,
+  SchemaInput,
+  SchemaOutput,
+} from "./types.js";
+
+/** The socket as the SDK drives it (the DOM WebSocket and `ws` both fit). */
+interface Socket {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  terminate?: () => void;
+  onopen: ((ev: unknown) => void) | null;
+  onmessage: ((ev: { data: unknown }) => void) | null;
+  onclose: ((ev: { code?: number; reason?: string }) => void) | null;
+  onerror: ((ev: unknown) => void) | null;
+}
+type SocketCtor = new (url: string) => Socket;
+
+const OPEN = 1;
+
+/** Close codes after which the client must not reconnect (docs/protocol.md). */
+const TERMINAL_CLOSE: Record<number, { code: string; message: string }> = {
+  4000: { code: "bad_hello", message: "the server rejected the hello message (4000)" },
+  4001: { code: "replaced", message: "another connection resumed this client id (4001)" },
+  4003: { code: "auth_failed", message: "authentication failed (4003)" },
+};
+
+// One lazy load of effect's Schema module per process, shared by every client.
+let effectModule: Promise<EffectSchemaModule> | undefined;
+function loadEffectOnce(): Promise<EffectSchemaModule> {
+  effectModule ??= loadEffectSchema();
+  return effectModule;
+}
+
+/** Creates a client and starts connecting at once. */
+export function createClient(options: ClientOptions): RollcallClient {
+  return new Client(options);
+}
+
+class Client implements RollcallClient, RoomHost {
+  readonly now: () => number;
+  limits: Limits = { ...DEFAULT_LIMITS };
+  private readonly url: string;
+  private Ctor: SocketCtor | undefined;
+  private readonly opts: ClientOptions;
+  private readonly clock = new ClockSync();
+  private readonly rooms = new Map<string, Room>();
+  private readonly errorListeners = new Set<(e: RollcallErrorLike) => void>();
+  private readonly stateListeners = new Set<(s: ConnectionState) => void>();
+  private connectedWaiters: Array<() => void> = [];
+  private ws: Socket | null = null;
+  private st: ConnectionState = "connecting";
+  private id: number | undefined;
+  private resumeToken: string | undefined;
+  private isClosed = false;
+  private closing: Promise<void> | undefined;
+  private generation = 0;
+  private attempt = 0;
+  private connectedAt = 0;
+  private helloSentAt = 0;
+  private lastReceived = 0;
+  private syncPings = 0;
+  private nextRef = 1;
+  private readonly pings = new Map<number, number>();
+  private readonly acks = new Map<number, (ok: boolean) => void>();
+  private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
+  private connectTimer: ReturnType<typeof setTimeout> | undefined;
+  private pingTimer: ReturnType<typeof setInterval> | undefined;
+
+  constructor(options: ClientOptions) {
+    if (typeof options !== "object" || options === null) throw new TypeError("createClient(options): options must be an object");
+    this.opts = options;
+    this.url = normalizeUrl(options.url);
+    const Ctor = (options.WebSocket ?? (globalThis as { WebSocket?: unknown }).WebSocket) as SocketCtor | undefined;
+    if (Ctor !== undefined && typeof Ctor !== "function") throw new TypeError("createClient({ WebSocket }): not a constructor");
+    // Undefined in Node 20 without the option: the `ws` package is loaded on connect.
+    this.Ctor = Ctor;
+    this.now = options.now ?? Date.now;
+    // Connect from a microtask, so that listeners attached right after createClient()
+    // (onError, onStateChange) see everything, including a failing token function.
+    queueMicrotask(() => void this.connect());
+  }
+
+  // ---- public API -------------------------------------------------------------
+
+  get clientId(): number | undefined {
+    return this.id;
+  }
+
+  get state(): ConnectionState {
+    return this.st;
+  }
+
+  get clockOffsetMs(): number {
+    return this.clock.offset;
+  }
+
+  get connected(): boolean {
+    return this.st === "connected";
+  }
+
+  get closed(): boolean {
+    return this.isClosed;
+  }
+
+  waitForConnected(): Promise<void> {
+    if (this.st === "connected") return Promise.resolve();
+    return new Promise<void>((resolve) => this.connectedWaiters.push(resolve));
+  }
+
+  presence(room: string): Presence<unknown>;
+  presence<S extends PresenceSchema>(room: string, schema: S): Presence<SchemaOutput<S>, SchemaInput<S>>;
+  presence(room: string, schema?: PresenceSchema): Presence<unknown, unknown> {
+    const problem = roomNameProblem(room);
+    if (problem) throw new RangeError(`rollcall-client: presence(${JSON.stringify(room)}): ${problem}`);
+    let codec: Codec | null = null;
+    if (schema !== undefined) codec = makeCodec(schema, this.opts.effectSchema, loadEffectOnce);
+    let r = this.rooms.get(room);
+    if (!r) {
+      r = new Room(room, this);
+      this.rooms.set(room, r);
+      if (this.st === "connected") this.send(JSON.stringify({ type: "subscribe", room }));
+    }
+    const view = new PresenceView<unknown, unknown>(r, this, codec);
+    r.views.add(view);
+    return view;
+  }
+
+  onError(fn: (error: RollcallErrorLike) => void): () => void {
+    if (typeof fn !== "function") throw new TypeError("onError expects a function");
+    const wrapped = (e: RollcallErrorLike) => fn(e);
+    this.errorListeners.add(wrapped);
+    return () => {
+      this.errorListeners.delete(wrapped);
+    };
+  }
+
+  onStateChange(fn: (state: ConnectionState) => void): () => void {
+    if (typeof fn !== "function") throw new TypeError("onStateChange expects a function");
+    const wrapped = (s: ConnectionState) => fn(s);
+    this.stateListeners.add(wrapped);
+    return () => {
+      this.stateListeners.delete(wrapped);
+    };
+  }
+
+  close(): Promise<void> {
+    this.closing ??= this.doClose().catch((e: unknown) => {
+      this.report(new RollcallError("local", "internal", `close failed: ${errorMessage(e)}`, { cause: e }));
+    });
+    return this.closing;
+  }
+
+  // ---- RoomHost -----------------------------------------------------------------
+
+  send(message: string): boolean {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== OPEN) return false;
+    if (message.length * 3 > this.limits.maxMessageBytes && utf8Bytes(message) > this.limits.maxMessageBytes) {
+      this.report(new RollcallError("local", "message_too_large", `a message of ${utf8Bytes(message)} bytes exceeds the server's limit of ${this.limits.maxMessageBytes}`));
+      return false;
+    }
+    try {
+      ws.send(message);
+      return true;
+    } catch (e) {
+      this.report(new RollcallError("connection", "send_failed", `send failed: ${errorMessage(e)}`, { cause: e }));
+      return false;
+    }
+  }
+
+  report(error: RollcallError): void {
+    if (this.errorListeners.size === 0) {
+      // Nobody listens: do not lose it silently.
+      console.warn(`[rollcall-client] ${error.code}: ${error.message}`);
+      return;
+    }
+    for (const fn of [...this.errorListeners]) {
+      try {
+        fn(error);
+      } catch (e) {
+        console.error("[rollcall-client] an onError callback threw", e);
+      }
+    }
+  }
+
+  // ---- connection ----------------------------------------------------------------
+
+  private setState(s: ConnectionState): void {
+    if (this.st === s) return;
+    this.st = s;
+    for (const fn of [...this.stateListeners]) {
+      try {
+        fn(s);
+      } catch (e) {
+        this.report(new RollcallError("local", "listener_error", `an onStateChange callback threw: ${errorMessage(e)}`, { cause: e }));
+      }
+    }
+  }
+
+  private async connect(): Promise<void> {
+    if (this.isClosed) return;
+    const gen = ++this.generation;
+    let token: string | undefined;
+    const t = this.opts.token;
+    if (typeof t === "function") {
+      try {
+        token = await t();
+      } catch (e) {
+        if (gen !== this.generation || this.isClosed) return;
+        this.report(new RollcallError("local", "token_error", `the token function failed: ${errorMessage(e)}`, { cause: e }));
+        this.scheduleReconnect();
+        return;
+      }
+      if (gen !== this.generation || this.isClosed) return;
+    } else {
+      token = t;
+    }
+    if (this.Ctor === undefined) {
+      try {
+        this.Ctor = (await loadWebSocket()) as unknown as SocketCtor;
+      } catch (e) {
+        if (gen !== this.generation || this.isClosed) return;
+        this.report(
+          new RollcallError(
+            "local",
+            "no_websocket",
+            `no WebSocket implementation: there is no global WebSocket (Node 20) and the ws package could not be loaded (${errorMessage(e)}); install ws or pass createClient({ url, WebSocket })`,
+            { cause: e },
+          ),
+        );
+        this.shutdown();
+        return;
+      }
+      if (gen !== this.generation || this.isClosed) return;
+    }
+    let ws: Socket;
+    try {
+      ws = new this.Ctor(this.url);
+    } catch (e) {
+      this.report(new RollcallError("connection", "connect_failed", `could not open a WebSocket to ${this.url}: ${errorMessage(e)}`, { cause: e }));
+      this.scheduleReconnect();
+      return;
+    }
+    this.ws = ws;
+    const timeout = this.opts.connectTimeoutMs ?? 10_000;
+    this.connectTimer = setTimeout(() => {
+      this.connectTimer = undefined;
+      if (this.ws === ws && this.st !== "connected") this.dropSocket(ws);
+    }, timeout);
+    ws.onopen = () => {
+      if (this.ws !== ws) return;
+      const hello: { type: "hello"; resume?: string; token?: string } = { type: "hello" };
+      if (this.resumeToken !== undefined) hello.resume = this.resumeToken;
+      if (token !== undefined) hello.token = token;
+      this.helloSentAt = this.now();
+      this.send(JSON.stringify(hello));
+    };
+    ws.onmessage = (ev) => {
+      if (this.ws !== ws) return;
+      this.onMessage(ev.data);
+    };
+    ws.onclose = (ev) => {
+      if (this.ws !== ws) return;
+      this.onSocketClosed(typeof ev?.code === "number" ? ev.code : 1006, typeof ev?.reason === "string" ? ev.reason : "");
+    };
+    // Errors are followed by a close event; the handler must exist (ws throws on unhandled 'error').
+    ws.onerror = () => {};
+  }
+
+  /** Abandons a socket that is dead or stuck (no close handshake) and reconnects. */
+  private dropSocket(ws: Socket): void {
+    detach(ws);
+    try {
+      if (typeof ws.terminate === "function") ws.terminate();
+      else ws.close(4000, "unresponsive");
+    } catch {
+      /* already closed */
+    }
+    if (this.ws === ws) this.onSocketClosed(1006, "unresponsive");
+  }
+
+  private onSocketClosed(code: number, reason: string): void {
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) detach(ws);
+    this.stopConnectionTimers();
+    for (const done of this.acks.values()) done(false);
+    this.acks.clear();
+    this.pings.clear();
+    if (this.isClosed) return;
+    const terminal = TERMINAL_CLOSE[code] ?? (code === 4004 && typeof this.opts.token !== "function" ? { code: "token_expired", message: "the token expired (4004) and cannot be renewed: pass a token function" } : undefined);
+    if (terminal) {
+      this.report(new RollcallError("connection", terminal.code, `${terminal.message}${reason ? `: ${reason}` : ""}; not reconnecting`, { closeCode: code }));
+      this.shutdown();
+      return;
+    }
+    if (code === 1009) {
+      this.report(new RollcallError("connection", "message_too_large", "the server closed the connection: a message was too large (1009)", { closeCode: code }));
+    }
+    if (this.connectedAt > 0 && this.now() - this.connectedAt >= 2000) this.attempt = 0;
+    this.connectedAt = 0;
+    this.scheduleReconnect();
+  }
+
+  private scheduleReconnect(): void {
+    if (this.isClosed) return;
+    this.setState("reconnecting");
+    const initial = this.opts.reconnect?.initialDelayMs ?? 250;
+    const max = this.opts.reconnect?.maxDelayMs ?? 10_000;
+    const ceiling = Math.min(max, initial * 2 ** Math.min(this.attempt, 30));
+    this.attempt++;
+    // "Equal jitter": half fixed, half random, so clients restarting together spread out.
+    const delay = ceiling / 2 + Math.random() * (ceiling / 2);
+    if (this.reconnectTimer !== undefined) clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = undefined;
+      void this.connect();
+    }, delay);
+  }
+
+  private onMessage(data: unknown): void {
+    this.lastReceived = monotonic();
+    let text: string;
+    if (typeof data === "string") text = data;
+    else if (data instanceof ArrayBuffer || ArrayBuffer.isView(data)) text = new TextDecoder().decode(data as ArrayBuffer);
+    else return;
+    let msg: Record<string, unknown>;
+    try {
+      const parsed: unknown = JSON.parse(text);
+      if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) return;
+      msg = parsed as Record<string, unknown>;
+    } catch {
+      this.report(new RollcallError("connection", "protocol_error", "the server sent a message that is not JSON"));
+      return;
+    }
+    switch (msg.type) {
+      case "welcome":
+        this.onWelcome(msg);
+        break;
+      case "snapshot": {
+        const room = typeof msg.room === "string" ? this.rooms.get(msg.room) : undefined;
+        if (room && Array.isArray(msg.entries)) room.applySnapshot(msg.entries as WireEntry[]);
+        break;
+      }
+      case "changes": {
+        const room = typeof msg.room === "string" ? this.rooms.get(msg.room) : undefined;
+        if (room && Array.isArray(msg.changes)) room.applyChanges(msg.changes);
+        break;
+      }
+      case "ack": {
+        if (typeof msg.ref === "number") {
+          const done = this.acks.get(msg.ref);
+          this.acks.delete(msg.ref);
+          done?.(true);
+        }
+        break;
+      }
+      case "pong":
+        this.onPong(msg);
+        break;
+      case "error":
+        this.onServerError(msg);
+        break;
+      default:
+        break; // unknown message types are ignored
+    }
+  }
+
+  private onWelcome(msg: Record<string, unknown>): void {
+    if (!isClientId(msg.clientId)) {
+      this.report(new RollcallError("connection", "protocol_error", "welcome without a valid clientId"));
+      return;
+    }
+    const received = this.now();
+    if (typeof msg.serverTimeMs === "number") this.clock.add(this.helloSentAt, received, msg.serverTimeMs);
+    this.id = msg.clientId;
+    if (typeof msg.resumeToken === "string") this.resumeToken = msg.resumeToken;
+    if (typeof msg.limits === "object" && msg.limits !== null) {
+      for (const [k, v] of Object.entries(msg.limits)) {
+        if (k in this.limits && typeof v === "number" && v > 0) (this.limits as unknown as Record<string, number>)[k] = v;
+      }
+    }
+    if (this.connectTimer !== undefined) clearTimeout(this.connectTimer);
+    this.connectTimer = undefined;
+    this.connectedAt = this.now();
+    this.setState("connected");
+    // Restore every room: last heartbeat with the TTL that remains (or a pending leave), then subscribe.
+    for (const room of this.rooms.values()) room.onConnected();
+    this.startPinging();
+    const waiters = this.connectedWaiters;
+    this.connectedWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  private startPinging(): void {
+    if (this.pingTimer !== undefined) clearInterval(this.pingTimer);
+    this.syncPings = 0;
+    this.lastReceived = monotonic();
+    this.ping();
+    const every = this.opts.pingIntervalMs ?? 10_000;
+    const idle = this.opts.idleTimeoutMs ?? 25_000;
+    this.pingTimer = setInterval(() => {
+      const ws = this.ws;
+      if (!ws || this.st !== "connected") return;
+      if (monotonic() - this.lastReceived > idle) {
+        this.dropSocket(ws);
+        return;
+      }
+      this.ping();
+    }, every);
+  }
+
+  private ping(): void {
+    const ref = this.nextRef++;
+    this.pings.set(ref, this.now());
+    if (this.pings.size > 16) this.pings.delete(this.pings.keys().next().value as number);
+    this.send(JSON.stringify({ type: "ping", ref }));
+  }
+
+  private onPong(msg: Record<string, unknown>): void {
+    if (typeof msg.ref !== "number") return;
+    const sentAt = this.pings.get(msg.ref);
+    if (sentAt === undefined) return;
+    this.pings.delete(msg.ref);
+    if (typeof msg.serverTimeMs === "number") this.clock.add(sentAt, this.now(), msg.serverTimeMs);
+    // A few back-to-back round trips right after connecting give a good first estimate.
+    if (++this.syncPings < 4 && this.st === "connected") this.ping();
+  }
+
+  private onServerError(msg: Record<string, unknown>): void {
+    const ref = typeof msg.ref === "number" ? msg.ref : undefined;
+    if (ref !== undefined) {
+      const done = this.acks.get(ref);
+      if (done) {
+        this.acks.delete(ref);
+        done(false);
+      }
+      this.pings.delete(ref);
+    }
+    const code = typeof msg.code === "string" ? msg.code : "unknown";
+    const message = typeof msg.message === "string" ? msg.message : code;
+    const extra: { room?: string; ref?: number } = {};
+    if (typeof msg.room === "string") extra.room = msg.room;
+    if (ref !== undefined) extra.ref = ref;
+    this.report(new RollcallError("server", code, message, extra));
+  }
+
+  private stopConnectionTimers(): void {
+    if (this.connectTimer !== undefined) clearTimeout(this.connectTimer);
+    this.connectTimer = undefined;
+    if (this.pingTimer !== undefined) clearInterval(this.pingTimer);
+    this.pingTimer = undefined;
+  }
+
+  /** Terminal: no more reconnects, timers or notifications. */
+  private shutdown(): void {
+    this.isClosed = true;
+    this.generation++;
+    if (this.reconnectTimer !== undefined) clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = undefined;
+    this.stopConnectionTimers();
+    for (const room of this.rooms.values()) room.dispose();
+    this.setState("closed");
+  }
+
+  private async doClose(): Promise<void> {
+    const ws = this.ws;
+    const wasConnected = this.st === "connected" && ws !== null;
+    this.isClosed = true;
+    this.generation++;
+    if (this.reconnectTimer !== undefined) clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = undefined;
+    for (const room of this.rooms.values()) room.stopTracking();
+    const timeoutMs = this.opts.closeTimeoutMs ?? 1000;
+    if (wasConnected) {
+      // Leave every room this client may have an entry in, and wait for the acks.
+      const acks: Promise<boolean>[] = [];
+      for (const room of this.rooms.values()) {
+        if (!room.own && !room.serverMayHaveEntry) continue;
+        const ref = this.nextRef++;
+        acks.push(new Promise<boolean>((resolve) => this.acks.set(ref, resolve)));
+        this.send(JSON.stringify({ type: "leave", room: room.name, ref }));
+        room.own = null;
+        room.serverMayHaveEntry = false;
+      }
+      if (acks.length > 0) await withTimeout(Promise.all(acks), timeoutMs);
+    }
+    this.shutdown();
+    this.ws = null;
+    for (const done of this.acks.values()) done(false);
+    this.acks.clear();
+    if (ws) await closeSocket(ws, timeoutMs);
+  }
+}
+
+function detach(ws: Socket): void {
+  ws.onopen = null;
+  ws.onmessage = null;
+  ws.onclose = null;
+  ws.onerror = () => {};
+}
+
+/** Closes with 1000 and waits for the close event, at most `timeoutMs`. */
+function closeSocket(ws: Socket, timeoutMs: number): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const state = ws.readyState;
+    if (state === 3 /* CLOSED */) {
+      detach(ws);
+      resolve();
+      return;
+    }
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const done = () => {
+      if (timer !== undefined) clearTimeout(timer);
+      timer = undefined;
+      detach(ws);
+      resolve();
+    };
+    ws.onopen = null;
+    ws.onmessage = null;
+    ws.onclose = done;
+    ws.onerror = () => {};
+    timer = setTimeout(() => {
+      try {
+        ws.terminate?.();
+      } catch {
+        /* ignore */
+      }
+      done();
+    }, timeoutMs);
+    try {
+      if (state === 0 /* CONNECTING */ && typeof ws.terminate === "function") ws.terminate();
+      else ws.close(1000, "client closed");
+    } catch {
+      done();
+    }
+  });
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
+  return new Promise<T | undefined>((resolve) => {
+    const timer = setTimeout(() => resolve(undefined), ms);
+    p.then(
+      (v) => {
+        clearTimeout(timer);
+        resolve(v);
+      },
+      () => {
+        clearTimeout(timer);
+        resolve(undefined);
+      },
+    );
+  });
+}
+
+function normalizeUrl(url: unknown): string {
+  if (typeof url !== "string") throw new TypeError("createClient({ url }): url must be a string like ws://127.0.0.1:7700/ws");
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new TypeError(`createClient({ url }): not a URL: ${JSON.stringify(url)}`);
+  }
+  if (u.protocol === "http:") u.protocol = "ws:";
+  else if (u.protocol === "https:") u.protocol = "wss:";
+  if (u.protocol !== "ws:" && u.protocol !== "wss:") throw new TypeError(`createClient({ url }): expected a ws:// or wss:// URL, got ${JSON.stringify(url)}`);
+  return u.toString();
+}
+
+function utf8Bytes(s: string): number {
+  return new TextEncoder().encode(s).length;
+}
+
+function monotonic(): number {
+  return typeof performance !== "undefined" ? performance.now() : Date.now();
+}

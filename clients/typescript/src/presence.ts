@@ -1,0 +1,552 @@
+import { RollcallError } from "./errors.js";
+import { describeIssues, errorMessage, type Codec, type CodecResult } from "./schema.js";
+import type { Presence, PresenceEntry } from "./types.js";
+
+/** Server limits announced in `welcome` (defaults from docs/protocol.md until then). */
+export interface Limits {
+  maxMessageBytes: number;
+  maxDataBytes: number;
+  maxTtlMs: number;
+  maxRoomsPerConnection: number;
+  maxEntriesPerRoom: number;
+  heartbeatsPerSecond: number;
+  heartbeatBurst: number;
+}
+
+export const DEFAULT_LIMITS: Limits = {
+  maxMessageBytes: 65536,
+  maxDataBytes: 4096,
+  maxTtlMs: 3_600_000,
+  maxRoomsPerConnection: 128,
+  maxEntriesPerRoom: 10_000,
+  heartbeatsPerSecond: 120,
+  heartbeatBurst: 240,
+};
+
+/** What a room needs from its client. */
+export interface RoomHost {
+  now(): number;
+  readonly connected: boolean;
+  readonly closed: boolean;
+  readonly clientId: number | undefined;
+  readonly limits: Limits;
+  readonly clockOffsetMs: number;
+  send(message: string): boolean;
+  report(error: RollcallError): void;
+}
+
+/** An entry as the server sent it (data still undecoded). */
+export interface RawEntry {
+  readonly data: unknown;
+  readonly serverExpiresAtMs: number;
+  /** `serverExpiresAtMs` in the local clock, fixed when the entry arrived. */
+  readonly expiresAtMs: number;
+  readonly userId: string | undefined;
+}
+
+/** The wire shape of a snapshot entry / upsert change. */
+export interface WireEntry {
+  clientId: number;
+  data?: unknown;
+  expiresAtMs: number;
+  userId?: string;
+}
+
+interface OwnHeartbeat {
+  /** The serialized data, exactly as sent. */
+  readonly dataJson: string;
+  readonly ttlMs: number;
+  /** Local time of the user's heartbeat: the TTL that remains is measured from here. */
+  sentAt: number;
+}
+
+const MAX_TIMER_MS = 2_147_483_647;
+
+/**
+ * Per-room state shared by every `Presence` view of the room: the entries as the
+ * server sent them, this client's own last heartbeat (re-sent after a reconnect),
+ * the local expiry timer and the `track()` loop.
+ */
+export class Room {
+  raw = new Map<number, RawEntry>();
+  readonly views = new Set<PresenceView<unknown, unknown>>();
+  own: OwnHeartbeat | null = null;
+  /** A heartbeat may have reached the server since the last leave: `close()` and reconnects leave it. */
+  serverMayHaveEntry = false;
+  private seq = 0;
+  private appliedSeq = 0;
+  private tracking = false;
+  private trackTimer: ReturnType<typeof setInterval> | undefined;
+  private trackEveryMs = 0;
+  private expiryTimer: ReturnType<typeof setTimeout> | undefined;
+  private expiryAt = Infinity;
+
+  constructor(
+    readonly name: string,
+    private readonly host: RoomHost,
+  ) {}
+
+  nextSeq(): number {
+    return ++this.seq;
+  }
+
+  // ---- outgoing -------------------------------------------------------------
+
+  /** Applies the user's heartbeat number `seq` unless a later heartbeat or leave won. */
+  applyHeartbeat(seq: number, dataJson: string, ttlMs: number, track: boolean): void {
+    if (seq <= this.appliedSeq || this.host.closed) return;
+    this.appliedSeq = seq;
+    this.own = { dataJson, ttlMs, sentAt: this.host.now() };
+    this.sendHeartbeat(dataJson, ttlMs);
+    if (track) this.tracking = true;
+    if (this.tracking) this.scheduleTrack(ttlMs);
+  }
+
+  leave(seq: number): void {
+    if (seq <= this.appliedSeq || this.host.closed) return;
+    this.appliedSeq = seq;
+    this.own = null;
+    this.stopTracking();
+    // Remove our own entry locally at once; the server's `leave` change confirms it.
+    const me = this.host.clientId;
+    if (me !== undefined && this.raw.delete(me)) this.notify([me]);
+    if (this.host.connected) {
+      this.host.send(JSON.stringify({ type: "leave", room: this.name }));
+      this.serverMayHaveEntry = false;
+    }
+  }
+
+  private sendHeartbeat(dataJson: string, ttlMs: number): void {
+    if (!this.host.connected) return; // sent on (re)connect with what remains of the TTL
+    this.host.send(`{"type":"heartbeat","room":${JSON.stringify(this.name)},"data":${dataJson},"ttlMs":${ttlMs}}`);
+    this.serverMayHaveEntry = true;
+  }
+
+  private scheduleTrack(ttlMs: number): void {
+    const every = Math.max(1, Math.floor(ttlMs / 3));
+    if (this.trackTimer !== undefined && every === this.trackEveryMs) return;
+    if (this.trackTimer !== undefined) clearInterval(this.trackTimer);
+    this.trackEveryMs = every;
+    this.trackTimer = setInterval(() => {
+      const own = this.own;
+      if (!own || this.host.closed) return;
+      own.sentAt = this.host.now();
+      this.sendHeartbeat(own.dataJson, own.ttlMs);
+    }, every);
+  }
+
+  stopTracking(): void {
+    this.tracking = false;
+    if (this.trackTimer !== undefined) clearInterval(this.trackTimer);
+    this.trackTimer = undefined;
+    this.trackEveryMs = 0;
+  }
+
+  /**
+   * Called after `welcome`: restore the server's view of this client in the room
+   * (last heartbeat with the TTL that remains, never a fresh one; or a pending
+   * leave), then subscribe, which answers with a fresh snapshot.
+   */
+  onConnected(): void {
+    const own = this.own;
+    if (own) {
+      const remaining = Math.floor(own.sentAt + own.ttlMs - this.host.now());
+      if (remaining >= 1) this.sendHeartbeat(own.dataJson, Math.min(remaining, own.ttlMs));
+      else if (!this.tracking) this.own = null;
+    } else if (this.serverMayHaveEntry) {
+      this.host.send(JSON.stringify({ type: "leave", room: this.name }));
+      this.serverMayHaveEntry = false;
+    }
+    this.host.send(JSON.stringify({ type: "subscribe", room: this.name }));
+  }
+
+  // ---- incoming -------------------------------------------------------------
+
+  private toRaw(e: WireEntry): RawEntry {
+    return {
+      data: e.data === undefined ? null : e.data,
+      serverExpiresAtMs: e.expiresAtMs,
+      expiresAtMs: Math.round(e.expiresAtMs - this.host.clockOffsetMs),
+      userId: typeof e.userId === "string" ? e.userId : undefined,
+    };
+  }
+
+  /** A snapshot replaces everything known about the room. */
+  applySnapshot(entries: WireEntry[]): void {
+    const next = new Map<number, RawEntry>();
+    const changed: number[] = [];
+    for (const e of entries) {
+      if (!isWireEntry(e)) continue;
+      const old = this.raw.get(e.clientId);
+      if (
+        old &&
+        old.serverExpiresAtMs === e.expiresAtMs &&
+        old.userId === (typeof e.userId === "string" ? e.userId : undefined) &&
+        jsonEqual(old.data, e.data === undefined ? null : e.data)
+      ) {
+        next.set(e.clientId, old); // unchanged: keep the decoded entry and its identity
+      } else {
+        next.set(e.clientId, this.toRaw(e));
+        changed.push(e.clientId);
+      }
+    }
+    for (const id of this.raw.keys()) if (!next.has(id)) changed.push(id);
+    this.raw = next;
+    this.expiryAt = Infinity;
+    for (const e of next.values()) if (e.expiresAtMs < this.expiryAt) this.expiryAt = e.expiresAtMs;
+    this.armExpiry(true);
+    this.notify(changed);
+  }
+
+  applyChanges(changes: unknown[]): void {
+    const ids: number[] = [];
+    for (const c of changes) {
+      if (typeof c !== "object" || c === null) continue;
+      const ch = c as { op?: unknown; clientId?: unknown };
+      if (!isClientId(ch.clientId)) continue;
+      if (ch.op === "upsert") {
+        if (!isWireEntry(c)) continue;
+        const raw = this.toRaw(c);
+        this.raw.set(ch.clientId, raw);
+        if (raw.expiresAtMs < this.expiryAt) {
+          this.expiryAt = raw.expiresAtMs;
+          this.armExpiry(true);
+        }
+        ids.push(ch.clientId);
+      } else if (ch.op === "leave" || ch.op === "expire") {
+        if (this.raw.delete(ch.clientId)) ids.push(ch.clientId);
+      }
+      // unknown ops are ignored (forward compatibility)
+    }
+    this.notify(ids);
+  }
+
+  private notify(ids: number[] | null): void {
+    if (ids !== null && ids.length === 0) return;
+    for (const v of this.views) v.sync(ids);
+  }
+
+  /** (Re)arms the timer that removes entries locally when their TTL runs out. */
+  private armExpiry(reset: boolean): void {
+    if (this.host.closed) return;
+    if (reset && this.expiryTimer !== undefined) {
+      clearTimeout(this.expiryTimer);
+      this.expiryTimer = undefined;
+    }
+    if (this.expiryTimer !== undefined || this.expiryAt === Infinity) return;
+    // An entry is expired once now > expiresAtMs, i.e. from expiresAtMs + 1 on.
+    const delay = Math.min(MAX_TIMER_MS, Math.max(0, this.expiryAt + 1 - this.host.now()));
+    this.expiryTimer = setTimeout(() => {
+      this.expiryTimer = undefined;
+      this.sweep();
+    }, delay);
+  }
+
+  private sweep(): void {
+    if (this.host.closed) return;
+    const now = this.host.now();
+    const removed: number[] = [];
+    let next = Infinity;
+    for (const [id, e] of this.raw) {
+      if (now > e.expiresAtMs) {
+        this.raw.delete(id);
+        removed.push(id);
+      } else if (e.expiresAtMs < next) next = e.expiresAtMs;
+    }
+    this.expiryAt = next;
+    this.armExpiry(false);
+    this.notify(removed);
+  }
+
+  /** Stops every timer (client closed). */
+  dispose(): void {
+    this.stopTracking();
+    if (this.expiryTimer !== undefined) clearTimeout(this.expiryTimer);
+    this.expiryTimer = undefined;
+  }
+}
+
+/** One `client.presence(room, schema?)`: a typed, decoded view of a room. */
+export class PresenceView<T, In> implements Presence<T, In> {
+  readonly room: string;
+  private readonly entries = new Map<number, PresenceEntry<T>>();
+  /** The raw entry each id was last decoded from (also when decoding failed). */
+  private readonly source = new Map<number, RawEntry>();
+  /** Ids whose current data did not decode (reported once until they decode again). */
+  private readonly failed = new Set<number>();
+  private readonly listeners = new Set<(entries: Map<number, PresenceEntry<T>>) => void>();
+  private dirty = false;
+  private scheduled = false;
+  private ready: boolean;
+
+  constructor(
+    private readonly r: Room,
+    private readonly host: RoomHost,
+    private readonly codec: Codec | null,
+  ) {
+    this.room = r.name;
+    this.ready = !codec || codec.ready === null;
+    if (this.ready) this.sync(null);
+    else
+      void codec!.ready!.then(() => {
+        this.ready = true;
+        this.sync(null);
+      });
+  }
+
+  // ---- Presence API ---------------------------------------------------------
+
+  heartbeat(data: In, ttlMs: number): void {
+    this.put(data, ttlMs, false);
+  }
+
+  track(data: In, ttlMs: number): void {
+    this.put(data, ttlMs, true);
+  }
+
+  leave(): void {
+    try {
+      if (this.host.closed) return;
+      this.r.leave(this.r.nextSeq());
+    } catch (e) {
+      this.host.report(new RollcallError("local", "internal", `leave failed: ${errorMessage(e)}`, { room: this.room, cause: e }));
+    }
+  }
+
+  value(): Map<number, PresenceEntry<T>> {
+    const now = this.host.now();
+    const out = new Map<number, PresenceEntry<T>>();
+    for (const [id, e] of this.entries) if (!(now > e.expiresAtMs)) out.set(id, e);
+    return out;
+  }
+
+  onChange(fn: (entries: Map<number, PresenceEntry<T>>) => void): () => void {
+    if (typeof fn !== "function") throw new TypeError("onChange expects a function");
+    // Wrap so that subscribing the same function twice gives two independent subscriptions.
+    const wrapped = (m: Map<number, PresenceEntry<T>>) => fn(m);
+    this.listeners.add(wrapped);
+    return () => {
+      this.listeners.delete(wrapped);
+    };
+  }
+
+  // ---- outgoing -------------------------------------------------------------
+
+  private put(data: In, ttlMs: number, track: boolean): void {
+    try {
+      if (this.host.closed) {
+        this.host.report(new RollcallError("local", "not_connected", "the client is closed: heartbeat not sent", { room: this.room }));
+        return;
+      }
+      const max = this.host.limits.maxTtlMs;
+      if (typeof ttlMs !== "number" || !Number.isInteger(ttlMs) || ttlMs < 1 || ttlMs > max) {
+        this.host.report(
+          new RollcallError("local", "invalid_ttl", `ttlMs must be an integer in [1, ${max}], got ${String(ttlMs)}`, { room: this.room }),
+        );
+        return;
+      }
+      const seq = this.r.nextSeq();
+      const codec = this.codec;
+      if (!codec) {
+        this.commit(seq, data, ttlMs, track);
+        return;
+      }
+      const run = () => {
+        const res = codec.encode(data);
+        if (res instanceof Promise) void res.then((r) => this.finish(seq, r, ttlMs, track));
+        else this.finish(seq, res, ttlMs, track);
+      };
+      if (codec.ready) void codec.ready.then(run);
+      else run();
+    } catch (e) {
+      this.host.report(new RollcallError("local", "internal", `heartbeat failed: ${errorMessage(e)}`, { room: this.room, cause: e }));
+    }
+  }
+
+  private finish(seq: number, res: CodecResult, ttlMs: number, track: boolean): void {
+    try {
+      if (!res.ok) {
+        this.host.report(
+          new RollcallError("local", "schema_mismatch", `heartbeat data does not match the schema of ${JSON.stringify(this.room)}: ${describeIssues(res.issues)}`, {
+            room: this.room,
+            issues: res.issues,
+          }),
+        );
+        return;
+      }
+      this.commit(seq, res.value, ttlMs, track);
+    } catch (e) {
+      this.host.report(new RollcallError("local", "internal", `heartbeat failed: ${errorMessage(e)}`, { room: this.room, cause: e }));
+    }
+  }
+
+  private commit(seq: number, value: unknown, ttlMs: number, track: boolean): void {
+    let json: string | undefined;
+    try {
+      json = JSON.stringify(value);
+    } catch (e) {
+      this.host.report(new RollcallError("local", "invalid_data", `heartbeat data is not JSON-serializable: ${errorMessage(e)}`, { room: this.room, cause: e }));
+      return;
+    }
+    if (json === undefined) json = "null";
+    const max = this.host.limits.maxDataBytes;
+    const size = utf8Length(json);
+    if (size > max) {
+      this.host.report(new RollcallError("local", "data_too_large", `heartbeat data is ${size} bytes of JSON; the limit is ${max}`, { room: this.room }));
+      return;
+    }
+    this.r.applyHeartbeat(seq, json, ttlMs, track);
+  }
+
+  // ---- incoming -------------------------------------------------------------
+
+  /** Re-derives the decoded entries for `ids` (all when null) from the room's raw entries. */
+  sync(ids: Iterable<number> | null): void {
+    if (!this.ready) return; // a full sync follows once the codec is ready
+    let changed = false;
+    if (ids === null) {
+      for (const id of [...this.source.keys()]) if (!this.r.raw.has(id)) changed = this.drop(id) || changed;
+      for (const id of this.r.raw.keys()) changed = this.update(id) || changed;
+    } else {
+      for (const id of ids) changed = this.update(id) || changed;
+    }
+    if (changed) this.markDirty();
+  }
+
+  private drop(id: number): boolean {
+    this.source.delete(id);
+    this.failed.delete(id);
+    return this.entries.delete(id);
+  }
+
+  private update(id: number): boolean {
+    const raw = this.r.raw.get(id);
+    if (!raw) return this.drop(id);
+    if (this.source.get(id) === raw) return false;
+    this.source.set(id, raw);
+    if (!this.codec) {
+      this.entries.set(id, makeEntry(raw, raw.data) as PresenceEntry<T>);
+      return true;
+    }
+    let res: CodecResult | Promise<CodecResult>;
+    try {
+      res = this.codec.decode(raw.data);
+    } catch (e) {
+      res = { ok: false, issues: [{ message: errorMessage(e) }] };
+    }
+    if (res instanceof Promise) {
+      const had = this.entries.delete(id);
+      void res.then((r) => {
+        if (this.source.get(id) !== raw) return; // superseded meanwhile
+        if (this.accept(id, raw, r)) this.markDirty();
+      });
+      return had;
+    }
+    return this.accept(id, raw, res);
+  }
+
+  private accept(id: number, raw: RawEntry, res: CodecResult): boolean {
+    if (res.ok) {
+      this.failed.delete(id);
+      this.entries.set(id, makeEntry(raw, res.value) as PresenceEntry<T>);
+      return true;
+    }
+    const had = this.entries.delete(id);
+    if (!this.failed.has(id)) {
+      this.failed.add(id);
+      this.host.report(
+        new RollcallError("local", "decode_failed", `entry of client ${id} in ${JSON.stringify(this.room)} does not match the schema: ${describeIssues(res.issues)}`, {
+          room: this.room,
+          clientId: id,
+          issues: res.issues,
+        }),
+      );
+    }
+    return had;
+  }
+
+  private markDirty(): void {
+    this.dirty = true;
+    if (this.scheduled) return;
+    this.scheduled = true;
+    queueMicrotask(() => this.flush());
+  }
+
+  private flush(): void {
+    this.scheduled = false;
+    if (!this.dirty) return;
+    this.dirty = false;
+    if (this.listeners.size === 0 || this.host.closed) return;
+    const map = this.value();
+    for (const fn of [...this.listeners]) {
+      try {
+        fn(map);
+      } catch (e) {
+        this.host.report(new RollcallError("local", "listener_error", `an onChange callback threw: ${errorMessage(e)}`, { room: this.room, cause: e }));
+      }
+    }
+  }
+}
+
+function makeEntry(raw: RawEntry, data: unknown): PresenceEntry<unknown> {
+  const e: PresenceEntry<unknown> = { data, expiresAtMs: raw.expiresAtMs };
+  if (raw.userId !== undefined) e.userId = raw.userId;
+  return Object.freeze(e);
+}
+
+export function isClientId(v: unknown): v is number {
+  return typeof v === "number" && Number.isSafeInteger(v) && v > 0;
+}
+
+function isWireEntry(e: unknown): e is WireEntry {
+  if (typeof e !== "object" || e === null) return false;
+  const w = e as { clientId?: unknown; expiresAtMs?: unknown };
+  return isClientId(w.clientId) && typeof w.expiresAtMs === "number" && Number.isFinite(w.expiresAtMs);
+}
+
+/** UTF-8 length of a string without allocating. */
+export function utf8Length(s: string): number {
+  let n = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x80) n += 1;
+    else if (c < 0x800) n += 2;
+    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length) {
+      const d = s.charCodeAt(i + 1);
+      if (d >= 0xdc00 && d <= 0xdfff) {
+        n += 4;
+        i++;
+      } else n += 3;
+    } else n += 3;
+  }
+  return n;
+}
+
+/** Deep equality of parsed JSON values. */
+export function jsonEqual(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (typeof a !== "object" || typeof b !== "object" || a === null || b === null) return false;
+  if (Array.isArray(a)) {
+    if (!Array.isArray(b) || a.length !== b.length) return false;
+    for (let i = 0; i < a.length; i++) if (!jsonEqual(a[i], b[i])) return false;
+    return true;
+  }
+  if (Array.isArray(b)) return false;
+  const ka = Object.keys(a);
+  const kb = Object.keys(b);
+  if (ka.length !== kb.length) return false;
+  for (const k of ka) {
+    if (!Object.prototype.hasOwnProperty.call(b, k)) return false;
+    if (!jsonEqual((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k])) return false;
+  }
+  return true;
+}
+
+/** A room name is 1–256 bytes of UTF-8 without control characters (docs/protocol.md). */
+export function roomNameProblem(room: unknown): string | undefined {
+  if (typeof room !== "string") return "a room name must be a string";
+  const n = utf8Length(room);
+  if (n < 1 || n > 256) return `a room name is 1 to 256 bytes of UTF-8; this one is ${n}`;
+  if (/\p{Cc}/u.test(room)) return "a room name may not contain control characters";
+  return undefined;
+}

@@ -1,0 +1,236 @@
+// Public types of rollcall-client. Kept free of any runtime import so that the
+// emitted .d.ts files never require `effect`, `zod` or `ws` to be installed.
+
+/** One live entry of a room, as seen by this client. */
+export interface PresenceEntry<T> {
+  /** The data the client sent with its last heartbeat (decoded by the schema, if any). */
+  data: T;
+  /**
+   * When the entry expires, in milliseconds since the Unix epoch by the *local*
+   * clock (the SDK corrects for the offset to the server's clock), so
+   * `Date.now() > expiresAtMs` is the right test even when the local clock is off.
+   */
+  expiresAtMs: number;
+  /** Set by the server from an authenticated connection's token; never by a client. */
+  userId?: string;
+}
+
+/** A room's presence, typed by its schema. `In` is what `heartbeat` accepts. */
+export interface Presence<T, In = T> {
+  /** The room name. */
+  readonly room: string;
+  /**
+   * Upserts this client's entry: `data`, expiring `ttlMs` after the server receives
+   * it. Returns nothing and never throws or rejects; problems (schema refusal, an
+   * invalid TTL, a server error) are reported through `client.onError`. While the
+   * connection is down the heartbeat is kept and sent on reconnect with whatever is
+   * left of its TTL.
+   */
+  heartbeat(data: In, ttlMs: number): void;
+  /**
+   * Like `heartbeat`, then keeps re-sending the latest data (from `track` or a later
+   * `heartbeat`) about every `ttlMs / 3` until `leave()` or `client.close()`.
+   */
+  track(data: In, ttlMs: number): void;
+  /** Removes this client's entry now (and stops `track`). Keeps watching the room. */
+  leave(): void;
+  /** A new Map of the live entries (never an expired one), keyed by client id. */
+  value(): Map<number, PresenceEntry<T>>;
+  /**
+   * Calls `fn` with the current live entries after every burst of changes
+   * (coalesced within a microtask), including local expiry. Returns the unsubscribe
+   * function.
+   */
+  onChange(fn: (entries: Map<number, PresenceEntry<T>>) => void): () => void;
+}
+
+// ---------------------------------------------------------------------------
+// Standard Schema v1 (https://standardschema.dev), the interface zod, valibot,
+// arktype and Effect (Schema.standardSchemaV1) implement. Declared here so that
+// no dependency is needed.
+
+/** The Standard Schema v1 interface. */
+export interface StandardSchemaV1<Input = unknown, Output = Input> {
+  readonly "~standard": StandardSchemaV1.Props<Input, Output>;
+}
+
+// eslint-disable-next-line @typescript-eslint/no-namespace
+export declare namespace StandardSchemaV1 {
+  interface Props<Input = unknown, Output = Input> {
+    readonly version: 1;
+    readonly vendor: string;
+    readonly validate: (value: unknown) => Result<Output> | Promise<Result<Output>>;
+    readonly types?: Types<Input, Output> | undefined;
+  }
+  type Result<Output> = SuccessResult<Output> | FailureResult;
+  interface SuccessResult<Output> {
+    readonly value: Output;
+    readonly issues?: undefined;
+  }
+  interface FailureResult {
+    readonly issues: ReadonlyArray<Issue>;
+  }
+  interface Issue {
+    readonly message: string;
+    readonly path?: ReadonlyArray<PropertyKey | PathSegment> | undefined;
+  }
+  interface PathSegment {
+    readonly key: PropertyKey;
+  }
+  interface Types<Input = unknown, Output = Input> {
+    readonly input: Input;
+    readonly output: Output;
+  }
+}
+
+/**
+ * The structural shape of an Effect Schema (effect 3.10+ `Schema.Struct(...)`,
+ * `Schema.Number`, ..., and effect 4): it carries its decoded type as `Type` and its
+ * wire type as `Encoded`. Detected at run time by Effect's well-known marker.
+ */
+export interface EffectSchemaLike<A = unknown, I = unknown> {
+  readonly Type: A;
+  readonly Encoded: I;
+  readonly ast: unknown;
+}
+
+/** Anything `client.presence(room, schema)` accepts. */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type PresenceSchema = StandardSchemaV1<any, any> | EffectSchemaLike<any, any>;
+
+/** The type a schema decodes to (the `T` of `Presence<T>`). */
+export type SchemaOutput<S> = S extends { readonly "~standard": { readonly types?: infer Ty } }
+  ? NonNullable<Ty> extends { readonly output: infer O }
+    ? O
+    : unknown
+  : S extends { readonly Type: infer A }
+    ? A
+    : unknown;
+
+/**
+ * The type `heartbeat` accepts: a Standard Schema's input (it is validated and sent
+ * as given), an Effect Schema's decoded `Type` (it is encoded before sending).
+ */
+export type SchemaInput<S> = S extends { readonly "~standard": { readonly types?: infer Ty } }
+  ? NonNullable<Ty> extends { readonly input: infer I }
+    ? I
+    : unknown
+  : S extends { readonly Type: infer A }
+    ? A
+    : unknown;
+
+/**
+ * The part of effect's `Schema` module the SDK uses (effect 3.10+ and 4.x both
+ * have it). Pass `import { Schema } from "effect"` as `createClient({ effectSchema:
+ * Schema })` where a bundler cannot resolve `effect` lazily at run time.
+ */
+export interface EffectSchemaModule {
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  decodeUnknownSync: (schema: any, options?: any) => (input: unknown, options?: any) => unknown;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  encodeUnknownSync: (schema: any, options?: any) => (input: unknown, options?: any) => unknown;
+}
+
+// ---------------------------------------------------------------------------
+// WebSocket, as far as the SDK needs it: satisfied by the browser's / Node 22's
+// global WebSocket and by the `ws` package.
+
+/** The subset of a WebSocket instance the SDK uses. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  // Typed `unknown` so that both the DOM and the `ws` typings are assignable.
+  onopen: unknown;
+  onmessage: unknown;
+  onclose: unknown;
+  onerror: unknown;
+}
+
+/** A WebSocket constructor (`globalThis.WebSocket`, or `WebSocket` from `ws`). */
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+/** Connection state of a client. */
+export type ConnectionState =
+  /** Opening the first connection. */
+  | "connecting"
+  /** `welcome` received: requests flow. */
+  | "connected"
+  /** The connection dropped; a reconnect is scheduled or in progress. */
+  | "reconnecting"
+  /** `close()` was called, or the server closed with a code that forbids reconnecting (4001, 4003). */
+  | "closed";
+
+export interface ReconnectOptions {
+  /** First delay before reconnecting (the ceiling of the jittered delay). Default 250 ms. */
+  initialDelayMs?: number;
+  /** Cap of the exponential backoff. Default 10,000 ms. */
+  maxDelayMs?: number;
+}
+
+export interface ClientOptions {
+  /** `ws://host:port/ws` (`http(s)://` is accepted and mapped to `ws(s)://`). */
+  url: string;
+  /** A JWT, or a function returning one; the function is called on every (re)connect. */
+  token?: string | (() => string | Promise<string>);
+  /** WebSocket implementation; defaults to `globalThis.WebSocket`. In Node 20 pass `ws`. */
+  WebSocket?: WebSocketConstructor;
+  /** The local clock (ms since the epoch). Default `Date.now`. For tests. */
+  now?: () => number;
+  /** Reconnect backoff (capped exponential with jitter). */
+  reconnect?: ReconnectOptions;
+  /** Keep-alive and clock-sync ping period. Default 10,000 ms. */
+  pingIntervalMs?: number;
+  /** Drop and reconnect a connection that received nothing for this long. Default 25,000 ms. */
+  idleTimeoutMs?: number;
+  /** Give up on an opening connection without `welcome` after this long. Default 10,000 ms. */
+  connectTimeoutMs?: number;
+  /** How long `close()` waits for the server's leave acks and close frame. Default 1,000 ms. */
+  closeTimeoutMs?: number;
+  /** effect's `Schema` module, to decode Effect schemas without a lazy `import("effect/Schema")`. */
+  effectSchema?: EffectSchemaModule;
+}
+
+export interface RollcallClient {
+  /** This connection's client id once `welcome` arrived (stable across reconnects). */
+  readonly clientId: number | undefined;
+  /** Current connection state. */
+  readonly state: ConnectionState;
+  /** Estimated `serverClock - localClock`, in ms (0 until the first sample). */
+  readonly clockOffsetMs: number;
+  /**
+   * Resolves once connected (at once if already connected). Never rejects: if the
+   * client is closed before it ever connects the promise stays pending; see
+   * `onError` / `onStateChange` for why.
+   */
+  waitForConnected(): Promise<void>;
+  /** The presence of a room, untyped. */
+  presence(room: string): Presence<unknown>;
+  /** The presence of a room, typed and checked by an Effect Schema or a Standard Schema. */
+  presence<S extends PresenceSchema>(room: string, schema: S): Presence<SchemaOutput<S>, SchemaInput<S>>;
+  /** Observes server and local errors. Returns the unsubscribe function. */
+  onError(fn: (error: RollcallErrorLike) => void): () => void;
+  /** Observes connection state changes. Returns the unsubscribe function. */
+  onStateChange(fn: (state: ConnectionState) => void): () => void;
+  /**
+   * Leaves every room this client heartbeated in (waiting for the acks, bounded by
+   * `closeTimeoutMs`), closes the socket with 1000 and stops every timer. Never rejects.
+   */
+  close(): Promise<void>;
+}
+
+/** The shape of the errors passed to `onError` (instances of `RollcallError`). */
+export interface RollcallErrorLike extends Error {
+  /** A server error code (`invalid_ttl`, `rate_limited`, ...) or a local one (see README). */
+  readonly code: string;
+  /** `server`: an `error` message; `local`: refused or failed in the SDK; `connection`: the socket. */
+  readonly source: "server" | "local" | "connection";
+  readonly room?: string;
+  readonly ref?: number;
+  /** For `decode_failed`: whose entry did not decode. */
+  readonly clientId?: number;
+  /** For schema errors: the validation issues. */
+  readonly issues?: ReadonlyArray<{ readonly message: string; readonly path?: ReadonlyArray<unknown> }>;
+  /** For `connection` errors: the WebSocket close code. */
+  readonly closeCode?: number;
+}
