@@ -45,9 +45,12 @@ async fn rest_heartbeat_is_seen_over_websocket_and_can_be_deleted() {
 
     let (status, _) = server.http("DELETE", &format!("/v1/rooms/pr%3Abots/entries/{id}"), None);
     assert_eq!(status, 204);
-    room.wait_until(Duration::from_secs(10), std::collections::BTreeMap::is_empty)
-        .await
-        .unwrap();
+    room.wait_until(
+        Duration::from_secs(10),
+        std::collections::BTreeMap::is_empty,
+    )
+    .await
+    .unwrap();
     // Deleting again is still 204.
     let (status, _) = server.http("DELETE", &format!("/v1/rooms/pr%3Abots/entries/{id}"), None);
     assert_eq!(status, 204);

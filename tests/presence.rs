@@ -134,7 +134,11 @@ async fn a_client_sees_its_own_entry_and_entries_are_per_room() {
     assert_eq!(in_a[&id].data, json!(1));
     assert_eq!(in_b[&id].data, json!(2));
     a.leave_acked().await.unwrap();
-    assert!(a.wait_until(WAIT, std::collections::BTreeMap::is_empty).await.is_ok());
+    assert!(
+        a.wait_until(WAIT, std::collections::BTreeMap::is_empty)
+            .await
+            .is_ok()
+    );
     assert_eq!(b.value().len(), 1, "leaving one room leaves only that room");
 
     // close() leaves every room it heartbeated in.
@@ -145,7 +149,10 @@ async fn a_client_sees_its_own_entry_and_entries_are_per_room() {
         .await
         .unwrap();
     client.close().await;
-    watch_b.wait_until(WAIT, std::collections::BTreeMap::is_empty).await.unwrap();
+    watch_b
+        .wait_until(WAIT, std::collections::BTreeMap::is_empty)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -165,5 +172,7 @@ async fn abrupt_disconnect_keeps_the_entry_until_its_ttl() {
         .await
         .unwrap();
     assert_eq!(entries[&id].data, json!("here"));
-    room.wait_until(WAIT, std::collections::BTreeMap::is_empty).await.unwrap();
+    room.wait_until(WAIT, std::collections::BTreeMap::is_empty)
+        .await
+        .unwrap();
 }
