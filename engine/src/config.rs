@@ -17,6 +17,15 @@ pub type DurableHook = Arc<dyn Fn(Ticket) + Send + Sync>;
 /// Called during replay, about once a second, so long replays can report progress.
 pub type ProgressHook = Box<dyn FnMut(&ReplayProgress) + Send>;
 
+/// The largest record that sled 0.34 keeps inside its own log file.
+///
+/// sled stores a page bigger than a quarter of a segment (512 KiB / 4) as a separate
+/// blob file, and `Db::flush` never fsyncs blob files, so an acknowledged write in one
+/// could be lost on power loss (not on a process crash). A leaf page holds up to 17
+/// records, so records of at most 4 KiB (plus one oversized event) keep every page
+/// inline, under sled's fsync.
+pub const MAX_INLINE_RECORD_BYTES: usize = 4 * 1024;
+
 /// What an acknowledgment promises.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Durability {
@@ -82,7 +91,7 @@ impl Config {
             on_progress: None,
             compaction_slack: 64 * 1024,
             max_record_events: 4_096,
-            max_record_bytes: 1 << 20,
+            max_record_bytes: MAX_INLINE_RECORD_BYTES,
             cache_capacity: 64 << 20,
         }
     }
@@ -144,8 +153,10 @@ impl Config {
         self
     }
 
-    /// Caps a group record's size (defaults: 4,096 events, 1 MiB); larger groups are
-    /// split into several records in the same batch.
+    /// Caps a group record's size (defaults: 4,096 events, 4 KiB); larger groups are
+    /// split into several records in the same batch. Records above the default may be
+    /// stored by sled as separate blob files, which sled 0.34 does not fsync: see
+    /// [`MAX_INLINE_RECORD_BYTES`].
     #[must_use]
     pub fn max_record(mut self, events: usize, bytes: usize) -> Config {
         self.max_record_events = events;

@@ -57,7 +57,9 @@ mod replay;
 mod store;
 mod types;
 
-pub use config::{Clock, Config, Durability, DurableHook, Layout, ProgressHook, Recovery};
+pub use config::{
+    Clock, Config, Durability, DurableHook, Layout, MAX_INLINE_RECORD_BYTES, ProgressHook, Recovery,
+};
 pub use engine::Engine;
 pub use error::{Error, Result};
 pub use event::{Event, Heartbeat, Leave};

@@ -1,10 +1,18 @@
 //! Folds events into per-room state ordered by expiry.
 //!
-//! Each room keeps its entries by client id and a `BTreeSet` of `(expires_at, client)`;
+//! Each room keeps its entries by client id and a `BTreeSet` of `(expiry, client)`;
 //! a global `BTreeSet` holds each room's earliest expiry. A sweep therefore visits only
-//! rooms that have something due and pops exactly the due entries: O(k log n) for k
+//! rooms that have something due and pops exactly the due keys: O(k log n) for k
 //! expirations, O(1) when nothing is due. The fold takes time from its events and
 //! sweeps take `now` from the caller: nothing here reads the clock.
+//!
+//! The expiry index is lazy. A heartbeat that pushes an entry's expiry later (the
+//! common case: a client refreshing itself) leaves the entry's key where it was; when
+//! that key comes due, the sweep finds the entry still live and files it again under
+//! its real expiry. An entry is thus re-filed about once per TTL instead of on every
+//! heartbeat, which halves the cost of a heartbeat. The index only ever runs early:
+//! each entry has exactly one key, never later than its real expiry, so a sweep never
+//! misses an expiry. Reads always judge liveness by the entry itself.
 
 use std::collections::BTreeSet;
 use std::hash::RandomState;
@@ -63,10 +71,18 @@ pub struct Change {
 /// Index of a room in the materializer's slab; reused after a room empties.
 type RoomSlot = u32;
 
+/// An entry and the key it is filed under in its room's expiry index.
+#[derive(Debug)]
+struct Held {
+    entry: Entry,
+    /// Never later than `entry.expires_at`.
+    filed_at: UnixMs,
+}
+
 #[derive(Debug)]
 struct Room {
     name: Arc<str>,
-    entries: HashMap<ClientId, Entry>,
+    entries: HashMap<ClientId, Held>,
     by_expiry: BTreeSet<(UnixMs, ClientId)>,
 }
 
@@ -75,8 +91,11 @@ impl Room {
         self.by_expiry.first().map(|&(at, _)| at)
     }
 
-    fn expired_count(&self, now: UnixMs) -> usize {
-        self.by_expiry.range(..(now, ClientId(0))).count()
+    fn live(&self, now: UnixMs) -> usize {
+        self.entries
+            .values()
+            .filter(|h| h.entry.is_live(now))
+            .count()
     }
 }
 
@@ -115,30 +134,46 @@ impl Materializer {
         let room = self.rooms[slot as usize]
             .as_mut()
             .expect("slot maps to a room");
-        let before = room.earliest();
         let entry = Entry {
             client: hb.client,
             user: hb.user.clone(),
             data: hb.data.clone(),
             expires_at: hb.expires_at(),
         };
-        let kind = match room.entries.insert(hb.client, entry.clone()) {
-            Some(old) => {
-                if old.expires_at != entry.expires_at {
-                    room.by_expiry.remove(&(old.expires_at, hb.client));
-                    room.by_expiry.insert((entry.expires_at, hb.client));
+        let expires_at = entry.expires_at;
+        let (kind, refile) = match room.entries.get_mut(&hb.client) {
+            Some(held) => {
+                held.entry = entry.clone();
+                // A later expiry keeps its earlier key (see the module docs); an earlier
+                // one must be filed now, or a sweep would find it too late.
+                let refile = (expires_at < held.filed_at).then_some(held.filed_at);
+                if refile.is_some() {
+                    held.filed_at = expires_at;
                 }
-                ChangeKind::Update
+                (ChangeKind::Update, refile)
             }
             None => {
-                room.by_expiry.insert((entry.expires_at, hb.client));
+                room.entries.insert(
+                    hb.client,
+                    Held {
+                        entry: entry.clone(),
+                        filed_at: expires_at,
+                    },
+                );
                 self.len += 1;
-                ChangeKind::Insert
+                (ChangeKind::Insert, None)
             }
         };
-        let after = room.earliest();
         let name = room.name.clone();
-        self.reindex(slot, before, after);
+        if kind == ChangeKind::Insert || refile.is_some() {
+            let before = room.earliest();
+            if let Some(old) = refile {
+                room.by_expiry.remove(&(old, hb.client));
+            }
+            room.by_expiry.insert((expires_at, hb.client));
+            let after = room.earliest();
+            self.reindex(slot, before, after);
+        }
         Change {
             room: name,
             kind,
@@ -153,8 +188,8 @@ impl Materializer {
             .as_mut()
             .expect("slot maps to a room");
         let before = room.earliest();
-        let entry = room.entries.remove(&leave.client)?;
-        room.by_expiry.remove(&(entry.expires_at, leave.client));
+        let Held { entry, filed_at } = room.entries.remove(&leave.client)?;
+        room.by_expiry.remove(&(filed_at, leave.client));
         self.len -= 1;
         let after = room.earliest();
         let name = room.name.clone();
@@ -181,12 +216,21 @@ impl Materializer {
                     break;
                 }
                 room.by_expiry.pop_first();
-                if let Some(entry) = room.entries.remove(&client) {
+                let Some(held) = room.entries.get_mut(&client) else {
+                    continue;
+                };
+                if held.entry.expires_at >= now {
+                    // Refreshed since it was filed: file it under its real expiry.
+                    held.filed_at = held.entry.expires_at;
+                    room.by_expiry.insert((held.filed_at, client));
+                    continue;
+                }
+                if let Some(held) = room.entries.remove(&client) {
                     expired += 1;
                     out.push(Change {
                         room: room.name.clone(),
                         kind: ChangeKind::Expire,
-                        entry,
+                        entry: held.entry,
                     });
                 }
             }
@@ -201,7 +245,7 @@ impl Materializer {
         expired
     }
 
-    /// The earliest expiry of any entry, so a caller can schedule the next sweep.
+    /// No entry expires before this instant (a sweep before it has nothing to do).
     pub fn next_expiry(&self) -> Option<UnixMs> {
         self.due.first().map(|&(at, _)| at)
     }
@@ -211,6 +255,7 @@ impl Materializer {
         self.room(room)?
             .entries
             .get(&client)
+            .map(|held| &held.entry)
             .filter(|entry| entry.is_live(now))
     }
 
@@ -219,19 +264,25 @@ impl Materializer {
         self.room(room)
             .into_iter()
             .flat_map(|room| room.entries.values())
+            .map(|held| &held.entry)
             .filter(move |entry| entry.is_live(now))
     }
 
-    /// How many entries of `room` are live at `now`.
+    /// How many entries of `room` are live at `now` (O(entries in the room)).
     pub fn live_count(&self, room: &str, now: UnixMs) -> usize {
-        self.room(room)
-            .map_or(0, |room| room.entries.len() - room.expired_count(now))
+        self.room(room).map_or(0, |room| room.live(now))
     }
 
-    /// Every room with at least one live entry at `now`, with its live-entry count.
+    /// Entries of `room`, including expired ones no sweep has removed yet (O(1)).
+    pub fn room_len(&self, room: &str) -> usize {
+        self.room(room).map_or(0, |room| room.entries.len())
+    }
+
+    /// Every room with at least one live entry at `now`, with its live-entry count
+    /// (O(entries)).
     pub fn rooms(&self, now: UnixMs) -> impl Iterator<Item = (&Arc<str>, usize)> + '_ {
         self.rooms.iter().flatten().filter_map(move |room| {
-            let live = room.entries.len() - room.expired_count(now);
+            let live = room.live(now);
             (live > 0).then_some((&room.name, live))
         })
     }
@@ -450,6 +501,40 @@ mod tests {
             m.leave(&leave(&format!("r{round}"), 1, 1)).unwrap();
         }
         assert_eq!(m.rooms.len(), 1);
+    }
+
+    #[test]
+    fn refreshed_entries_are_refiled_not_expired() {
+        let mut m = Materializer::new();
+        m.heartbeat(&hb("r", 1, 0, 100)); // filed at 100
+        for at in (10..=500).step_by(10) {
+            m.heartbeat(&hb("r", 1, at, 100)); // pushed later each time, key stays
+        }
+        assert_eq!(m.next_expiry(), Some(UnixMs(100)), "the index runs early");
+        assert!(sweep(&mut m, 200).is_empty(), "still live at 200: re-filed");
+        assert_eq!(m.next_expiry(), Some(UnixMs(600)));
+        assert_eq!(
+            m.get("r", ClientId(1), UnixMs(600)).unwrap().expires_at,
+            UnixMs(600)
+        );
+        // A heartbeat with an earlier expiry than the filed key is filed at once.
+        m.heartbeat(&hb("r", 1, 510, 10));
+        assert_eq!(m.next_expiry(), Some(UnixMs(520)));
+        assert_eq!(sweep(&mut m, 521), vec![("r".to_string(), 1)]);
+        assert!(m.is_empty());
+        assert_eq!(m.next_expiry(), None);
+    }
+
+    #[test]
+    fn leave_removes_a_stale_key() {
+        let mut m = Materializer::new();
+        m.heartbeat(&hb("r", 1, 0, 100));
+        m.heartbeat(&hb("r", 1, 50, 100)); // expires 150, filed at 100
+        m.leave(&leave("r", 1, 60)).unwrap();
+        assert_eq!(m.next_expiry(), None);
+        assert_eq!(m.room_count(), 0);
+        m.heartbeat(&hb("r", 1, 70, 100));
+        assert_eq!(m.next_expiry(), Some(UnixMs(170)));
     }
 
     #[test]
