@@ -15,3 +15,9 @@ if [ -f clients/typescript/package.json ]; then
   echo "==> TypeScript SDK tests"
   (cd clients/typescript && npm ci --no-audit --no-fund && npm test)
 fi
+
+echo "==> SDK browser bundle embedded in the server is up to date"
+scripts/build-assets.sh --check
+
+echo "==> pages (/ and /demo) in headless Chromium"
+(cd tests/browser && npm ci --no-audit --no-fund && npm test)

@@ -176,6 +176,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/rooms/{room}", get(room))
         .route("/v1/rooms/{room}/heartbeat", post(heartbeat))
         .route("/v1/rooms/{room}/entries/{client}", delete(remove_entry))
+        .merge(crate::pages::routes())
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .with_state(state)
 }
@@ -210,9 +211,11 @@ struct Page {
 
 async fn rooms(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Query(page): Query<Page>,
 ) -> Result<Response, ApiError> {
     let hub = state.hub()?;
+    state.authorize(&headers, |grant| grant.admin)?;
     let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let page = hub.rooms_page(page.after.as_deref(), limit);
     let rooms: Vec<_> = page
@@ -226,10 +229,12 @@ async fn rooms(
 
 async fn room(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path(room): Path<String>,
 ) -> Result<Response, ApiError> {
     let hub = state.hub()?;
     hub.limits().check_room(&room)?;
+    state.authorize(&headers, |grant| grant.can_read(&room))?;
     let mut body = String::from("{\"room\":");
     protocol::push_json_str(&mut body, &room);
     body.push_str(",\"entries\":");

@@ -34,6 +34,7 @@ pub mod identity;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod pages;
 pub mod protocol;
 mod server;
 pub mod session;
