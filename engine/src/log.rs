@@ -179,6 +179,8 @@ impl Log {
             written: Ticket(0),
             last_flush: Instant::now(),
             backoff: None,
+            unflushed: Vec::new(),
+            needs_reopen: false,
         };
         writer.deletes = writer.index.take_dead();
         writer.publish_stats();
@@ -407,6 +409,16 @@ struct Writer {
     written: Ticket,
     last_flush: Instant,
     backoff: Option<Duration>,
+    /// Batches written since the last successful flush, to write again after a reopen.
+    unflushed: Vec<Unflushed>,
+    /// A storage error happened: reopen sled before the next write or flush.
+    needs_reopen: bool,
+}
+
+/// A batch sled accepted but has not flushed yet.
+struct Unflushed {
+    inserts: Vec<(Seq, Vec<u8>)>,
+    removes: Vec<Seq>,
 }
 
 /// One record about to be written.
@@ -635,12 +647,40 @@ impl Writer {
         built
     }
 
+    /// After a storage error sled must be reopened, and what it held unflushed must be
+    /// written again: every batch since the last successful flush is kept for that.
+    fn recover(&mut self) -> Result<()> {
+        if !self.needs_reopen {
+            return Ok(());
+        }
+        self.store.reopen()?;
+        for batch in &self.unflushed {
+            let inserts: Vec<(Seq, &[u8])> = batch
+                .inserts
+                .iter()
+                .map(|(seq, bytes)| (*seq, bytes.as_slice()))
+                .collect();
+            self.store.write(&inserts, &batch.removes)?;
+        }
+        self.needs_reopen = false;
+        tracing::info!(
+            batches = self.unflushed.len(),
+            "reopened the data directory after a storage error"
+        );
+        Ok(())
+    }
+
     fn write(&mut self) -> Result<()> {
+        self.recover()?;
         let started = Instant::now();
         let built = self.build();
         let inserts: Vec<(Seq, &[u8])> =
             built.iter().map(|b| (b.seq, b.bytes.as_slice())).collect();
         self.store.write(&inserts, &self.deletes)?;
+        self.unflushed.push(Unflushed {
+            inserts: built.iter().map(|b| (b.seq, b.bytes.clone())).collect(),
+            removes: self.deletes.clone(),
+        });
         let events: usize = built.iter().map(|b| b.events.len()).sum();
         metrics::histogram!("rollcall_log_write_seconds").record(started.elapsed().as_secs_f64());
         if events > 0 {
@@ -675,9 +715,11 @@ impl Writer {
     }
 
     fn flush(&mut self) -> Result<()> {
+        self.recover()?;
         let started = Instant::now();
         let target = self.written;
         self.store.flush()?;
+        self.unflushed.clear();
         self.last_flush = Instant::now();
         metrics::histogram!("rollcall_log_flush_seconds").record(started.elapsed().as_secs_f64());
         self.shared.publish_durable(target);
@@ -693,6 +735,8 @@ impl Writer {
         self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
         self.shared.failing.store(true, Ordering::Relaxed);
         self.backoff = Some(backoff);
+        // sled keeps failing after an I/O error until it is opened again.
+        self.needs_reopen |= matches!(error, Error::Storage(_));
     }
 
     fn publish_stats(&self) {

@@ -58,7 +58,7 @@ pub(crate) fn replay(
     let mut report = ReplayReport::default();
     let mut failed: Vec<(Seq, DecodeError)> = Vec::new();
 
-    for item in store.records() {
+    for item in store.records()? {
         let (seq, value) = match item {
             Ok(item) => item,
             Err(Error::CorruptKey { key }) if recovery == Recovery::SkipCorrupt => {

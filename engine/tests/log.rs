@@ -372,7 +372,12 @@ fn records_never_become_sled_blobs() {
     let big = format!("\"{}\"", "b".repeat(4_000));
     for round in 0..5u64 {
         for client in 1..=2_000u64 {
-            let mut heartbeat = hb(&format!("room-{}", client % 7), client, now + round, 3_600_000);
+            let mut heartbeat = hb(
+                &format!("room-{}", client % 7),
+                client,
+                now + round,
+                3_600_000,
+            );
             if client % 20 == 0 {
                 heartbeat.data = big.clone().into();
             }
@@ -381,9 +386,7 @@ fn records_never_become_sled_blobs() {
         assert!(engine.sync().unwrap());
     }
     engine.close().unwrap();
-    let blobs = std::fs::read_dir(dir.path().join("blobs"))
-        .map(|entries| entries.count())
-        .unwrap_or(0);
+    let blobs = std::fs::read_dir(dir.path().join("blobs")).map_or(0, Iterator::count);
     assert_eq!(blobs, 0, "sled wrote blob files");
     let (engine, report) = Engine::open(Config::new(dir.path())).unwrap();
     assert_eq!(report.live_entries, 2_000);

@@ -22,6 +22,18 @@ pub enum Error {
         /// Why it failed.
         source: rollcall_engine::Error,
     },
+    /// The data directory holds files from an earlier run, but nothing could be read
+    /// from them (sled reads damaged files as an empty database).
+    #[error(
+        "cannot open the data directory {}: it holds files from an earlier run but no \
+         data could be read from them (damaged or truncated). Presence is soft state: start \
+         with --on-corrupt-data=move-aside to move it aside and start empty",
+        path.display()
+    )]
+    DataDirectoryEmptied {
+        /// The directory.
+        path: std::path::PathBuf,
+    },
     /// Binding, accepting or serving failed.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),

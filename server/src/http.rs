@@ -111,7 +111,13 @@ impl AppState {
         let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
             return Ok(());
         };
-        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+        // The Host header only proves the page is ours when it names the server
+        // without DNS: with a DNS name, a rebinding attacker controls both Host and
+        // Origin. Pages served under a DNS name must list their origin.
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .filter(|host| names_without_dns(host));
         let same_origin = host.is_some_and(|host| {
             origin
                 .split_once("://")
@@ -135,6 +141,20 @@ impl AppState {
             )
         })
     }
+}
+
+/// Whether a Host header is an IP literal or `localhost` (with or without a port):
+/// names that DNS rebinding cannot point at this server.
+fn names_without_dns(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name);
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// An HTTP error in the JSON shape `{"error": code, "message": …}`.
@@ -215,6 +235,7 @@ async fn rooms(
     Query(page): Query<Page>,
 ) -> Result<Response, ApiError> {
     let hub = state.hub()?;
+    // Listing every room is an admin read (docs/protocol.md, HTTP API).
     state.authorize(&headers, |grant| grant.admin)?;
     let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let page = hub.rooms_page(page.after.as_deref(), limit);
@@ -234,6 +255,7 @@ async fn room(
 ) -> Result<Response, ApiError> {
     let hub = state.hub()?;
     hub.limits().check_room(&room)?;
+    // The same answer for a room with entries and one without: nothing leaks.
     state.authorize(&headers, |grant| grant.can_read(&room))?;
     let mut body = String::from("{\"room\":");
     protocol::push_json_str(&mut body, &room);

@@ -13,7 +13,9 @@ use sha2::Sha256;
 
 use crate::error::{Error, Result};
 
-const SECRET_KEY: &str = "resume_secret";
+/// Metadata key of the resume secret, written (and flushed) on a data directory's
+/// first start: a directory with files but without it has lost its content.
+pub const SECRET_KEY: &str = "resume_secret";
 const NEXT_ID_KEY: &str = "next_client_id";
 /// Ids reserved per metadata write.
 const BLOCK: u64 = 4_096;

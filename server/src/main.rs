@@ -26,9 +26,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: &rollcall_server::cli::ServeArgs) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener =
+        bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     let config = args.config()?;
     let addr = listener.local_addr()?;
     if config.auth.is_none() && !addr.ip().is_loopback() {
@@ -40,6 +39,22 @@ async fn serve(args: &rollcall_server::cli::ServeArgs) -> anyhow::Result<()> {
     rollcall_server::run(listener, config, shutdown_signal())
         .await
         .context("the server stopped with an error")
+}
+
+/// Connections the kernel queues before `accept` (capped by `net.core.somaxconn`).
+/// `TcpListener::bind` uses 128: a reconnect storm of thousands of clients overflows
+/// it, and every dropped SYN costs its client a 1 s, 3 s, 7 s... retransmit.
+const LISTEN_BACKLOG: u32 = 8_192;
+
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Resolves on SIGINT or SIGTERM.

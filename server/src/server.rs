@@ -15,6 +15,7 @@ use crate::config::{CorruptDataPolicy, ServerConfig};
 use crate::error::{Error, Result};
 use crate::http::{self, AppState};
 use crate::hub::Hub;
+use crate::identity;
 use crate::listener;
 use crate::metrics::{self, Metrics};
 use crate::shutdown::{Shutdown, Trigger};
@@ -120,6 +121,31 @@ fn is_unreadable(error: &rollcall_engine::Error) -> bool {
     )
 }
 
+/// Why a data directory could not be used.
+enum Unreadable {
+    /// The engine refused its content.
+    Engine(rollcall_engine::Error),
+    /// It held files, yet opened as an empty database.
+    Emptied,
+    /// Anything else (not the directory's content): fail whatever the policy.
+    Other(Error),
+}
+
+impl Unreadable {
+    fn into_error(self, path: &std::path::Path) -> Error {
+        match self {
+            Unreadable::Engine(source) => Error::DataDirectory {
+                path: path.to_path_buf(),
+                source,
+            },
+            Unreadable::Emptied => Error::DataDirectoryEmptied {
+                path: path.to_path_buf(),
+            },
+            Unreadable::Other(error) => error,
+        }
+    }
+}
+
 /// Opens the engine (replaying the log) and wraps it in a hub. Blocking.
 fn open(config: &ServerConfig, metrics: Metrics) -> Result<Hub> {
     let started = Instant::now();
@@ -150,11 +176,30 @@ fn open(config: &ServerConfig, metrics: Metrics) -> Result<Hub> {
     } else {
         tracing::info!(data = %config.data_dir.display(), durability = ?config.durability, "opening the log");
     }
-    let (engine, report) = match Engine::open(engine_config()) {
+    // sled reads a damaged or truncated file as an empty database: tell that apart
+    // from a first start by the resume secret every earlier run wrote.
+    let had_files = config.durability != Durability::Memory
+        && std::fs::read_dir(&config.data_dir).is_ok_and(|mut entries| entries.next().is_some());
+    let open_checked = || -> Result<_, Unreadable> {
+        let (engine, report) = Engine::open(engine_config()).map_err(|error| {
+            if is_unreadable(&error) {
+                Unreadable::Engine(error)
+            } else {
+                Unreadable::Other(error.into())
+            }
+        })?;
+        let secret = engine
+            .meta_get(identity::SECRET_KEY)
+            .map_err(|e| Unreadable::Other(e.into()))?;
+        if had_files && secret.is_none() {
+            return Err(Unreadable::Emptied);
+        }
+        Ok((engine, report))
+    };
+    let (engine, report) = match open_checked() {
         Ok(opened) => opened,
-        Err(error)
-            if is_unreadable(&error) && config.on_corrupt_data == CorruptDataPolicy::MoveAside =>
-        {
+        Err(Unreadable::Other(error)) => return Err(error),
+        Err(problem) if config.on_corrupt_data == CorruptDataPolicy::MoveAside => {
             let aside = PathBuf::from(format!(
                 "{}.corrupt-{}",
                 config.data_dir.display(),
@@ -162,7 +207,7 @@ fn open(config: &ServerConfig, metrics: Metrics) -> Result<Hub> {
             ));
             std::fs::rename(&config.data_dir, &aside)?;
             tracing::error!(
-                %error,
+                error = %problem.into_error(&config.data_dir),
                 moved_to = %aside.display(),
                 "the data directory could not be opened; moved it aside and starting empty"
             );
@@ -172,13 +217,7 @@ fn open(config: &ServerConfig, metrics: Metrics) -> Result<Hub> {
                 source,
             })?
         }
-        Err(error) if is_unreadable(&error) => {
-            return Err(Error::DataDirectory {
-                path: config.data_dir.clone(),
-                source: error,
-            });
-        }
-        Err(error) => return Err(error.into()),
+        Err(problem) => return Err(problem.into_error(&config.data_dir)),
     };
     metrics.replay_seconds.set(started.elapsed().as_secs_f64());
     metrics.replay_entries.set(report.live_entries as f64);

@@ -21,6 +21,10 @@ use crate::shutdown::Shutdown;
 /// How long a write may wait for the disk before it is answered `storage_unavailable`.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a closing session keeps reading (and dropping) what its client still
+/// sends, so that its close frame is not lost to a reset.
+const LINGER: Duration = Duration::from_millis(250);
+
 /// Per-session settings.
 #[derive(Clone, Debug)]
 pub struct SessionConfig {
@@ -190,6 +194,7 @@ pub async fn serve(
             config.control_frames_per_second,
             config.control_frames_per_second * 2,
         ),
+        refused: TokenBucket::new(config.requests_per_second, config.requests_per_second * 2),
     };
     let (mut reader, mut writer) = connection.split();
     let exit = tokio::select! {
@@ -199,6 +204,15 @@ pub async fn serve(
     if let Exit::Close(code, reason) = exit {
         // A slow consumer's socket may accept nothing: do not wait on it for long.
         let _ = timeout(Duration::from_secs(1), writer.close(code, reason)).await;
+        // Lingering close: a socket closed with unread input is reset, and the reset
+        // discards the close frame still in the send queue. Read (and drop) what the
+        // client still sends until it closes too; briefly.
+        let _ = timeout(LINGER, async {
+            while !matches!(reader.read().await, Inbound::Closed | Inbound::TooBig) {
+                tokio::task::consume_budget().await;
+            }
+        })
+        .await;
     }
     let rooms: Vec<Arc<str>> = session
         .rooms
@@ -231,6 +245,9 @@ struct Session {
     heartbeats: TokenBucket,
     requests: TokenBucket,
     control: TokenBucket,
+    /// Requests answered `rate_limited`: a client that keeps sending far over its
+    /// rates is closed (4006) instead of being answered forever.
+    refused: TokenBucket,
 }
 
 fn forbidden() -> Rejection {
@@ -252,8 +269,16 @@ impl Session {
                         Err(rejection) => Err(rejection),
                     };
                     if let Err(rejection) = result {
+                        if rejection.code == ErrorCode::RateLimited
+                            && !self.refused.take(Instant::now())
+                        {
+                            return Exit::Close(close::CONTROL_FLOOD, "too many requests");
+                        }
                         self.reject(&rejection);
                     }
+                    // Messages already buffered are read without touching the socket,
+                    // which is what spends tokio's cooperative budget: spend it here.
+                    tokio::task::consume_budget().await;
                 }
                 Inbound::Binary => self.reject(&Rejection::new(
                     ErrorCode::BadRequest,

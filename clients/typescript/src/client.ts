@@ -78,6 +78,11 @@ class Client implements RollcallClient, RoomHost {
   private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
   private connectTimer: ReturnType<typeof setTimeout> | undefined;
   private pingTimer: ReturnType<typeof setInterval> | undefined;
+  private reauthTimer: ReturnType<typeof setTimeout> | undefined;
+  /** `exp` (ms, server clock) of the token sent in the pending hello. */
+  private helloTokenExpMs: number | undefined;
+  /** `exp` (ms, server clock) of the token the current connection runs on. */
+  private tokenExpMs: number | undefined;
 
   constructor(options: ClientOptions) {
     if (typeof options !== "object" || options === null) throw new TypeError("createClient(options): options must be an object");
@@ -260,6 +265,7 @@ class Client implements RollcallClient, RoomHost {
       this.connectTimer = undefined;
       if (this.ws === ws && this.st !== "connected") this.dropSocket(ws);
     }, timeout);
+    this.helloTokenExpMs = token === undefined ? undefined : jwtExpiryMs(token);
     ws.onopen = () => {
       if (this.ws !== ws) return;
       const hello: { type: "hello"; resume?: string; token?: string } = { type: "hello" };
@@ -396,10 +402,12 @@ class Client implements RollcallClient, RoomHost {
     if (this.connectTimer !== undefined) clearTimeout(this.connectTimer);
     this.connectTimer = undefined;
     this.connectedAt = this.now();
+    this.tokenExpMs = this.helloTokenExpMs;
     this.setState("connected");
     // Restore every room: last heartbeat with the TTL that remains (or a pending leave), then subscribe.
     for (const room of this.rooms.values()) room.onConnected();
     this.startPinging();
+    this.scheduleReauth();
     const waiters = this.connectedWaiters;
     this.connectedWaiters = [];
     for (const w of waiters) w();
@@ -463,6 +471,68 @@ class Client implements RollcallClient, RoomHost {
     this.connectTimer = undefined;
     if (this.pingTimer !== undefined) clearInterval(this.pingTimer);
     this.pingTimer = undefined;
+    if (this.reauthTimer !== undefined) clearTimeout(this.reauthTimer);
+    this.reauthTimer = undefined;
+  }
+
+  // ---- token renewal (re-authentication on the same connection) -------------------
+
+  /**
+   * With a token function and a token that has an `exp`, renews it before it expires:
+   * at 80% of the remaining lifetime or 30 s before `exp`, whichever is earlier, but
+   * never before half of the remaining lifetime (so short-lived tokens do not renew in
+   * a loop). Times are on the server's clock (`exp` is), via the clock offset.
+   */
+  private scheduleReauth(): void {
+    if (this.reauthTimer !== undefined) clearTimeout(this.reauthTimer);
+    this.reauthTimer = undefined;
+    const exp = this.tokenExpMs;
+    if (typeof this.opts.token !== "function" || exp === undefined || this.isClosed) return;
+    const remaining = exp - (this.now() + this.clock.offset);
+    if (remaining <= 0) return; // the server closes with 4004 and we reconnect
+    const due = Math.max(Math.min(0.8 * remaining, remaining - 30_000), 0.5 * remaining);
+    // setTimeout fires at once for delays beyond 2^31 - 1 ms (~24.8 days): check again later.
+    const tooFar = due > MAX_TIMER_MS;
+    const gen = this.generation;
+    this.reauthTimer = setTimeout(() => {
+      this.reauthTimer = undefined;
+      if (gen !== this.generation || this.isClosed) return;
+      if (tooFar) this.scheduleReauth();
+      else void this.reauth(gen);
+    }, Math.min(due, MAX_TIMER_MS));
+  }
+
+  private async reauth(gen: number): Promise<void> {
+    const fn = this.opts.token;
+    if (typeof fn !== "function") return;
+    let token: string;
+    try {
+      token = await fn();
+    } catch (e) {
+      if (gen !== this.generation || this.isClosed) return;
+      this.report(
+        new RollcallError("local", "token_error", `the token function failed while renewing the token: ${errorMessage(e)}; the server will close the connection when the current token expires (4004) and the client will reconnect`, {
+          cause: e,
+        }),
+      );
+      return;
+    }
+    if (gen !== this.generation || this.isClosed || this.st !== "connected") return;
+    const exp = jwtExpiryMs(token);
+    if (exp !== undefined && this.tokenExpMs !== undefined && exp <= this.tokenExpMs) {
+      this.report(
+        new RollcallError("local", "token_error", "the token function returned a token that expires no later than the current one; the server will close the connection at expiry (4004) and the client will reconnect"),
+      );
+      return;
+    }
+    const ref = this.nextRef++;
+    this.acks.set(ref, (ok) => {
+      // A refusal is reported by the server's error (invalid_token, token_expired).
+      if (!ok || gen !== this.generation || this.isClosed) return;
+      this.tokenExpMs = exp;
+      this.scheduleReauth();
+    });
+    if (!this.send(JSON.stringify({ type: "auth", token, ref }))) this.acks.delete(ref);
   }
 
   /** Terminal: no more reconnects, timers or notifications. */
@@ -503,6 +573,30 @@ class Client implements RollcallClient, RoomHost {
     for (const done of this.acks.values()) done(false);
     this.acks.clear();
     if (ws) await closeSocket(ws, timeoutMs);
+  }
+}
+
+/** The longest delay `setTimeout` honours (2^31 - 1 ms). */
+const MAX_TIMER_MS = 2_147_483_647;
+
+/**
+ * The `exp` claim of a JWT, in ms since the epoch; `undefined` if the token is not a
+ * JWT or has no numeric `exp`. The signature is not checked: this only schedules the
+ * renewal, the server verifies.
+ */
+export function jwtExpiryMs(token: string): number | undefined {
+  const parts = token.split(".");
+  if (parts.length < 2 || !parts[1]) return undefined;
+  try {
+    const base64 = parts[1].replace(/-/g, "+").replace(/_/g, "/");
+    const padded = base64 + "=".repeat((4 - (base64.length % 4)) % 4);
+    const json = new TextDecoder().decode(Uint8Array.from(atob(padded), (c) => c.charCodeAt(0)));
+    const payload: unknown = JSON.parse(json);
+    if (typeof payload !== "object" || payload === null) return undefined;
+    const exp = (payload as { exp?: unknown }).exp;
+    return typeof exp === "number" && Number.isFinite(exp) ? exp * 1000 : undefined;
+  } catch {
+    return undefined;
   }
 }
 

@@ -171,7 +171,14 @@ export interface ReconnectOptions {
 export interface ClientOptions {
   /** `ws://host:port/ws` (`http(s)://` is accepted and mapped to `ws(s)://`). */
   url: string;
-  /** A JWT, or a function returning one; the function is called on every (re)connect. */
+  /**
+   * A JWT, or a function returning one. The function is called on every (re)connect,
+   * and again before the current token expires (at 80% of its remaining lifetime or
+   * 30 s before its `exp`, whichever is earlier, but not before half of it): the new
+   * token is sent with an `auth` message on the same connection, so the server does
+   * not close it (4004). A failed renewal is reported to `onError`; the server then
+   * closes at expiry and the client reconnects, calling the function again.
+   */
   token?: string | (() => string | Promise<string>);
   /** WebSocket implementation; defaults to `globalThis.WebSocket`. In Node 20 pass `ws`. */
   WebSocket?: WebSocketConstructor;

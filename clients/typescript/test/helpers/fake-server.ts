@@ -101,6 +101,10 @@ export class FakeServer {
   /** Called for every message a client sends, before the default handling; return true to skip it. */
   intercept: ((sock: FakeSocket, msg: Json) => boolean) | undefined;
   readonly hellos: Json[] = [];
+  /** Every `auth` message received, with the socket it came on. */
+  readonly auths: { sock: FakeSocket; msg: Json }[] = [];
+  /** Answer `auth` with an error of this code instead of an ack. */
+  authError: string | null = null;
 
   readonly WebSocket: WebSocketConstructor;
 
@@ -209,6 +213,14 @@ export class FakeServer {
         if (this.ackLeaves) ack();
         break;
       }
+      case "auth":
+        this.auths.push({ sock, msg });
+        if (this.authError !== null) {
+          this.reply(sock, { type: "error", code: this.authError, message: "the token is not valid", ...(typeof ref === "number" ? { ref } : {}) });
+        } else {
+          ack();
+        }
+        break;
       case "ping":
         if (this.answerPings) this.reply(sock, { type: "pong", ref, serverTimeMs: this.serverNow() });
         break;

@@ -1,0 +1,872 @@
+//! `rollcall-load`: drives a running presence server over real WebSockets and reports
+//! what it sustained.
+//!
+//! N clients in rooms of K each heartbeat R times a second with a small JSON payload;
+//! every client also subscribes to its room, so each heartbeat is delivered to the
+//! K - 1 others. Sends are scheduled open-loop (client i's n-th heartbeat is due at
+//! `start + phase_i + n / R` whatever happened before), and each payload carries its
+//! scheduled time, so a delivery's latency includes any queueing on the way: a
+//! saturated server shows up as latency, not as a politely slower load.
+//!
+//! Targets: `rollcall` (docs/protocol.md) and `y-websocket` (the awareness protocol of
+//! `@y/websocket-server`: the URL path is the room; message type 1 carries an awareness
+//! update of varuint-encoded client id, clock and JSON state).
+//!
+//! ```text
+//! rollcall-load --url ws://127.0.0.1:7700/ws --clients 2000 --room-size 50 --rate 20 \
+//!     --duration 60s --server-pid $(pgrep -x rollcall) --json summary.json
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, ValueEnum};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use memchr::memmem;
+use serde_json::json;
+use tokio::net::TcpSocket;
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// Which server protocol to speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Target {
+    /// Rollcall's JSON protocol.
+    Rollcall,
+    /// The y-websocket awareness protocol.
+    YWebsocket,
+}
+
+/// Drives a presence server with N clients in rooms of K.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "rollcall-load", version, about)]
+struct Args {
+    /// WebSocket URL (for y-websocket: the server's base URL; the room is appended).
+    #[arg(long, default_value = "ws://127.0.0.1:7700/ws")]
+    url: String,
+    /// The protocol to speak.
+    #[arg(long, value_enum, default_value_t = Target::Rollcall)]
+    target: Target,
+    /// Clients (one WebSocket each).
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// Clients per room.
+    #[arg(long, default_value_t = 10)]
+    room_size: usize,
+    /// Heartbeats per second per client.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Approximate size of each heartbeat's JSON data, in bytes.
+    #[arg(long, default_value_t = 60)]
+    payload: usize,
+    /// TTL of each heartbeat, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    ttl_ms: u64,
+    /// Measured time after the warm-up (e.g. 10s, 1m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Load applied before measuring starts.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// New connections per second while ramping up.
+    #[arg(long, default_value_t = 2_000.0)]
+    connect_rate: f64,
+    /// Fraction of clients per second that leave, or drop without closing, and are
+    /// replaced by a new client (e.g. 0.005).
+    #[arg(long, default_value_t = 0.0)]
+    churn: f64,
+    /// Server process id: report its CPU and RSS from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Local 127.0.0.x source addresses to spread connections over (0: one per 20,000
+    /// clients).
+    #[arg(long, default_value_t = 0)]
+    sources: usize,
+    /// Worker threads of the load generator.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Room name prefix.
+    #[arg(long, default_value = "load")]
+    room_prefix: String,
+    /// Write the summary as JSON to this file (it is always printed).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// A label for the summary (e.g. the workload's name).
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((text, "s"), |i| text.split_at(i));
+    let value: f64 = number.parse().map_err(|e| format!("{text:?}: {e}"))?;
+    let seconds = match unit {
+        "ms" => value / 1_000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        other => return Err(format!("unknown unit {other:?} (use ms, s or m)")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Microseconds since the generator started: the clock payloads carry.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn micros_since_epoch(at: Instant) -> u64 {
+    at.saturating_duration_since(epoch()).as_micros() as u64
+}
+
+/// Counters and histograms shared by every client.
+struct Stats {
+    /// Set while the measured window is open.
+    measuring: AtomicBool,
+    sent: AtomicU64,
+    rejected: AtomicU64,
+    deliveries: AtomicU64,
+    connected: AtomicU64,
+    connect_failures: AtomicU64,
+    disconnects: AtomicU64,
+    /// Latency of deliveries in the current progress interval and in the whole window.
+    latency: Mutex<(Histogram<u64>, Histogram<u64>)>,
+}
+
+impl Stats {
+    fn new() -> Stats {
+        let histogram = || Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+        Stats {
+            measuring: AtomicBool::new(false),
+            sent: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            deliveries: AtomicU64::new(0),
+            connected: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            disconnects: AtomicU64::new(0),
+            latency: Mutex::new((histogram(), histogram())),
+        }
+    }
+
+    fn record(&self, latencies: &[u64]) {
+        if latencies.is_empty() {
+            return;
+        }
+        let mut guard = self
+            .latency
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let measuring = self.measuring.load(Ordering::Relaxed);
+        for &micros in latencies {
+            let micros = micros.max(1);
+            let _ = guard.0.record(micros);
+            if measuring {
+                let _ = guard.1.record(micros);
+            }
+        }
+        if measuring {
+            self.deliveries
+                .fetch_add(latencies.len() as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What the churn task asks a client to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Churn {
+    /// Leave the room and close cleanly, then come back as a new client.
+    Leave,
+    /// Vanish without a close frame, then come back as a new client.
+    Drop,
+}
+
+struct ClientSlot {
+    churn: Mutex<Option<Churn>>,
+    wake: Notify,
+}
+
+/// Scans a Rollcall `changes` frame: latency of every upsert from another client.
+fn scan_rollcall(frame: &[u8], own: u64, now_us: u64, out: &mut Vec<u64>) {
+    static CLIENT: OnceLock<memmem::Finder<'static>> = OnceLock::new();
+    static TS: OnceLock<memmem::Finder<'static>> = OnceLock::new();
+    let client_key = CLIENT.get_or_init(|| memmem::Finder::new(b"\"clientId\":"));
+    let ts_key = TS.get_or_init(|| memmem::Finder::new(b"\"ts\":"));
+    if !frame.starts_with(b"{\"type\":\"changes\"") {
+        return;
+    }
+    let mut pos = 0;
+    while let Some(found) = client_key.find(&frame[pos..]) {
+        let start = pos + found + b"\"clientId\":".len();
+        let (id, after) = parse_number(frame, start);
+        pos = after;
+        // An upsert continues with its data; leaves and expiries end here.
+        if !frame[after..].starts_with(b",\"data\":") || id == own {
+            continue;
+        }
+        if let Some(found) = ts_key.find(&frame[after..]) {
+            let (ts, end) = parse_number(frame, after + found + b"\"ts\":".len());
+            out.push(now_us.saturating_sub(ts));
+            pos = end;
+        }
+    }
+}
+
+fn parse_number(bytes: &[u8], mut at: usize) -> (u64, usize) {
+    let mut value: u64 = 0;
+    while let Some(&b) = bytes.get(at) {
+        if !b.is_ascii_digit() {
+            break;
+        }
+        value = value.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
+        at += 1;
+    }
+    (value, at)
+}
+
+fn read_varuint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+    let mut value: u64 = 0;
+    let mut shift = 0;
+    loop {
+        let byte = *bytes.get(*at)?;
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Some(value);
+        }
+        shift += 7;
+        if shift > 63 {
+            return None;
+        }
+    }
+}
+
+fn write_varuint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Scans a y-websocket message: latency of every awareness state from another client.
+fn scan_awareness(message: &[u8], own: u64, now_us: u64, out: &mut Vec<u64>) -> Option<()> {
+    static TS: OnceLock<memmem::Finder<'static>> = OnceLock::new();
+    let ts_key = TS.get_or_init(|| memmem::Finder::new(b"\"ts\":"));
+    let mut at = 0;
+    if read_varuint(message, &mut at)? != 1 {
+        return Some(()); // sync and other messages carry no awareness
+    }
+    let _update_len = read_varuint(message, &mut at)?;
+    let count = read_varuint(message, &mut at)?;
+    for _ in 0..count {
+        let client = read_varuint(message, &mut at)?;
+        let _clock = read_varuint(message, &mut at)?;
+        let len = usize::try_from(read_varuint(message, &mut at)?).ok()?;
+        let state = message.get(at..at + len)?;
+        at += len;
+        if client == own {
+            continue;
+        }
+        if let Some(found) = ts_key.find(state) {
+            let (ts, _) = parse_number(state, found + b"\"ts\":".len());
+            out.push(now_us.saturating_sub(ts));
+        }
+    }
+    Some(())
+}
+
+/// The JSON data of a heartbeat scheduled at `ts` (µs), padded to about `size` bytes.
+fn payload(ts: u64, seq: u64, size: usize) -> String {
+    let x = seq % 1_920;
+    let y = (seq * 7) % 1_080;
+    let base = format!(r#"{{"ts":{ts},"x":{x},"y":{y},"p":""}}"#);
+    let pad = size.saturating_sub(base.len());
+    format!(r#"{{"ts":{ts},"x":{x},"y":{y},"p":"{}"}}"#, "x".repeat(pad))
+}
+
+struct Plan {
+    args: Args,
+    period: Duration,
+    start: Instant,
+    end: Instant,
+    stop: Notify,
+    stopped: AtomicBool,
+}
+
+fn room_of(args: &Args, index: usize) -> String {
+    format!("{}-{}", args.room_prefix, index / args.room_size.max(1))
+}
+
+fn source_of(args: &Args, index: usize) -> Option<IpAddr> {
+    let sources = if args.sources == 0 {
+        args.clients.div_ceil(20_000).max(1)
+    } else {
+        args.sources
+    };
+    (sources > 1).then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (index % sources) as u8)))
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn open(plan: &Plan, index: usize) -> anyhow::Result<Socket> {
+    let args = &plan.args;
+    let url = match args.target {
+        Target::Rollcall => args.url.clone(),
+        Target::YWebsocket => format!(
+            "{}/{}",
+            args.url.trim_end_matches('/'),
+            room_of(args, index)
+        ),
+    };
+    let parsed = url::Url::parse(&url)?;
+    let host = parsed.host_str().context("URL without host")?;
+    let port = parsed.port_or_known_default().context("URL without port")?;
+    let addr: SocketAddr = tokio::net::lookup_host((host, port))
+        .await?
+        .next()
+        .context("host does not resolve")?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(source) = source_of(args, index) {
+        socket.bind(SocketAddr::new(source, 0))?;
+    }
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    // tungstenite zeroes its read buffer before each read: keep it small.
+    let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config)).await?;
+    Ok(ws)
+}
+
+/// One simulated client: connects, joins its room, heartbeats on schedule, records
+/// deliveries, and obeys the churn task. Reconnects (as a new client) after churn.
+async fn client(plan: Arc<Plan>, stats: Arc<Stats>, slot: Arc<ClientSlot>, index: usize) {
+    let args = &plan.args;
+    let phase = plan
+        .period
+        .mul_f64(index as f64 / args.clients.max(1) as f64);
+    let mut next = plan.start + phase;
+    let mut seq: u64 = 0;
+    let mut latencies = Vec::with_capacity(256);
+    let y_id = (index as u64 + 1) * 7_919 % (1 << 30) + 1;
+    let mut y_clock: u64 = 0;
+    loop {
+        let mut ws = match open(&plan, index).await {
+            Ok(ws) => ws,
+            Err(error) => {
+                stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                if stats.connect_failures.load(Ordering::Relaxed) < 5 {
+                    eprintln!("client {index}: connect failed: {error:#}");
+                }
+                if plan.stopped.load(Ordering::Relaxed) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let room = room_of(args, index);
+        let mut own = y_id;
+        if args.target == Target::Rollcall {
+            if ws
+                .send(Message::Text(r#"{"type":"hello"}"#.into()))
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        let value: serde_json::Value =
+                            serde_json::from_str(&text).unwrap_or_default();
+                        if value["type"] == "welcome" {
+                            own = value["clientId"].as_u64().unwrap_or(0);
+                            break;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    _ => break,
+                }
+            }
+            let subscribe = json!({"type": "subscribe", "room": room}).to_string();
+            if ws.send(Message::Text(subscribe.into())).await.is_err() {
+                continue;
+            }
+        }
+        stats.connected.fetch_add(1, Ordering::Relaxed);
+        let churn = loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(next.into()) => {
+                    if plan.stopped.load(Ordering::Relaxed) {
+                        break None;
+                    }
+                    let ts = micros_since_epoch(next);
+                    let data = payload(ts, seq, args.payload);
+                    seq += 1;
+                    next += plan.period;
+                    let message = match args.target {
+                        Target::Rollcall => Message::Text(format!(
+                            r#"{{"type":"heartbeat","room":"{room}","data":{data},"ttlMs":{}}}"#,
+                            args.ttl_ms
+                        ).into()),
+                        Target::YWebsocket => {
+                            y_clock += 1;
+                            let mut update = Vec::with_capacity(data.len() + 16);
+                            write_varuint(&mut update, 1);
+                            write_varuint(&mut update, y_id);
+                            write_varuint(&mut update, y_clock);
+                            write_varuint(&mut update, data.len() as u64);
+                            update.extend_from_slice(data.as_bytes());
+                            let mut message = Vec::with_capacity(update.len() + 8);
+                            write_varuint(&mut message, 1);
+                            write_varuint(&mut message, update.len() as u64);
+                            message.extend_from_slice(&update);
+                            Message::Binary(message.into())
+                        }
+                    };
+                    if ws.send(message).await.is_err() {
+                        break None;
+                    }
+                    if stats.measuring.load(Ordering::Relaxed) {
+                        stats.sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                message = ws.next() => {
+                    let now_us = micros_since_epoch(Instant::now());
+                    latencies.clear();
+                    match message {
+                        Some(Ok(Message::Text(text))) => {
+                            let bytes = text.as_bytes();
+                            if bytes.starts_with(b"{\"type\":\"error\"") {
+                                stats.rejected.fetch_add(1, Ordering::Relaxed);
+                            }
+                            scan_rollcall(bytes, own, now_us, &mut latencies);
+                        }
+                        Some(Ok(Message::Binary(bytes))) => {
+                            let _ = scan_awareness(&bytes, own, now_us, &mut latencies);
+                        }
+                        Some(Ok(_)) => {}
+                        _ => break None,
+                    }
+                    stats.record(&latencies);
+                }
+                () = slot.wake.notified() => {
+                    let order = slot.churn.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+                    if order.is_some() {
+                        break order;
+                    }
+                }
+                () = plan.stop.notified() => break None,
+            }
+        };
+        stats.connected.fetch_sub(1, Ordering::Relaxed);
+        match churn {
+            Some(Churn::Leave) => {
+                if args.target == Target::Rollcall {
+                    let leave = json!({"type": "leave", "room": room}).to_string();
+                    let _ = ws.send(Message::Text(leave.into())).await;
+                }
+                let _ = ws.close(None).await;
+            }
+            Some(Churn::Drop) => drop(ws),
+            None => {
+                if plan.stopped.load(Ordering::Relaxed) {
+                    let _ = tokio::time::timeout(Duration::from_millis(200), ws.close(None)).await;
+                    return;
+                }
+                stats.disconnects.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if plan.stopped.load(Ordering::Relaxed) || Instant::now() >= plan.end {
+            return;
+        }
+        // A new client takes the place; it keeps the schedule of the one it replaces.
+        let now = Instant::now();
+        while next < now {
+            next += plan.period;
+        }
+    }
+}
+
+/// CPU time (user + system, seconds) and RSS (KiB) of a process.
+fn process_usage(pid: u32, ticks_per_second: f64) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+    Some(((utime + stime) / ticks_per_second, rss))
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// `GET path` on the server of `url`; the body as text.
+async fn http_get(url: &str, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let parsed = url::Url::parse(url)?;
+    let host = parsed.host_str().context("URL without host")?.to_owned();
+    let port = parsed.port_or_known_default().context("URL without port")?;
+    let mut stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default())
+}
+
+/// A gauge's value in Prometheus text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.split([' ', '{']).next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Entries past their TTL in `GET /v1/rooms` (the ghost check after a churn run).
+async fn entries_past_ttl(url: &str) -> anyhow::Result<(u64, u64)> {
+    let get = |path: String| async move {
+        let body = http_get(url, &path).await?;
+        anyhow::Ok(serde_json::from_str::<serde_json::Value>(&body)?)
+    };
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
+    let (mut entries, mut ghosts) = (0, 0);
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(a) => format!("/v1/rooms?limit=1000&after={}", urlencode(a)),
+            None => "/v1/rooms?limit=1000".to_owned(),
+        };
+        let page = get(path).await?;
+        for room in page["rooms"].as_array().into_iter().flatten() {
+            let name = room["room"].as_str().unwrap_or_default();
+            let body = get(format!("/v1/rooms/{}", urlencode(name))).await?;
+            for entry in body["entries"].as_array().into_iter().flatten() {
+                entries += 1;
+                if entry["expiresAtMs"].as_u64().unwrap_or(0) < now {
+                    ghosts += 1;
+                }
+            }
+        }
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    Ok((entries, ghosts))
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.clients == 0 || args.room_size == 0 || args.rate <= 0.0 {
+        bail!("--clients, --room-size and --rate must be positive");
+    }
+    // Each client holds a socket; the default soft limit (1,024) is far too low.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let _ = epoch();
+    let stats = Arc::new(Stats::new());
+    let ticks = clock_ticks();
+    let period = Duration::from_secs_f64(1.0 / args.rate);
+
+    // Ramp: connect everyone (at --connect-rate), then start the schedule.
+    let ramp = Duration::from_secs_f64(args.clients as f64 / args.connect_rate.max(1.0));
+    let start = Instant::now() + ramp + Duration::from_millis(500);
+    let end = start + args.warmup + args.duration;
+    let plan = Arc::new(Plan {
+        args: args.clone(),
+        period,
+        start,
+        end,
+        stop: Notify::new(),
+        stopped: AtomicBool::new(false),
+    });
+    let slots: Vec<Arc<ClientSlot>> = (0..args.clients)
+        .map(|_| {
+            Arc::new(ClientSlot {
+                churn: Mutex::new(None),
+                wake: Notify::new(),
+            })
+        })
+        .collect();
+    let mut tasks = Vec::with_capacity(args.clients);
+    let connect_gap = Duration::from_secs_f64(1.0 / args.connect_rate.max(1.0));
+    let ramp_started = Instant::now();
+    for (index, slot) in slots.iter().enumerate() {
+        tasks.push(tokio::spawn(client(
+            plan.clone(),
+            stats.clone(),
+            slot.clone(),
+            index,
+        )));
+        tokio::time::sleep_until((ramp_started + connect_gap.mul_f64(index as f64)).into()).await;
+    }
+    let deadline = start + Duration::from_secs(30);
+    while (stats.connected.load(Ordering::Relaxed) as usize) < args.clients
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "connected {} of {} clients in {:.1} s",
+        stats.connected.load(Ordering::Relaxed),
+        args.clients,
+        ramp_started.elapsed().as_secs_f64()
+    );
+
+    if args.churn > 0.0 {
+        let plan = plan.clone();
+        let slots = slots.clone();
+        tokio::spawn(async move {
+            let gap = Duration::from_secs_f64(1.0 / (plan.args.churn * plan.args.clients as f64));
+            let mut at = plan.start + gap;
+            while at < plan.end {
+                tokio::time::sleep_until(at.into()).await;
+                let slot = &slots[fastrand::usize(..slots.len())];
+                let order = if fastrand::bool() {
+                    Churn::Leave
+                } else {
+                    Churn::Drop
+                };
+                *slot
+                    .churn
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(order);
+                slot.wake.notify_one();
+                at += gap;
+            }
+        });
+    }
+
+    // Warm-up, then the measured window with a progress line a second.
+    tokio::time::sleep_until((start + args.warmup).into()).await;
+    let usage_start = args.server_pid.and_then(|pid| process_usage(pid, ticks));
+    let window_start = Instant::now();
+    stats.measuring.store(true, Ordering::Relaxed);
+    let mut last = (Instant::now(), 0u64, 0u64, usage_start.map_or(0.0, |u| u.0));
+    let mut peak_rss = usage_start.map_or(0, |u| u.1);
+    // The log's size against its live data, sampled from /metrics (Rollcall only).
+    let mut log_max: Option<(f64, f64)> = None;
+    while Instant::now() < end {
+        tokio::time::sleep(
+            Duration::from_secs(1).min(end.saturating_duration_since(Instant::now())),
+        )
+        .await;
+        let now = Instant::now();
+        let sent = stats.sent.load(Ordering::Relaxed);
+        let delivered = stats.deliveries.load(Ordering::Relaxed);
+        let dt = now.duration_since(last.0).as_secs_f64().max(1e-9);
+        let (p50, p99) = {
+            let mut guard = stats
+                .latency
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let interval = (
+                guard.0.value_at_quantile(0.5),
+                guard.0.value_at_quantile(0.99),
+            );
+            guard.0.reset();
+            interval
+        };
+        let mut server = String::new();
+        if let Some((cpu, rss)) = args.server_pid.and_then(|pid| process_usage(pid, ticks)) {
+            peak_rss = peak_rss.max(rss);
+            server = format!(
+                " | server cpu {:.0}% rss {} MiB",
+                (cpu - last.3) / dt * 100.0,
+                rss / 1024
+            );
+            last.3 = cpu;
+        }
+        if args.target == Target::Rollcall {
+            if let Ok(text) = http_get(&args.url, "/metrics").await {
+                if let (Some(total), Some(live)) = (
+                    metric(&text, "rollcall_log_bytes"),
+                    metric(&text, "rollcall_log_live_bytes"),
+                ) {
+                    let ratio = if live > 0.0 { total / live } else { 0.0 };
+                    let (max_total, max_ratio) = log_max.unwrap_or((0.0, 0.0));
+                    log_max = Some((max_total.max(total), max_ratio.max(ratio)));
+                }
+            }
+        }
+        eprintln!(
+            "t={:>5.1}s sent {:>8.0}/s deliveries {:>9.0}/s p50 {:>7.2} ms p99 {:>7.2} ms connected {}{server}",
+            now.duration_since(window_start).as_secs_f64(),
+            (sent - last.1) as f64 / dt,
+            (delivered - last.2) as f64 / dt,
+            p50 as f64 / 1_000.0,
+            p99 as f64 / 1_000.0,
+            stats.connected.load(Ordering::Relaxed),
+        );
+        last = (now, sent, delivered, last.3);
+    }
+    stats.measuring.store(false, Ordering::Relaxed);
+    let window = window_start.elapsed().as_secs_f64();
+    let usage_end = args.server_pid.and_then(|pid| process_usage(pid, ticks));
+    plan.stopped.store(true, Ordering::Relaxed);
+    plan.stop.notify_waiters();
+    for task in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+
+    let ghosts = if args.target == Target::Rollcall && args.churn > 0.0 {
+        // Let every TTL and one sweep pass, then look for entries past their TTL.
+        tokio::time::sleep(Duration::from_millis(args.ttl_ms + 500)).await;
+        Some(entries_past_ttl(&args.url).await?)
+    } else {
+        None
+    };
+
+    let total = {
+        let guard = stats
+            .latency
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard.1.clone()
+    };
+    let sent = stats.sent.load(Ordering::Relaxed);
+    let rejected = stats.rejected.load(Ordering::Relaxed);
+    let deliveries = stats.deliveries.load(Ordering::Relaxed);
+    let expected = args.clients as f64 * args.rate * (args.room_size.min(args.clients) - 1) as f64;
+    let ms = |q: f64| total.value_at_quantile(q) as f64 / 1_000.0;
+    let (server_cpu, server_rss) = match (usage_start, usage_end) {
+        (Some(a), Some(b)) => (Some((b.0 - a.0) / window), Some(peak_rss.max(b.1))),
+        _ => (None, None),
+    };
+    let deliveries_per_s = deliveries as f64 / window;
+    let summary = json!({
+        "label": args.label,
+        "target": format!("{:?}", args.target),
+        "clients": args.clients,
+        "room_size": args.room_size,
+        "rate_hz": args.rate,
+        "payload_bytes": args.payload,
+        "window_s": window,
+        "heartbeats_sent_per_s": sent as f64 / window,
+        "heartbeats_accepted_per_s": sent.saturating_sub(rejected) as f64 / window,
+        "rejected": rejected,
+        "deliveries_per_s": deliveries_per_s,
+        "expected_deliveries_per_s": expected,
+        "latency_ms": {"p50": ms(0.5), "p99": ms(0.99), "p999": ms(0.999), "max": total.max() as f64 / 1_000.0, "samples": total.len()},
+        "server_cpu_cores": server_cpu,
+        "server_rss_mib": server_rss.map(|kib| kib as f64 / 1024.0),
+        "deliveries_per_server_cpu_s": server_cpu.filter(|c| *c > 0.0).map(|c| deliveries_per_s / c),
+        "connect_failures": stats.connect_failures.load(Ordering::Relaxed),
+        "unexpected_disconnects": stats.disconnects.load(Ordering::Relaxed),
+        "churn_per_s": args.churn,
+        "log_bytes_max": log_max.map(|l| l.0),
+        "log_to_live_max_ratio": log_max.map(|l| l.1),
+        "entries_after_run": ghosts.map(|g| g.0),
+        "entries_past_ttl": ghosts.map(|g| g.1),
+    });
+    let text = serde_json::to_string_pretty(&summary)?;
+    println!("{text}");
+    if let Some(path) = &args.json {
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scans_rollcall_frames() {
+        let frame = br#"{"type":"changes","room":"r","serverTimeMs":1,"changes":[{"op":"upsert","clientId":7,"data":{"ts":900,"x":1,"y":2,"p":""},"expiresAtMs":5},{"op":"leave","clientId":8},{"op":"upsert","clientId":3,"data":{"ts":950,"x":1,"y":2,"p":"xx"},"expiresAtMs":5}]}"#;
+        let mut out = Vec::new();
+        scan_rollcall(frame, 3, 1_000, &mut out);
+        assert_eq!(out, vec![100]);
+        out.clear();
+        scan_rollcall(
+            br#"{"type":"snapshot","room":"r","entries":[]}"#,
+            3,
+            1_000,
+            &mut out,
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn scans_awareness_updates() {
+        let state = br#"{"ts":400,"x":1}"#;
+        let mut update = Vec::new();
+        write_varuint(&mut update, 2);
+        for client in [5u64, 300] {
+            write_varuint(&mut update, client);
+            write_varuint(&mut update, 1);
+            write_varuint(&mut update, state.len() as u64);
+            update.extend_from_slice(state);
+        }
+        let mut message = Vec::new();
+        write_varuint(&mut message, 1);
+        write_varuint(&mut message, update.len() as u64);
+        message.extend_from_slice(&update);
+        let mut out = Vec::new();
+        scan_awareness(&message, 300, 1_000, &mut out).unwrap();
+        assert_eq!(out, vec![600]);
+    }
+
+    #[test]
+    fn payload_has_the_requested_size() {
+        assert_eq!(payload(123_456_789, 5, 60).len(), 60);
+        assert!(payload(1, 1, 10).len() >= 10);
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("3h").is_err());
+    }
+}

@@ -1,0 +1,234 @@
+//! A damaged data directory: a corrupt sled config, random bytes over the log file,
+//! a truncated log file. By default the server must refuse to start with a clear
+//! message (exit non-zero, no panic) rather than silently start without the data;
+//! with `--on-corrupt-data=move-aside` it moves the directory aside and starts empty.
+//! A truncated file may also be read as a torn tail: then only original entries may
+//! come back, never invented ones. Prints each outcome and the move-aside start time.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rollcall_tests::{Server, Started};
+use serde_json::Value;
+
+const ENTRIES: usize = 60;
+
+/// A data directory with `ENTRIES` live entries, cleanly shut down; returns it with
+/// the entries it holds (`(room, clientId) -> data`).
+fn populated() -> (tempfile::TempDir, PathBuf, BTreeMap<(String, u64), Value>) {
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("data");
+    let mut server = Server::launch().data(&data).start();
+    let mut expected = BTreeMap::new();
+    for i in 0..ENTRIES {
+        let room = format!("pr:c-{}", i % 6);
+        let body = format!(r#"{{"data":{{"i":{i}}},"ttlMs":600000}}"#);
+        let (status, answer) = server.http(
+            "POST",
+            &format!("/v1/rooms/{}/heartbeat", room.replace(':', "%3A")),
+            Some(&body),
+        );
+        assert_eq!(status, 200, "{answer}");
+        let answer: Value = serde_json::from_str(&answer).unwrap();
+        expected.insert(
+            (room, answer["clientId"].as_u64().unwrap()),
+            serde_json::json!({"i": i}),
+        );
+    }
+    assert!(server.terminate().success());
+    (temp, data, expected)
+}
+
+/// Deterministic "random" bytes (xorshift), so a failure can be reproduced.
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
+/// Every live entry the server holds.
+fn entries(server: &Server) -> BTreeMap<(String, u64), Value> {
+    let mut all = BTreeMap::new();
+    let rooms = server.get_json("/v1/rooms?limit=1000");
+    for room in rooms["rooms"].as_array().unwrap() {
+        let name = room["room"].as_str().unwrap();
+        let body = server.get_json(&format!("/v1/rooms/{}", name.replace(':', "%3A")));
+        for entry in body["entries"].as_array().unwrap() {
+            all.insert(
+                (name.to_owned(), entry["clientId"].as_u64().unwrap()),
+                entry["data"].clone(),
+            );
+        }
+    }
+    all
+}
+
+/// What a start on a damaged directory did.
+enum Outcome {
+    Refused { stderr: String },
+    Started(Box<Server>, Duration),
+}
+
+fn start(data: &Path, args: &[&str]) -> Outcome {
+    let mut launch = Server::launch().data(data);
+    for arg in args {
+        launch = launch.arg(*arg);
+    }
+    match launch.try_start(Duration::from_secs(60)) {
+        Started::Ready(server, took) => Outcome::Started(Box::new(server), took),
+        Started::Exited(exited) => {
+            assert!(!exited.status.success(), "exited 0 on a damaged directory");
+            assert!(
+                !exited.stderr.contains("panicked"),
+                "a panic instead of a message:\n{}",
+                exited.stderr
+            );
+            Outcome::Refused {
+                stderr: exited.stderr,
+            }
+        }
+    }
+}
+
+/// The refusal names the directory and the way out.
+fn assert_clear(stderr: &str, data: &Path) {
+    assert!(
+        stderr.contains("cannot open the data directory"),
+        "unclear message:\n{stderr}"
+    );
+    assert!(stderr.contains(&data.display().to_string()), "{stderr}");
+    assert!(
+        stderr.contains("--on-corrupt-data=move-aside"),
+        "the message does not say how to recover:\n{stderr}"
+    );
+}
+
+/// Directories next to `data` that it was moved aside to.
+fn moved_aside(data: &Path) -> Vec<PathBuf> {
+    let name = data.file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::read_dir(data.parent().unwrap())
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}.corrupt-")))
+        })
+        .collect()
+}
+
+/// Starts with move-aside on a damaged directory: the directory is renamed, the
+/// server starts empty and serves. Returns the start time.
+fn move_aside_starts_empty(data: &Path) -> Duration {
+    let Outcome::Started(server, took) = start(data, &["--on-corrupt-data=move-aside"]) else {
+        panic!("move-aside did not start");
+    };
+    let aside = moved_aside(data);
+    assert_eq!(aside.len(), 1, "the damaged directory was not moved aside");
+    assert!(
+        aside[0].join("db").exists(),
+        "the damaged files were not kept"
+    );
+    assert!(
+        entries(&server).is_empty(),
+        "started with data from a damaged directory"
+    );
+    let (status, body) = server.http(
+        "POST",
+        "/v1/rooms/pr%3Aafter/heartbeat",
+        Some(r#"{"data":1,"ttlMs":60000}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    took
+}
+
+#[test]
+fn a_corrupt_sled_config_is_refused_and_move_aside_starts_empty() {
+    let (_temp, data, _) = populated();
+    let conf = data.join("conf");
+    let len = std::fs::metadata(&conf).unwrap().len() as usize;
+    std::fs::write(&conf, noise(len, 7)).unwrap();
+    let Outcome::Refused { stderr } = start(&data, &[]) else {
+        panic!("started on a corrupt config");
+    };
+    assert_clear(&stderr, &data);
+    let took = move_aside_starts_empty(&data);
+    println!(
+        "figure: random bytes over sled's conf: default refuses (exit non-zero, clear message); move-aside started empty in {took:?}"
+    );
+}
+
+#[test]
+fn random_bytes_over_the_log_file_are_refused_not_silently_dropped() {
+    let (_temp, data, expected) = populated();
+    let db = data.join("db");
+    let len = std::fs::metadata(&db).unwrap().len() as usize;
+    std::fs::write(&db, noise(len, 42)).unwrap();
+    match start(&data, &[]) {
+        Outcome::Refused { stderr } => {
+            assert_clear(&stderr, &data);
+            let took = move_aside_starts_empty(&data);
+            println!(
+                "figure: random bytes over sled's db ({len} bytes): default refuses; move-aside started empty in {took:?}"
+            );
+        }
+        Outcome::Started(server, _) => {
+            let found = entries(&server);
+            println!(
+                "figure: random bytes over sled's db ({len} bytes): the server STARTED with {} of {} entries and no error",
+                found.len(),
+                expected.len()
+            );
+            panic!(
+                "the server started on a damaged log and silently dropped {} entries",
+                expected.len() - found.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_truncated_log_file_never_brings_back_anything_but_original_entries() {
+    for keep in [0.9, 0.5, 0.0] {
+        let (_temp, data, expected) = populated();
+        let db = data.join("db");
+        let len = std::fs::metadata(&db).unwrap().len();
+        let cut = (len as f64 * keep) as u64;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&db)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+        match start(&data, &[]) {
+            Outcome::Refused { stderr } => {
+                assert_clear(&stderr, &data);
+                println!(
+                    "figure: db truncated to {cut} of {len} bytes: refused with a clear message"
+                );
+            }
+            Outcome::Started(server, _) => {
+                let found = entries(&server);
+                for (key, value) in &found {
+                    assert_eq!(
+                        expected.get(key),
+                        Some(value),
+                        "an entry that was never written"
+                    );
+                }
+                println!(
+                    "figure: db truncated to {cut} of {len} bytes: started with {} of {} entries (a torn tail; {} lost without an error)",
+                    found.len(),
+                    expected.len(),
+                    expected.len() - found.len()
+                );
+            }
+        }
+    }
+}
