@@ -193,6 +193,12 @@ impl Engine {
         self.log.as_ref().is_some_and(Log::is_failing)
     }
 
+    /// How long the log writer has been inside a single storage call: a stalled disk
+    /// (or a storage deadlock) shows up here. Zero when it is not in one.
+    pub fn log_stalled_for(&self) -> Duration {
+        self.log.as_ref().map_or(Duration::ZERO, Log::stalled_for)
+    }
+
     /// Bytes the data directory occupies, as sled reports it.
     pub fn size_on_disk(&self) -> Result<u64> {
         match &self.log {

@@ -105,6 +105,30 @@ struct Shared {
     on_durable: Option<DurableHook>,
     failing: AtomicBool,
     stats: AtomicStats,
+    /// Milliseconds since `origin` at which the writer entered its current sled call
+    /// (0 when it is not in one): a stalled disk or a sled deadlock shows here.
+    busy_since: AtomicU64,
+    origin: Instant,
+}
+
+impl Shared {
+    fn enter_storage(&self) {
+        let now = self.origin.elapsed().as_millis() as u64;
+        self.busy_since.store(now.max(1), Ordering::Relaxed);
+    }
+
+    fn leave_storage(&self) {
+        self.busy_since.store(0, Ordering::Relaxed);
+    }
+
+    fn stalled_for(&self) -> Duration {
+        match self.busy_since.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            since => Duration::from_millis(
+                (self.origin.elapsed().as_millis() as u64).saturating_sub(since),
+            ),
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -159,6 +183,8 @@ impl Log {
             on_durable: setup.on_durable.clone(),
             failing: AtomicBool::new(false),
             stats: AtomicStats::default(),
+            busy_since: AtomicU64::new(0),
+            origin: Instant::now(),
         });
         let store = setup.store.clone();
         let mut writer = Writer {
@@ -278,6 +304,11 @@ impl Log {
 
     pub(crate) fn is_failing(&self) -> bool {
         self.shared.failing.load(Ordering::Relaxed)
+    }
+
+    /// How long the writer has been inside one storage call (zero when it is not).
+    pub(crate) fn stalled_for(&self) -> Duration {
+        self.shared.stalled_for()
     }
 
     pub(crate) fn store(&self) -> &Store {
@@ -676,7 +707,10 @@ impl Writer {
         let built = self.build();
         let inserts: Vec<(Seq, &[u8])> =
             built.iter().map(|b| (b.seq, b.bytes.as_slice())).collect();
-        self.store.write(&inserts, &self.deletes)?;
+        self.shared.enter_storage();
+        let written = self.store.write(&inserts, &self.deletes);
+        self.shared.leave_storage();
+        written?;
         self.unflushed.push(Unflushed {
             inserts: built.iter().map(|b| (b.seq, b.bytes.clone())).collect(),
             removes: self.deletes.clone(),
@@ -718,7 +752,10 @@ impl Writer {
         self.recover()?;
         let started = Instant::now();
         let target = self.written;
-        self.store.flush()?;
+        self.shared.enter_storage();
+        let flushed = self.store.flush();
+        self.shared.leave_storage();
+        flushed?;
         self.unflushed.clear();
         self.last_flush = Instant::now();
         metrics::histogram!("rollcall_log_flush_seconds").record(started.elapsed().as_secs_f64());

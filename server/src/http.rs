@@ -201,8 +201,17 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// A log writer stuck this long in one storage call makes the node unhealthy.
+const STALL_LIMIT: Duration = Duration::from_secs(10);
+
 async fn healthz(State(state): State<AppState>) -> Response {
-    if state.inner.hub.get().is_some() {
+    if let Some(hub) = state.inner.hub.get() {
+        if hub.log_stalled_for() > STALL_LIMIT {
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"status":"log stalled"}"#.into(),
+            );
+        }
         json(StatusCode::OK, r#"{"status":"ok"}"#.into())
     } else {
         json(

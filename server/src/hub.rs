@@ -351,6 +351,11 @@ impl Hub {
             .set(if inner.engine.log_failing() { 1.0 } else { 0.0 });
     }
 
+    /// How long the log writer has been stuck in one storage call.
+    pub fn log_stalled_for(&self) -> std::time::Duration {
+        self.lock().engine.log_stalled_for()
+    }
+
     /// Flushes the log and waits for it (blocking).
     pub fn sync(&self) -> Result<bool> {
         Ok(self.lock().engine.sync()?)

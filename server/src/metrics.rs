@@ -54,6 +54,8 @@ pub struct Metrics {
     pub subscribed_rooms: Gauge,
     /// 1 while the log's writes are failing.
     pub log_failing: Gauge,
+    /// Seconds the log writer has been inside one storage call (0 normally).
+    pub log_stalled: Gauge,
     /// Heartbeats accepted.
     pub heartbeats: Counter,
     /// Leaves accepted.
@@ -83,6 +85,7 @@ impl Metrics {
             entries: gauge!("rollcall_live_entries"),
             subscribed_rooms: gauge!("rollcall_subscribed_rooms"),
             log_failing: gauge!("rollcall_log_failing"),
+            log_stalled: gauge!("rollcall_log_stalled_seconds"),
             heartbeats: counter!("rollcall_heartbeats_total"),
             leaves: counter!("rollcall_leaves_total"),
             expirations: counter!("rollcall_expirations_total"),
