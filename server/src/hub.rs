@@ -16,15 +16,22 @@ use rollcall_engine::{
 use tokio::sync::{Notify, watch};
 
 use crate::error::Result;
-use crate::fanout::{Outbox, Slot};
+use crate::fanout::{Feed, Outbox, Subscription};
 use crate::identity::Identity;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::protocol::{self, ErrorCode, Rejection};
 
-/// Subscribers of each room: their outbox and the room's slot in it. Room names come
-/// from clients, so the map uses a keyed hasher.
-type Subscribers = HashMap<Arc<str>, Vec<(Arc<Outbox>, Slot)>, RandomState>;
+/// A room with subscribers: its feed and who reads it.
+#[derive(Debug)]
+struct RoomFeed {
+    feed: Arc<Feed>,
+    subscriptions: Vec<Arc<Subscription>>,
+}
+
+/// Rooms with subscribers. Room names come from clients, so the map uses a keyed
+/// hasher.
+type Subscribers = HashMap<Arc<str>, RoomFeed, RandomState>;
 
 /// A live WebSocket session, by client id.
 #[derive(Debug)]
@@ -172,16 +179,10 @@ impl Hub {
     }
 
     /// Ends a session: its subscriptions stop; its entries stay until their TTL.
-    pub fn depart(
-        &self,
-        client: ClientId,
-        connection: u64,
-        outbox: &Arc<Outbox>,
-        rooms: &[Arc<str>],
-    ) {
+    pub fn depart(&self, client: ClientId, connection: u64, subscriptions: &[Arc<Subscription>]) {
         let mut inner = self.lock();
-        for room in rooms {
-            remove_subscriber(&mut inner.subscribers, room, outbox);
+        for subscription in subscriptions {
+            remove_subscriber(&mut inner.subscribers, subscription);
         }
         if inner
             .sessions
@@ -201,35 +202,56 @@ impl Hub {
         identity.allocate(engine)
     }
 
-    /// Subscribes `outbox` to `room` and queues the room's snapshot. Pass the slot of
-    /// an existing subscription to re-send the snapshot.
-    pub fn subscribe(&self, room: &Arc<str>, outbox: &Arc<Outbox>, slot: Option<Slot>) -> Slot {
+    /// Subscribes `outbox` to `room` and queues the room's snapshot. Pass an existing
+    /// subscription to re-send the snapshot.
+    pub fn subscribe(
+        &self,
+        room: &Arc<str>,
+        outbox: &Arc<Outbox>,
+        existing: Option<&Arc<Subscription>>,
+    ) -> Arc<Subscription> {
         let now = UnixMs::now();
         let mut inner = self.lock();
         let snapshot =
             protocol::snapshot(room, now, inner.engine.materializer().entries(room, now));
-        let slot = match slot {
-            Some(slot) => slot,
+        let room_feed = inner
+            .subscribers
+            .entry(room.clone())
+            .or_insert_with(|| RoomFeed {
+                feed: Feed::new(),
+                subscriptions: Vec::new(),
+            });
+        let subscription = match existing {
+            Some(subscription) => subscription.clone(),
             None => {
-                let slot = outbox.open_slot(room.clone());
-                inner
-                    .subscribers
-                    .entry(room.clone())
-                    .or_default()
-                    .push((outbox.clone(), slot));
-                slot
+                let subscription = outbox.subscribe(room.clone(), room_feed.feed.clone());
+                room_feed.subscriptions.push(subscription.clone());
+                subscription
             }
         };
-        outbox.push_snapshot(slot, snapshot);
-        slot
+        // Under the hub lock: nothing is published between the snapshot and the head.
+        subscription.reset(snapshot, room_feed.feed.head());
+        subscription
     }
 
-    /// Stops `outbox`'s subscription to `room`.
-    pub fn unsubscribe(&self, room: &Arc<str>, outbox: &Arc<Outbox>, slot: Slot) {
+    /// Sends a subscription that fell behind its feed the room's current state.
+    pub fn resync(&self, subscription: &Subscription) {
+        let now = UnixMs::now();
+        let inner = self.lock();
+        let snapshot = protocol::snapshot(
+            &subscription.room,
+            now,
+            inner.engine.materializer().entries(&subscription.room, now),
+        );
+        subscription.reset(snapshot, subscription.feed().head());
+    }
+
+    /// Stops a subscription.
+    pub fn unsubscribe(&self, outbox: &Outbox, subscription: &Arc<Subscription>) {
         let mut inner = self.lock();
-        remove_subscriber(&mut inner.subscribers, room, outbox);
+        remove_subscriber(&mut inner.subscribers, subscription);
         drop(inner);
-        outbox.close_slot(slot);
+        outbox.unsubscribe(subscription);
     }
 
     /// Upserts `client`'s entry, appends it to the log and fans the change out.
@@ -269,7 +291,8 @@ impl Hub {
         });
         let expires_at = change.entry.expires_at;
         self.metrics.heartbeats.increment(1);
-        fan_out(&inner.subscribers, &change, &self.metrics);
+        let room_len = inner.engine.materializer().room_len(&change.room);
+        fan_out(&inner.subscribers, &change, room_len, &self.metrics);
         Ok((expires_at, ticket))
     }
 
@@ -282,7 +305,8 @@ impl Hub {
             at: UnixMs::now(),
         })?;
         self.metrics.leaves.increment(1);
-        fan_out(&inner.subscribers, &change, &self.metrics);
+        let room_len = inner.engine.materializer().room_len(&change.room);
+        fan_out(&inner.subscribers, &change, room_len, &self.metrics);
         Some(ticket)
     }
 
@@ -306,7 +330,8 @@ impl Hub {
         scratch.clear();
         let expired = engine.sweep(now, scratch);
         for change in scratch.drain(..) {
-            fan_out(subscribers, &change, &self.metrics);
+            let room_len = engine.materializer().room_len(&change.room);
+            fan_out(subscribers, &change, room_len, &self.metrics);
         }
         self.metrics.expirations.increment(expired as u64);
         expired
@@ -389,23 +414,24 @@ impl std::fmt::Debug for Hub {
     }
 }
 
-fn remove_subscriber(subscribers: &mut Subscribers, room: &str, outbox: &Arc<Outbox>) {
-    if let Some(subs) = subscribers.get_mut(room) {
-        subs.retain(|(o, _)| !Arc::ptr_eq(o, outbox));
-        if subs.is_empty() {
-            subscribers.remove(room);
+fn remove_subscriber(subscribers: &mut Subscribers, subscription: &Arc<Subscription>) {
+    if let Some(room) = subscribers.get_mut(&*subscription.room) {
+        room.subscriptions.retain(|s| !Arc::ptr_eq(s, subscription));
+        if room.subscriptions.is_empty() {
+            subscribers.remove(&*subscription.room);
         }
     }
 }
 
-/// Serializes a change once and queues it for every subscriber of its room.
-fn fan_out(subscribers: &Subscribers, change: &Change, metrics: &Metrics) {
-    let Some(subs) = subscribers.get(&*change.room) else {
+/// Serializes a change once and publishes it on its room's feed.
+fn fan_out(subscribers: &Subscribers, change: &Change, room_len: usize, metrics: &Metrics) {
+    let Some(room) = subscribers.get(&*change.room) else {
         return;
     };
     let fragment: Arc<str> = protocol::change_fragment(change).into();
-    for (outbox, slot) in subs {
-        outbox.push_change(*slot, change.entry.client, &fragment);
-    }
-    metrics.fanout_changes.increment(subs.len() as u64);
+    room.feed
+        .publish(change.entry.client, fragment, &room.subscriptions, room_len);
+    metrics
+        .fanout_changes
+        .increment(room.subscriptions.len() as u64);
 }

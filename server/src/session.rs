@@ -7,12 +7,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rollcall_engine::{ClientId, Ticket, UnixMs};
-use tokio::sync::{Notify, watch};
+use std::future::Future as _;
+use std::task::Poll;
+
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::{MissedTickBehavior, sleep_until, timeout};
 
 use crate::auth::{Auth, Grant};
 use crate::connection::{Connection, Inbound, Reader, TOO_BIG, Writer};
-use crate::fanout::{CONTROL_CAPACITY, Drained, Outbox, Slot};
+use crate::fanout::{CONTROL_CAPACITY, Drained, Outbox, Subscription};
 use crate::hub::{Admitted, Hub};
 use crate::limits::TokenBucket;
 use crate::protocol::{self, ErrorCode, Rejection, Request, close};
@@ -45,6 +48,7 @@ pub struct SessionConfig {
 }
 
 /// How a session ended.
+#[derive(Debug)]
 enum Exit {
     /// Send this close frame.
     Close(u16, &'static str),
@@ -71,6 +75,7 @@ pub async fn serve(
     config: SessionConfig,
 ) {
     let mut connection = Connection::new(socket);
+    let config = Arc::new(config);
 
     let hello = tokio::select! {
         read = timeout(config.hello_timeout, read_hello(&mut connection)) => read,
@@ -165,7 +170,7 @@ pub async fn serve(
         outbox.push_control(protocol::error(&rejection));
     }
     if !connection.send(welcome).await {
-        hub.depart(admitted.client, admitted.connection, &outbox, &[]);
+        hub.depart(admitted.client, admitted.connection, &[]);
         return;
     }
     hub.metrics().connections.increment(1.0);
@@ -196,14 +201,29 @@ pub async fn serve(
         ),
         refused: TokenBucket::new(config.requests_per_second, config.requests_per_second * 2),
     };
-    let (mut reader, mut writer) = connection.split();
-    let exit = tokio::select! {
-        exit = session.read_loop(&mut reader) => exit,
-        exit = write_loop(&mut writer, &hub, &outbox, &kick, &mut shutdown, expiry_rx, &config) => exit,
+    let (mut reader, writer) = connection.split();
+    // Reading and writing run as two tasks: a wake-up for one (a heartbeat in, a
+    // frame out) then polls only its own half.
+    let (stop_writer, stop) = oneshot::channel();
+    let mut writing = tokio::spawn(write_loop(
+        writer,
+        hub.clone(),
+        outbox.clone(),
+        kick,
+        shutdown,
+        expiry_rx,
+        config.clone(),
+        stop,
+    ));
+    let closed = tokio::select! {
+        exit = session.read_loop(&mut reader) => {
+            // The reader is done: the writer sends the close frame (if any) and stops.
+            let _ = stop_writer.send(exit);
+            matches!((&mut writing).await, Ok(true))
+        }
+        closed = &mut writing => matches!(closed, Ok(true)),
     };
-    if let Exit::Close(code, reason) = exit {
-        // A slow consumer's socket may accept nothing: do not wait on it for long.
-        let _ = timeout(Duration::from_secs(1), writer.close(code, reason)).await;
+    if closed {
         // Lingering close: a socket closed with unread input is reset, and the reset
         // discards the close frame still in the send queue. Read (and drop) what the
         // client still sends until it closes too; briefly.
@@ -214,13 +234,12 @@ pub async fn serve(
         })
         .await;
     }
-    let rooms: Vec<Arc<str>> = session
+    let subscriptions: Vec<Arc<Subscription>> = session
         .rooms
-        .iter()
-        .filter(|(_, usage)| usage.slot.is_some())
-        .map(|(room, _)| room.clone())
+        .values()
+        .filter_map(|usage| usage.subscription.clone())
         .collect();
-    hub.depart(client, connection_id, &outbox, &rooms);
+    hub.depart(client, connection_id, &subscriptions);
     hub.metrics().connections.decrement(1.0);
     tracing::debug!(%client, "session ended");
 }
@@ -229,7 +248,7 @@ pub async fn serve(
 /// is subscribed or holds this client's entry.
 #[derive(Debug, Default)]
 struct RoomUse {
-    slot: Option<Slot>,
+    subscription: Option<Arc<Subscription>>,
     joined: bool,
 }
 
@@ -332,10 +351,13 @@ impl Session {
                     return Err(reject(forbidden(), &room));
                 }
                 let name = self.use_room(&room).map_err(|r| reject(r, &room))?;
-                let existing = self.rooms.get(&*name).and_then(|usage| usage.slot);
-                let slot = self.hub.subscribe(&name, &self.outbox, existing);
+                let existing = self
+                    .rooms
+                    .get(&*name)
+                    .and_then(|usage| usage.subscription.clone());
+                let subscription = self.hub.subscribe(&name, &self.outbox, existing.as_ref());
                 if let Some(usage) = self.rooms.get_mut(&*name) {
-                    usage.slot = Some(slot);
+                    usage.subscription = Some(subscription);
                 }
                 self.ack(reference, None, None);
                 Ok(())
@@ -426,7 +448,7 @@ impl Session {
         let revoked: Vec<Arc<str>> = self
             .rooms
             .iter()
-            .filter(|(room, usage)| usage.slot.is_some() && !grant.can_read(room))
+            .filter(|(room, usage)| usage.subscription.is_some() && !grant.can_read(room))
             .map(|(room, _)| room.clone())
             .collect();
         for room in revoked {
@@ -447,9 +469,8 @@ impl Session {
 
     fn unsubscribe(&mut self, room: &str) {
         if let Some(usage) = self.rooms.get_mut(room) {
-            if let Some(slot) = usage.slot.take() {
-                let name = self.room_name(room);
-                self.hub.unsubscribe(&name, &self.outbox, slot);
+            if let Some(subscription) = usage.subscription.take() {
+                self.hub.unsubscribe(&self.outbox, &subscription);
             }
         }
         self.release_room(room);
@@ -483,7 +504,7 @@ impl Session {
         if self
             .rooms
             .get(room)
-            .is_some_and(|usage| usage.slot.is_none() && !usage.joined)
+            .is_some_and(|usage| usage.subscription.is_none() && !usage.joined)
         {
             self.rooms.remove(room);
         }
@@ -512,7 +533,41 @@ fn instant_of(at: UnixMs) -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_millis(wait)
 }
 
+/// Writes until the connection ends; returns whether a close frame was sent.
+#[allow(clippy::too_many_arguments, reason = "everything a writer task owns")]
 async fn write_loop(
+    mut writer: Writer,
+    hub: Arc<Hub>,
+    outbox: Arc<Outbox>,
+    kick: Arc<Notify>,
+    mut shutdown: Shutdown,
+    token_expiry: watch::Receiver<Option<UnixMs>>,
+    config: Arc<SessionConfig>,
+    stop: oneshot::Receiver<Exit>,
+) -> bool {
+    let exit = write_until_done(
+        &mut writer,
+        &hub,
+        &outbox,
+        &kick,
+        &mut shutdown,
+        token_expiry,
+        &config,
+        stop,
+    )
+    .await;
+    match exit {
+        Exit::Close(code, reason) => {
+            // A slow consumer's socket may accept nothing: do not wait on it for long.
+            let _ = timeout(Duration::from_secs(1), writer.close(code, reason)).await;
+            true
+        }
+        Exit::Gone => false,
+    }
+}
+
+#[allow(clippy::too_many_arguments, reason = "everything a writer task owns")]
+async fn write_until_done(
     writer: &mut Writer,
     hub: &Hub,
     outbox: &Outbox,
@@ -520,6 +575,7 @@ async fn write_loop(
     shutdown: &mut Shutdown,
     mut token_expiry: watch::Receiver<Option<UnixMs>>,
     config: &SessionConfig,
+    stop: oneshot::Receiver<Exit>,
 ) -> Exit {
     let mut durable = hub.durable();
     let mut ping = tokio::time::interval(config.ping_interval);
@@ -527,13 +583,19 @@ async fn write_loop(
     ping.reset();
     let mut drained = Drained::default();
     let metrics = hub.metrics();
+    // Futures that live as long as the loop are made once, not on every wake-up.
+    let shutting_down = shutdown.recv();
+    let kicked = kick.notified();
+    tokio::pin!(shutting_down, kicked, stop);
     loop {
         let awaiting = outbox.awaits_durability();
         let ack_deadline = outbox.next_ack_deadline();
         let expires_at = *token_expiry.borrow_and_update();
         tokio::select! {
-            () = shutdown.recv() => return Exit::Close(close::GOING_AWAY, "server shutting down"),
-            () = kick.notified() => return Exit::Close(close::REPLACED, "another connection resumed this client"),
+            biased;
+            () = &mut shutting_down => return Exit::Close(close::GOING_AWAY, "server shutting down"),
+            () = &mut kicked => return Exit::Close(close::REPLACED, "another connection resumed this client"),
+            exit = &mut stop => return exit.unwrap_or(Exit::Gone),
             () = outbox.ready() => {}
             changed = durable.changed(), if awaiting => {
                 if changed.is_err() {
@@ -548,7 +610,7 @@ async fn write_loop(
                 }
                 continue;
             }
-            _ = token_expiry.changed() => continue,
+            _ = token_expiry.changed(), if config.auth.is_some() => continue,
             _ = ping.tick() => {
                 if writer.last_seen().elapsed() >= config.idle_timeout {
                     return Exit::Close(close::IDLE, "idle timeout");
@@ -567,21 +629,27 @@ async fn write_loop(
         tokio::task::yield_now().await;
         let durable_now = *durable.borrow_and_update();
         outbox.drain(durable_now, UnixMs::now(), Instant::now(), &mut drained);
+        for subscription in drained.resync.drain(..) {
+            // Fell behind its room's window: the current state replaces what was missed.
+            hub.resync(&subscription);
+        }
         if drained.frames.is_empty() {
             continue;
         }
         let frames = drained.frames.len() as u64;
         let changes = drained.changes as u64;
         drained.changes = 0;
-        let sent = timeout(
-            config.slow_consumer_timeout,
-            writer.send_batch(&mut drained.frames),
-        )
-        .await;
-        let bytes = match sent {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => return Exit::Gone,
-            Err(_) => return Exit::Close(close::SLOW_CONSUMER, "the client stopped reading"),
+        // Only a write that cannot complete at once needs the slow-consumer timer.
+        let mut send = std::pin::pin!(writer.send_batch(&mut drained.frames));
+        let sent = match std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
+            Poll::Ready(sent) => sent,
+            Poll::Pending => match timeout(config.slow_consumer_timeout, send).await {
+                Ok(sent) => sent,
+                Err(_) => return Exit::Close(close::SLOW_CONSUMER, "the client stopped reading"),
+            },
+        };
+        let Some(bytes) = sent else {
+            return Exit::Gone;
         };
         metrics.fanout_frames.increment(frames);
         metrics.fanout_delivered.increment(changes);

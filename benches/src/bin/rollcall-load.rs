@@ -25,14 +25,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, ValueEnum};
-use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use memchr::memmem;
 use serde_json::json;
 use tokio::net::TcpSocket;
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Which server protocol to speak.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -314,9 +311,143 @@ fn source_of(args: &Args, index: usize) -> Option<IpAddr> {
     (sources > 1).then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (index % sources) as u8)))
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+/// A lean WebSocket client. The generator reads millions of changes a second on one
+/// core, so it parses frames in place from one reusable buffer (no zeroing before each
+/// read, no copy of each payload, no UTF-8 pass) and masks with a zero key.
+struct Wire {
+    read: tokio::net::tcp::OwnedReadHalf,
+    write: tokio::net::tcp::OwnedWriteHalf,
+    buf: bytes::BytesMut,
+    out: Vec<u8>,
+}
 
-async fn open(plan: &Plan, index: usize) -> anyhow::Result<Socket> {
+const TEXT: u8 = 0x1;
+const BINARY: u8 = 0x2;
+const CLOSE: u8 = 0x8;
+const PING: u8 = 0x9;
+const PONG: u8 = 0xA;
+
+impl Wire {
+    /// Performs the HTTP upgrade on `stream`.
+    async fn upgrade(
+        stream: tokio::net::TcpStream,
+        host: &str,
+        path: &str,
+    ) -> anyhow::Result<Wire> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut read, mut write) = stream.into_split();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: cm9sbGNhbGwtbG9hZC0xMg==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        write.write_all(request.as_bytes()).await?;
+        let mut buf = bytes::BytesMut::with_capacity(16 * 1024);
+        let end = loop {
+            if read.read_buf(&mut buf).await? == 0 {
+                bail!("closed during the upgrade");
+            }
+            if let Some(end) = memmem::find(&buf, b"\r\n\r\n") {
+                break end + 4;
+            }
+            if buf.len() > 8 * 1024 {
+                bail!("upgrade response too long");
+            }
+        };
+        if !buf.starts_with(b"HTTP/1.1 101") {
+            bail!(
+                "upgrade refused: {}",
+                String::from_utf8_lossy(&buf[..end.min(120)])
+            );
+        }
+        let _ = buf.split_to(end);
+        Ok(Wire {
+            read,
+            write,
+            buf,
+            out: Vec::with_capacity(1024),
+        })
+    }
+
+    /// Sends one frame (masked with a zero key, as a client must mask).
+    async fn send(&mut self, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.out.clear();
+        self.out.push(0x80 | opcode);
+        let len = payload.len();
+        // The mask bit (0x80) is set on every length form: clients must mask.
+        if len < 126 {
+            self.out.push(0x80 | len as u8);
+        } else if let Ok(len) = u16::try_from(len) {
+            self.out.push(0x80 | 0x7e);
+            self.out.extend_from_slice(&len.to_be_bytes());
+        } else {
+            self.out.push(0x80 | 0x7f);
+            self.out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        self.out.extend_from_slice(&[0, 0, 0, 0]);
+        self.out.extend_from_slice(payload);
+        self.write.write_all(&self.out).await
+    }
+
+    /// Reads what the socket has; false at end of stream.
+    async fn fill(&mut self) -> std::io::Result<bool> {
+        use tokio::io::AsyncReadExt;
+        if self.buf.capacity() - self.buf.len() < 4 * 1024 {
+            self.buf.reserve(64 * 1024);
+        }
+        Ok(self.read.read_buf(&mut self.buf).await? > 0)
+    }
+
+    /// The next complete frame in the buffer: its opcode and payload.
+    fn frame(&mut self) -> Option<(u8, bytes::Bytes)> {
+        let buf = &self.buf;
+        if buf.len() < 2 {
+            return None;
+        }
+        let opcode = buf[0] & 0x0f;
+        let (len, header) = match buf[1] & 0x7f {
+            126 if buf.len() >= 4 => (usize::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
+            127 if buf.len() >= 10 => {
+                let mut n = [0u8; 8];
+                n.copy_from_slice(&buf[2..10]);
+                (usize::try_from(u64::from_be_bytes(n)).ok()?, 10)
+            }
+            126 | 127 => return None,
+            n => (usize::from(n), 2),
+        };
+        if buf.len() < header + len {
+            return None;
+        }
+        let mut frame = self.buf.split_to(header + len);
+        let _ = frame.split_to(header);
+        Some((opcode, frame.freeze()))
+    }
+
+    /// Reads until a text frame arrives; `None` at end of stream.
+    async fn text(&mut self) -> anyhow::Result<Option<bytes::Bytes>> {
+        loop {
+            while let Some((opcode, payload)) = self.frame() {
+                match opcode {
+                    TEXT => return Ok(Some(payload)),
+                    CLOSE => return Ok(None),
+                    PING => self.send(PONG, &payload).await?,
+                    _ => {}
+                }
+            }
+            if !self.fill().await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn close(&mut self) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.send(CLOSE, &1000u16.to_be_bytes()).await;
+        let _ = self.write.shutdown().await;
+    }
+}
+
+async fn open(plan: &Plan, index: usize) -> anyhow::Result<Wire> {
     let args = &plan.args;
     let url = match args.target {
         Target::Rollcall => args.url.clone(),
@@ -343,11 +474,7 @@ async fn open(plan: &Plan, index: usize) -> anyhow::Result<Socket> {
     }
     let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
-    // tungstenite zeroes its read buffer before each read: keep it small.
-    let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
-    let (ws, _) =
-        tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config)).await?;
-    Ok(ws)
+    Wire::upgrade(stream, &format!("{host}:{port}"), parsed.path()).await
 }
 
 /// One simulated client: connects, joins its room, heartbeats on schedule, records
@@ -380,29 +507,18 @@ async fn client(plan: Arc<Plan>, stats: Arc<Stats>, slot: Arc<ClientSlot>, index
         let room = room_of(args, index);
         let mut own = y_id;
         if args.target == Target::Rollcall {
-            if ws
-                .send(Message::Text(r#"{"type":"hello"}"#.into()))
-                .await
-                .is_err()
-            {
+            if ws.send(TEXT, br#"{"type":"hello"}"#).await.is_err() {
                 continue;
             }
-            loop {
-                match ws.next().await {
-                    Some(Ok(Message::Text(text))) => {
-                        let value: serde_json::Value =
-                            serde_json::from_str(&text).unwrap_or_default();
-                        if value["type"] == "welcome" {
-                            own = value["clientId"].as_u64().unwrap_or(0);
-                            break;
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                    _ => break,
+            while let Ok(Some(text)) = ws.text().await {
+                let value: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
+                if value["type"] == "welcome" {
+                    own = value["clientId"].as_u64().unwrap_or(0);
+                    break;
                 }
             }
             let subscribe = json!({"type": "subscribe", "room": room}).to_string();
-            if ws.send(Message::Text(subscribe.into())).await.is_err() {
+            if ws.send(TEXT, subscribe.as_bytes()).await.is_err() {
                 continue;
             }
         }
@@ -417,11 +533,14 @@ async fn client(plan: Arc<Plan>, stats: Arc<Stats>, slot: Arc<ClientSlot>, index
                     let data = payload(ts, seq, args.payload);
                     seq += 1;
                     next += plan.period;
-                    let message = match args.target {
-                        Target::Rollcall => Message::Text(format!(
-                            r#"{{"type":"heartbeat","room":"{room}","data":{data},"ttlMs":{}}}"#,
-                            args.ttl_ms
-                        ).into()),
+                    let sent = match args.target {
+                        Target::Rollcall => {
+                            let text = format!(
+                                r#"{{"type":"heartbeat","room":"{room}","data":{data},"ttlMs":{}}}"#,
+                                args.ttl_ms
+                            );
+                            ws.send(TEXT, text.as_bytes()).await
+                        }
                         Target::YWebsocket => {
                             y_clock += 1;
                             let mut update = Vec::with_capacity(data.len() + 16);
@@ -434,34 +553,43 @@ async fn client(plan: Arc<Plan>, stats: Arc<Stats>, slot: Arc<ClientSlot>, index
                             write_varuint(&mut message, 1);
                             write_varuint(&mut message, update.len() as u64);
                             message.extend_from_slice(&update);
-                            Message::Binary(message.into())
+                            ws.send(BINARY, &message).await
                         }
                     };
-                    if ws.send(message).await.is_err() {
+                    if sent.is_err() {
                         break None;
                     }
                     if stats.measuring.load(Ordering::Relaxed) {
                         stats.sent.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                message = ws.next() => {
+                filled = ws.fill() => {
+                    if !matches!(filled, Ok(true)) {
+                        break None;
+                    }
                     let now_us = micros_since_epoch(Instant::now());
                     latencies.clear();
-                    match message {
-                        Some(Ok(Message::Text(text))) => {
-                            let bytes = text.as_bytes();
-                            if bytes.starts_with(b"{\"type\":\"error\"") {
-                                stats.rejected.fetch_add(1, Ordering::Relaxed);
+                    let mut closed = false;
+                    while let Some((opcode, payload)) = ws.frame() {
+                        match opcode {
+                            TEXT => {
+                                if payload.starts_with(b"{\"type\":\"error\"") {
+                                    stats.rejected.fetch_add(1, Ordering::Relaxed);
+                                }
+                                scan_rollcall(&payload, own, now_us, &mut latencies);
                             }
-                            scan_rollcall(bytes, own, now_us, &mut latencies);
+                            BINARY => {
+                                let _ = scan_awareness(&payload, own, now_us, &mut latencies);
+                            }
+                            PING if ws.send(PONG, &payload).await.is_err() => closed = true,
+                            CLOSE => closed = true,
+                            _ => {}
                         }
-                        Some(Ok(Message::Binary(bytes))) => {
-                            let _ = scan_awareness(&bytes, own, now_us, &mut latencies);
-                        }
-                        Some(Ok(_)) => {}
-                        _ => break None,
                     }
                     stats.record(&latencies);
+                    if closed {
+                        break None;
+                    }
                 }
                 () = slot.wake.notified() => {
                     let order = slot.churn.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
@@ -477,14 +605,14 @@ async fn client(plan: Arc<Plan>, stats: Arc<Stats>, slot: Arc<ClientSlot>, index
             Some(Churn::Leave) => {
                 if args.target == Target::Rollcall {
                     let leave = json!({"type": "leave", "room": room}).to_string();
-                    let _ = ws.send(Message::Text(leave.into())).await;
+                    let _ = ws.send(TEXT, leave.as_bytes()).await;
                 }
-                let _ = ws.close(None).await;
+                ws.close().await;
             }
             Some(Churn::Drop) => drop(ws),
             None => {
                 if plan.stopped.load(Ordering::Relaxed) {
-                    let _ = tokio::time::timeout(Duration::from_millis(200), ws.close(None)).await;
+                    let _ = tokio::time::timeout(Duration::from_millis(200), ws.close()).await;
                     return;
                 }
                 stats.disconnects.fetch_add(1, Ordering::Relaxed);
