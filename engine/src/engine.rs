@@ -60,6 +60,7 @@ impl Engine {
             compaction_slack: config.compaction_slack,
             max_record_events: config.max_record_events,
             max_record_bytes: config.max_record_bytes,
+            commit_delay: config.commit_delay,
         })?;
         Ok((
             Engine {

@@ -169,6 +169,7 @@ pub(crate) struct WriterSetup {
     pub(crate) compaction_slack: u64,
     pub(crate) max_record_events: usize,
     pub(crate) max_record_bytes: usize,
+    pub(crate) commit_delay: Duration,
 }
 
 impl Log {
@@ -207,6 +208,8 @@ impl Log {
             backoff: None,
             unflushed: Vec::new(),
             needs_reopen: false,
+            commit_delay: setup.commit_delay,
+            last_write: Instant::now(),
         };
         writer.deletes = writer.index.take_dead();
         writer.publish_stats();
@@ -444,6 +447,9 @@ struct Writer {
     unflushed: Vec<Unflushed>,
     /// A storage error happened: reopen sled before the next write or flush.
     needs_reopen: bool,
+    /// Writes are at least this far apart (group commit pacing).
+    commit_delay: Duration,
+    last_write: Instant,
 }
 
 /// A batch sled accepted but has not flushed yet.
@@ -547,6 +553,15 @@ impl Writer {
             if result.timed_out() {
                 break;
             }
+        }
+        // Group commit pacing: at most one write per `commit_delay`. A write long after
+        // the previous one goes at once (no added latency when quiet); under load the
+        // events of the delay pile into one group, one batch and one flush.
+        let pace = self.last_write + self.commit_delay;
+        if !queue.closing && !queue.sync_wanted && self.backoff.is_none() && Instant::now() < pace {
+            drop(queue);
+            std::thread::sleep(pace.saturating_duration_since(Instant::now()));
+            queue = lock(&self.shared.queue);
         }
         let ops = std::mem::take(&mut queue.ops);
         let sync = std::mem::replace(&mut queue.sync_wanted, false);
@@ -704,6 +719,7 @@ impl Writer {
     fn write(&mut self) -> Result<()> {
         self.recover()?;
         let started = Instant::now();
+        self.last_write = started;
         let built = self.build();
         let inserts: Vec<(Seq, &[u8])> =
             built.iter().map(|b| (b.seq, b.bytes.as_slice())).collect();

@@ -107,6 +107,12 @@ pub struct ServeArgs {
     #[arg(long, env = "ROLLCALL_FLUSH_INTERVAL_MS", default_value_t = 100)]
     pub flush_interval_ms: u64,
 
+    /// Group commit pacing: the shortest time between two log writes, in
+    /// milliseconds. Under load everything appended meanwhile is written and flushed
+    /// together; a write after a quiet spell goes at once.
+    #[arg(long, env = "ROLLCALL_COMMIT_DELAY_MS", default_value_t = 10)]
+    pub commit_delay_ms: u64,
+
     /// Log record layout: one record per commit group, or one per event.
     #[arg(long, env = "ROLLCALL_LOG_LAYOUT", value_enum, default_value_t = LayoutArg::Group)]
     pub log_layout: LayoutArg,
@@ -288,6 +294,7 @@ impl ServeArgs {
                 }
                 DurabilityArg::Memory => Durability::Memory,
             },
+            commit_delay: Duration::from_millis(self.commit_delay_ms),
             layout: match self.log_layout {
                 LayoutArg::Group => Layout::PerGroup,
                 LayoutArg::Event => Layout::PerEvent,

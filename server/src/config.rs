@@ -19,6 +19,8 @@ pub struct ServerConfig {
     pub durability: Durability,
     /// How the log groups events into records.
     pub layout: Layout,
+    /// The shortest time between two group writes of the log.
+    pub commit_delay: Duration,
     /// What replay does with corrupt records.
     pub recovery: Recovery,
     /// Limits on client input.
@@ -66,6 +68,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./rollcall-data"),
             durability: Durability::Flush,
             layout: Layout::PerGroup,
+            commit_delay: Duration::from_millis(10),
             recovery: Recovery::Strict,
             limits: Limits::default(),
             tick: Duration::from_millis(25),

@@ -155,6 +155,7 @@ fn open(config: &ServerConfig, metrics: Metrics) -> Result<Hub> {
         Config::new(&config.data_dir)
             .durability(config.durability)
             .layout(config.layout)
+            .commit_delay(config.commit_delay)
             .recovery(config.recovery)
             .on_durable(move |ticket| {
                 durable_tx.send_replace(ticket);
