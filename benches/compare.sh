@@ -71,8 +71,9 @@ stop_server() {
 }
 load() { # $1 = label, then rollcall-load flags
   local label=$1; shift
+  # Each run gets its own rooms: a peer keeps earlier runs' state for a while.
   taskset -c "$LOAD_CORE" "$LOAD" --target "$TARGET" --url "$URL" --server-pid "$SERVER_PID" \
-    --label "$label" --json "$OUT/$label.json" "$@" >/dev/null 2>"$OUT/$label.progress"
+    --label "$label" --room-prefix "$label" --json "$OUT/$label.json" "$@" >/dev/null 2>"$OUT/$label.progress"
   tail -n 1 "$OUT/$label.progress" >&2 || true
 }
 field() { python3 -c "import json,sys; d=json.load(open('$OUT/$1.json')); v=d$2; print('' if v is None else v)"; }
@@ -92,8 +93,8 @@ best() { # $1 = name; the rest: client counts to try in order
   done
   echo "$last" >"$OUT/best-$name"
 }
-start_rollcall flush; best rollcall 200 400 800 1200 1600 2000 2400 3000; stop_server
-start_y;              best y 20 40 60 80 100 150 200 300; stop_server
+start_rollcall flush; best rollcall 200 400 600 800 900 1000 1100 1200 1400 1600 2000; stop_server
+start_y;              best y 20 30 40 50 60 70 80 100 120 150; stop_server
 
 echo "==> 1 and 6. cursor storm: 2,000 clients, 40 rooms of 50, 20 Hz, flush then memory"
 start_rollcall flush;  load storm-flush  --clients 2000 --room-size 50 --rate 20 --duration "$STORM" --warmup "$WARM"

@@ -291,6 +291,8 @@ fn payload(ts: u64, seq: u64, size: usize) -> String {
 
 struct Plan {
     args: Args,
+    /// Varies client ids from run to run.
+    id_salt: u64,
     period: Duration,
     start: Instant,
     end: Instant,
@@ -487,7 +489,9 @@ async fn client(plan: Arc<Plan>, stats: Arc<Stats>, slot: Arc<ClientSlot>, index
     let mut next = plan.start + phase;
     let mut seq: u64 = 0;
     let mut latencies = Vec::with_capacity(256);
-    let y_id = (index as u64 + 1) * 7_919 % (1 << 30) + 1;
+    // Awareness ignores an update whose clock is not above the last one seen for that
+    // client id, so ids must not repeat across runs against the same server.
+    let y_id = (plan.id_salt + index as u64 * 7_919) % (1 << 30) + 1;
     let mut y_clock: u64 = 0;
     loop {
         let mut ws = match open(&plan, index).await {
@@ -750,6 +754,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let end = start + args.warmup + args.duration;
     let plan = Arc::new(Plan {
         args: args.clone(),
+        id_salt: fastrand::u64(..1 << 30),
         period,
         start,
         end,
