@@ -21,3 +21,21 @@ scripts/build-assets.sh --check
 
 echo "==> pages (/ and /demo) in headless Chromium"
 (cd tests/browser && npm ci --no-audit --no-fund && npm test)
+
+echo "==> rollcall-load smoke: 10 s against a real server (no speed thresholds)"
+cargo build --locked -p rollcall-benches --bin rollcall-load
+smoke_dir="$(mktemp -d)"
+"$ROLLCALL_BIN" serve --listen 127.0.0.1:0 --data "$smoke_dir/data" --log warn >"$smoke_dir/out" 2>&1 &
+smoke_pid=$!
+trap 'kill "$smoke_pid" 2>/dev/null || true; rm -rf "$smoke_dir"' EXIT
+for _ in $(seq 1 600); do
+  grep -q "rollcall listening on" "$smoke_dir/out" 2>/dev/null && break
+  sleep 0.05
+done
+smoke_addr=$(sed -n 's#^rollcall listening on http://##p' "$smoke_dir/out" | head -n 1)
+[ -n "$smoke_addr" ] || { cat "$smoke_dir/out"; echo "the server did not start" >&2; exit 1; }
+until curl -sf "http://$smoke_addr/healthz" >/dev/null; do sleep 0.05; done
+target/debug/rollcall-load --url "ws://$smoke_addr/ws" --server-pid "$smoke_pid" \
+  --clients 50 --room-size 10 --rate 10 --duration 10s --warmup 1s --json "$smoke_dir/summary.json"
+# It must have measured something; how fast is for benches/compare.sh.
+python3 -c "import json,sys; d=json.load(open('$smoke_dir/summary.json')); sys.exit(0 if d['deliveries_per_s'] > 0 and d['connect_failures'] == 0 else 'no deliveries measured')"

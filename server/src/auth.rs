@@ -117,22 +117,9 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 impl Auth {
     /// HS256 with the secret in `path` (surrounding whitespace is ignored).
     pub fn from_secret_file(path: &Path) -> Result<Auth> {
-        let secret = std::fs::read(path).map_err(|e| {
-            Error::Config(format!(
-                "cannot read the auth secret {}: {e}",
-                path.display()
-            ))
-        })?;
-        let secret = secret.trim_ascii();
-        if secret.len() < 32 {
-            return Err(Error::Config(format!(
-                "the auth secret in {} is {} bytes; use at least 32 random bytes",
-                path.display(),
-                secret.len()
-            )));
-        }
+        let secret = crate::config::read_secret_file(path, "auth secret")?;
         Ok(Auth::with(
-            DecodingKey::from_secret(secret),
+            DecodingKey::from_secret(&secret),
             Algorithm::HS256,
         ))
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use rollcall_engine::UnixMs;
 
 use crate::auth::{self, Auth, Claims, RoomClaims};
-use crate::config::{CorruptDataPolicy, ServerConfig};
+use crate::config::{ClusterConfig, CorruptDataPolicy, ServerConfig};
 use crate::limits::Limits;
 use crate::listener::ConnectionLimits;
 
@@ -234,6 +234,27 @@ pub struct ServeArgs {
     #[arg(long, env = "ROLLCALL_ON_CORRUPT_DATA", value_enum, default_value_t = CorruptDataArg::Fail)]
     pub on_corrupt_data: CorruptDataArg,
 
+    /// Join a cluster through this NATS server, e.g. nats://127.0.0.1:4222. Without
+    /// it the server runs alone.
+    #[arg(long, env = "ROLLCALL_NATS", requires = "node_id")]
+    pub nats: Option<String>,
+
+    /// This node's id in the cluster, 1 to 8191, unique per node: it prefixes the
+    /// node's client ids.
+    #[arg(long, env = "ROLLCALL_NODE_ID", value_parser = clap::value_parser!(u16).range(1..=8191))]
+    pub node_id: Option<u16>,
+
+    /// Milliseconds a node waits for the other nodes' entries of a room before it
+    /// sends that room's first snapshot.
+    #[arg(long, env = "ROLLCALL_CLUSTER_SYNC_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub cluster_sync_ms: u64,
+
+    /// Resume tokens are signed with this secret (a file of at least 32 random bytes)
+    /// instead of one kept in the data directory: give every node of a cluster the
+    /// same file and a client resumes on any node.
+    #[arg(long, env = "ROLLCALL_RESUME_SECRET_FILE")]
+    pub resume_secret_file: Option<PathBuf>,
+
     /// Log filter, e.g. `info` or `rollcall_server=debug`.
     #[arg(long, env = "ROLLCALL_LOG", default_value = "info")]
     pub log: String,
@@ -337,7 +358,16 @@ impl ServeArgs {
                 CorruptDataArg::Fail => CorruptDataPolicy::Fail,
                 CorruptDataArg::MoveAside => CorruptDataPolicy::MoveAside,
             },
-            node_id: 0,
+            node_id: self.node_id.unwrap_or(0),
+            cluster: self.nats.as_ref().map(|url| ClusterConfig {
+                nats_url: url.clone(),
+                sync_timeout: Duration::from_millis(self.cluster_sync_ms),
+            }),
+            resume_secret: self
+                .resume_secret_file
+                .as_deref()
+                .map(|path| crate::config::read_secret_file(path, "resume secret"))
+                .transpose()?,
         })
     }
 }

@@ -49,6 +49,21 @@ pub struct ServerConfig {
     pub on_corrupt_data: CorruptDataPolicy,
     /// This node's id (0 when running alone); it prefixes client ids.
     pub node_id: u16,
+    /// Cluster mode: the NATS bus to the other nodes. `None` runs alone.
+    pub cluster: Option<ClusterConfig>,
+    /// Signs resume tokens instead of the data directory's own secret (cluster nodes
+    /// share one, so a client resumes on any node).
+    pub resume_secret: Option<Vec<u8>>,
+}
+
+/// How a node reaches the other nodes of its cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// The NATS server, e.g. `nats://127.0.0.1:4222`.
+    pub nats_url: String,
+    /// How long a node gathers the other nodes' entries of a room before sending the
+    /// room's first snapshot.
+    pub sync_timeout: Duration,
 }
 
 /// What to do when the data directory cannot be opened (sled refuses it, or a record
@@ -83,6 +98,25 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             on_corrupt_data: CorruptDataPolicy::Fail,
             node_id: 0,
+            cluster: None,
+            resume_secret: None,
         }
     }
+}
+
+/// Reads a secret of at least 32 bytes from `path` (surrounding whitespace is ignored,
+/// so a base64 or hex line works); `what` names it in errors.
+pub fn read_secret_file(path: &std::path::Path, what: &str) -> crate::Result<Vec<u8>> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        crate::Error::Config(format!("cannot read the {what} {}: {e}", path.display()))
+    })?;
+    let secret = bytes.trim_ascii();
+    if secret.len() < 32 {
+        return Err(crate::Error::Config(format!(
+            "the {what} in {} is {} bytes; use at least 32 random bytes",
+            path.display(),
+            secret.len()
+        )));
+    }
+    Ok(secret.to_vec())
 }

@@ -44,6 +44,7 @@ struct StateInner {
     shutdown: Shutdown,
     sessions: TaskTracker,
     prometheus: PrometheusHandle,
+    cluster: OnceLock<Arc<crate::cluster::Status>>,
 }
 
 impl AppState {
@@ -61,8 +62,14 @@ impl AppState {
                 shutdown,
                 sessions,
                 prometheus,
+                cluster: OnceLock::new(),
             }),
         }
+    }
+
+    /// Cluster mode: `/healthz` reports the NATS connection.
+    pub fn set_cluster(&self, status: Arc<crate::cluster::Status>) {
+        let _ = self.inner.cluster.set(status);
     }
 
     /// Marks the server ready.
@@ -212,7 +219,18 @@ async fn healthz(State(state): State<AppState>) -> Response {
                 r#"{"status":"log stalled"}"#.into(),
             );
         }
-        json(StatusCode::OK, r#"{"status":"ok"}"#.into())
+        // Without NATS the node still serves its own clients: healthy, and it says so.
+        match state.inner.cluster.get() {
+            Some(cluster) if cluster.connected() => json(
+                StatusCode::OK,
+                r#"{"status":"ok","cluster":"connected"}"#.into(),
+            ),
+            Some(_) => json(
+                StatusCode::OK,
+                r#"{"status":"ok","cluster":"disconnected"}"#.into(),
+            ),
+            None => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+        }
     } else {
         json(
             StatusCode::SERVICE_UNAVAILABLE,

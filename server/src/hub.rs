@@ -11,10 +11,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use hashbrown::HashMap;
 use rollcall_engine::{
-    Change, ClientId, Durability, Engine, Heartbeat, Leave, Ticket, Ttl, UnixMs,
+    Change, ChangeKind, ClientId, Durability, Engine, Entry, Event, Heartbeat, Leave, Ticket, Ttl,
+    UnixMs,
 };
 use tokio::sync::{Notify, watch};
 
+use crate::cluster::{Links, Outgoing, RemoteChange, RemoteKind, RoomCommand, SyncReply};
 use crate::error::Result;
 use crate::fanout::{Feed, Outbox, Subscription};
 use crate::identity::Identity;
@@ -27,6 +29,72 @@ use crate::protocol::{self, ErrorCode, Rejection};
 struct RoomFeed {
     feed: Arc<Feed>,
     subscriptions: Vec<Arc<Subscription>>,
+    /// Cluster mode, until the room's first sync is done: the subscriptions waiting
+    /// for their snapshot, with their outbox and the reference to acknowledge. Nothing
+    /// is published on the feed meanwhile (nobody has a snapshot yet).
+    waiting: Option<Vec<Waiting>>,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    subscription: Arc<Subscription>,
+    outbox: Arc<Outbox>,
+    reference: Option<u64>,
+}
+
+/// Cluster mode: who owns the remote entries of a followed room.
+#[derive(Debug, Default)]
+struct RemoteRoom {
+    generation: u64,
+    /// Entries of other nodes: which node, and the sequence number of the message
+    /// that last set them. Every other entry of the room is this node's own.
+    origins: HashMap<ClientId, Origin>,
+    /// While a sync is under way: removals seen since it started, so a reply taken
+    /// before a removal cannot bring the entry back.
+    tombstones: Option<HashMap<ClientId, Origin>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Origin {
+    node: u16,
+    seq: u64,
+}
+
+/// Cluster mode: this node's side of the bus.
+#[derive(Debug)]
+struct Cluster {
+    node: u16,
+    links: Links,
+    /// The last sequence number used. Starts from the clock, so it keeps growing
+    /// across restarts.
+    seq: u64,
+    rooms: HashMap<Arc<str>, RemoteRoom, RandomState>,
+    next_generation: u64,
+}
+
+impl Cluster {
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    fn is_remote(&self, room: &str, client: ClientId) -> bool {
+        self.rooms
+            .get(room)
+            .is_some_and(|r| r.origins.contains_key(&client))
+    }
+
+    /// Queues a change of an owned entry for the other nodes.
+    fn publish(&mut self, change: &Change, metrics: &Metrics) {
+        let seq = self.next_seq();
+        let outgoing = Outgoing {
+            seq,
+            change: change.clone(),
+        };
+        if self.links.changes.try_send(outgoing).is_err() {
+            metrics.cluster_dropped.increment(1);
+        }
+    }
 }
 
 /// Rooms with subscribers. Room names come from clients, so the map uses a keyed
@@ -47,6 +115,7 @@ struct Inner {
     sessions: HashMap<ClientId, Session>,
     next_connection: u64,
     scratch: Vec<Change>,
+    cluster: Option<Cluster>,
 }
 
 /// What a new session gets.
@@ -85,15 +154,17 @@ pub struct RoomsPage {
 }
 
 impl Hub {
-    /// Wraps an opened engine. `durable` follows the engine's durable watermark.
+    /// Wraps an opened engine. `durable` follows the engine's durable watermark;
+    /// `resume_secret` (shared by a cluster's nodes) signs resume tokens if given.
     pub fn new(
         mut engine: Engine,
         node: u16,
+        resume_secret: Option<&[u8]>,
         limits: Limits,
         durable: watch::Receiver<Ticket>,
         metrics: Metrics,
     ) -> Result<Hub> {
-        let identity = Identity::load(&mut engine, node)?;
+        let identity = Identity::load(&mut engine, node, resume_secret)?;
         let durability = engine.durability();
         Ok(Hub {
             inner: Mutex::new(Inner {
@@ -103,6 +174,7 @@ impl Hub {
                 sessions: HashMap::new(),
                 next_connection: 1,
                 scratch: Vec::new(),
+                cluster: None,
             }),
             limits,
             durability,
@@ -182,7 +254,7 @@ impl Hub {
     pub fn depart(&self, client: ClientId, connection: u64, subscriptions: &[Arc<Subscription>]) {
         let mut inner = self.lock();
         for subscription in subscriptions {
-            remove_subscriber(&mut inner.subscribers, subscription);
+            inner.remove_subscriber(subscription);
         }
         if inner
             .sessions
@@ -202,25 +274,46 @@ impl Hub {
         identity.allocate(engine)
     }
 
-    /// Subscribes `outbox` to `room` and queues the room's snapshot. Pass an existing
-    /// subscription to re-send the snapshot.
+    /// Subscribes `outbox` to `room`, queues the room's snapshot and then the ack of
+    /// `reference`. Pass an existing subscription to re-send the snapshot. In cluster
+    /// mode a room's first subscribers get their snapshot (and ack) once the other
+    /// nodes' entries are in.
     pub fn subscribe(
         &self,
         room: &Arc<str>,
         outbox: &Arc<Outbox>,
         existing: Option<&Arc<Subscription>>,
+        reference: Option<u64>,
     ) -> Arc<Subscription> {
         let now = UnixMs::now();
-        let mut inner = self.lock();
-        let snapshot =
-            protocol::snapshot(room, now, inner.engine.materializer().entries(room, now));
-        let room_feed = inner
-            .subscribers
-            .entry(room.clone())
-            .or_insert_with(|| RoomFeed {
-                feed: Feed::new(),
-                subscriptions: Vec::new(),
-            });
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let room_feed = match inner.subscribers.entry(room.clone()) {
+            hashbrown::hash_map::Entry::Occupied(occupied) => occupied.into_mut(),
+            hashbrown::hash_map::Entry::Vacant(vacant) => {
+                let waiting = inner.cluster.as_mut().map(|cluster| {
+                    cluster.next_generation += 1;
+                    let generation = cluster.next_generation;
+                    cluster.rooms.insert(
+                        room.clone(),
+                        RemoteRoom {
+                            generation,
+                            ..RemoteRoom::default()
+                        },
+                    );
+                    let _ = cluster.links.rooms.send(RoomCommand::Join {
+                        room: room.clone(),
+                        generation,
+                    });
+                    Vec::new()
+                });
+                vacant.insert(RoomFeed {
+                    feed: Feed::new(),
+                    subscriptions: Vec::new(),
+                    waiting,
+                })
+            }
+        };
         let subscription = match existing {
             Some(subscription) => subscription.clone(),
             None => {
@@ -229,8 +322,21 @@ impl Hub {
                 subscription
             }
         };
+        if let Some(waiting) = &mut room_feed.waiting {
+            waiting.push(Waiting {
+                subscription: subscription.clone(),
+                outbox: outbox.clone(),
+                reference,
+            });
+            return subscription;
+        }
+        let snapshot =
+            protocol::snapshot(room, now, inner.engine.materializer().entries(room, now));
         // Under the hub lock: nothing is published between the snapshot and the head.
         subscription.reset(snapshot, room_feed.feed.head());
+        if let Some(reference) = reference {
+            outbox.push_control(protocol::ack(reference, None));
+        }
         subscription
     }
 
@@ -249,7 +355,7 @@ impl Hub {
     /// Stops a subscription.
     pub fn unsubscribe(&self, outbox: &Outbox, subscription: &Arc<Subscription>) {
         let mut inner = self.lock();
-        remove_subscriber(&mut inner.subscribers, subscription);
+        inner.remove_subscriber(subscription);
         drop(inner);
         outbox.unsubscribe(subscription);
     }
@@ -293,6 +399,13 @@ impl Hub {
         self.metrics.heartbeats.increment(1);
         let room_len = inner.engine.materializer().room_len(&change.room);
         fan_out(&inner.subscribers, &change, room_len, &self.metrics);
+        if let Some(cluster) = &mut inner.cluster {
+            // The entry is this node's now, even if it was another node's before.
+            if let Some(remote) = cluster.rooms.get_mut(room) {
+                remote.origins.remove(&client);
+            }
+            cluster.publish(&change, &self.metrics);
+        }
         Ok((expires_at, ticket))
     }
 
@@ -307,6 +420,12 @@ impl Hub {
         self.metrics.leaves.increment(1);
         let room_len = inner.engine.materializer().room_len(&change.room);
         fan_out(&inner.subscribers, &change, room_len, &self.metrics);
+        if let Some(cluster) = &mut inner.cluster {
+            if let Some(remote) = cluster.rooms.get_mut(room) {
+                remote.origins.remove(&client);
+            }
+            cluster.publish(&change, &self.metrics);
+        }
         Some(ticket)
     }
 
@@ -325,6 +444,7 @@ impl Hub {
             engine,
             subscribers,
             scratch,
+            cluster,
             ..
         } = &mut *inner;
         scratch.clear();
@@ -332,6 +452,16 @@ impl Hub {
         for change in scratch.drain(..) {
             let room_len = engine.materializer().room_len(&change.room);
             fan_out(subscribers, &change, room_len, &self.metrics);
+            if let Some(cluster) = cluster {
+                // Another node's entry expires here by its own TTL, like everywhere.
+                let remote = cluster
+                    .rooms
+                    .get_mut(&*change.room)
+                    .and_then(|r| r.origins.remove(&change.entry.client));
+                if remote.is_none() {
+                    cluster.publish(&change, &self.metrics);
+                }
+            }
         }
         self.metrics.expirations.increment(expired as u64);
         expired
@@ -374,6 +504,10 @@ impl Hub {
         self.metrics
             .log_failing
             .set(if inner.engine.log_failing() { 1.0 } else { 0.0 });
+        if let Some(cluster) = &inner.cluster {
+            let remote: usize = cluster.rooms.values().map(|r| r.origins.len()).sum();
+            self.metrics.cluster_remote_entries.set(remote as f64);
+        }
     }
 
     /// How long the log writer has been stuck in one storage call.
@@ -414,12 +548,335 @@ impl std::fmt::Debug for Hub {
     }
 }
 
-fn remove_subscriber(subscribers: &mut Subscribers, subscription: &Arc<Subscription>) {
-    if let Some(room) = subscribers.get_mut(&*subscription.room) {
+impl Inner {
+    fn remove_subscriber(&mut self, subscription: &Arc<Subscription>) {
+        let Some(room) = self.subscribers.get_mut(&*subscription.room) else {
+            return;
+        };
         room.subscriptions.retain(|s| !Arc::ptr_eq(s, subscription));
-        if room.subscriptions.is_empty() {
-            subscribers.remove(&*subscription.room);
+        if let Some(waiting) = &mut room.waiting {
+            waiting.retain(|w| !Arc::ptr_eq(&w.subscription, subscription));
         }
+        if !room.subscriptions.is_empty() {
+            return;
+        }
+        let (name, _) = self
+            .subscribers
+            .remove_entry(&*subscription.room)
+            .expect("the room was just found");
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        // Nobody here follows the room any more: forget the other nodes' entries.
+        if let Some(remote) = cluster.rooms.remove(&name) {
+            for client in remote.origins.keys() {
+                self.engine.fold_unlogged(&Event::Leave(Leave {
+                    room: name.clone(),
+                    client: *client,
+                    at: UnixMs::now(),
+                }));
+            }
+        }
+        let _ = cluster.links.rooms.send(RoomCommand::Part { room: name });
+    }
+
+    /// Folds another node's upsert of `entry`, unless what this node holds is newer.
+    fn upsert_remote(
+        &mut self,
+        room: &Arc<str>,
+        origin: Origin,
+        entry: Entry,
+        now: UnixMs,
+    ) -> Option<Change> {
+        if entry.expires_at < now {
+            return None;
+        }
+        let cluster = self.cluster.as_mut()?;
+        let remote = cluster.rooms.get_mut(room)?;
+        let stale = |seen: Option<&Origin>| {
+            seen.is_some_and(|seen| seen.node == origin.node && seen.seq > origin.seq)
+        };
+        if stale(remote.origins.get(&entry.client))
+            || stale(
+                remote
+                    .tombstones
+                    .as_ref()
+                    .and_then(|t| t.get(&entry.client)),
+            )
+        {
+            return None;
+        }
+        if !remote.origins.contains_key(&entry.client) {
+            if let Some(own) = self.engine.materializer().get(room, entry.client, now) {
+                // The client moved to another node. Keep the later of the two; drop
+                // ours from the log so a restart does not bring it back.
+                if own.expires_at > entry.expires_at {
+                    return None;
+                }
+                self.engine.leave(Leave {
+                    room: room.clone(),
+                    client: entry.client,
+                    at: now,
+                });
+            }
+        }
+        remote.origins.insert(entry.client, origin);
+        // `at + ttl` is the owner's expiry, to the millisecond.
+        self.engine.fold_unlogged(&Event::Heartbeat(Heartbeat {
+            room: room.clone(),
+            client: entry.client,
+            user: entry.user,
+            data: entry.data,
+            ttl: Ttl(0),
+            at: entry.expires_at,
+        }))
+    }
+
+    /// Removes another node's entry (kind `Leave` or `Expire`).
+    fn remove_remote(
+        &mut self,
+        room: &Arc<str>,
+        origin: Origin,
+        client: ClientId,
+        kind: ChangeKind,
+        now: UnixMs,
+    ) -> Option<Change> {
+        let cluster = self.cluster.as_mut()?;
+        let remote = cluster.rooms.get_mut(room)?;
+        if let Some(tombstones) = &mut remote.tombstones {
+            tombstones.insert(client, origin);
+        }
+        match remote.origins.get(&client) {
+            Some(seen) if seen.node != origin.node || seen.seq > origin.seq => return None,
+            Some(_) => {
+                remote.origins.remove(&client);
+            }
+            // A leave for an entry this node holds as its own: the client left through
+            // another node before this one saw it move. It is gone everywhere.
+            None if kind == ChangeKind::Leave => {
+                self.engine.materializer().get(room, client, now)?;
+                let (change, _) = self.engine.leave(Leave {
+                    room: room.clone(),
+                    client,
+                    at: now,
+                })?;
+                return Some(change);
+            }
+            None => return None,
+        }
+        let mut change = self.engine.fold_unlogged(&Event::Leave(Leave {
+            room: room.clone(),
+            client,
+            at: now,
+        }))?;
+        change.kind = kind;
+        Some(change)
+    }
+
+    fn fan_out(&self, change: &Change, metrics: &Metrics) {
+        let room_len = self.engine.materializer().room_len(&change.room);
+        fan_out(&self.subscribers, change, room_len, metrics);
+    }
+}
+
+/// Cluster mode.
+impl Hub {
+    /// Turns cluster mode on: changes of this node's entries go out through `links`.
+    pub fn enable_cluster(&self, node: u16, links: Links) {
+        self.lock().cluster = Some(Cluster {
+            node,
+            links,
+            seq: UnixMs::now().0.saturating_mul(1_000_000),
+            rooms: HashMap::default(),
+            next_generation: 0,
+        });
+    }
+
+    /// Folds a change another node published in `room`.
+    pub fn apply_remote(&self, room: &Arc<str>, generation: u64, payload: &[u8], now: UnixMs) {
+        let Some(remote) = crate::cluster::decode_change(payload) else {
+            tracing::debug!(%room, "cluster: ignored a malformed change");
+            return;
+        };
+        self.metrics.cluster_received.increment(1);
+        let mut inner = self.lock();
+        let Some(cluster) = &inner.cluster else {
+            return;
+        };
+        if remote.node == cluster.node
+            || cluster
+                .rooms
+                .get(room)
+                .is_none_or(|r| r.generation != generation)
+        {
+            return;
+        }
+        let RemoteChange {
+            node,
+            seq,
+            client,
+            kind,
+        } = remote;
+        let origin = Origin { node, seq };
+        let change = match kind {
+            RemoteKind::Upsert(entry) => inner.upsert_remote(room, origin, entry, now),
+            RemoteKind::Leave => inner.remove_remote(room, origin, client, ChangeKind::Leave, now),
+            RemoteKind::Expire => {
+                inner.remove_remote(room, origin, client, ChangeKind::Expire, now)
+            }
+        };
+        if let Some(change) = change {
+            inner.fan_out(&change, &self.metrics);
+        }
+    }
+
+    /// A sync of `room` begins: removals are remembered until it ends.
+    pub fn sync_started(&self, room: &str, generation: u64) {
+        let mut inner = self.lock();
+        if let Some(remote) = inner
+            .cluster
+            .as_mut()
+            .and_then(|c| c.rooms.get_mut(room))
+            .filter(|r| r.generation == generation)
+        {
+            remote.tombstones = Some(HashMap::new());
+        }
+    }
+
+    /// Folds the other nodes' answers to a sync of `room`. Entries a node no longer
+    /// lists are removed. After the room's first sync, its subscribers get their
+    /// snapshots.
+    pub fn sync_finished(
+        &self,
+        room: &Arc<str>,
+        generation: u64,
+        replies: Vec<SyncReply>,
+        first: bool,
+        now: UnixMs,
+    ) {
+        let mut inner = self.lock();
+        let Some(cluster) = &inner.cluster else {
+            return;
+        };
+        let me = cluster.node;
+        if cluster
+            .rooms
+            .get(room)
+            .is_none_or(|r| r.generation != generation)
+        {
+            return;
+        }
+        for reply in replies {
+            if reply.node == me {
+                continue;
+            }
+            let origin = Origin {
+                node: reply.node,
+                seq: reply.seq,
+            };
+            let mut listed = hashbrown::HashSet::with_capacity(reply.entries.len());
+            for entry in reply.entries {
+                listed.insert(entry.client);
+                if let Some(change) = inner.upsert_remote(room, origin, entry, now) {
+                    inner.fan_out(&change, &self.metrics);
+                }
+            }
+            let gone: Vec<ClientId> = inner
+                .cluster
+                .as_ref()
+                .and_then(|c| c.rooms.get(room))
+                .map(|r| {
+                    r.origins
+                        .iter()
+                        .filter(|(client, seen)| {
+                            seen.node == origin.node
+                                && seen.seq <= origin.seq
+                                && !listed.contains(*client)
+                        })
+                        .map(|(client, _)| *client)
+                        .collect()
+                })
+                .unwrap_or_default();
+            for client in gone {
+                if let Some(change) =
+                    inner.remove_remote(room, origin, client, ChangeKind::Leave, now)
+                {
+                    inner.fan_out(&change, &self.metrics);
+                }
+            }
+        }
+        if let Some(remote) = inner.cluster.as_mut().and_then(|c| c.rooms.get_mut(room)) {
+            remote.tombstones = None;
+        }
+        if !first {
+            return;
+        }
+        let Inner {
+            engine,
+            subscribers,
+            ..
+        } = &mut *inner;
+        let Some(room_feed) = subscribers.get_mut(room) else {
+            return;
+        };
+        for waiting in room_feed.waiting.take().unwrap_or_default() {
+            let snapshot = protocol::snapshot(room, now, engine.materializer().entries(room, now));
+            waiting.subscription.reset(snapshot, room_feed.feed.head());
+            if let Some(reference) = waiting.reference {
+                waiting.outbox.push_control(protocol::ack(reference, None));
+            }
+        }
+    }
+
+    /// This node's own live entries of `room` as a JSON array, and the last sequence
+    /// number it used: the answer to a sync request.
+    pub fn owned_entries(&self, room: &str, now: UnixMs) -> (u64, String) {
+        let inner = self.lock();
+        let Some(cluster) = &inner.cluster else {
+            return (0, "[]".into());
+        };
+        let entries = protocol::entries_json(
+            inner
+                .engine
+                .materializer()
+                .entries(room, now)
+                .filter(|e| !cluster.is_remote(room, e.client)),
+        );
+        (cluster.seq, entries)
+    }
+
+    /// Every live entry this node owns, as upserts with fresh sequence numbers.
+    pub fn owned_live(&self, now: UnixMs) -> Vec<Outgoing> {
+        let mut inner = self.lock();
+        let Inner {
+            engine, cluster, ..
+        } = &mut *inner;
+        let Some(cluster) = cluster else {
+            return Vec::new();
+        };
+        let materializer = engine.materializer();
+        let rooms: Vec<Arc<str>> = materializer
+            .rooms(now)
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut owned = Vec::new();
+        for room in rooms {
+            for entry in materializer.entries(&room, now) {
+                if cluster.is_remote(&room, entry.client) {
+                    continue;
+                }
+                let seq = cluster.next_seq();
+                owned.push(Outgoing {
+                    seq,
+                    change: Change {
+                        room: room.clone(),
+                        kind: ChangeKind::Update,
+                        entry: entry.clone(),
+                    },
+                });
+            }
+        }
+        owned
     }
 }
 
@@ -428,10 +885,182 @@ fn fan_out(subscribers: &Subscribers, change: &Change, room_len: usize, metrics:
     let Some(room) = subscribers.get(&*change.room) else {
         return;
     };
+    if room.waiting.is_some() {
+        // Its subscribers get the state after the sync, in their snapshots.
+        return;
+    }
     let fragment: Arc<str> = protocol::change_fragment(change).into();
     room.feed
         .publish(change.entry.client, fragment, &room.subscriptions, room_len);
     metrics
         .fanout_changes
         .increment(room.subscriptions.len() as u64);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use rollcall_engine::Engine;
+
+    use super::*;
+    use crate::cluster::{self, encode_change};
+    use crate::fanout::Drained;
+
+    const ROOM: &str = "room";
+    const NOW: UnixMs = UnixMs(1_000_000);
+
+    fn clustered() -> (Hub, tokio::sync::mpsc::Receiver<Outgoing>) {
+        let (_, durable) = watch::channel(Ticket(0));
+        let hub = Hub::new(
+            Engine::memory(),
+            1,
+            None,
+            Limits::default(),
+            durable,
+            Metrics::new(),
+        )
+        .unwrap();
+        let (links, changes, rooms) = cluster::links();
+        // Joins and parts are not followed here: the tests play the cluster task.
+        drop(rooms);
+        hub.enable_cluster(1, links);
+        (hub, changes)
+    }
+
+    fn frames(outbox: &Outbox) -> Vec<String> {
+        let mut out = Drained::default();
+        outbox.drain(Ticket(u64::MAX), NOW, Instant::now(), &mut out);
+        out.frames
+    }
+
+    fn remote(node: u16, seq: u64, client: u64, kind: ChangeKind) -> Vec<u8> {
+        let change = Change {
+            room: ROOM.into(),
+            kind,
+            entry: Entry {
+                client: ClientId(client),
+                user: None,
+                data: Bytes::from_static(b"{}"),
+                expires_at: UnixMs(NOW.0 + 60_000),
+            },
+        };
+        encode_change(node, seq, &change).to_vec()
+    }
+
+    fn clients(hub: &Hub) -> Vec<u64> {
+        let inner = hub.lock();
+        let mut ids: Vec<u64> = inner
+            .engine
+            .materializer()
+            .entries(ROOM, NOW)
+            .map(|e| e.client.0)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[test]
+    fn the_first_snapshot_waits_for_the_sync_and_the_ack_follows_it() {
+        let (hub, _changes) = clustered();
+        let room: Arc<str> = ROOM.into();
+        let outbox = Arc::new(Outbox::new());
+        hub.subscribe(&room, &outbox, None, Some(7));
+        assert!(frames(&outbox).is_empty(), "no snapshot before the sync");
+        let reply = SyncReply {
+            node: 2,
+            seq: 5,
+            entries: vec![Entry {
+                client: ClientId(9),
+                user: None,
+                data: Bytes::from_static(b"1"),
+                expires_at: UnixMs(NOW.0 + 1_000),
+            }],
+        };
+        hub.sync_finished(&room, 1, vec![reply], true, NOW);
+        let sent = frames(&outbox);
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert!(
+            sent[0].starts_with("{\"type\":\"snapshot\"") && sent[0].contains("\"clientId\":9")
+        );
+        assert!(sent[1].contains("\"ref\":7"), "{sent:?}");
+    }
+
+    #[test]
+    fn old_messages_never_undo_newer_ones() {
+        let (hub, _changes) = clustered();
+        let room: Arc<str> = ROOM.into();
+        let outbox = Arc::new(Outbox::new());
+        hub.subscribe(&room, &outbox, None, None);
+        hub.sync_started(&room, 1);
+        // During the sync: client 5 arrives (seq 10) and client 6 leaves (seq 12).
+        hub.apply_remote(&room, 1, &remote(2, 10, 5, ChangeKind::Insert), NOW);
+        hub.apply_remote(&room, 1, &remote(2, 11, 6, ChangeKind::Insert), NOW);
+        hub.apply_remote(&room, 1, &remote(2, 12, 6, ChangeKind::Leave), NOW);
+        // A reply taken at seq 9 lists 6 but not 5: neither may change.
+        let entry = |client| Entry {
+            client: ClientId(client),
+            user: None,
+            data: Bytes::from_static(b"0"),
+            expires_at: UnixMs(NOW.0 + 60_000),
+        };
+        let reply = SyncReply {
+            node: 2,
+            seq: 9,
+            entries: vec![entry(6)],
+        };
+        hub.sync_finished(&room, 1, vec![reply], true, NOW);
+        assert_eq!(clients(&hub), vec![5]);
+        // A late, older upsert of 5 and a stale leave do nothing.
+        hub.apply_remote(&room, 1, &remote(2, 8, 5, ChangeKind::Leave), NOW);
+        assert_eq!(clients(&hub), vec![5]);
+        // A newer reply that no longer lists 5 removes it.
+        hub.sync_started(&room, 1);
+        hub.sync_finished(
+            &room,
+            1,
+            vec![SyncReply {
+                node: 2,
+                seq: 20,
+                entries: vec![],
+            }],
+            false,
+            NOW,
+        );
+        assert!(clients(&hub).is_empty());
+        // Messages of an earlier following of the room are ignored.
+        hub.apply_remote(&room, 0, &remote(2, 30, 5, ChangeKind::Insert), NOW);
+        assert!(clients(&hub).is_empty());
+    }
+
+    #[test]
+    fn own_changes_are_published_remote_ones_are_not() {
+        let (hub, mut changes) = clustered();
+        let room: Arc<str> = ROOM.into();
+        let outbox = Arc::new(Outbox::new());
+        hub.subscribe(&room, &outbox, None, None);
+        hub.sync_finished(&room, 1, Vec::new(), true, NOW);
+        hub.apply_remote(&room, 1, &remote(2, 10, 5, ChangeKind::Insert), NOW);
+        let own = ClientId(1 << 40 | 1);
+        hub.heartbeat(&room, own, None, Bytes::from_static(b"2"), Ttl(60_000))
+            .unwrap();
+        let published = changes.try_recv().unwrap();
+        assert_eq!(published.change.entry.client, own);
+        assert!(
+            changes.try_recv().is_err(),
+            "a remote entry was republished"
+        );
+        // Both expire here by their TTL; only the own expiry goes out.
+        hub.sweep(UnixMs(u64::MAX));
+        let expired = changes.try_recv().unwrap();
+        assert_eq!(expired.change.kind, ChangeKind::Expire);
+        assert_eq!(expired.change.entry.client, own);
+        assert!(expired.seq > published.seq);
+        assert!(changes.try_recv().is_err());
+        // The last subscriber leaving forgets the other nodes' entries.
+        hub.apply_remote(&room, 1, &remote(2, 11, 5, ChangeKind::Insert), NOW);
+        let subscription = hub.lock().subscribers[ROOM].subscriptions[0].clone();
+        hub.unsubscribe(&outbox, &subscription);
+        assert!(clients(&hub).is_empty());
+    }
 }

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use rollcall_engine::{ClientId, Engine};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
@@ -35,8 +35,10 @@ pub struct Identity {
 
 impl Identity {
     /// Loads (or creates) the secret and the id counter of node `node` (0 when alone).
-    pub fn load(engine: &mut Engine, node: u16) -> Result<Identity> {
-        let secret = match engine.meta_get(SECRET_KEY)? {
+    /// A `shared` secret (every node of a cluster has the same) signs tokens instead
+    /// of the directory's own, which is still created: it marks the directory as used.
+    pub fn load(engine: &mut Engine, node: u16, shared: Option<&[u8]>) -> Result<Identity> {
+        let own = match engine.meta_get(SECRET_KEY)? {
             Some(bytes) if bytes.len() == 32 => {
                 let mut secret = [0; 32];
                 secret.copy_from_slice(&bytes);
@@ -49,6 +51,11 @@ impl Identity {
                 secret
             }
         };
+        let secret = shared.map_or(own, |shared| {
+            let mut secret = [0; 32];
+            secret.copy_from_slice(&Sha256::digest(shared));
+            secret
+        });
         let next = match engine.meta_get(NEXT_ID_KEY)? {
             Some(bytes) if bytes.len() == 8 => {
                 u64::from_be_bytes(bytes.try_into().unwrap_or([0; 8])).max(1)
@@ -138,7 +145,7 @@ mod tests {
     #[test]
     fn tokens_verify_only_for_their_user() {
         let mut engine = Engine::memory();
-        let mut identity = Identity::load(&mut engine, 0).unwrap();
+        let mut identity = Identity::load(&mut engine, 0, None).unwrap();
         let a = identity.allocate(&mut engine).unwrap();
         let b = identity.allocate(&mut engine).unwrap();
         assert_ne!(a, b);
@@ -168,13 +175,13 @@ mod tests {
     fn ids_and_secret_survive_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let (mut engine, _) = Engine::open(Config::new(dir.path())).unwrap();
-        let mut identity = Identity::load(&mut engine, 0).unwrap();
+        let mut identity = Identity::load(&mut engine, 0, None).unwrap();
         let first = identity.allocate(&mut engine).unwrap();
         let token = identity.token(first, None);
         engine.close().unwrap();
 
         let (mut engine, _) = Engine::open(Config::new(dir.path())).unwrap();
-        let mut identity = Identity::load(&mut engine, 0).unwrap();
+        let mut identity = Identity::load(&mut engine, 0, None).unwrap();
         assert_eq!(identity.verify(&token, None), Some(first));
         let second = identity.allocate(&mut engine).unwrap();
         assert!(
@@ -187,9 +194,23 @@ mod tests {
     #[test]
     fn node_id_goes_in_the_high_bits() {
         let mut engine = Engine::memory();
-        let mut identity = Identity::load(&mut engine, 3).unwrap();
+        let mut identity = Identity::load(&mut engine, 3, None).unwrap();
         let id = identity.allocate(&mut engine).unwrap();
         assert_eq!(id.0 >> NODE_SHIFT, 3);
         assert!(id <= ClientId::MAX);
+    }
+
+    #[test]
+    fn a_shared_secret_lets_another_node_verify() {
+        let shared = b"a shared secret of at least thirty-two bytes";
+        let mut one = Engine::memory();
+        let mut two = Engine::memory();
+        let mut first = Identity::load(&mut one, 1, Some(shared)).unwrap();
+        let second = Identity::load(&mut two, 2, Some(shared)).unwrap();
+        let alone = Identity::load(&mut Engine::memory(), 2, None).unwrap();
+        let id = first.allocate(&mut one).unwrap();
+        let token = first.token(id, Some("ana"));
+        assert_eq!(second.verify(&token, Some("ana")), Some(id));
+        assert_eq!(alone.verify(&token, Some("ana")), None);
     }
 }

@@ -10,7 +10,8 @@
 //! - [`session`] runs one client: handshake, request loop, write loop;
 //! - [`hub`] holds the engine and the subscriptions; [`fanout`] the per-subscriber
 //!   conflating outboxes;
-//! - [`shutdown`] is the signal every task listens to.
+//! - [`shutdown`] is the signal every task listens to;
+//! - [`cluster`] links nodes through NATS when `--nats` is given.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), rollcall_server::Error> {
@@ -24,6 +25,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod error;

@@ -74,6 +74,17 @@ pub struct Metrics {
     pub replay_seconds: Gauge,
     /// Live entries after the last replay.
     pub replay_entries: Gauge,
+    /// Cluster mode: 1 while connected to NATS.
+    pub cluster_connected: Gauge,
+    /// Cluster mode: entries held for other nodes.
+    pub cluster_remote_entries: Gauge,
+    /// Cluster mode: changes of this node's entries published to the other nodes.
+    pub cluster_published: Counter,
+    /// Cluster mode: changes received from other nodes.
+    pub cluster_received: Counter,
+    /// Cluster mode: changes not published because the queue to NATS was full (the
+    /// other nodes catch up at the entry's next heartbeat or by TTL).
+    pub cluster_dropped: Counter,
 }
 
 impl Metrics {
@@ -95,6 +106,11 @@ impl Metrics {
             fanout_bytes: counter!("rollcall_fanout_bytes_total"),
             replay_seconds: gauge!("rollcall_replay_seconds"),
             replay_entries: gauge!("rollcall_replay_live_entries"),
+            cluster_connected: gauge!("rollcall_cluster_connected"),
+            cluster_remote_entries: gauge!("rollcall_cluster_remote_entries"),
+            cluster_published: counter!("rollcall_cluster_published_total"),
+            cluster_received: counter!("rollcall_cluster_received_total"),
+            cluster_dropped: counter!("rollcall_cluster_dropped_total"),
         }
     }
 

@@ -397,7 +397,7 @@ fn push_data(out: &mut String, data: &[u8]) {
 }
 
 /// `"clientId":7,"data":…,"expiresAtMs":…[,"userId":"…"]`
-fn push_entry_fields(out: &mut String, entry: &Entry) {
+pub fn push_entry_fields(out: &mut String, entry: &Entry) {
     let _ = write!(out, "\"clientId\":{},\"data\":", entry.client.0);
     push_data(out, &entry.data);
     let _ = write!(out, ",\"expiresAtMs\":{}", entry.expires_at.0);

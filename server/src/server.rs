@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster;
 use crate::config::{CorruptDataPolicy, ServerConfig};
 use crate::error::{Error, Result};
 use crate::http::{self, AppState};
@@ -74,6 +75,27 @@ pub async fn run(
             return Err(Error::Task(join.to_string()));
         }
     };
+    let cluster = match &config.cluster {
+        Some(cluster_config) => {
+            let (links, changes, rooms) = cluster::links();
+            hub.enable_cluster(config.node_id, links);
+            let status = Arc::new(cluster::Status::default());
+            state.set_cluster(status.clone());
+            Some(
+                cluster::start(
+                    hub.clone(),
+                    cluster_config,
+                    config.node_id,
+                    changes,
+                    rooms,
+                    status,
+                    trigger.subscribe(),
+                )
+                .await?,
+            )
+        }
+        None => None,
+    };
     state.set_hub(hub.clone());
     let sweeper = tokio::spawn(sweep(
         hub.clone(),
@@ -90,6 +112,9 @@ pub async fn run(
     trigger.fire();
     let _ = acceptor.await;
     let _ = sweeper.await;
+    if let Some(cluster) = cluster {
+        let _ = cluster.await;
+    }
 
     sessions.close();
     if tokio::time::timeout(config.drain_timeout, sessions.wait())
@@ -238,6 +263,7 @@ fn open(config: &ServerConfig, metrics: Metrics) -> Result<Hub> {
     Hub::new(
         engine,
         config.node_id,
+        config.resume_secret.as_deref(),
         config.limits.clone(),
         durable_rx,
         metrics,

@@ -355,11 +355,14 @@ impl Session {
                     .rooms
                     .get(&*name)
                     .and_then(|usage| usage.subscription.clone());
-                let subscription = self.hub.subscribe(&name, &self.outbox, existing.as_ref());
+                // The hub acks after the snapshot (which, in a cluster, may wait for
+                // the room's first sync).
+                let subscription =
+                    self.hub
+                        .subscribe(&name, &self.outbox, existing.as_ref(), reference);
                 if let Some(usage) = self.rooms.get_mut(&*name) {
                     usage.subscription = Some(subscription);
                 }
-                self.ack(reference, None, None);
                 Ok(())
             }
             Request::Unsubscribe { room, reference } => {

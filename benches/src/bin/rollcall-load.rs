@@ -45,8 +45,10 @@ enum Target {
 #[command(name = "rollcall-load", version, about)]
 struct Args {
     /// WebSocket URL (for y-websocket: the server's base URL; the room is appended).
+    /// Repeat it to spread clients over a cluster's nodes: client i uses URL i mod n,
+    /// so every room has members on every node.
     #[arg(long, default_value = "ws://127.0.0.1:7700/ws")]
-    url: String,
+    url: Vec<String>,
     /// The protocol to speak.
     #[arg(long, value_enum, default_value_t = Target::Rollcall)]
     target: Target,
@@ -78,9 +80,10 @@ struct Args {
     /// replaced by a new client (e.g. 0.005).
     #[arg(long, default_value_t = 0.0)]
     churn: f64,
-    /// Server process id: report its CPU and RSS from /proc.
+    /// Server process id: report its CPU and RSS from /proc (repeat it for a
+    /// cluster: the figures are the sums).
     #[arg(long)]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
     /// Local 127.0.0.x source addresses to spread connections over (0: one per 20,000
     /// clients).
     #[arg(long, default_value_t = 0)]
@@ -136,6 +139,9 @@ struct Stats {
     disconnects: AtomicU64,
     /// Latency of deliveries in the current progress interval and in the whole window.
     latency: Mutex<(Histogram<u64>, Histogram<u64>)>,
+    /// Latency of deliveries between clients of different cluster nodes (the node id
+    /// is in the high bits of client ids), over the whole window.
+    cross_node: Mutex<Histogram<u64>>,
 }
 
 impl Stats {
@@ -150,12 +156,22 @@ impl Stats {
             connect_failures: AtomicU64::new(0),
             disconnects: AtomicU64::new(0),
             latency: Mutex::new((histogram(), histogram())),
+            cross_node: Mutex::new(histogram()),
         }
     }
 
-    fn record(&self, latencies: &[u64]) {
+    fn record(&self, latencies: &[u64], cross_node: &[u64]) {
         if latencies.is_empty() {
             return;
+        }
+        if !cross_node.is_empty() && self.measuring.load(Ordering::Relaxed) {
+            let mut cross = self
+                .cross_node
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for &micros in cross_node {
+                let _ = cross.record(micros.max(1));
+            }
         }
         let mut guard = self
             .latency
@@ -190,8 +206,12 @@ struct ClientSlot {
     wake: Notify,
 }
 
-/// Scans a Rollcall `changes` frame: latency of every upsert from another client.
-fn scan_rollcall(frame: &[u8], own: u64, now_us: u64, out: &mut Vec<u64>) {
+/// Bits of a client id below its node id (cluster mode).
+const NODE_SHIFT: u32 = 40;
+
+/// Scans a Rollcall `changes` frame: latency of every upsert from another client, and
+/// again in `cross` if that client is on another node.
+fn scan_rollcall(frame: &[u8], own: u64, now_us: u64, out: &mut Vec<u64>, cross: &mut Vec<u64>) {
     static CLIENT: OnceLock<memmem::Finder<'static>> = OnceLock::new();
     static TS: OnceLock<memmem::Finder<'static>> = OnceLock::new();
     let client_key = CLIENT.get_or_init(|| memmem::Finder::new(b"\"clientId\":"));
@@ -211,6 +231,9 @@ fn scan_rollcall(frame: &[u8], own: u64, now_us: u64, out: &mut Vec<u64>) {
         if let Some(found) = ts_key.find(&frame[after..]) {
             let (ts, end) = parse_number(frame, after + found + b"\"ts\":".len());
             out.push(now_us.saturating_sub(ts));
+            if id >> NODE_SHIFT != own >> NODE_SHIFT {
+                cross.push(now_us.saturating_sub(ts));
+            }
             pos = end;
         }
     }
@@ -451,13 +474,10 @@ impl Wire {
 
 async fn open(plan: &Plan, index: usize) -> anyhow::Result<Wire> {
     let args = &plan.args;
+    let base = &args.url[index % args.url.len()];
     let url = match args.target {
-        Target::Rollcall => args.url.clone(),
-        Target::YWebsocket => format!(
-            "{}/{}",
-            args.url.trim_end_matches('/'),
-            room_of(args, index)
-        ),
+        Target::Rollcall => base.clone(),
+        Target::YWebsocket => format!("{}/{}", base.trim_end_matches('/'), room_of(args, index)),
     };
     let parsed = url::Url::parse(&url)?;
     let host = parsed.host_str().context("URL without host")?;
@@ -489,6 +509,7 @@ async fn client(plan: Arc<Plan>, stats: Arc<Stats>, slot: Arc<ClientSlot>, index
     let mut next = plan.start + phase;
     let mut seq: u64 = 0;
     let mut latencies = Vec::with_capacity(256);
+    let mut cross_node = Vec::with_capacity(256);
     // Awareness ignores an update whose clock is not above the last one seen for that
     // client id, so ids must not repeat across runs against the same server.
     let y_id = (plan.id_salt + index as u64 * 7_919) % (1 << 30) + 1;
@@ -573,6 +594,7 @@ async fn client(plan: Arc<Plan>, stats: Arc<Stats>, slot: Arc<ClientSlot>, index
                     }
                     let now_us = micros_since_epoch(Instant::now());
                     latencies.clear();
+                    cross_node.clear();
                     let mut closed = false;
                     while let Some((opcode, payload)) = ws.frame() {
                         match opcode {
@@ -580,7 +602,7 @@ async fn client(plan: Arc<Plan>, stats: Arc<Stats>, slot: Arc<ClientSlot>, index
                                 if payload.starts_with(b"{\"type\":\"error\"") {
                                     stats.rejected.fetch_add(1, Ordering::Relaxed);
                                 }
-                                scan_rollcall(&payload, own, now_us, &mut latencies);
+                                scan_rollcall(&payload, own, now_us, &mut latencies, &mut cross_node);
                             }
                             BINARY => {
                                 let _ = scan_awareness(&payload, own, now_us, &mut latencies);
@@ -590,7 +612,7 @@ async fn client(plan: Arc<Plan>, stats: Arc<Stats>, slot: Arc<ClientSlot>, index
                             _ => {}
                         }
                     }
-                    stats.record(&latencies);
+                    stats.record(&latencies, &cross_node);
                     if closed {
                         break None;
                     }
@@ -631,6 +653,17 @@ async fn client(plan: Arc<Plan>, stats: Arc<Stats>, slot: Arc<ClientSlot>, index
             next += plan.period;
         }
     }
+}
+
+/// CPU time and RSS summed over the server processes; `None` without any.
+fn servers_usage(pids: &[u32], ticks_per_second: f64) -> Option<(f64, u64)> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().try_fold((0.0, 0), |(cpu, rss), &pid| {
+        let (c, r) = process_usage(pid, ticks_per_second)?;
+        Some((cpu + c, rss + r))
+    })
 }
 
 /// CPU time (user + system, seconds) and RSS (KiB) of a process.
@@ -820,7 +853,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     // Warm-up, then the measured window with a progress line a second.
     tokio::time::sleep_until((start + args.warmup).into()).await;
-    let usage_start = args.server_pid.and_then(|pid| process_usage(pid, ticks));
+    let usage_start = servers_usage(&args.server_pid, ticks);
     let window_start = Instant::now();
     stats.measuring.store(true, Ordering::Relaxed);
     let mut last = (Instant::now(), 0u64, 0u64, usage_start.map_or(0.0, |u| u.0));
@@ -849,7 +882,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             interval
         };
         let mut server = String::new();
-        if let Some((cpu, rss)) = args.server_pid.and_then(|pid| process_usage(pid, ticks)) {
+        if let Some((cpu, rss)) = servers_usage(&args.server_pid, ticks) {
             peak_rss = peak_rss.max(rss);
             server = format!(
                 " | server cpu {:.0}% rss {} MiB",
@@ -859,7 +892,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             last.3 = cpu;
         }
         if args.target == Target::Rollcall {
-            if let Ok(text) = http_get(&args.url, "/metrics").await {
+            if let Ok(text) = http_get(&args.url[0], "/metrics").await {
                 if let (Some(total), Some(live)) = (
                     metric(&text, "rollcall_log_bytes"),
                     metric(&text, "rollcall_log_live_bytes"),
@@ -883,7 +916,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     stats.measuring.store(false, Ordering::Relaxed);
     let window = window_start.elapsed().as_secs_f64();
-    let usage_end = args.server_pid.and_then(|pid| process_usage(pid, ticks));
+    let usage_end = servers_usage(&args.server_pid, ticks);
     plan.stopped.store(true, Ordering::Relaxed);
     plan.stop.notify_waiters();
     for task in tasks {
@@ -893,7 +926,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let ghosts = if args.target == Target::Rollcall && args.churn > 0.0 {
         // Let every TTL and one sweep pass, then look for entries past their TTL.
         tokio::time::sleep(Duration::from_millis(args.ttl_ms + 500)).await;
-        Some(entries_past_ttl(&args.url).await?)
+        let mut total = (0, 0);
+        for url in &args.url {
+            let (past, entries) = entries_past_ttl(url).await?;
+            total = (total.0 + past, total.1 + entries);
+        }
+        Some(total)
     } else {
         None
     };
@@ -905,6 +943,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         guard.1.clone()
     };
+    let cross = stats
+        .cross_node
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let cross_ms = |q: f64| cross.value_at_quantile(q) as f64 / 1_000.0;
     let sent = stats.sent.load(Ordering::Relaxed);
     let rejected = stats.rejected.load(Ordering::Relaxed);
     let deliveries = stats.deliveries.load(Ordering::Relaxed);
@@ -929,6 +973,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "deliveries_per_s": deliveries_per_s,
         "expected_deliveries_per_s": expected,
         "latency_ms": {"p50": ms(0.5), "p99": ms(0.99), "p999": ms(0.999), "max": total.max() as f64 / 1_000.0, "samples": total.len()},
+        "cross_node_latency_ms": (!cross.is_empty()).then(|| json!({"p50": cross_ms(0.5), "p99": cross_ms(0.99), "p999": cross_ms(0.999), "samples": cross.len()})),
         "server_cpu_cores": server_cpu,
         "server_rss_mib": server_rss.map(|kib| kib as f64 / 1024.0),
         "deliveries_per_server_cpu_s": server_cpu.filter(|c| *c > 0.0).map(|c| deliveries_per_s / c),
@@ -954,16 +999,18 @@ mod tests {
 
     #[test]
     fn scans_rollcall_frames() {
-        let frame = br#"{"type":"changes","room":"r","serverTimeMs":1,"changes":[{"op":"upsert","clientId":7,"data":{"ts":900,"x":1,"y":2,"p":""},"expiresAtMs":5},{"op":"leave","clientId":8},{"op":"upsert","clientId":3,"data":{"ts":950,"x":1,"y":2,"p":"xx"},"expiresAtMs":5}]}"#;
-        let mut out = Vec::new();
-        scan_rollcall(frame, 3, 1_000, &mut out);
-        assert_eq!(out, vec![100]);
+        let frame = br#"{"type":"changes","room":"r","serverTimeMs":1,"changes":[{"op":"upsert","clientId":7,"data":{"ts":900,"x":1,"y":2,"p":""},"expiresAtMs":5},{"op":"leave","clientId":8},{"op":"upsert","clientId":3,"data":{"ts":950,"x":1,"y":2,"p":"xx"},"expiresAtMs":5},{"op":"upsert","clientId":2199023255553,"data":{"ts":980,"x":1,"y":2,"p":""},"expiresAtMs":5}]}"#;
+        let (mut out, mut cross) = (Vec::new(), Vec::new());
+        scan_rollcall(frame, 3, 1_000, &mut out, &mut cross);
+        assert_eq!(out, vec![100, 20]);
+        assert_eq!(cross, vec![20], "client 2^41 + 1 is on node 2");
         out.clear();
         scan_rollcall(
             br#"{"type":"snapshot","room":"r","entries":[]}"#,
             3,
             1_000,
             &mut out,
+            &mut cross,
         );
         assert!(out.is_empty());
     }
