@@ -82,8 +82,10 @@ if churn and storm:
                  "%s vs %s" % (fmt(churn["latency_ms"]["p99"], " ms", 1), fmt(storm["latency_ms"]["p99"], " ms", 1)), "", ""))
 idle, idle_y = load("idle"), load("idle-y")
 if idle:
-    rows.append(("4. idle fleet, 20,000 connections: RSS (goal ≤ 200 MiB)", fmt(idle["server_rss_mib"], " MiB"),
+    rows.append((f"4. idle fleet, {idle['clients']:,} connections: RSS (goal ≤ 200 MiB at 20,000)", fmt(idle["server_rss_mib"], " MiB"),
                  fmt(idle_y and idle_y["server_rss_mib"], " MiB"), ratio(idle_y and idle_y["server_rss_mib"], idle["server_rss_mib"])))
+    rows.append(("   RSS per connection (goal ≤ 10 KiB)", fmt(idle["server_rss_mib"] * 1024 / idle["clients"], " KiB", 1),
+                 fmt(idle_y and idle_y["server_rss_mib"] * 1024 / idle_y["clients"], " KiB", 1), ""))
     rows.append(("4. idle fleet: server CPU (goal ≤ 5% of a core)", fmt(100 * (idle["server_cpu_cores"] or 0), " %", 1),
                  fmt(idle_y and 100 * (idle_y["server_cpu_cores"] or 0), " %", 1), ""))
 

@@ -424,7 +424,7 @@ async fn upgrade(
         // A small read buffer keeps idle connections cheap (it grows for big messages);
         // the write threshold only decides when `feed` writes early, since every batch
         // ends with one explicit flush.
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(512)
         .write_buffer_size(256 * 1024)
         .on_upgrade(move |socket| {
             sessions.track_future(async move {
