@@ -323,6 +323,15 @@ struct Plan {
     stopped: AtomicBool,
 }
 
+/// Deliveries per second if every heartbeat reaches every other member of its room
+/// (the last room may be partial).
+fn expected_deliveries(clients: usize, room_size: usize, rate: f64) -> f64 {
+    let size = room_size.max(1);
+    let (full, rest) = (clients / size, clients % size);
+    let pairs = full * size * (size - 1) + rest * rest.saturating_sub(1);
+    pairs as f64 * rate
+}
+
 fn room_of(args: &Args, index: usize) -> String {
     format!("{}-{}", args.room_prefix, index / args.room_size.max(1))
 }
@@ -952,7 +961,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let sent = stats.sent.load(Ordering::Relaxed);
     let rejected = stats.rejected.load(Ordering::Relaxed);
     let deliveries = stats.deliveries.load(Ordering::Relaxed);
-    let expected = args.clients as f64 * args.rate * (args.room_size.min(args.clients) - 1) as f64;
+    let expected = expected_deliveries(args.clients, args.room_size, args.rate);
     let ms = |q: f64| total.value_at_quantile(q) as f64 / 1_000.0;
     let (server_cpu, server_rss) = match (usage_start, usage_end) {
         (Some(a), Some(b)) => (Some((b.0 - a.0) / window), Some(peak_rss.max(b.1))),
@@ -1033,6 +1042,13 @@ mod tests {
         let mut out = Vec::new();
         scan_awareness(&message, 300, 1_000, &mut out).unwrap();
         assert_eq!(out, vec![600]);
+    }
+
+    #[test]
+    fn expected_deliveries_count_a_partial_last_room() {
+        assert!((expected_deliveries(100, 50, 20.0) - 98_000.0).abs() < 1e-9);
+        assert!((expected_deliveries(60, 50, 20.0) - 50_800.0).abs() < 1e-9);
+        assert!((expected_deliveries(1, 10, 10.0)).abs() < 1e-9);
     }
 
     #[test]
