@@ -38,7 +38,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 NATS_PORT=$(free_port)
 nats-server -a 127.0.0.1 -p "$NATS_PORT" >"$OUT/nats.log" 2>&1 &
 PIDS+=($!); SERVER_PIDS=("--server-pid" "$!")
-head -c 48 /dev/urandom >"$WORK/resume-secret"
+head -c 32 /dev/urandom | base64 >"$WORK/resume-secret"
 URLS=()
 for node in 1 2 3; do
   port=$(free_port)
