@@ -57,6 +57,8 @@ class Client implements RollcallClient, RoomHost {
   private readonly opts: ClientOptions;
   private readonly clock = new ClockSync();
   private readonly rooms = new Map<string, Room>();
+  /** Rooms released while disconnected with an entry the server may still hold. */
+  private readonly pendingLeaves = new Set<string>();
   private readonly errorListeners = new Set<(e: RollcallErrorLike) => void>();
   private readonly stateListeners = new Set<(s: ConnectionState) => void>();
   private connectedWaiters: Array<() => void> = [];
@@ -184,6 +186,16 @@ class Client implements RollcallClient, RoomHost {
       this.report(new RollcallError("connection", "send_failed", `send failed: ${errorMessage(e)}`, { cause: e }));
       return false;
     }
+  }
+
+  release(r: Room): void {
+    if (this.rooms.get(r.name) !== r) return;
+    if (r.own || r.serverMayHaveEntry) r.leave(r.nextSeq()); // sends the leave when connected
+    if (r.serverMayHaveEntry) this.pendingLeaves.add(r.name); // disconnected: on reconnect
+    r.released = true;
+    r.dispose();
+    this.rooms.delete(r.name);
+    if (this.st === "connected") this.send(JSON.stringify({ type: "unsubscribe", room: r.name }));
   }
 
   report(error: RollcallError): void {
@@ -404,6 +416,9 @@ class Client implements RollcallClient, RoomHost {
     this.connectedAt = this.now();
     this.tokenExpMs = this.helloTokenExpMs;
     this.setState("connected");
+    // Entries of rooms closed while disconnected go first (a reopened room heartbeats after).
+    for (const room of this.pendingLeaves) this.send(JSON.stringify({ type: "leave", room }));
+    this.pendingLeaves.clear();
     // Restore every room: last heartbeat with the TTL that remains (or a pending leave), then subscribe.
     for (const room of this.rooms.values()) room.onConnected();
     this.startPinging();

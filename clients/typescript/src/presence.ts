@@ -33,6 +33,8 @@ export interface RoomHost {
   readonly clockOffsetMs: number;
   send(message: string): boolean;
   report(error: RollcallError): void;
+  /** The room's last view closed: leave it, unsubscribe and forget it. */
+  release(room: Room): void;
 }
 
 /** An entry as the server sent it (data still undecoded). */
@@ -73,6 +75,8 @@ export class Room {
   own: OwnHeartbeat | null = null;
   /** A heartbeat may have reached the server since the last leave: `close()` and reconnects leave it. */
   serverMayHaveEntry = false;
+  /** Every view closed: nothing more is sent for this room object. */
+  released = false;
   private seq = 0;
   private appliedSeq = 0;
   private tracking = false;
@@ -94,7 +98,7 @@ export class Room {
 
   /** Applies the user's heartbeat number `seq` unless a later heartbeat or leave won. */
   applyHeartbeat(seq: number, dataJson: string, ttlMs: number, track: boolean): void {
-    if (seq <= this.appliedSeq || this.host.closed) return;
+    if (seq <= this.appliedSeq || this.host.closed || this.released) return;
     this.appliedSeq = seq;
     this.own = { dataJson, ttlMs, sentAt: this.host.now() };
     this.sendHeartbeat(dataJson, ttlMs);
@@ -103,7 +107,7 @@ export class Room {
   }
 
   leave(seq: number): void {
-    if (seq <= this.appliedSeq || this.host.closed) return;
+    if (seq <= this.appliedSeq || this.host.closed || this.released) return;
     this.appliedSeq = seq;
     this.own = null;
     this.stopTracking();
@@ -278,6 +282,7 @@ export class PresenceView<T, In> implements Presence<T, In> {
   private dirty = false;
   private scheduled = false;
   private ready: boolean;
+  private closed = false;
 
   constructor(
     private readonly r: Room,
@@ -306,7 +311,7 @@ export class PresenceView<T, In> implements Presence<T, In> {
 
   leave(): void {
     try {
-      if (this.host.closed) return;
+      if (this.host.closed || this.closed) return;
       this.r.leave(this.r.nextSeq());
     } catch (e) {
       this.host.report(new RollcallError("local", "internal", `leave failed: ${errorMessage(e)}`, { room: this.room, cause: e }));
@@ -320,8 +325,20 @@ export class PresenceView<T, In> implements Presence<T, In> {
     return out;
   }
 
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.listeners.clear();
+    this.entries.clear();
+    this.source.clear();
+    this.failed.clear();
+    this.r.views.delete(this as PresenceView<unknown, unknown>);
+    if (this.r.views.size === 0 && !this.host.closed) this.host.release(this.r);
+  }
+
   onChange(fn: (entries: Map<number, PresenceEntry<T>>) => void): () => void {
     if (typeof fn !== "function") throw new TypeError("onChange expects a function");
+    if (this.closed) return () => {};
     // Wrap so that subscribing the same function twice gives two independent subscriptions.
     const wrapped = (m: Map<number, PresenceEntry<T>>) => fn(m);
     this.listeners.add(wrapped);
@@ -336,6 +353,10 @@ export class PresenceView<T, In> implements Presence<T, In> {
     try {
       if (this.host.closed) {
         this.host.report(new RollcallError("local", "not_connected", "the client is closed: heartbeat not sent", { room: this.room }));
+        return;
+      }
+      if (this.closed) {
+        this.host.report(new RollcallError("local", "presence_closed", "this presence view is closed: heartbeat not sent", { room: this.room }));
         return;
       }
       const max = this.host.limits.maxTtlMs;
@@ -402,7 +423,7 @@ export class PresenceView<T, In> implements Presence<T, In> {
 
   /** Re-derives the decoded entries for `ids` (all when null) from the room's raw entries. */
   sync(ids: Iterable<number> | null): void {
-    if (!this.ready) return; // a full sync follows once the codec is ready
+    if (!this.ready || this.closed) return; // a full sync follows once the codec is ready
     let changed = false;
     if (ids === null) {
       for (const id of [...this.source.keys()]) if (!this.r.raw.has(id)) changed = this.drop(id) || changed;

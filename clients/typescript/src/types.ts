@@ -42,6 +42,14 @@ export interface Presence<T, In = T> {
    * function.
    */
   onChange(fn: (entries: Map<number, PresenceEntry<T>>) => void): () => void;
+  /**
+   * Stops this view: its listeners are dropped and it no longer updates. When the
+   * last view of the room closes, the client leaves the room (removing its entry and
+   * stopping `track`) and unsubscribes, so the server stops sending it the room's
+   * changes. `client.presence(room)` opens the room again. Calls on a closed view
+   * do nothing (a heartbeat is reported through `onError` as `presence_closed`).
+   */
+  close(): void;
 }
 
 // ---------------------------------------------------------------------------

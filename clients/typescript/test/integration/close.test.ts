@@ -78,3 +78,40 @@ console.log("closed", client.clientId);
     assert.deepEqual(await h.server.roomEntries("pr:exit2"), [], "it left the tracked room");
   });
 });
+
+describe("presence close()", () => {
+  it("the last view's close leaves the room; another view keeps it; reopening works", async () => {
+    const a = h.client();
+    const b = h.client();
+    await Promise.all([a.waitForConnected(), b.waitForConnected()]);
+    const [idA, idB] = [a.clientId!, b.clientId!];
+    const errors: string[] = [];
+    b.onError((e) => errors.push(e.code));
+    const watch = a.presence("pr:vc");
+    const first = b.presence("pr:vc");
+    const second = b.presence("pr:vc");
+    first.track({ n: 1 }, 60_000);
+    await waitFor(() => watch.value().has(idB), "a sees b");
+
+    let calls = 0;
+    first.onChange(() => calls++);
+    first.close();
+    watch.heartbeat({ a: 1 }, 60_000);
+    await waitFor(() => second.value().has(idA), "the other view still updates");
+    assert.equal(calls, 0, "a closed view's listeners are dropped");
+    assert.equal(first.value().size, 0);
+    assert.equal(watch.value().has(idB), true, "b's entry stays while a view is open");
+    first.heartbeat({ n: 2 }, 60_000);
+    assert.deepEqual(errors, ["presence_closed"]);
+
+    second.close();
+    await waitFor(() => !watch.value().has(idB), "a sees b leave when b's last view closes");
+    assert.equal((await h.server.roomEntries("pr:vc")).some((e) => e.clientId === idB), false);
+
+    const again = b.presence("pr:vc");
+    await waitFor(() => again.value().has(idA), "a reopened room gets a snapshot");
+    again.heartbeat({ n: 3 }, 60_000);
+    await waitFor(() => watch.value().get(idB)?.data !== undefined, "and heartbeats again");
+    await Promise.all([a.close(), b.close()]);
+  });
+});
