@@ -126,9 +126,9 @@ export class Room {
     this.serverMayHaveEntry = true;
   }
 
+  /** (Re)starts the `track` loop: every heartbeat postpones the next tracked one. */
   private scheduleTrack(ttlMs: number): void {
     const every = Math.max(1, Math.floor(ttlMs / 3));
-    if (this.trackTimer !== undefined && every === this.trackEveryMs) return;
     if (this.trackTimer !== undefined) clearInterval(this.trackTimer);
     this.trackEveryMs = every;
     this.trackTimer = setInterval(() => {

@@ -308,6 +308,22 @@ describe("presence", () => {
     await client.close();
   });
 
+  it("a heartbeat while tracking postpones the next tracked one", async () => {
+    const { server, client } = setup();
+    const room = client.presence("r");
+    await client.waitForConnected();
+    room.track({ x: 0 }, 3_000); // a tracked heartbeat every second
+    let manual = 0;
+    const until = Date.now() + 1_500;
+    while (Date.now() < until) {
+      await sleep(50);
+      room.heartbeat({ x: ++manual }, 3_000);
+    }
+    await waitFor(() => sentOf(server, "heartbeat").length >= 1 + manual, "every heartbeat sent");
+    assert.equal(sentOf(server, "heartbeat").length, 1 + manual, "no tracked heartbeat between frequent ones");
+    await client.close();
+  });
+
   it("refuses invalid TTLs locally, never throwing", async () => {
     const { server, client, errors } = setup();
     const room = client.presence("r");
