@@ -77,6 +77,9 @@ export class Room {
   serverMayHaveEntry = false;
   /** Every view closed: nothing more is sent for this room object. */
   released = false;
+  /** A snapshot has arrived since the room was opened. */
+  private synced = false;
+  private syncWaiters: Array<() => void> = [];
   private seq = 0;
   private appliedSeq = 0;
   private tracking = false;
@@ -175,6 +178,18 @@ export class Room {
     };
   }
 
+  /** Resolves once a snapshot has arrived (at once if one has, or if the client closed). */
+  whenSynced(): Promise<void> {
+    if (this.synced || this.host.closed || this.released) return Promise.resolve();
+    return new Promise<void>((resolve) => this.syncWaiters.push(resolve));
+  }
+
+  private wakeSyncWaiters(): void {
+    const waiters = this.syncWaiters;
+    this.syncWaiters = [];
+    for (const w of waiters) w();
+  }
+
   /** A snapshot replaces everything known about the room. */
   applySnapshot(entries: WireEntry[]): void {
     const next = new Map<number, RawEntry>();
@@ -200,6 +215,8 @@ export class Room {
     for (const e of next.values()) if (e.expiresAtMs < this.expiryAt) this.expiryAt = e.expiresAtMs;
     this.armExpiry(true);
     this.notify(changed);
+    this.synced = true;
+    this.wakeSyncWaiters();
   }
 
   applyChanges(changes: unknown[]): void {
@@ -267,6 +284,7 @@ export class Room {
     this.stopTracking();
     if (this.expiryTimer !== undefined) clearTimeout(this.expiryTimer);
     this.expiryTimer = undefined;
+    this.wakeSyncWaiters();
   }
 }
 
@@ -323,6 +341,14 @@ export class PresenceView<T, In> implements Presence<T, In> {
     const out = new Map<number, PresenceEntry<T>>();
     for (const [id, e] of this.entries) if (!(now > e.expiresAtMs)) out.set(id, e);
     return out;
+  }
+
+  synced(): Promise<void> {
+    if (this.closed) return Promise.resolve();
+    const room = this.r.whenSynced();
+    // A schema that loads asynchronously decodes the snapshot once it is ready.
+    const ready = this.codec?.ready;
+    return ready ? Promise.all([room, ready]).then(() => undefined) : room;
   }
 
   close(): void {

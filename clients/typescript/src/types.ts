@@ -43,6 +43,13 @@ export interface Presence<T, In = T> {
    */
   onChange(fn: (entries: Map<number, PresenceEntry<T>>) => void): () => void;
   /**
+   * Resolves once `value()` holds the room's state from the server (its first
+   * snapshot): before that, an empty Map means "not known yet", not "nobody here".
+   * Resolves at once if that already happened; never rejects (it also resolves when
+   * the view or the client closes).
+   */
+  synced(): Promise<void>;
+  /**
    * Stops this view: its listeners are dropped and it no longer updates. When the
    * last view of the room closes, the client leaves the room (removing its entry and
    * stopping `track`) and unsubscribes, so the server stops sending it the room's

@@ -115,3 +115,23 @@ describe("presence close()", () => {
     await Promise.all([a.close(), b.close()]);
   });
 });
+
+describe("presence synced()", () => {
+  it("resolves once value() holds the server's state", async () => {
+    const a = h.client();
+    const b = h.client();
+    await a.waitForConnected();
+    const idA = a.clientId!;
+    const own = a.presence("pr:synced");
+    own.heartbeat({ here: true }, 60_000);
+    await own.synced();
+    await waitFor(async () => (await h.server.roomEntries("pr:synced")).length === 1, "the entry is on the server");
+    const late = b.presence("pr:synced");
+    await late.synced();
+    assert.equal(late.value().has(idA), true, "synced() waits for the snapshot");
+    await late.synced(); // at once the second time
+    late.close();
+    await late.synced(); // and on a closed view
+    await Promise.all([a.close(), b.close()]);
+  });
+});
