@@ -6,7 +6,7 @@
 //! normal client's round trips looked like meanwhile.
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -27,46 +27,21 @@ const BURST: usize = 5_000;
 const CONNECTIONS: usize = 60;
 const ROOMS_EACH: usize = 128;
 
-/// Upgrades and says hello in hand-written frames; returns the stream after welcome.
-fn hello(addr: SocketAddr) -> std::io::Result<TcpStream> {
-    let mut stream = wire::connect_upgraded(addr)?;
-    stream.write_all(&wire::frame(wire::TEXT, true, br#"{"type":"hello"}"#))?;
-    let (opcode, _) = wire::read_frame(&mut stream)?;
-    if opcode != wire::TEXT {
-        return Err(std::io::Error::other("no welcome"));
-    }
-    Ok(stream)
-}
-
 /// Sends `opcode` control frames as fast as it can until the server closes; returns
 /// the frames written and the close code.
 fn control_flood(addr: SocketAddr, opcode: u8) -> (u64, Option<u16>) {
-    let mut stream = hello(addr).unwrap();
-    stream
-        .set_write_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let closed = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let stream = stream.try_clone().unwrap();
-        let closed = closed.clone();
-        std::thread::spawn(move || {
-            let code = wire::read_close(&mut std::io::BufReader::new(stream));
-            closed.store(true, Ordering::SeqCst);
-            code
-        })
-    };
+    const PER_BATCH: u64 = 5;
+    let stream = wire::hello(addr).unwrap();
     // Small batches, so that little is in flight when the server closes.
-    let batch: Vec<u8> = (0..5)
+    let batch: Vec<u8> = (0..PER_BATCH)
         .flat_map(|_| wire::frame(opcode, true, b"flood"))
         .collect();
-    let mut written = 0;
-    while !closed.load(Ordering::SeqCst) && written < 1_000_000 {
-        if stream.write_all(&batch).is_err() {
-            break;
-        }
-        written += 5;
-    }
-    (written, reader.join().unwrap())
+    let batch_len = batch.len() as u64;
+    let batches = std::iter::repeat_n(batch, (1_000_000 / PER_BATCH) as usize);
+    let (bytes, code, _) = wire::write_until_closed(stream, batches, |stream| {
+        wire::read_close(&mut std::io::BufReader::new(stream))
+    });
+    (bytes / batch_len * PER_BATCH, code)
 }
 
 /// Measures a normal client's ping → pong round trips every 20 ms until `stop`, on a
@@ -137,7 +112,7 @@ fn a_ping_or_pong_flood_is_closed_with_4006() {
         );
     }
     // Pings at a normal pace are fine: 5 per second for 2 seconds.
-    let mut stream = hello(server.addr).unwrap();
+    let mut stream = wire::hello(server.addr).unwrap();
     for _ in 0..10 {
         stream
             .write_all(&wire::frame(wire::PING, true, b"ok"))

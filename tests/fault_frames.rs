@@ -10,58 +10,30 @@
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rollcall_tests::{Raw, Server, wire};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 
-/// Writes `chunks` until the server closes (seen by `read`, running on a clone of
-/// the stream) or a write fails; returns the bytes written and what `read` returned.
-fn write_until_closed<T: Send + 'static>(
-    mut stream: TcpStream,
-    chunks: impl Iterator<Item = Vec<u8>>,
-    read: impl FnOnce(TcpStream) -> T + Send + 'static,
-) -> (u64, T, Duration) {
-    stream
-        .set_write_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let closed = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let stream = stream.try_clone().unwrap();
-        let closed = closed.clone();
-        std::thread::spawn(move || {
-            let result = read(stream);
-            closed.store(true, Ordering::SeqCst);
-            result
-        })
-    };
-    let started = Instant::now();
-    let mut written = 0u64;
-    for chunk in chunks {
-        if closed.load(Ordering::SeqCst) || stream.write_all(&chunk).is_err() {
-            break;
-        }
-        written += chunk.len() as u64;
-    }
-    let elapsed = started.elapsed();
-    let result = reader.join().unwrap();
-    (written, result, elapsed)
-}
-
-/// Upgrades, says hello in a hand-written frame, and reads the welcome.
-fn upgraded_with_hello(server: &Server) -> TcpStream {
-    let mut stream = wire::connect_upgraded(server.addr).unwrap();
-    stream
-        .write_all(&wire::frame(wire::TEXT, true, br#"{"type":"hello"}"#))
-        .unwrap();
-    let (opcode, payload) = wire::read_frame(&mut stream).unwrap();
-    assert_eq!(opcode, wire::TEXT);
-    assert!(String::from_utf8_lossy(&payload).contains("welcome"));
-    stream
+/// The server refused an oversized message with 1009 before reading much of it, and
+/// without its memory growing with it; prints the figures.
+fn assert_refused_early(
+    label: &str,
+    (written, code): (u64, Option<u16>),
+    total: u64,
+    server: &Server,
+    rss_before: u64,
+) {
+    report(label, code, written, total, server, rss_before);
+    assert_eq!(code, Some(1009));
+    assert!(
+        written < 16 * MIB,
+        "the server kept reading: {written} bytes"
+    );
+    assert!(server.peak_rss_kib().saturating_sub(rss_before) < 32 * 1024);
+    bystander_still_answers(server);
 }
 
 /// A client that was there before the flood still gets answers.
@@ -96,34 +68,27 @@ fn report(
 #[test]
 fn one_64_mib_frame_is_refused_at_its_header() {
     let server = Server::start();
-    let stream = upgraded_with_hello(&server);
+    let stream = wire::hello(server.addr).unwrap();
     let rss_before = server.rss_kib();
     let total = 64 * MIB;
     let chunk = vec![b'x'; 64 * KIB as usize];
     let chunks = std::iter::once(wire::header(wire::TEXT, true, total))
         .chain(std::iter::repeat_n(chunk, (total / (64 * KIB)) as usize));
-    let (written, code, _) = write_until_closed(stream, chunks, |mut s| wire::read_close(&mut s));
-    report(
+    let (written, code, _) =
+        wire::write_until_closed(stream, chunks, |mut s| wire::read_close(&mut s));
+    assert_refused_early(
         "one 64 MiB frame",
-        code,
-        written,
+        (written, code),
         total,
         &server,
         rss_before,
     );
-    assert_eq!(code, Some(1009));
-    assert!(
-        written < 16 * MIB,
-        "the server kept reading: {written} bytes"
-    );
-    assert!(server.peak_rss_kib().saturating_sub(rss_before) < 32 * 1024);
-    bystander_still_answers(&server);
 }
 
 #[test]
 fn a_100_mib_message_in_1_kib_fragments_is_refused() {
     let server = Server::start();
-    let stream = upgraded_with_hello(&server);
+    let stream = wire::hello(server.addr).unwrap();
     let rss_before = server.rss_kib();
     let total = 100 * MIB;
     let payload = vec![b'y'; KIB as usize];
@@ -141,22 +106,15 @@ fn a_100_mib_message_in_1_kib_fragments_is_refused() {
         }
         out
     });
-    let (written, code, _) = write_until_closed(stream, chunks, |mut s| wire::read_close(&mut s));
-    report(
+    let (written, code, _) =
+        wire::write_until_closed(stream, chunks, |mut s| wire::read_close(&mut s));
+    assert_refused_early(
         "100 MiB in 1 KiB continuation frames",
-        code,
-        written,
+        (written, code),
         total,
         &server,
         rss_before,
     );
-    assert_eq!(code, Some(1009));
-    assert!(
-        written < 16 * MIB,
-        "the server kept reading: {written} bytes"
-    );
-    assert!(server.peak_rss_kib().saturating_sub(rss_before) < 32 * 1024);
-    bystander_still_answers(&server);
 }
 
 #[test]
@@ -177,7 +135,7 @@ fn a_1_mb_handshake_header_is_answered_431() {
             (total / (16 * KIB)) as usize,
         ))
         .chain(std::iter::once(b"\r\n\r\n".to_vec()));
-    let (written, status, _) = write_until_closed(stream, chunks, |mut s| {
+    let (written, status, _) = wire::write_until_closed(stream, chunks, |mut s| {
         wire::read_head(&mut s).map(|h| h.0).ok()
     });
     let growth = server.peak_rss_kib().saturating_sub(rss_before);
@@ -206,7 +164,7 @@ fn a_message_at_the_size_limit_is_read_and_one_byte_more_closes_1009() {
         format!("{prefix}{}{suffix}", "z".repeat(fill))
     };
     // At the limit: read whole, answered data_too_large (4 KiB data cap), still open.
-    let mut stream = upgraded_with_hello(&server);
+    let mut stream = wire::hello(server.addr).unwrap();
     stream
         .write_all(&wire::frame(wire::TEXT, true, message(limit).as_bytes()))
         .unwrap();

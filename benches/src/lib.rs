@@ -230,6 +230,56 @@ pub const LAYOUTS: [(&str, Layout); 2] = [
     ("per-event", Layout::PerEvent),
 ];
 
+/// Parses a count on a bench binary's command line: `100000` or `100_000`.
+pub fn parse_count(text: &str) -> Result<u64, String> {
+    text.replace('_', "")
+        .parse()
+        .map_err(|_| format!("not a number: {text}"))
+}
+
+/// A durability mode or record layout named on a bench binary's command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// `flush` durability.
+    Flush,
+    /// `buffered(100ms)` durability.
+    Buffered,
+    /// One record per commit group.
+    PerGroup,
+    /// One record per event.
+    PerEvent,
+}
+
+/// What `pick` finds among `modes`, or `all` when it finds nothing.
+fn named<T: Copy>(modes: &[Mode], pick: impl Fn(Mode) -> Option<T>, all: &[T]) -> Vec<T> {
+    let named: Vec<T> = modes.iter().filter_map(|&mode| pick(mode)).collect();
+    if named.is_empty() {
+        all.to_vec()
+    } else {
+        named
+    }
+}
+
+/// The durability modes among `modes` (every one when none is named).
+pub fn durabilities(modes: &[Mode]) -> Vec<(&'static str, Durability)> {
+    let pick = |mode| match mode {
+        Mode::Flush => Some(DURABILITIES[0]),
+        Mode::Buffered => Some(DURABILITIES[1]),
+        Mode::PerGroup | Mode::PerEvent => None,
+    };
+    named(modes, pick, &DURABILITIES)
+}
+
+/// The record layouts among `modes` (every one when none is named).
+pub fn layouts(modes: &[Mode]) -> Vec<(&'static str, Layout)> {
+    let pick = |mode| match mode {
+        Mode::PerGroup => Some(LAYOUTS[0]),
+        Mode::PerEvent => Some(LAYOUTS[1]),
+        Mode::Flush | Mode::Buffered => None,
+    };
+    named(modes, pick, &LAYOUTS)
+}
+
 /// Appends not yet written to sled, from the log's counters: events written (less
 /// compaction's copies) plus events coalesced away.
 pub fn unwritten(engine: &Engine) -> u64 {

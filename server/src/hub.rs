@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use hashbrown::HashMap;
 use rollcall_engine::{
-    Change, ChangeKind, ClientId, Durability, Engine, Entry, Event, Heartbeat, Leave, Ticket, Ttl,
-    UnixMs,
+    Change, ChangeKind, ClientId, Durability, Engine, Entry, Event, Heartbeat, Leave, Materializer,
+    Ticket, Ttl, UnixMs,
 };
 use tokio::sync::{Notify, watch};
 
@@ -82,6 +82,27 @@ impl Cluster {
         self.rooms
             .get(room)
             .is_some_and(|r| r.origins.contains_key(&client))
+    }
+
+    /// A heartbeat or leave of a local client: the entry is this node's now, even if it
+    /// was another node's before, and the other nodes hear of it.
+    fn own(&mut self, change: &Change, metrics: &Metrics) {
+        if let Some(remote) = self.rooms.get_mut(&*change.room) {
+            remote.origins.remove(&change.entry.client);
+        }
+        self.publish(change, metrics);
+    }
+
+    /// An expiry. Another node's entry expires here by its own TTL, like everywhere;
+    /// only this node's expiries are published.
+    fn expired(&mut self, change: &Change, metrics: &Metrics) {
+        let remote = self
+            .rooms
+            .get_mut(&*change.room)
+            .and_then(|r| r.origins.remove(&change.entry.client));
+        if remote.is_none() {
+            self.publish(change, metrics);
+        }
     }
 
     /// Queues a change of an owned entry for the other nodes.
@@ -330,13 +351,14 @@ impl Hub {
             });
             return subscription;
         }
-        let snapshot =
-            protocol::snapshot(room, now, inner.engine.materializer().entries(room, now));
-        // Under the hub lock: nothing is published between the snapshot and the head.
-        subscription.reset(snapshot, room_feed.feed.head());
-        if let Some(reference) = reference {
-            outbox.push_control(protocol::ack(reference, None));
-        }
+        let snapshot = room_snapshot(inner.engine.materializer(), room, now);
+        start(
+            &subscription,
+            outbox,
+            reference,
+            snapshot,
+            room_feed.feed.head(),
+        );
         subscription
     }
 
@@ -344,11 +366,7 @@ impl Hub {
     pub fn resync(&self, subscription: &Subscription) {
         let now = UnixMs::now();
         let inner = self.lock();
-        let snapshot = protocol::snapshot(
-            &subscription.room,
-            now,
-            inner.engine.materializer().entries(&subscription.room, now),
-        );
+        let snapshot = room_snapshot(inner.engine.materializer(), &subscription.room, now);
         subscription.reset(snapshot, subscription.feed().head());
     }
 
@@ -397,14 +415,9 @@ impl Hub {
         });
         let expires_at = change.entry.expires_at;
         self.metrics.heartbeats.increment(1);
-        let room_len = inner.engine.materializer().room_len(&change.room);
-        fan_out(&inner.subscribers, &change, room_len, &self.metrics);
+        inner.fan_out(&change, &self.metrics);
         if let Some(cluster) = &mut inner.cluster {
-            // The entry is this node's now, even if it was another node's before.
-            if let Some(remote) = cluster.rooms.get_mut(room) {
-                remote.origins.remove(&client);
-            }
-            cluster.publish(&change, &self.metrics);
+            cluster.own(&change, &self.metrics);
         }
         Ok((expires_at, ticket))
     }
@@ -418,13 +431,9 @@ impl Hub {
             at: UnixMs::now(),
         })?;
         self.metrics.leaves.increment(1);
-        let room_len = inner.engine.materializer().room_len(&change.room);
-        fan_out(&inner.subscribers, &change, room_len, &self.metrics);
+        inner.fan_out(&change, &self.metrics);
         if let Some(cluster) = &mut inner.cluster {
-            if let Some(remote) = cluster.rooms.get_mut(room) {
-                remote.origins.remove(&client);
-            }
-            cluster.publish(&change, &self.metrics);
+            cluster.own(&change, &self.metrics);
         }
         Some(ticket)
     }
@@ -450,17 +459,9 @@ impl Hub {
         scratch.clear();
         let expired = engine.sweep(now, scratch);
         for change in scratch.drain(..) {
-            let room_len = engine.materializer().room_len(&change.room);
-            fan_out(subscribers, &change, room_len, &self.metrics);
+            fan_out(subscribers, &change, engine.materializer(), &self.metrics);
             if let Some(cluster) = cluster {
-                // Another node's entry expires here by its own TTL, like everywhere.
-                let remote = cluster
-                    .rooms
-                    .get_mut(&*change.room)
-                    .and_then(|r| r.origins.remove(&change.entry.client));
-                if remote.is_none() {
-                    cluster.publish(&change, &self.metrics);
-                }
+                cluster.expired(&change, &self.metrics);
             }
         }
         self.metrics.expirations.increment(expired as u64);
@@ -674,8 +675,12 @@ impl Inner {
     }
 
     fn fan_out(&self, change: &Change, metrics: &Metrics) {
-        let room_len = self.engine.materializer().room_len(&change.room);
-        fan_out(&self.subscribers, change, room_len, metrics);
+        fan_out(
+            &self.subscribers,
+            change,
+            self.engine.materializer(),
+            metrics,
+        );
     }
 }
 
@@ -819,12 +824,20 @@ impl Hub {
         let Some(room_feed) = subscribers.get_mut(room) else {
             return;
         };
-        for waiting in room_feed.waiting.take().unwrap_or_default() {
-            let snapshot = protocol::snapshot(room, now, engine.materializer().entries(room, now));
-            waiting.subscription.reset(snapshot, room_feed.feed.head());
-            if let Some(reference) = waiting.reference {
-                waiting.outbox.push_control(protocol::ack(reference, None));
-            }
+        let Some(waiting) = room_feed.waiting.take() else {
+            return;
+        };
+        // One snapshot for every waiting subscriber: nothing changes under the lock.
+        let snapshot = room_snapshot(engine.materializer(), room, now);
+        let head = room_feed.feed.head();
+        for w in waiting {
+            start(
+                &w.subscription,
+                &w.outbox,
+                w.reference,
+                snapshot.clone(),
+                head,
+            );
         }
     }
 
@@ -880,8 +893,35 @@ impl Hub {
     }
 }
 
-/// Serializes a change once and publishes it on its room's feed.
-fn fan_out(subscribers: &Subscribers, change: &Change, room_len: usize, metrics: &Metrics) {
+/// The `snapshot` message of `room` at `now`.
+fn room_snapshot(materializer: &Materializer, room: &str, now: UnixMs) -> String {
+    protocol::snapshot(room, now, materializer.entries(room, now))
+}
+
+/// Queues a subscription's snapshot, then the ack of its `subscribe`. Call under the
+/// hub lock, with the feed's head taken under it too: nothing is published between
+/// the snapshot and the head.
+fn start(
+    subscription: &Subscription,
+    outbox: &Outbox,
+    reference: Option<u64>,
+    snapshot: String,
+    head: u64,
+) {
+    subscription.reset(snapshot, head);
+    if let Some(reference) = reference {
+        outbox.push_control(protocol::ack(reference, None));
+    }
+}
+
+/// Serializes a change once and publishes it on its room's feed (sized by the room's
+/// entries, looked up only for a room with subscribers).
+fn fan_out(
+    subscribers: &Subscribers,
+    change: &Change,
+    materializer: &Materializer,
+    metrics: &Metrics,
+) {
     let Some(room) = subscribers.get(&*change.room) else {
         return;
     };
@@ -890,6 +930,7 @@ fn fan_out(subscribers: &Subscribers, change: &Change, room_len: usize, metrics:
         return;
     }
     let fragment: Arc<str> = protocol::change_fragment(change).into();
+    let room_len = materializer.room_len(&change.room);
     room.feed
         .publish(change.entry.client, fragment, &room.subscriptions, room_len);
     metrics

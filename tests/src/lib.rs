@@ -81,9 +81,9 @@ impl Launch {
         self
     }
 
-    /// Starts the server and waits until `/healthz` says it is ready.
-    pub fn start(self) -> Server {
-        let (temp, data) = match self.data {
+    /// The data directory (a fresh temporary one unless given) and the listen address.
+    fn place(&mut self) -> (Option<tempfile::TempDir>, PathBuf, String) {
+        let (temp, data) = match self.data.take() {
             Some(data) => (None, data),
             None => {
                 let temp = tempfile::tempdir().expect("temp dir");
@@ -94,6 +94,12 @@ impl Launch {
         let listen = self
             .listen
             .map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
+        (temp, data, listen)
+    }
+
+    /// Starts the server and waits until `/healthz` says it is ready.
+    pub fn start(mut self) -> Server {
+        let (temp, data, listen) = self.place();
         let (child, addr) = spawn(&listen, &data, &self.args);
         Server {
             child: Some(child),
@@ -105,8 +111,11 @@ impl Launch {
     }
 }
 
-fn spawn(listen: &str, data: &Path, args: &[String]) -> (Child, SocketAddr) {
-    let mut child = Command::new(binary())
+/// `rollcall serve` on `listen` and `data` with `args`, stdout piped (its first line
+/// says where it listens), logging at `$ROLLCALL_LOG` (default `warn`).
+fn serve_command(listen: &str, data: &Path, args: &[String]) -> Command {
+    let mut command = Command::new(binary());
+    command
         .arg("serve")
         .args(["--listen", listen])
         .arg("--data")
@@ -116,7 +125,12 @@ fn spawn(listen: &str, data: &Path, args: &[String]) -> (Child, SocketAddr) {
             "ROLLCALL_LOG",
             std::env::var("ROLLCALL_LOG").unwrap_or_else(|_| "warn".into()),
         )
-        .stdout(Stdio::piped())
+        .stdout(Stdio::piped());
+    command
+}
+
+fn spawn(listen: &str, data: &Path, args: &[String]) -> (Child, SocketAddr) {
+    let mut child = serve_command(listen, data, args)
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start rollcall");
@@ -243,32 +257,7 @@ pub fn http(
     path: &str,
     body: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let body = body.unwrap_or("");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    // Bodies of our JSON answers are short and sent whole; strip chunked framing if any.
-    let body = if response
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok((status, body))
+    http_with(addr, method, path, &[], body)
 }
 
 fn dechunk(mut body: &str) -> String {
@@ -410,30 +399,10 @@ pub enum Started {
 impl Launch {
     /// Starts the server and reports whether it became ready or exited (and with
     /// what output), instead of panicking on an exit. Stderr is captured.
-    pub fn try_start(self, timeout: Duration) -> Started {
-        let (temp, data) = match self.data {
-            Some(data) => (None, data),
-            None => {
-                let temp = tempfile::tempdir().expect("temp dir");
-                let data = temp.path().join("data");
-                (Some(temp), data)
-            }
-        };
-        let listen = self
-            .listen
-            .map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
+    pub fn try_start(mut self, timeout: Duration) -> Started {
+        let (temp, data, listen) = self.place();
         let started = Instant::now();
-        let mut child = Command::new(binary())
-            .arg("serve")
-            .args(["--listen", &listen])
-            .arg("--data")
-            .arg(&data)
-            .args(&self.args)
-            .env(
-                "ROLLCALL_LOG",
-                std::env::var("ROLLCALL_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::piped())
+        let mut child = serve_command(&listen, &data, &self.args)
             .stderr(Stdio::piped())
             .spawn()
             .expect("start rollcall");
@@ -612,7 +581,9 @@ impl Raw {
 pub mod wire {
     use std::io::{self, Read, Write};
     use std::net::{SocketAddr, TcpStream};
-    use std::time::Duration;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
 
     /// Text frame opcode.
     pub const TEXT: u8 = 0x1;
@@ -748,6 +719,51 @@ pub mod wire {
             }
         }
     }
+
+    /// Upgrades, says hello in a hand-written frame and reads the `welcome`.
+    pub fn hello(addr: SocketAddr) -> io::Result<TcpStream> {
+        let mut stream = connect_upgraded(addr)?;
+        stream.write_all(&frame(TEXT, true, br#"{"type":"hello"}"#))?;
+        let (opcode, payload) = read_frame(&mut stream)?;
+        if opcode != TEXT || !String::from_utf8_lossy(&payload).contains("welcome") {
+            return Err(io::Error::other("no welcome"));
+        }
+        Ok(stream)
+    }
+
+    /// Writes `chunks` until the server closes (seen by `read`, running on a clone of
+    /// the stream) or a write fails; returns the bytes written, what `read` returned
+    /// and how long the writing took.
+    pub fn write_until_closed<T: Send + 'static>(
+        mut stream: TcpStream,
+        chunks: impl Iterator<Item = Vec<u8>>,
+        read: impl FnOnce(TcpStream) -> T + Send + 'static,
+    ) -> (u64, T, Duration) {
+        stream
+            .set_write_timeout(Some(Duration::from_secs(5)))
+            .expect("write timeout");
+        let closed = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let stream = stream.try_clone().expect("clone the stream");
+            let closed = closed.clone();
+            std::thread::spawn(move || {
+                let result = read(stream);
+                closed.store(true, Ordering::SeqCst);
+                result
+            })
+        };
+        let started = Instant::now();
+        let mut written = 0u64;
+        for chunk in chunks {
+            if closed.load(Ordering::SeqCst) || stream.write_all(&chunk).is_err() {
+                break;
+            }
+            written += chunk.len() as u64;
+        }
+        let elapsed = started.elapsed();
+        let result = reader.join().expect("the reader thread");
+        (written, result, elapsed)
+    }
 }
 
 /// An HTTP/1.1 request with extra header lines (e.g. `Authorization`); returns
@@ -783,6 +799,7 @@ pub fn http_with(
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    // Bodies of our JSON answers are short and sent whole; strip chunked framing if any.
     let body = if response
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")

@@ -16,59 +16,27 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use hdrhistogram::Histogram;
-use rollcall_benches::{DURABILITIES, LAYOUTS, Workload, log_config};
+use rollcall_benches::{Mode, Workload, durabilities, layouts, log_config, parse_count};
 use rollcall_engine::{Durability, Engine, Layout, Ticket};
 
-#[derive(Debug)]
+/// Time to durable under a steady open-loop load.
+#[derive(Debug, Parser)]
+#[command(name = "append-latency")]
 struct Options {
+    /// Heartbeats appended per second.
+    #[arg(long, default_value = "100000", value_parser = parse_count)]
     rate: u64,
+    /// Seconds of load.
+    #[arg(long, default_value = "10", value_parser = parse_count)]
     secs: u64,
+    /// Live entries the heartbeats cycle over.
+    #[arg(long, default_value = "100000", value_parser = parse_count)]
     live: u64,
-    durabilities: Vec<(&'static str, Durability)>,
-    layouts: Vec<(&'static str, Layout)>,
-}
-
-fn parse_args() -> Result<Options, String> {
-    let mut options = Options {
-        rate: 100_000,
-        secs: 10,
-        live: 100_000,
-        durabilities: Vec::new(),
-        layouts: Vec::new(),
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut number = |name: &str| -> Result<u64, String> {
-            let value = args.next().ok_or(format!("{name} needs a value"))?;
-            value
-                .replace('_', "")
-                .parse()
-                .map_err(|_| format!("{name}: not a number: {value}"))
-        };
-        match arg.as_str() {
-            "--rate" => options.rate = number("--rate")?.max(1),
-            "--secs" => options.secs = number("--secs")?.max(1),
-            "--live" => options.live = number("--live")?.max(1),
-            "flush" => options.durabilities.push(DURABILITIES[0]),
-            "buffered" => options.durabilities.push(DURABILITIES[1]),
-            "per-group" => options.layouts.push(LAYOUTS[0]),
-            "per-event" => options.layouts.push(LAYOUTS[1]),
-            "-h" | "--help" => {
-                return Err("usage: append-latency [--rate N] [--secs S] [--live N] \
-                            [flush|buffered]... [per-group|per-event]..."
-                    .into());
-            }
-            other => return Err(format!("unknown argument {other}; try --help")),
-        }
-    }
-    if options.durabilities.is_empty() {
-        options.durabilities = DURABILITIES.to_vec();
-    }
-    if options.layouts.is_empty() {
-        options.layouts = LAYOUTS.to_vec();
-    }
-    Ok(options)
+    /// Durability modes and layouts to run (every combination when none is named).
+    #[arg(value_enum)]
+    modes: Vec<Mode>,
 }
 
 /// Watermark advances as the writer thread reported them.
@@ -171,19 +139,16 @@ fn run(options: &Options, durability: Durability, layout: Layout) -> String {
 }
 
 fn main() {
-    let options = match parse_args() {
-        Ok(options) => options,
-        Err(message) => {
-            eprintln!("{message}");
-            std::process::exit(2);
-        }
-    };
+    let mut options = Options::parse();
+    options.rate = options.rate.max(1);
+    options.secs = options.secs.max(1);
+    options.live = options.live.max(1);
     println!(
         "append-latency: {} heartbeats/s for {} s over {} live entries",
         options.rate, options.secs, options.live
     );
-    for &(durability_name, durability) in &options.durabilities {
-        for &(layout_name, layout) in &options.layouts {
+    for (durability_name, durability) in durabilities(&options.modes) {
+        for (layout_name, layout) in layouts(&options.modes) {
             let line = run(&options, durability, layout);
             println!("{durability_name}/{layout_name}: {line}");
         }

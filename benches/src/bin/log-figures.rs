@@ -12,56 +12,31 @@
 
 use std::time::Instant;
 
-use rollcall_benches::{DiskUsage, LAYOUTS, Workload, build_log, disk_usage, log_config, mib};
+use clap::{CommandFactory, Parser};
+use rollcall_benches::{
+    DiskUsage, Mode, Workload, build_log, disk_usage, layouts, log_config, mib, parse_count,
+};
 use rollcall_engine::{Durability, Engine, Layout, Ttl};
 
-#[derive(Debug)]
+/// Disk size and open times of a log with many live entries.
+#[derive(Debug, Parser)]
+#[command(name = "log-figures")]
 struct Options {
+    /// Live entries in the log.
+    #[arg(long, default_value = "1000000", value_parser = parse_count)]
     live: u64,
+    /// Upserts written after the entries (default: a quarter of them).
+    #[arg(long, value_parser = parse_count)]
     churn: Option<u64>,
-    opens: u32,
-    max_record_bytes: Option<usize>,
-    layouts: Vec<(&'static str, Layout)>,
-}
-
-fn parse_args() -> Result<Options, String> {
-    let mut options = Options {
-        live: 1_000_000,
-        churn: None,
-        opens: 3,
-        max_record_bytes: None,
-        layouts: Vec::new(),
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut number = |name: &str| -> Result<u64, String> {
-            let value = args.next().ok_or(format!("{name} needs a value"))?;
-            value
-                .replace('_', "")
-                .parse()
-                .map_err(|_| format!("{name}: not a number: {value}"))
-        };
-        match arg.as_str() {
-            "--live" => options.live = number("--live")?.max(1),
-            "--churn" => options.churn = Some(number("--churn")?),
-            "--opens" => options.opens = number("--opens")? as u32,
-            "--max-record-bytes" => {
-                options.max_record_bytes = Some(number("--max-record-bytes")? as usize);
-            }
-            "per-group" => options.layouts.push(LAYOUTS[0]),
-            "per-event" => options.layouts.push(LAYOUTS[1]),
-            "-h" | "--help" => {
-                return Err("usage: log-figures [--live N] [--churn N] [--opens N] \
-                            [--max-record-bytes N] [per-group|per-event]..."
-                    .into());
-            }
-            other => return Err(format!("unknown argument {other}; try --help")),
-        }
-    }
-    if options.layouts.is_empty() {
-        options.layouts = LAYOUTS.to_vec();
-    }
-    Ok(options)
+    /// Opens to time.
+    #[arg(long, default_value = "3", value_parser = parse_count)]
+    opens: u64,
+    /// Largest record, in bytes (the engine's default when not given).
+    #[arg(long, value_parser = parse_count)]
+    max_record_bytes: Option<u64>,
+    /// Layouts to measure (both when none is named).
+    #[arg(value_enum)]
+    layouts: Vec<Mode>,
 }
 
 fn describe(usage: DiskUsage, logical: u64) -> String {
@@ -82,7 +57,7 @@ fn figures(options: &Options, layout_name: &str, layout: Layout) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let path = dir.path();
     let adjust = |config: rollcall_engine::Config| match options.max_record_bytes {
-        Some(bytes) => config.max_record(4_096, bytes),
+        Some(bytes) => config.max_record(4_096, bytes as usize),
         None => config,
     };
 
@@ -135,14 +110,21 @@ fn figures(options: &Options, layout_name: &str, layout: Layout) {
 }
 
 fn main() {
-    let options = match parse_args() {
-        Ok(options) => options,
-        Err(message) => {
-            eprintln!("{message}");
-            std::process::exit(2);
-        }
-    };
-    for &(layout_name, layout) in &options.layouts {
+    let mut options = Options::parse();
+    if options
+        .layouts
+        .iter()
+        .any(|mode| matches!(mode, Mode::Flush | Mode::Buffered))
+    {
+        Options::command()
+            .error(
+                clap::error::ErrorKind::InvalidValue,
+                "log-figures takes layouts only: per-group, per-event",
+            )
+            .exit();
+    }
+    options.live = options.live.max(1);
+    for (layout_name, layout) in layouts(&options.layouts) {
         figures(&options, layout_name, layout);
     }
 }
