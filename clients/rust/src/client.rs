@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -714,8 +715,59 @@ fn entry_of(value: &Value) -> Option<(u64, Entry)> {
     ))
 }
 
+/// A JSON value from raw text; a value this parser refuses (a lone surrogate escape, a
+/// number out of range, nesting past its limit) becomes `null`.
+fn value_or_null(raw: &RawValue) -> Value {
+    serde_json::from_str(raw.get()).unwrap_or_else(|error| {
+        tracing::warn!(%error, value = raw.get(), "unreadable value replaced by null");
+        Value::Null
+    })
+}
+
+/// An object's fields one by one, each unreadable field `null`.
+fn object_by_field(raw: &RawValue) -> Option<Value> {
+    let fields: BTreeMap<String, &RawValue> = serde_json::from_str(raw.get()).ok()?;
+    Some(Value::Object(
+        fields
+            .into_iter()
+            .map(|(key, raw)| (key, value_or_null(raw)))
+            .collect(),
+    ))
+}
+
+/// Reads a frame that does not parse as a whole: field by field, and the elements of
+/// `entries` and `changes` one by one, so one unreadable entry costs only its own
+/// unreadable part, never the frame's other changes.
+fn parse_leniently(text: &str) -> Option<Value> {
+    let fields: BTreeMap<String, &RawValue> = serde_json::from_str(text).ok()?;
+    let mut frame = serde_json::Map::new();
+    for (key, raw) in fields {
+        let value = if key == "entries" || key == "changes" {
+            let elements: Vec<&RawValue> = serde_json::from_str(raw.get()).ok()?;
+            Value::Array(
+                elements
+                    .into_iter()
+                    .map(|element| {
+                        serde_json::from_str(element.get())
+                            .ok()
+                            .or_else(|| object_by_field(element))
+                            .unwrap_or(Value::Null)
+                    })
+                    .collect(),
+            )
+        } else {
+            value_or_null(raw)
+        };
+        frame.insert(key, value);
+    }
+    Some(Value::Object(frame))
+}
+
 fn handle(shared: &Shared, text: &str, pending: &mut Pending, pings: &mut HashMap<u64, Instant>) {
-    let Ok(value) = serde_json::from_str::<Value>(text) else {
+    let Some(value) = serde_json::from_str::<Value>(text)
+        .ok()
+        .or_else(|| parse_leniently(text))
+    else {
         tracing::warn!(%text, "not JSON");
         return;
     };
@@ -800,5 +852,36 @@ fn handle(shared: &Shared, text: &str, pending: &mut Pending, pings: &mut HashMa
             let _ = shared.errors.send(error);
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_unreadable_entry_costs_only_its_data() {
+        let deep = format!("{}{}", "[".repeat(130), "]".repeat(130));
+        let frame = format!(
+            r#"{{"type":"changes","room":"r","serverTimeMs":1,"changes":[
+                {{"op":"upsert","clientId":1,"data":{{"ok":true}},"expiresAtMs":9}},
+                {{"op":"upsert","clientId":2,"data":"\ud800","expiresAtMs":9}},
+                {{"op":"upsert","clientId":3,"data":1e999999,"expiresAtMs":9}},
+                {{"op":"upsert","clientId":4,"data":{deep},"expiresAtMs":9}},
+                {{"op":"leave","clientId":5}}]}}"#
+        );
+        assert!(serde_json::from_str::<Value>(&frame).is_err());
+        let value = parse_leniently(&frame).expect("read leniently");
+        let changes = value["changes"].as_array().expect("changes");
+        assert_eq!(changes.len(), 5);
+        assert_eq!(changes[0]["data"]["ok"], true);
+        for (i, change) in changes[1..4].iter().enumerate() {
+            assert_eq!(change["clientId"], i as u64 + 2);
+            assert_eq!(change["op"], "upsert");
+            assert_eq!(change["expiresAtMs"], 9);
+            assert!(change["data"].is_null());
+        }
+        assert_eq!(changes[4]["op"], "leave");
+        assert_eq!(value["room"], "r");
     }
 }
