@@ -1,18 +1,356 @@
-//! A WebSocket connection: reads whole messages, writes batches of frames.
+//! A WebSocket connection: the upgrade, reading whole messages, writing batches of
+//! frames.
+//!
+//! The upgrade is done here rather than by axum's extractor so that the socket sits on
+//! a [`FrameGuard`], which sees every frame header and caps the fragments of one
+//! message: a message's size limit alone does not stop endless empty continuation
+//! frames.
 //!
 //! The connection owns the socket. After the `hello` handshake it splits into a
 //! [`Reader`] and a [`Writer`] so that a client that does not read can still be read
 //! from (its heartbeats keep flowing) while its writer waits for the socket.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::body::Body;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::WebSocketStream;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tungstenite::{Message, Utf8Bytes};
 
 use crate::protocol::close;
+
+/// Data frames one message may span (its first frame and its continuations).
+pub const MAX_FRAGMENTS_PER_MESSAGE: u32 = 64;
+
+/// An upgraded WebSocket.
+pub type WebSocket = WebSocketStream<FrameGuard<TokioIo<hyper::upgrade::Upgraded>>>;
+
+/// Why an upgrade request was refused.
+#[derive(Debug)]
+pub struct UpgradeRejection(StatusCode, &'static str);
+
+impl IntoResponse for UpgradeRejection {
+    fn into_response(self) -> Response {
+        (self.0, self.1).into_response()
+    }
+}
+
+/// A WebSocket upgrade request (HTTP/1.1), checked; [`WebSocketUpgrade::on_upgrade`]
+/// answers it.
+#[derive(Debug)]
+pub struct WebSocketUpgrade {
+    config: WebSocketConfig,
+    key: HeaderValue,
+    requested: Vec<String>,
+    protocol: Option<HeaderValue>,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+}
+
+fn header_is(headers: &HeaderMap, name: header::HeaderName, value: &str) -> bool {
+    headers
+        .get(name)
+        .is_some_and(|h| h.as_bytes().eq_ignore_ascii_case(value.as_bytes()))
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|h| {
+        h.to_str().is_ok_and(|h| {
+            h.split(',')
+                .any(|part| part.trim().eq_ignore_ascii_case(token))
+        })
+    })
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
+    type Rejection = UpgradeRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let bad = |message| UpgradeRejection(StatusCode::BAD_REQUEST, message);
+        if parts.method != Method::GET {
+            return Err(UpgradeRejection(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Request method must be `GET`",
+            ));
+        }
+        if !header_has_token(&parts.headers, header::CONNECTION, "upgrade") {
+            return Err(bad("Connection header did not include 'upgrade'"));
+        }
+        if !header_is(&parts.headers, header::UPGRADE, "websocket") {
+            return Err(bad("`Upgrade` header did not include 'websocket'"));
+        }
+        if !header_is(&parts.headers, header::SEC_WEBSOCKET_VERSION, "13") {
+            return Err(bad("`Sec-WebSocket-Version` header did not include '13'"));
+        }
+        let key = parts
+            .headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            .cloned()
+            .ok_or_else(|| bad("`Sec-WebSocket-Key` header missing"))?;
+        let on_upgrade = parts
+            .extensions
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .ok_or(UpgradeRejection(
+                StatusCode::UPGRADE_REQUIRED,
+                "WebSocket request couldn't be upgraded since no upgrade state was present",
+            ))?;
+        let requested = parts
+            .headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|h| h.to_str().ok())
+            .flat_map(|h| h.split(','))
+            .map(|p| p.trim().to_owned())
+            .collect();
+        Ok(WebSocketUpgrade {
+            config: WebSocketConfig::default(),
+            key,
+            requested,
+            protocol: None,
+            on_upgrade,
+        })
+    }
+}
+
+impl WebSocketUpgrade {
+    /// Selects the first of the client's requested subprotocols that is in `known`.
+    #[must_use]
+    pub fn protocols<const N: usize>(mut self, known: [&'static str; N]) -> Self {
+        self.protocol = self
+            .requested
+            .iter()
+            .find(|p| known.contains(&p.as_str()))
+            .and_then(|p| HeaderValue::from_str(p).ok());
+        self
+    }
+
+    /// Largest message.
+    #[must_use]
+    pub fn max_message_size(mut self, max: usize) -> Self {
+        self.config = self.config.max_message_size(Some(max));
+        self
+    }
+
+    /// Largest frame.
+    #[must_use]
+    pub fn max_frame_size(mut self, max: usize) -> Self {
+        self.config = self.config.max_frame_size(Some(max));
+        self
+    }
+
+    /// Initial read buffer size.
+    #[must_use]
+    pub fn read_buffer_size(mut self, size: usize) -> Self {
+        self.config = self.config.read_buffer_size(size);
+        self
+    }
+
+    /// Write buffer threshold.
+    #[must_use]
+    pub fn write_buffer_size(mut self, size: usize) -> Self {
+        self.config = self.config.write_buffer_size(size);
+        self
+    }
+
+    /// Answers 101 and runs `callback` on the socket once the upgrade completes.
+    pub fn on_upgrade<C, Fut>(self, callback: C) -> Response
+    where
+        C: FnOnce(WebSocket) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let WebSocketUpgrade {
+            config,
+            key,
+            protocol,
+            on_upgrade,
+            ..
+        } = self;
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let io = FrameGuard::new(TokioIo::new(upgraded));
+            let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+            callback(socket).await;
+        });
+        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if let Ok(accept) = HeaderValue::from_str(&accept) {
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        if let Some(protocol) = protocol {
+            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+        }
+        response
+    }
+}
+
+/// The error a [`FrameGuard`] fails the read with when a message spans too many frames.
+#[derive(Debug)]
+struct TooManyFragments;
+
+impl std::fmt::Display for TooManyFragments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a message spans more than {MAX_FRAGMENTS_PER_MESSAGE} frames"
+        )
+    }
+}
+
+impl std::error::Error for TooManyFragments {}
+
+/// Where the scanner is in the client's frame stream.
+#[derive(Debug, Default)]
+struct FrameScanner {
+    /// The header being read (at most 2 + 8 + 4 bytes).
+    header: [u8; 14],
+    have: usize,
+    /// Payload bytes of the current frame still to skip.
+    payload: u64,
+    /// Data frames of the message in progress.
+    fragments: u32,
+}
+
+impl FrameScanner {
+    /// Header length once its first two bytes are known.
+    fn header_len(&self) -> usize {
+        let extended = match self.header[1] & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let mask = if self.header[1] & 0x80 == 0 { 0 } else { 4 };
+        2 + extended + mask
+    }
+
+    /// Scans `bytes`; false once a message spans too many frames.
+    fn scan(&mut self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            if self.payload > 0 {
+                let skip = usize::try_from(self.payload)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
+                self.payload -= skip as u64;
+                bytes = &bytes[skip..];
+                continue;
+            }
+            self.header[self.have] = bytes[0];
+            self.have += 1;
+            bytes = &bytes[1..];
+            if self.have < 2 || self.have < self.header_len() {
+                continue;
+            }
+            self.payload = match self.header[1] & 0x7f {
+                126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
+                127 => {
+                    let mut len = [0u8; 8];
+                    len.copy_from_slice(&self.header[2..10]);
+                    u64::from_be_bytes(len)
+                }
+                short => u64::from(short),
+            };
+            let fin = self.header[0] & 0x80 != 0;
+            let opcode = self.header[0] & 0x0f;
+            self.have = 0;
+            // Control frames (0x8 and up) may come between fragments; the session
+            // rate-limits them.
+            if opcode < 0x8 {
+                self.fragments = if opcode == 0 { self.fragments + 1 } else { 1 };
+                if self.fragments > MAX_FRAGMENTS_PER_MESSAGE {
+                    return false;
+                }
+                if fin {
+                    self.fragments = 0;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// The socket under the WebSocket protocol: reads pass through a [`FrameScanner`],
+/// which fails the read once a message spans more than
+/// [`MAX_FRAGMENTS_PER_MESSAGE`] frames.
+#[derive(Debug)]
+pub struct FrameGuard<T> {
+    inner: T,
+    scanner: FrameScanner,
+}
+
+impl<T> FrameGuard<T> {
+    fn new(inner: T) -> FrameGuard<T> {
+        FrameGuard {
+            inner,
+            scanner: FrameScanner::default(),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for FrameGuard<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            if !this.scanner.scan(&buf.filled()[before..]) {
+                return Poll::Ready(Err(io::Error::other(TooManyFragments)));
+            }
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for FrameGuard<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
 
 /// What reading produced.
 #[derive(Debug)]
@@ -25,6 +363,9 @@ pub enum Inbound {
     Closed,
     /// The message exceeded the size limit: close with 1009.
     TooBig,
+    /// The client broke the protocol (or sent invalid UTF-8 as text): close with this
+    /// code and reason.
+    Violation(u16, &'static str),
     /// A ping or pong (tungstenite answers pings itself); counted for flood control.
     Control,
 }
@@ -85,7 +426,7 @@ impl Connection {
     /// Sends a close frame.
     pub async fn close(mut self, code: u16, reason: &'static str) {
         let _ = self.socket.send(close_message(code, reason)).await;
-        let _ = self.socket.close().await;
+        let _ = SinkExt::close(&mut self.socket).await;
     }
 
     /// Splits into independent halves.
@@ -106,14 +447,14 @@ impl Connection {
 
 fn close_message(code: u16, reason: &'static str) -> Message {
     Message::Close(Some(CloseFrame {
-        code,
+        code: CloseCode::from(code),
         reason: Utf8Bytes::from_static(reason),
     }))
 }
 
 async fn read_next<S>(stream: &mut S, last_seen: &LastSeen) -> Inbound
 where
-    S: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+    S: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
     let Some(item) = stream.next().await else {
         return Inbound::Closed;
@@ -124,17 +465,34 @@ where
         Ok(Message::Binary(_)) => Inbound::Binary,
         Ok(Message::Ping(_) | Message::Pong(_)) => Inbound::Control,
         Ok(Message::Close(_)) => Inbound::Closed,
-        Err(error) => {
-            let too_big = error
-                .into_inner()
-                .downcast_ref::<tungstenite::Error>()
-                .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
-            if too_big {
-                Inbound::TooBig
-            } else {
-                Inbound::Closed
-            }
+        // Never produced when reading.
+        Ok(Message::Frame(_)) => Inbound::Control,
+        Err(error) => inbound_error(&error),
+    }
+}
+
+/// What a read error means for the connection.
+fn inbound_error(error: &tungstenite::Error) -> Inbound {
+    use tungstenite::error::ProtocolError;
+    match error {
+        tungstenite::Error::Capacity(_) => Inbound::TooBig,
+        tungstenite::Error::Utf8(_) => {
+            Inbound::Violation(close::INVALID_PAYLOAD, "invalid UTF-8 in a text message")
         }
+        tungstenite::Error::Io(io)
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<TooManyFragments>()) =>
+        {
+            Inbound::Violation(close::MESSAGE_TOO_BIG, "too many fragments in one message")
+        }
+        tungstenite::Error::Protocol(
+            ProtocolError::ResetWithoutClosingHandshake | ProtocolError::ReceivedAfterClosing,
+        ) => Inbound::Closed,
+        tungstenite::Error::Protocol(_) => {
+            Inbound::Violation(close::PROTOCOL_ERROR, "WebSocket protocol violation")
+        }
+        _ => Inbound::Closed,
     }
 }
 

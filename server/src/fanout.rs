@@ -156,6 +156,9 @@ struct PendingAck {
     deadline: Instant,
     reference: u64,
     message: String,
+    /// Whether the ack claims a write is durable; one that does not (it only waits
+    /// its turn behind earlier acks) is sent as is when the deadline passes.
+    claims_write: bool,
 }
 
 #[derive(Debug, Default)]
@@ -291,7 +294,29 @@ impl Outbox {
             deadline,
             reference,
             message,
+            claims_write: true,
         });
+        self.wake.notify_one();
+    }
+
+    /// Queues the ack of a request that wrote nothing, in order: behind the acks still
+    /// waiting for the disk, if any (an ack never passes an earlier one), else at once.
+    pub fn push_ack_in_order(&self, reference: u64, message: String) {
+        let mut state = lock(&self.state);
+        match state.acks.back() {
+            Some(last) => {
+                let (ticket, deadline) = (last.ticket, last.deadline);
+                state.acks.push_back(PendingAck {
+                    ticket,
+                    deadline,
+                    reference,
+                    message,
+                    claims_write: false,
+                });
+            }
+            None => state.control.push_back(message),
+        }
+        drop(state);
         self.wake.notify_one();
     }
 
@@ -354,6 +379,10 @@ impl Outbox {
                 out.frames.push(ack.message);
             } else if ack.deadline <= at {
                 let ack = state.acks.pop_front().expect("front exists");
+                if !ack.claims_write {
+                    out.frames.push(ack.message);
+                    continue;
+                }
                 out.frames.push(protocol::error(&Rejection {
                     code: ErrorCode::StorageUnavailable,
                     message: "the log could not make this write durable in time; it is held in \

@@ -7,7 +7,6 @@ use std::time::Duration;
 use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -20,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Grant;
 use crate::config::ServerConfig;
+use crate::connection::WebSocketUpgrade;
 use crate::hub::Hub;
 use crate::listener::ConnectionGuard;
 use crate::protocol::{self, ErrorCode, Rejection};
@@ -330,6 +330,7 @@ async fn heartbeat(
             ),
         ));
     }
+    protocol::check_data(data, limits)?;
     let client = match body.client_id {
         Some(id) => ClientId::new(id).ok_or_else(|| {
             ApiError::new(

@@ -422,20 +422,35 @@ impl Hub {
         Ok((expires_at, ticket))
     }
 
-    /// Removes `client`'s entry; `None` if it had none.
+    /// Removes `client`'s entry. Returns the ticket to wait for before answering: the
+    /// leave's own or, if the client had no entry, the latest write's (the entry may
+    /// be gone by a write that is not durable yet, on this connection or another, so
+    /// the answer must not pass it); `None` when there is nothing to wait for.
     pub fn leave(&self, room: &Arc<str>, client: ClientId) -> Option<Ticket> {
         let mut inner = self.lock();
-        let (change, ticket) = inner.engine.leave(Leave {
+        let Some((change, ticket)) = inner.engine.leave(Leave {
             room: room.clone(),
             client,
             at: UnixMs::now(),
-        })?;
+        }) else {
+            let latest = inner.engine.last_ticket();
+            return (latest > *self.durable.borrow()).then_some(latest);
+        };
         self.metrics.leaves.increment(1);
         inner.fan_out(&change, &self.metrics);
         if let Some(cluster) = &mut inner.cluster {
             cluster.own(&change, &self.metrics);
         }
         Some(ticket)
+    }
+
+    /// Whether `client` holds a live entry in `room`.
+    pub fn holds_entry(&self, room: &str, client: ClientId) -> bool {
+        self.lock()
+            .engine
+            .materializer()
+            .get(room, client, UnixMs::now())
+            .is_some()
     }
 
     /// Expires due entries and fans out their removal. Returns how many expired.

@@ -12,6 +12,8 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// Largest serialized heartbeat `data`.
     pub max_data_bytes: usize,
+    /// Deepest nesting of arrays and objects in `data` (`[[1]]` is 2).
+    pub max_data_depth: usize,
     /// Longest TTL.
     pub max_ttl_ms: u64,
     /// Longest room name in bytes.
@@ -33,6 +35,7 @@ impl Default for Limits {
         Limits {
             max_message_bytes: 64 * 1024,
             max_data_bytes: 4 * 1024,
+            max_data_depth: 64,
             max_ttl_ms: 3_600_000,
             max_room_bytes: 256,
             max_rooms_per_connection: 128,

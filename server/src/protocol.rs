@@ -27,6 +27,9 @@ pub enum ErrorCode {
     InvalidTtl,
     /// `data` larger than the limit.
     DataTooLarge,
+    /// `data` that not every JSON parser reads the same: a lone surrogate escape, a
+    /// number out of the range of a double, or nesting deeper than the limit.
+    InvalidData,
     /// The connection uses too many rooms.
     TooManyRooms,
     /// The room has too many entries.
@@ -61,6 +64,7 @@ impl ErrorCode {
             ErrorCode::InvalidRoom => "invalid_room",
             ErrorCode::InvalidTtl => "invalid_ttl",
             ErrorCode::DataTooLarge => "data_too_large",
+            ErrorCode::InvalidData => "invalid_data",
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::RoomFull => "room_full",
             ErrorCode::RateLimited => "rate_limited",
@@ -82,6 +86,7 @@ impl ErrorCode {
             ErrorCode::BadRequest
             | ErrorCode::InvalidRoom
             | ErrorCode::InvalidTtl
+            | ErrorCode::InvalidData
             | ErrorCode::TooManyRooms
             | ErrorCode::InvalidResume => 400,
             ErrorCode::Unauthorized | ErrorCode::InvalidToken | ErrorCode::TokenExpired => 401,
@@ -106,7 +111,12 @@ impl std::fmt::Display for ErrorCode {
 pub mod close {
     /// The server is shutting down.
     pub const GOING_AWAY: u16 = 1001;
-    /// A message exceeded the size limit.
+    /// The client broke the WebSocket protocol (e.g. an unmasked, fragmented control
+    /// or unexpected continuation frame, or non-zero reserved bits).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text message was not valid UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A message exceeded the size limit, or spanned too many frames.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// The server failed.
     pub const INTERNAL: u16 = 1011;
@@ -318,17 +328,7 @@ pub fn parse<'a>(text: &'a str, limits: &Limits) -> Result<Request<'a>, Rejectio
             let room = room(raw.room)?;
             let ttl = parse_ttl(raw.ttl_ms, limits).map_err(|r| r.with(reference, Some(&room)))?;
             let data = raw.data.map_or("null", RawValue::get);
-            if data.len() > limits.max_data_bytes {
-                return Err(Rejection::new(
-                    ErrorCode::DataTooLarge,
-                    format!(
-                        "data is {} bytes of JSON; the limit is {}",
-                        data.len(),
-                        limits.max_data_bytes
-                    ),
-                )
-                .with(reference, Some(&room)));
-            }
+            check_data(data, limits).map_err(|r| r.with(reference, Some(&room)))?;
             Ok(Request::Heartbeat {
                 room,
                 data,
@@ -342,6 +342,103 @@ pub fn parse<'a>(text: &'a str, limits: &Limits) -> Result<Request<'a>, Rejectio
         )
         .with(reference, None)),
     }
+}
+
+/// Validates a heartbeat's `data` (syntactically valid JSON text, as serde parsed it):
+/// at most `max_data_bytes`, and only what every RFC 8259 parser reads the same way:
+/// no lone surrogate escapes, every number within the range of a double, and arrays
+/// and objects nested at most `max_data_depth` deep. Shared by WebSocket and REST.
+pub fn check_data(data: &str, limits: &Limits) -> Result<(), Rejection> {
+    if data.len() > limits.max_data_bytes {
+        return Err(Rejection::new(
+            ErrorCode::DataTooLarge,
+            format!(
+                "data is {} bytes of JSON; the limit is {}",
+                data.len(),
+                limits.max_data_bytes
+            ),
+        ));
+    }
+    let invalid = |message: String| Rejection::new(ErrorCode::InvalidData, message);
+    let bytes = data.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limits.max_data_depth {
+                    return Err(invalid(format!(
+                        "data is nested more than {} levels deep",
+                        limits.max_data_depth
+                    )));
+                }
+                i += 1;
+            }
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            b'"' => i = check_string(bytes, i + 1).map_err(invalid)?,
+            b'-' | b'0'..=b'9' => {
+                let end = bytes[i..]
+                    .iter()
+                    .position(|b| !matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+                    .map_or(bytes.len(), |n| i + n);
+                let number = &data[i..end];
+                if !number.parse::<f64>().is_ok_and(f64::is_finite) {
+                    return Err(invalid(format!(
+                        "the number {} is out of the range of a double",
+                        truncate(number)
+                    )));
+                }
+                i = end;
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+/// Checks the escapes of the string whose contents start at `start`; returns the index
+/// after its closing quote.
+fn check_string(bytes: &[u8], start: usize) -> Result<usize, String> {
+    let hex = |at: usize| -> Option<u16> {
+        let digits = std::str::from_utf8(bytes.get(at..at + 4)?).ok()?;
+        u16::from_str_radix(digits, 16).ok()
+    };
+    let mut i = start;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => return Ok(i + 1),
+            b'\\' if bytes.get(i + 1) == Some(&b'u') => {
+                let unit = hex(i + 2).unwrap_or(0);
+                i += 6;
+                if (0xDC00..=0xDFFF).contains(&unit) {
+                    return Err(format!("data holds a lone surrogate \\u{unit:04x}"));
+                }
+                if (0xD800..=0xDBFF).contains(&unit) {
+                    let low = (bytes.get(i) == Some(&b'\\') && bytes.get(i + 1) == Some(&b'u'))
+                        .then(|| hex(i + 2))
+                        .flatten();
+                    if !low.is_some_and(|low| (0xDC00..=0xDFFF).contains(&low)) {
+                        return Err(format!("data holds a lone surrogate \\u{unit:04x}"));
+                    }
+                    i += 6;
+                }
+            }
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+    Ok(i)
+}
+
+/// At most 32 characters of `text`, for error messages.
+fn truncate(text: &str) -> &str {
+    text.char_indices()
+        .nth(32)
+        .map_or(text, |(at, _)| &text[..at])
 }
 
 /// Validates `ttlMs`: an integer in `[1, max_ttl_ms]`.
@@ -643,6 +740,46 @@ mod tests {
         let fits = format!(r#""{}""#, "a".repeat(4094));
         let text = format!(r#"{{"type":"heartbeat","room":"r","data":{fits},"ttlMs":5}}"#);
         assert!(parse(&text, &limits()).is_ok());
+    }
+
+    #[test]
+    fn data_every_parser_reads_alike_is_accepted() {
+        for data in [
+            r#"{"name":"a\"b\\","n":[1,-2.5e10,0.0,1e308],"s":"\ud83d\ude00 ok"}"#,
+            r#""\u00e9\n""#,
+            "null",
+            "-0",
+            r#"[[[[1]]]]"#,
+            r#""[[[[[""#,
+        ] {
+            assert!(check_data(data, &limits()).is_ok(), "{data}");
+        }
+        let deep = format!("{}{}", "[".repeat(64), "]".repeat(64));
+        assert!(check_data(&deep, &limits()).is_ok());
+    }
+
+    #[test]
+    fn data_parsers_disagree_on_is_invalid() {
+        let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        let huge = format!("1{}", "0".repeat(400));
+        for data in [
+            r#""\ud800""#,
+            r#""\udc00""#,
+            r#""\ud800\u0041""#,
+            r#"{"a":"x\uD800"}"#,
+            "1e999999",
+            "-1e400",
+            &huge,
+            &deep,
+        ] {
+            let rejection = check_data(data, &limits()).unwrap_err();
+            assert_eq!(rejection.code, ErrorCode::InvalidData, "{data}");
+        }
+        let text = r#"{"type":"heartbeat","room":"r","data":"\ud800","ttlMs":5,"ref":4}"#;
+        let rejection = parse(text, &limits()).unwrap_err();
+        assert_eq!(rejection.code, ErrorCode::InvalidData);
+        assert_eq!(rejection.reference, Some(4));
+        assert_eq!(rejection.room.as_deref(), Some("r"));
     }
 
     #[test]

@@ -69,7 +69,7 @@ async fn read_hello(connection: &mut Connection) -> Inbound {
 
 /// Runs a session to completion.
 pub async fn serve(
-    socket: axum::extract::ws::WebSocket,
+    socket: crate::connection::WebSocket,
     hub: Arc<Hub>,
     mut shutdown: Shutdown,
     config: SessionConfig,
@@ -105,6 +105,10 @@ pub async fn serve(
         },
         Ok(Inbound::TooBig) => {
             connection.close(TOO_BIG.0, TOO_BIG.1).await;
+            return;
+        }
+        Ok(Inbound::Violation(code, reason)) => {
+            connection.close(code, reason).await;
             return;
         }
         Ok(Inbound::Binary) => {
@@ -228,7 +232,10 @@ pub async fn serve(
         // discards the close frame still in the send queue. Read (and drop) what the
         // client still sends until it closes too; briefly.
         let _ = timeout(LINGER, async {
-            while !matches!(reader.read().await, Inbound::Closed | Inbound::TooBig) {
+            while !matches!(
+                reader.read().await,
+                Inbound::Closed | Inbound::TooBig | Inbound::Violation(..)
+            ) {
                 tokio::task::consume_budget().await;
             }
         })
@@ -285,33 +292,62 @@ impl Session {
                 Inbound::Text(text) => {
                     let result = match protocol::parse(&text, self.hub.limits()) {
                         Ok(request) => self.handle(request),
-                        Err(rejection) => Err(rejection),
+                        Err(rejection) => Err(self.charge(rejection)),
                     };
                     if let Err(rejection) = result {
-                        if rejection.code == ErrorCode::RateLimited
-                            && !self.refused.take(Instant::now())
-                        {
-                            return Exit::Close(close::CONTROL_FLOOD, "too many requests");
+                        if let Some(exit) = self.refuse(&rejection) {
+                            return exit;
                         }
-                        self.reject(&rejection);
                     }
                     // Messages already buffered are read without touching the socket,
                     // which is what spends tokio's cooperative budget: spend it here.
                     tokio::task::consume_budget().await;
                 }
-                Inbound::Binary => self.reject(&Rejection::new(
-                    ErrorCode::BadRequest,
-                    "protocol v1 uses text frames only",
-                )),
+                Inbound::Binary => {
+                    let rejection = self.charge(Rejection::new(
+                        ErrorCode::BadRequest,
+                        "protocol v1 uses text frames only",
+                    ));
+                    if let Some(exit) = self.refuse(&rejection) {
+                        return exit;
+                    }
+                    tokio::task::consume_budget().await;
+                }
                 Inbound::Control => {
                     if !self.control.take(Instant::now()) {
                         return Exit::Close(close::CONTROL_FLOOD, "too many control frames");
                     }
                 }
                 Inbound::TooBig => return Exit::Close(TOO_BIG.0, TOO_BIG.1),
+                Inbound::Violation(code, reason) => return Exit::Close(code, reason),
                 Inbound::Closed => return Exit::Gone,
             }
         }
+    }
+
+    /// A message that is not a valid request costs a request token like any other:
+    /// past the rate it is answered `rate_limited` (and a flood is closed) instead.
+    fn charge(&mut self, rejection: Rejection) -> Rejection {
+        if self.requests.take(Instant::now()) {
+            return rejection;
+        }
+        Rejection {
+            reference: rejection.reference,
+            ..Rejection::new(
+                ErrorCode::RateLimited,
+                "too many requests; this one was dropped",
+            )
+        }
+    }
+
+    /// Answers a refused request, or ends the session (4006) when the client keeps
+    /// sending far over its rates.
+    fn refuse(&mut self, rejection: &Rejection) -> Option<Exit> {
+        if rejection.code == ErrorCode::RateLimited && !self.refused.take(Instant::now()) {
+            return Some(Exit::Close(close::CONTROL_FLOOD, "too many requests"));
+        }
+        self.reject(rejection);
+        None
     }
 
     fn reject(&self, rejection: &Rejection) {
@@ -376,9 +412,7 @@ impl Session {
                 ttl,
                 reference,
             } => {
-                if self.grant.as_ref().is_some_and(|g| !g.can_write(&room)) {
-                    return Err(reject(forbidden(), &room));
-                }
+                // Counted first: a refused heartbeat costs the same as an accepted one.
                 if !self.heartbeats.take(Instant::now()) {
                     return Err(reject(
                         Rejection::new(
@@ -390,6 +424,9 @@ impl Session {
                         ),
                         &room,
                     ));
+                }
+                if self.grant.as_ref().is_some_and(|g| !g.can_write(&room)) {
+                    return Err(reject(forbidden(), &room));
                 }
                 let name = self.use_room(&room).map_err(|r| reject(r, &room))?;
                 let result = self.hub.heartbeat(
@@ -486,6 +523,14 @@ impl Session {
         }
         let max = self.hub.limits().max_rooms_per_connection;
         if self.rooms.len() >= max {
+            // Rooms whose entry expired (or was removed elsewhere) and that are not
+            // subscribed no longer count.
+            let (hub, client) = (&self.hub, self.client);
+            self.rooms.retain(|room, usage| {
+                usage.subscription.is_some() || (usage.joined && hub.holds_entry(room, client))
+            });
+        }
+        if self.rooms.len() >= max {
             return Err(Rejection::new(
                 ErrorCode::TooManyRooms,
                 format!("a connection may use at most {max} rooms; unsubscribe or leave one first"),
@@ -518,14 +563,20 @@ impl Session {
             return;
         };
         let message = protocol::ack(reference, expires_at);
+        if !self.hub.acks_wait_for_disk() {
+            self.outbox.push_control(message);
+            return;
+        }
+        // `flush` mode: an ack goes out once its write is durable, and never before an
+        // earlier ack of this connection (acks leave the queue in order).
         match ticket {
-            Some(ticket) if self.hub.acks_wait_for_disk() => self.outbox.push_ack_when_durable(
+            Some(ticket) => self.outbox.push_ack_when_durable(
                 ticket,
                 Instant::now() + ACK_TIMEOUT,
                 reference,
                 message,
             ),
-            _ => self.outbox.push_control(message),
+            None => self.outbox.push_ack_in_order(reference, message),
         }
     }
 }
