@@ -72,7 +72,7 @@ async fn acked_leave_survives_kill9() {
         }
     }
     println!(
-        "acked leave after kill -9: {lost} of {ROUNDS} rounds had the entry back, \
+        "figure: acked leave after kill -9: {lost} of {ROUNDS} rounds had the entry back, \
          {out_of_order} had the acks out of order"
     );
     assert_eq!(out_of_order, 0, "an ack passed an earlier one");
@@ -131,7 +131,7 @@ async fn invalid_messages_count_against_the_rate_limit() {
     let started = Instant::now();
     let (answers, code) = flood(raw, "nope", COUNT).await;
     println!(
-        "{COUNT} invalid messages: {answers} answers, close {code:?} after {:?}",
+        "figure: {COUNT} invalid messages: {answers} answers, close {code:?} after {:?}",
         started.elapsed()
     );
     assert_eq!(
@@ -160,7 +160,7 @@ async fn invalid_messages_count_against_the_rate_limit() {
         }
         assert!(answers < COUNT, "binary messages are never closed");
     };
-    println!("binary messages: {answers} answers, close {code:?}");
+    println!("figure: binary messages: {answers} answers, close {code:?}");
     assert_eq!(code, Some(4006));
 
     // A bystander is still served.
@@ -213,7 +213,7 @@ async fn forbidden_requests_count_against_the_rate_limit() {
         let started = Instant::now();
         let (answers, code) = flood(raw, message, COUNT).await;
         println!(
-            "{COUNT} forbidden {what}: {answers} answers, close {code:?} after {:?}",
+            "figure: {COUNT} forbidden {what}: {answers} answers, close {code:?} after {:?}",
             started.elapsed()
         );
         assert_eq!(
@@ -229,11 +229,11 @@ async fn forbidden_requests_count_against_the_rate_limit() {
 
 #[test]
 fn empty_continuation_frames_are_limited() {
+    const PER_CHUNK: usize = 1_000;
     let server = Server::start();
     let stream = wire::hello(server.addr).expect("hello");
     let cpu_before = server.cpu_time();
     // A text frame without FIN, then up to 2 million empty continuation frames.
-    const PER_CHUNK: usize = 1_000;
     let chunks = (0..2_000).map(|batch| {
         let mut out = Vec::with_capacity(PER_CHUNK * 6 + 8);
         if batch == 0 {
@@ -248,7 +248,7 @@ fn empty_continuation_frames_are_limited() {
     let (written, code, _) =
         wire::write_until_closed(stream, chunks, |mut s| wire::read_close(&mut s));
     println!(
-        "empty continuation frames: closed {code:?} after {:?}, {written} bytes (~{} frames) \
+        "figure: empty continuation frames: closed {code:?} after {:?}, {written} bytes (~{} frames) \
          written, server CPU {:?}",
         started.elapsed(),
         written / 6,
@@ -285,7 +285,7 @@ fn empty_continuation_frames_are_limited() {
             }
         }
     });
-    println!("messages of 64 frames each: {answers} answers, close {code:?}");
+    println!("figure: messages of 64 frames each: {answers} answers, close {code:?}");
     assert_eq!(code, Some(4006));
     assert!(answers < 1_000, "{answers} answers");
 }
@@ -335,7 +335,7 @@ async fn data_json_parsers_refuse_is_refused() {
     let room = server.get_json("/v1/rooms/d");
     assert_eq!(room["entries"].as_array().map(Vec::len), Some(1));
     println!(
-        "refused {} kinds of data on WebSocket and REST",
+        "figure: refused {} kinds of data on WebSocket and REST",
         refused.len()
     );
 }
@@ -385,7 +385,7 @@ async fn expired_entries_stop_counting_toward_too_many_rooms() {
             break;
         }
     }
-    println!("entries expired after {:?}", started.elapsed());
+    println!("figure: entries expired after {:?}", started.elapsed());
     raw.send(r#"{"type":"heartbeat","room":"one-more","ttlMs":500,"ref":1001}"#)
         .await;
     let answer = answer_to(&mut raw, 1001).await;
@@ -408,13 +408,13 @@ fn close_code_after(bytes: &[u8]) -> Option<u16> {
 #[test]
 fn invalid_utf8_closes_with_1007() {
     let code = close_code_after(&wire::frame(wire::TEXT, true, b"{\"type\":\"\xff\xfe\"}"));
-    println!("invalid UTF-8 in one frame: close {code:?}");
+    println!("figure: invalid UTF-8 in one frame: close {code:?}");
     assert_eq!(code, Some(1007));
     // Split across fragments.
     let mut bytes = wire::frame(wire::TEXT, false, b"{\"a\":\"\xe2");
     bytes.extend_from_slice(&wire::frame(wire::CONTINUATION, true, b"(\"}"));
     let code = close_code_after(&bytes);
-    println!("invalid UTF-8 across fragments: close {code:?}");
+    println!("figure: invalid UTF-8 across fragments: close {code:?}");
     assert_eq!(code, Some(1007));
 }
 
@@ -435,7 +435,7 @@ fn protocol_violations_close_with_1002() {
     ];
     for (what, bytes) in cases {
         let code = close_code_after(&bytes);
-        println!("{what}: close {code:?}");
+        println!("figure: {what}: close {code:?}");
         assert_eq!(code, Some(1002), "{what}");
     }
     // Before hello too.

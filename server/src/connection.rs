@@ -463,10 +463,9 @@ where
     match item {
         Ok(Message::Text(text)) => Inbound::Text(text),
         Ok(Message::Binary(_)) => Inbound::Binary,
-        Ok(Message::Ping(_) | Message::Pong(_)) => Inbound::Control,
+        // (`Frame` is never produced when reading.)
+        Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => Inbound::Control,
         Ok(Message::Close(_)) => Inbound::Closed,
-        // Never produced when reading.
-        Ok(Message::Frame(_)) => Inbound::Control,
         Err(error) => inbound_error(&error),
     }
 }
@@ -482,7 +481,7 @@ fn inbound_error(error: &tungstenite::Error) -> Inbound {
         tungstenite::Error::Io(io)
             if io
                 .get_ref()
-                .is_some_and(|inner| inner.is::<TooManyFragments>()) =>
+                .is_some_and(<dyn std::error::Error + Send + Sync>::is::<TooManyFragments>) =>
         {
             Inbound::Violation(close::MESSAGE_TOO_BIG, "too many fragments in one message")
         }
@@ -553,3 +552,56 @@ impl Writer {
 
 /// The close frame for a message over the size limit.
 pub const TOO_BIG: (u16, &str) = (close::MESSAGE_TOO_BIG, "message too big");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame header (zero mask) followed by `len` payload bytes.
+    fn frame(opcode: u8, fin: bool, len: usize) -> Vec<u8> {
+        let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
+        if len < 126 {
+            out.push(0x80 | len as u8);
+        } else if let Ok(len) = u16::try_from(len) {
+            out.push(0x80 | 0x7e);
+            out.extend_from_slice(&len.to_be_bytes());
+        } else {
+            out.push(0x80 | 0x7f);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        out.extend_from_slice(&[0; 4]);
+        out.resize(out.len() + len, b'x');
+        out
+    }
+
+    fn message(fragments: usize, len: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0..fragments {
+            let opcode = u8::from(i == 0);
+            out.extend(frame(opcode, i + 1 == fragments, len));
+            // Control frames between fragments do not count.
+            out.extend(frame(0x9, true, 0));
+        }
+        out
+    }
+
+    #[test]
+    fn fragments_are_counted_per_message_in_any_split() {
+        let cap = MAX_FRAGMENTS_PER_MESSAGE as usize;
+        let mut ok = Vec::new();
+        for len in [0, 5, 300, 70_000] {
+            ok.extend(message(cap, len));
+            ok.extend(message(1, len));
+        }
+        for step in [1, 7, 4096, ok.len()] {
+            let mut scanner = FrameScanner::default();
+            assert!(
+                ok.chunks(step).all(|chunk| scanner.scan(chunk)),
+                "step {step}"
+            );
+        }
+        let mut scanner = FrameScanner::default();
+        let over = message(cap + 1, 0);
+        assert!(!over.chunks(3).all(|chunk| scanner.scan(chunk)));
+    }
+}

@@ -604,4 +604,28 @@ mod tests {
         assert!(out.frames[0].contains(r#""ref":2"#));
         assert!(!outbox.awaits_durability());
     }
+
+    #[test]
+    fn acks_without_a_write_wait_their_turn() {
+        let outbox = Outbox::new();
+        // Nothing pending: at once.
+        outbox.push_ack_in_order(1, "ACK1".into());
+        assert_eq!(drain(&outbox, 0).frames, vec!["ACK1".to_string()]);
+        let soon = Instant::now() + Duration::from_secs(3600);
+        outbox.push_ack_when_durable(Ticket(5), soon, 2, "ACK2".into());
+        outbox.push_ack_in_order(3, "ACK3".into());
+        outbox.push_control("PONG".into());
+        assert_eq!(drain(&outbox, 4).frames, vec!["PONG".to_string()]);
+        assert_eq!(
+            drain(&outbox, 5).frames,
+            vec!["ACK2".to_string(), "ACK3".to_string()]
+        );
+        // Past the deadline the write's ack becomes an error, the other is sent as is.
+        outbox.push_ack_when_durable(Ticket(9), soon, 4, "ACK4".into());
+        outbox.push_ack_in_order(5, "ACK5".into());
+        let mut out = Drained::default();
+        outbox.drain(Ticket(5), UnixMs(1), soon, &mut out);
+        assert!(out.frames[0].contains("storage_unavailable"));
+        assert_eq!(out.frames[1], "ACK5");
+    }
 }

@@ -749,7 +749,7 @@ mod tests {
             r#""\u00e9\n""#,
             "null",
             "-0",
-            r#"[[[[1]]]]"#,
+            "[[[[1]]]]",
             r#""[[[[[""#,
         ] {
             assert!(check_data(data, &limits()).is_ok(), "{data}");
