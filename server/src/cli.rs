@@ -113,6 +113,12 @@ pub struct ServeArgs {
     #[arg(long, env = "ROLLCALL_COMMIT_DELAY_MS", default_value_t = 10)]
     pub commit_delay_ms: u64,
 
+    /// Fan-out pacing: the shortest time between two writes to one client, in
+    /// milliseconds. The first change after a quiet spell goes out at once; later ones
+    /// gather for up to this long and go out in one write. 0 turns pacing off.
+    #[arg(long, env = "ROLLCALL_FANOUT_INTERVAL_MS", default_value_t = crate::config::DEFAULT_FANOUT_INTERVAL_MS, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub fanout_interval_ms: u64,
+
     /// Log record layout: one record per commit group, or one per event.
     #[arg(long, env = "ROLLCALL_LOG_LAYOUT", value_enum, default_value_t = LayoutArg::Group)]
     pub log_layout: LayoutArg,
@@ -316,6 +322,7 @@ impl ServeArgs {
                 DurabilityArg::Memory => Durability::Memory,
             },
             commit_delay: Duration::from_millis(self.commit_delay_ms),
+            fanout_interval: Duration::from_millis(self.fanout_interval_ms),
             layout: match self.log_layout {
                 LayoutArg::Group => Layout::PerGroup,
                 LayoutArg::Event => Layout::PerEvent,

@@ -10,6 +10,10 @@ use crate::auth::Auth;
 use crate::limits::Limits;
 use crate::listener::ConnectionLimits;
 
+/// The default of `--fanout-interval-ms` (see `docs/performance.md` for how it was
+/// chosen).
+pub const DEFAULT_FANOUT_INTERVAL_MS: u64 = 5;
+
 /// Everything `run` needs besides the listener.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -21,6 +25,9 @@ pub struct ServerConfig {
     pub layout: Layout,
     /// The shortest time between two group writes of the log.
     pub commit_delay: Duration,
+    /// The shortest time between two writes to one client: the first after a quiet
+    /// spell goes at once, later ones gather what arrives meanwhile (zero: no pacing).
+    pub fanout_interval: Duration,
     /// What replay does with corrupt records.
     pub recovery: Recovery,
     /// Limits on client input.
@@ -84,6 +91,7 @@ impl Default for ServerConfig {
             durability: Durability::Flush,
             layout: Layout::PerGroup,
             commit_delay: Duration::from_millis(10),
+            fanout_interval: Duration::from_millis(DEFAULT_FANOUT_INTERVAL_MS),
             recovery: Recovery::Strict,
             limits: Limits::default(),
             tick: Duration::from_millis(25),

@@ -12,20 +12,30 @@
 //! window. A subscriber that falls out of the window is sent the room's current state
 //! instead (a snapshot). A slow reader therefore costs memory bounded by its rooms'
 //! size, never by the event rate, and always converges to the exact state.
+//!
+//! Pacing: a subscription may ask for a slower rate (`intervalMs` in `subscribe`). It is
+//! then read at most once per interval, and always conflated: it receives the latest
+//! state per client at that rate. Subscribers that read the same span of a feed share
+//! one serialized frame instead of each building its own.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hashbrown::HashSet;
 use rollcall_engine::{ClientId, Ticket, UnixMs};
 use tokio::sync::Notify;
+use tungstenite::Utf8Bytes;
 
 use crate::protocol::{self, ErrorCode, Rejection};
 
 /// The index of a subscription in one outbox.
-pub type Slot = u32;
+pub(crate) type Slot = u32;
+
+/// A text frame ready to write. Cloning it is a reference-count increment, so one
+/// `changes` frame can be shared by every subscriber in step with its feed.
+pub(crate) type Frame = Utf8Bytes;
 
 /// Control messages (acks, errors, pongs) a client may leave unread before its reader
 /// is paused: backpressure for clients that write but do not read.
@@ -50,6 +60,19 @@ struct FeedLog {
     /// Sequence number of `changes[0]`.
     base: u64,
     changes: VecDeque<(ClientId, Arc<str>)>,
+    /// The last `changes` frame built from this feed, for the next reader of the same
+    /// span.
+    shared: Option<SharedFrame>,
+}
+
+/// A `changes` frame of the feed's span `from..to`, conflated or not.
+#[derive(Debug)]
+struct SharedFrame {
+    from: u64,
+    to: u64,
+    conflated: bool,
+    frame: Frame,
+    changes: usize,
 }
 
 impl FeedLog {
@@ -123,6 +146,11 @@ pub struct Subscription {
     /// Sequence number of the next change to send.
     cursor: AtomicU64,
     snapshot: Mutex<Option<String>>,
+    /// Paced subscriptions: the shortest time between two reads of the feed (zero:
+    /// read whenever the writer drains).
+    interval: Duration,
+    /// Paced subscriptions: when the feed may be read next.
+    next_read: Mutex<Option<Instant>>,
 }
 
 impl Subscription {
@@ -148,6 +176,23 @@ impl Subscription {
     pub fn feed(&self) -> &Arc<Feed> {
         &self.feed
     }
+
+    /// The pacing interval asked for in `subscribe` (zero: none).
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// Whether the feed may be read at `at`; a paced subscription that may not gives
+    /// the instant it may.
+    fn due(&self, at: Instant) -> Result<(), Instant> {
+        if self.interval.is_zero() {
+            return Ok(());
+        }
+        match *lock(&self.next_read) {
+            Some(next) if next > at => Err(next),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -166,8 +211,17 @@ struct State {
     subscriptions: Vec<Option<Arc<Subscription>>>,
     free: Vec<Slot>,
     dirty: Vec<Slot>,
+    /// Paced subscriptions with news that are not due yet, and the earliest instant
+    /// one is.
+    deferred: Vec<Arc<Subscription>>,
+    next_due: Option<Instant>,
     control: VecDeque<String>,
     acks: VecDeque<PendingAck>,
+    /// A reply (pong, error) is queued: write without waiting for the pacer.
+    urgent: bool,
+    /// While a [`Hold`] is alive, wake-ups wait for it to end.
+    held: usize,
+    wake_owed: bool,
 }
 
 /// What a subscriber's writer has to send.
@@ -182,7 +236,7 @@ pub struct Outbox {
 #[derive(Debug, Default)]
 pub struct Drained {
     /// Text frames in the order to send them.
-    pub frames: Vec<String>,
+    pub frames: Vec<Frame>,
     /// Changes in those frames.
     pub changes: usize,
     /// Subscriptions that fell out of their feed's window: send them a snapshot.
@@ -227,8 +281,14 @@ impl Outbox {
         }
     }
 
-    /// Creates a subscription to `room`'s `feed` (starting at its head).
-    pub fn subscribe(self: &Arc<Self>, room: Arc<str>, feed: Arc<Feed>) -> Arc<Subscription> {
+    /// Creates a subscription to `room`'s `feed` (starting at its head), read at most
+    /// once per `interval` (zero: whenever the writer drains).
+    pub fn subscribe(
+        self: &Arc<Self>,
+        room: Arc<str>,
+        feed: Arc<Feed>,
+        interval: Duration,
+    ) -> Arc<Subscription> {
         let mut state = lock(&self.state);
         let slot = match state.free.pop() {
             Some(slot) => slot,
@@ -247,6 +307,8 @@ impl Outbox {
             dirty: AtomicBool::new(false),
             cursor: AtomicU64::new(cursor),
             snapshot: Mutex::new(None),
+            interval,
+            next_read: Mutex::new(None),
         });
         state.subscriptions[slot as usize] = Some(subscription.clone());
         subscription
@@ -267,17 +329,53 @@ impl Outbox {
         let mut state = lock(&self.state);
         let was_idle = state.dirty.is_empty();
         state.dirty.push(slot);
-        drop(state);
         // Waking an already woken writer is wasted work under load: skip it.
         if was_idle {
-            self.wake.notify_one();
+            self.wake_locked(state);
         }
     }
 
-    /// Queues a control message (ack, error, pong).
-    pub fn push_control(&self, message: String) {
-        lock(&self.state).control.push_back(message);
+    /// Wakes the writer, or leaves the wake-up to the [`Hold`] in force.
+    fn wake_locked(&self, mut state: MutexGuard<'_, State>) {
+        if state.held > 0 {
+            state.wake_owed = true;
+            return;
+        }
+        drop(state);
         self.wake.notify_one();
+    }
+
+    /// Holds the writer's wake-ups until the guard drops: what is queued meanwhile (a
+    /// heartbeat's own change and its ack) goes out in one write.
+    pub fn hold(&self) -> Hold<'_> {
+        lock(&self.state).held += 1;
+        Hold { outbox: self }
+    }
+
+    /// Queues a control message (an ack); it goes out with the next paced write.
+    pub fn push_control(&self, message: String) {
+        let mut state = lock(&self.state);
+        state.control.push_back(message);
+        self.wake_locked(state);
+    }
+
+    /// Queues the answer to a request that waits for it (a pong, an error): it goes out
+    /// at once, not at the next paced write, with whatever else is queued.
+    pub fn push_reply(&self, message: String) {
+        let mut state = lock(&self.state);
+        state.control.push_back(message);
+        state.urgent = true;
+        self.wake_locked(state);
+    }
+
+    /// Whether a reply is waiting that must not wait for the pacing interval.
+    pub fn urgent(&self) -> bool {
+        lock(&self.state).urgent
+    }
+
+    /// When a paced subscription with news is due next, if one is waiting.
+    pub fn next_due(&self) -> Option<Instant> {
+        lock(&self.state).next_due
     }
 
     /// Queues the ack of a write; it is sent once the log's durable watermark reaches
@@ -289,14 +387,15 @@ impl Outbox {
         reference: u64,
         message: String,
     ) {
-        lock(&self.state).acks.push_back(PendingAck {
+        let mut state = lock(&self.state);
+        state.acks.push_back(PendingAck {
             ticket,
             deadline,
             reference,
             message,
             claims_write: true,
         });
-        self.wake.notify_one();
+        self.wake_locked(state);
     }
 
     /// Queues the ack of a request that wrote nothing, in order: behind the acks still
@@ -316,8 +415,7 @@ impl Outbox {
             }
             None => state.control.push_back(message),
         }
-        drop(state);
-        self.wake.notify_one();
+        self.wake_locked(state);
     }
 
     /// Control messages and acks waiting to be written.
@@ -336,17 +434,19 @@ impl Outbox {
         !lock(&self.state).acks.is_empty()
     }
 
-    /// Takes everything sendable: for each room with news, its snapshot and/or one
-    /// `changes` frame; then control messages; then acks that are durable (or timed
-    /// out).
+    /// Takes everything sendable at `at`: for each room with news, its snapshot and/or
+    /// one `changes` frame (a paced subscription only once its interval has passed);
+    /// then control messages; then acks that are durable (or timed out).
     pub fn drain(&self, durable: Ticket, now: UnixMs, at: Instant, out: &mut Drained) {
-        let had_backlog = {
+        let mut deferred = {
             let mut state = lock(&self.state);
             let State {
                 subscriptions,
                 dirty,
+                deferred,
+                next_due,
                 control,
-                acks,
+                urgent,
                 ..
             } = &mut *state;
             out.dirty.extend(
@@ -354,43 +454,80 @@ impl Outbox {
                     .drain(..)
                     .filter_map(|slot| subscriptions.get(slot as usize).cloned().flatten()),
             );
-            let had_backlog = !control.is_empty() || !acks.is_empty();
-            out.frames.extend(control.drain(..));
-            had_backlog
+            if next_due.is_some_and(|due| due <= at) {
+                *next_due = None;
+                // Still subscribed (the slot holds this very subscription): read it.
+                out.dirty.extend(deferred.drain(..).filter(|s| {
+                    subscriptions
+                        .get(s.slot as usize)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|held| Arc::ptr_eq(held, s))
+                }));
+            }
+            out.frames.extend(control.drain(..).map(Frame::from));
+            *urgent = false;
+            std::mem::take(deferred)
         };
+        let had_backlog = !out.frames.is_empty();
         let control_frames = out.frames.len();
         let mut dirty = std::mem::take(&mut out.dirty);
+        let mut next_due = None::<Instant>;
         for subscription in dirty.drain(..) {
+            let snapshot = lock(&subscription.snapshot).take();
+            if snapshot.is_none() {
+                if let Err(due) = subscription.due(at) {
+                    // Not yet: it stays dirty (publishers need not flag it again).
+                    next_due = Some(next_due.map_or(due, |d| d.min(due)));
+                    deferred.push(subscription);
+                    continue;
+                }
+            }
             // Clear first: a change published after the read below sets it again.
             subscription.dirty.store(false, Ordering::Release);
-            if let Some(snapshot) = lock(&subscription.snapshot).take() {
-                out.frames.push(snapshot);
+            let mut sent = false;
+            if let Some(snapshot) = snapshot {
+                out.frames.push(snapshot.into());
+                sent = true;
             }
-            Self::read_feed(&subscription, now, out);
+            sent |= Self::read_feed(&subscription, now, out);
+            if sent && !subscription.interval.is_zero() {
+                *lock(&subscription.next_read) = Some(at + subscription.interval);
+            }
         }
         out.dirty = dirty;
         // Control messages queued before the drain go after the room frames, so a
         // subscribe's ack follows its snapshot.
         out.frames.rotate_left(control_frames);
         let mut state = lock(&self.state);
+        if !deferred.is_empty() {
+            state.deferred.append(&mut deferred);
+            state.next_due = match (state.next_due, next_due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        let had_backlog = had_backlog || !state.acks.is_empty();
         while let Some(ack) = state.acks.front() {
             if ack.ticket <= durable {
                 let ack = state.acks.pop_front().expect("front exists");
-                out.frames.push(ack.message);
+                out.frames.push(ack.message.into());
             } else if ack.deadline <= at {
                 let ack = state.acks.pop_front().expect("front exists");
                 if !ack.claims_write {
-                    out.frames.push(ack.message);
+                    out.frames.push(ack.message.into());
                     continue;
                 }
-                out.frames.push(protocol::error(&Rejection {
-                    code: ErrorCode::StorageUnavailable,
-                    message: "the log could not make this write durable in time; it is held in \
-                              memory and will be written when the disk recovers"
-                        .into(),
-                    reference: Some(ack.reference),
-                    room: None,
-                }));
+                out.frames.push(
+                    protocol::error(&Rejection {
+                        code: ErrorCode::StorageUnavailable,
+                        message: "the log could not make this write durable in time; it is \
+                                  held in memory and will be written when the disk recovers"
+                            .into(),
+                        reference: Some(ack.reference),
+                        room: None,
+                    })
+                    .into(),
+                );
             } else {
                 break;
             }
@@ -401,24 +538,37 @@ impl Outbox {
         }
     }
 
-    /// Appends one `changes` frame with what `subscription` has not seen yet.
-    fn read_feed(subscription: &Arc<Subscription>, now: UnixMs, out: &mut Drained) {
-        let log = lock(&subscription.feed.log);
+    /// Appends one `changes` frame with what `subscription` has not seen yet; returns
+    /// whether there was anything. A frame of the same span as the last reader's is
+    /// shared, not rebuilt.
+    fn read_feed(subscription: &Arc<Subscription>, now: UnixMs, out: &mut Drained) -> bool {
+        let mut log = lock(&subscription.feed.log);
         let cursor = subscription.cursor.load(Ordering::Acquire);
         let head = log.head();
         if cursor < log.base {
             // Fell out of the window: the current state replaces what was missed.
             out.resync.push(subscription.clone());
-            return;
+            return false;
         }
         if cursor >= head {
-            return;
+            return false;
+        }
+        // A paced subscription wants the latest state per client, never the steps.
+        let conflated = head - cursor > CONFLATE_AFTER || !subscription.interval.is_zero();
+        if let Some(shared) = log.shared.as_ref().filter(|shared| {
+            shared.from == cursor && shared.to == head && shared.conflated == conflated
+        }) {
+            out.frames.push(shared.frame.clone());
+            out.changes += shared.changes;
+            subscription.cursor.store(head, Ordering::Release);
+            return true;
         }
         let unread = log.changes.range((cursor - log.base) as usize..);
         let mut frame = String::new();
         protocol::changes_prefix(&mut frame, &subscription.room, now);
-        if head - cursor > CONFLATE_AFTER {
-            // Conflate: the latest change per client, newest first.
+        let mut changes = 0;
+        if conflated {
+            // Conflate: the latest change per client, in the order of those changes.
             out.seen.clear();
             out.picked.clear();
             for (client, fragment) in unread.rev() {
@@ -431,7 +581,7 @@ impl Outbox {
                     frame.push(',');
                 }
                 frame.push_str(&fragment);
-                out.changes += 1;
+                changes += 1;
             }
         } else {
             for (i, (_, fragment)) in unread.enumerate() {
@@ -439,13 +589,71 @@ impl Outbox {
                     frame.push(',');
                 }
                 frame.push_str(fragment);
-                out.changes += 1;
+                changes += 1;
             }
         }
-        drop(log);
         frame.push_str(protocol::CHANGES_SUFFIX);
+        let frame = Frame::from(frame);
+        log.shared = Some(SharedFrame {
+            from: cursor,
+            to: head,
+            conflated,
+            frame: frame.clone(),
+            changes,
+        });
+        drop(log);
         out.frames.push(frame);
+        out.changes += changes;
         subscription.cursor.store(head, Ordering::Release);
+        true
+    }
+}
+
+/// Paces one connection's writes: the first write after a quiet spell goes at once,
+/// later ones wait until `interval` has passed since the previous one, gathering what
+/// arrives meanwhile into one write.
+#[derive(Debug)]
+pub(crate) struct Pacer {
+    interval: Duration,
+    last: Option<Instant>,
+}
+
+impl Pacer {
+    /// A pacer with this interval (zero: never waits).
+    pub(crate) fn new(interval: Duration) -> Pacer {
+        Pacer {
+            interval,
+            last: None,
+        }
+    }
+
+    /// When the writer may write next, if not at `now`.
+    pub(crate) fn wait_until(&self, now: Instant) -> Option<Instant> {
+        self.last
+            .map(|last| last + self.interval)
+            .filter(|until| *until > now)
+    }
+
+    /// A write went out at `at`.
+    pub(crate) fn wrote(&mut self, at: Instant) {
+        self.last = Some(at);
+    }
+}
+
+/// Holds an outbox's wake-ups (see [`Outbox::hold`]).
+#[derive(Debug)]
+pub struct Hold<'a> {
+    outbox: &'a Outbox,
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.outbox.state);
+        state.held -= 1;
+        if state.held == 0 && std::mem::take(&mut state.wake_owed) {
+            drop(state);
+            self.outbox.wake.notify_one();
+        }
     }
 }
 
@@ -481,7 +689,7 @@ mod tests {
     fn a_few_changes_go_out_in_order_as_one_frame() {
         let outbox = Arc::new(Outbox::new());
         let feed = Feed::new();
-        let sub = outbox.subscribe("r".into(), feed.clone());
+        let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
         let subs = vec![sub.clone()];
         for v in 0..5 {
             feed.publish(ClientId(1), fragment(1, v), &subs, 1);
@@ -500,7 +708,7 @@ mod tests {
     fn a_lagging_reader_gets_the_latest_change_per_client() {
         let outbox = Arc::new(Outbox::new());
         let feed = Feed::new();
-        let sub = outbox.subscribe("r".into(), feed.clone());
+        let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
         let subs = vec![sub];
         for v in 0..1_000 {
             feed.publish(ClientId(v % 3 + 1), fragment(v % 3 + 1, v), &subs, 3_000);
@@ -515,7 +723,7 @@ mod tests {
     fn a_reader_out_of_the_window_is_resynced() {
         let outbox = Arc::new(Outbox::new());
         let feed = Feed::new();
-        let sub = outbox.subscribe("r".into(), feed.clone());
+        let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
         let subs = vec![sub.clone()];
         for v in 0..(MAX_WINDOW as u64 + 10) {
             feed.publish(ClientId(1), fragment(1, v), &subs, 10_000);
@@ -527,7 +735,7 @@ mod tests {
         assert!(lock(&feed.log).changes.len() <= MAX_WINDOW);
         // A small room keeps a small window.
         let small = Feed::new();
-        let lagging = outbox.subscribe("s".into(), small.clone());
+        let lagging = outbox.subscribe("s".into(), small.clone(), Duration::ZERO);
         for v in 0..1_000 {
             small.publish(
                 ClientId(1),
@@ -548,8 +756,8 @@ mod tests {
         let b = Arc::new(Outbox::new());
         let feed = Feed::new();
         let subs = vec![
-            a.subscribe("r".into(), feed.clone()),
-            b.subscribe("r".into(), feed.clone()),
+            a.subscribe("r".into(), feed.clone(), Duration::ZERO),
+            b.subscribe("r".into(), feed.clone(), Duration::ZERO),
         ];
         for v in 0..100 {
             feed.publish(ClientId(1), fragment(1, v), &subs, 1);
@@ -563,7 +771,7 @@ mod tests {
     fn snapshot_comes_before_later_changes_and_control_after_rooms() {
         let outbox = Arc::new(Outbox::new());
         let feed = Feed::new();
-        let sub = outbox.subscribe("r".into(), feed.clone());
+        let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
         let subs = vec![sub.clone()];
         feed.publish(ClientId(1), fragment(1, 0), &subs, 2);
         sub.reset("SNAPSHOT".into(), feed.head());
@@ -580,11 +788,11 @@ mod tests {
     fn unsubscribed_rooms_stop() {
         let outbox = Arc::new(Outbox::new());
         let feed = Feed::new();
-        let sub = outbox.subscribe("r".into(), feed.clone());
+        let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
         feed.publish(ClientId(1), fragment(1, 0), std::slice::from_ref(&sub), 1);
         outbox.unsubscribe(&sub);
         assert!(drain(&outbox, 0).frames.is_empty());
-        let again = outbox.subscribe("s".into(), feed);
+        let again = outbox.subscribe("s".into(), feed, Duration::ZERO);
         assert_eq!(again.slot, sub.slot, "slots are reused");
     }
 
@@ -627,5 +835,145 @@ mod tests {
         outbox.drain(Ticket(5), UnixMs(1), soon, &mut out);
         assert!(out.frames[0].contains("storage_unavailable"));
         assert_eq!(out.frames[1], "ACK5");
+    }
+
+    #[test]
+    fn pacing_quiet_goes_at_once_busy_waits_for_the_interval() {
+        let interval = Duration::from_millis(10);
+        let mut pacer = Pacer::new(interval);
+        let t0 = Instant::now();
+        assert_eq!(pacer.wait_until(t0), None, "the first write goes at once");
+        pacer.wrote(t0);
+        let busy = t0 + Duration::from_millis(3);
+        assert_eq!(pacer.wait_until(busy), Some(t0 + interval));
+        assert_eq!(pacer.wait_until(t0 + interval), None);
+        // After a quiet spell: at once again.
+        assert_eq!(pacer.wait_until(t0 + Duration::from_secs(1)), None);
+        // Zero never waits.
+        let mut off = Pacer::new(Duration::ZERO);
+        off.wrote(t0);
+        assert_eq!(off.wait_until(t0), None);
+    }
+
+    #[test]
+    fn a_busy_connection_gets_one_write_per_interval() {
+        // A writer that follows the pacer, fed a change every millisecond for 100 ms:
+        // the first change goes alone, then one write per 10 ms carries the rest.
+        let interval = Duration::from_millis(10);
+        let mut pacer = Pacer::new(interval);
+        let outbox = Arc::new(Outbox::new());
+        let feed = Feed::new();
+        let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
+        let subs = vec![sub];
+        let t0 = Instant::now();
+        let mut writes = Vec::new();
+        let mut delivered = 0;
+        for ms in 0..100u64 {
+            let at = t0 + Duration::from_millis(ms);
+            feed.publish(ClientId(ms % 7), fragment(ms % 7, ms), &subs, 7);
+            if pacer.wait_until(at).is_none() {
+                let mut out = Drained::default();
+                outbox.drain(Ticket(0), UnixMs(1), at, &mut out);
+                assert_eq!(out.frames.len(), 1);
+                delivered += out.changes;
+                pacer.wrote(at);
+                writes.push(ms);
+            }
+        }
+        assert_eq!(writes, (0..100).step_by(10).collect::<Vec<_>>());
+        assert_eq!(delivered, 91, "nothing lost, nothing conflated below 64");
+    }
+
+    #[test]
+    fn a_paced_subscription_sees_the_latest_state_once_per_interval() {
+        let interval = Duration::from_millis(50);
+        let outbox = Arc::new(Outbox::new());
+        let feed = Feed::new();
+        let paced = outbox.subscribe("r".into(), feed.clone(), interval);
+        let subs = vec![paced];
+        let t0 = Instant::now();
+        let read = |at: Instant| {
+            let mut out = Drained::default();
+            outbox.drain(Ticket(0), UnixMs(1), at, &mut out);
+            out
+        };
+        feed.publish(ClientId(1), fragment(1, 0), &subs, 2);
+        let first = read(t0);
+        assert_eq!(versions(&first.frames[0]), vec![(1, 0)], "quiet: at once");
+        for v in 1..=20 {
+            feed.publish(ClientId(v % 2 + 1), fragment(v % 2 + 1, v), &subs, 2);
+        }
+        // Within the interval nothing is read, and the writer knows when to come back.
+        assert!(read(t0 + Duration::from_millis(10)).frames.is_empty());
+        assert_eq!(outbox.next_due(), Some(t0 + interval));
+        let later = read(t0 + interval);
+        assert_eq!(later.frames.len(), 1);
+        assert_eq!(later.changes, 2, "one change per client: the latest");
+        assert_eq!(versions(&later.frames[0]), vec![(1, 20), (2, 19)]);
+        assert_eq!(outbox.next_due(), None);
+        // Changes published while deferred are not lost when it is read.
+        feed.publish(ClientId(1), fragment(1, 21), &subs, 2);
+        assert!(
+            read(t0 + interval + Duration::from_millis(1))
+                .frames
+                .is_empty()
+        );
+        let last = read(t0 + interval * 2);
+        assert_eq!(versions(&last.frames[0]), vec![(1, 21)]);
+    }
+
+    #[test]
+    fn a_held_outbox_wakes_once_for_a_change_and_its_ack() {
+        let outbox = Arc::new(Outbox::new());
+        let feed = Feed::new();
+        let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
+        let hold = outbox.hold();
+        feed.publish(ClientId(1), fragment(1, 0), std::slice::from_ref(&sub), 1);
+        outbox.push_control("ACK".into());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        // Held: the writer is not woken yet.
+        let woken = runtime.block_on(async {
+            tokio::time::timeout(Duration::ZERO, outbox.ready())
+                .await
+                .is_ok()
+        });
+        assert!(!woken);
+        drop(hold);
+        runtime.block_on(outbox.ready());
+        let out = drain(&outbox, 0);
+        assert_eq!(out.frames.len(), 2, "the change and the ack, one write");
+        assert_eq!(versions(&out.frames[0]), vec![(1, 0)]);
+        assert_eq!(out.frames[1], "ACK");
+    }
+
+    #[test]
+    fn subscribers_in_step_share_one_frame() {
+        let feed = Feed::new();
+        let outboxes: Vec<Arc<Outbox>> = (0..3).map(|_| Arc::new(Outbox::new())).collect();
+        let subs: Vec<Arc<Subscription>> = outboxes
+            .iter()
+            .map(|o| o.subscribe("r".into(), feed.clone(), Duration::ZERO))
+            .collect();
+        feed.publish(ClientId(1), fragment(1, 0), &subs, 2);
+        feed.publish(ClientId(2), fragment(2, 1), &subs, 2);
+        let frames: Vec<Frame> = outboxes
+            .iter()
+            .map(|o| drain(o, 0).frames.remove(0))
+            .collect();
+        assert_eq!(versions(&frames[0]), vec![(1, 0), (2, 1)]);
+        for frame in &frames[1..] {
+            assert_eq!(
+                frame.as_str().as_ptr(),
+                frames[0].as_str().as_ptr(),
+                "shared"
+            );
+        }
+        // One reader further along gets its own frame, with only what it has not seen.
+        feed.publish(ClientId(1), fragment(1, 2), &subs, 2);
+        let ahead = drain(&outboxes[0], 0).frames.remove(0);
+        assert_eq!(versions(&ahead), vec![(1, 2)]);
     }
 }

@@ -295,8 +295,9 @@ impl Hub {
         identity.allocate(engine)
     }
 
-    /// Subscribes `outbox` to `room`, queues the room's snapshot and then the ack of
-    /// `reference`. Pass an existing subscription to re-send the snapshot. In cluster
+    /// Subscribes `outbox` to `room` (its changes paced to one read per `interval`, if
+    /// not zero), queues the room's snapshot and then the ack of `reference`. Pass an
+    /// existing subscription to re-send the snapshot. In cluster
     /// mode a room's first subscribers get their snapshot (and ack) once the other
     /// nodes' entries are in.
     pub fn subscribe(
@@ -305,6 +306,7 @@ impl Hub {
         outbox: &Arc<Outbox>,
         existing: Option<&Arc<Subscription>>,
         reference: Option<u64>,
+        interval: std::time::Duration,
     ) -> Arc<Subscription> {
         let now = UnixMs::now();
         let mut guard = self.lock();
@@ -338,7 +340,7 @@ impl Hub {
         let subscription = match existing {
             Some(subscription) => subscription.clone(),
             None => {
-                let subscription = outbox.subscribe(room.clone(), room_feed.feed.clone());
+                let subscription = outbox.subscribe(room.clone(), room_feed.feed.clone(), interval);
                 room_feed.subscriptions.push(subscription.clone());
                 subscription
             }
@@ -955,7 +957,7 @@ fn fan_out(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use rollcall_engine::Engine;
 
@@ -987,7 +989,7 @@ mod tests {
     fn frames(outbox: &Outbox) -> Vec<String> {
         let mut out = Drained::default();
         outbox.drain(Ticket(u64::MAX), NOW, Instant::now(), &mut out);
-        out.frames
+        out.frames.iter().map(ToString::to_string).collect()
     }
 
     fn remote(node: u16, seq: u64, client: u64, kind: ChangeKind) -> Vec<u8> {
@@ -1021,7 +1023,7 @@ mod tests {
         let (hub, _changes) = clustered();
         let room: Arc<str> = ROOM.into();
         let outbox = Arc::new(Outbox::new());
-        hub.subscribe(&room, &outbox, None, Some(7));
+        hub.subscribe(&room, &outbox, None, Some(7), Duration::ZERO);
         assert!(frames(&outbox).is_empty(), "no snapshot before the sync");
         let reply = SyncReply {
             node: 2,
@@ -1047,7 +1049,7 @@ mod tests {
         let (hub, _changes) = clustered();
         let room: Arc<str> = ROOM.into();
         let outbox = Arc::new(Outbox::new());
-        hub.subscribe(&room, &outbox, None, None);
+        hub.subscribe(&room, &outbox, None, None, Duration::ZERO);
         hub.sync_started(&room, 1);
         // During the sync: client 5 arrives (seq 10) and client 6 leaves (seq 12).
         hub.apply_remote(&room, 1, &remote(2, 10, 5, ChangeKind::Insert), NOW);
@@ -1094,7 +1096,7 @@ mod tests {
         let (hub, mut changes) = clustered();
         let room: Arc<str> = ROOM.into();
         let outbox = Arc::new(Outbox::new());
-        hub.subscribe(&room, &outbox, None, None);
+        hub.subscribe(&room, &outbox, None, None, Duration::ZERO);
         hub.sync_finished(&room, 1, Vec::new(), true, NOW);
         hub.apply_remote(&room, 1, &remote(2, 10, 5, ChangeKind::Insert), NOW);
         let own = ClientId(1 << 40 | 1);

@@ -185,6 +185,9 @@ pub enum Request<'a> {
         room: Cow<'a, str>,
         /// Correlation id.
         reference: Option<u64>,
+        /// `intervalMs`: changes at most once per this many milliseconds, conflated to
+        /// the latest state per client (zero: as they come).
+        interval_ms: u64,
     },
     /// Stop receiving a room's changes.
     Unsubscribe {
@@ -251,6 +254,8 @@ struct Raw<'a> {
     data: Option<&'a RawValue>,
     #[serde(rename = "ttlMs", borrow)]
     ttl_ms: Option<&'a RawValue>,
+    #[serde(rename = "intervalMs", borrow)]
+    interval_ms: Option<&'a RawValue>,
     #[serde(rename = "ref", borrow)]
     reference: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -304,10 +309,16 @@ pub fn parse<'a>(text: &'a str, limits: &Limits) -> Result<Request<'a>, Rejectio
             token: raw.token,
             resume: raw.resume,
         }),
-        "subscribe" => Ok(Request::Subscribe {
-            room: room(raw.room)?,
-            reference,
-        }),
+        "subscribe" => {
+            let room = room(raw.room)?;
+            let interval_ms =
+                parse_interval(raw.interval_ms).map_err(|r| r.with(reference, Some(&room)))?;
+            Ok(Request::Subscribe {
+                room,
+                reference,
+                interval_ms,
+            })
+        }
         "unsubscribe" => Ok(Request::Unsubscribe {
             room: room(raw.room)?,
             reference,
@@ -439,6 +450,28 @@ fn truncate(text: &str) -> &str {
     text.char_indices()
         .nth(32)
         .map_or(text, |(at, _)| &text[..at])
+}
+
+/// The longest pacing interval a subscription may ask for.
+pub const MAX_INTERVAL_MS: u64 = 60_000;
+
+/// Validates `intervalMs` of `subscribe`: absent (zero) or an integer in
+/// `[0, MAX_INTERVAL_MS]`.
+pub fn parse_interval(raw: Option<&RawValue>) -> Result<u64, Rejection> {
+    let Some(value) = raw else {
+        return Ok(0);
+    };
+    value
+        .get()
+        .parse::<u64>()
+        .ok()
+        .filter(|ms| *ms <= MAX_INTERVAL_MS)
+        .ok_or_else(|| {
+            Rejection::new(
+                ErrorCode::BadRequest,
+                format!("intervalMs must be an integer in [0, {MAX_INTERVAL_MS}]"),
+            )
+        })
 }
 
 /// Validates `ttlMs`: an integer in `[1, max_ttl_ms]`.
@@ -673,6 +706,30 @@ mod tests {
     fn missing_data_is_null() {
         let request = parse(r#"{"type":"heartbeat","room":"r","ttlMs":1}"#, &limits()).unwrap();
         assert!(matches!(request, Request::Heartbeat { data: "null", .. }));
+    }
+
+    #[test]
+    fn subscribe_takes_an_optional_interval() {
+        let parsed = parse(r#"{"type":"subscribe","room":"r","ref":1}"#, &limits()).unwrap();
+        assert!(matches!(parsed, Request::Subscribe { interval_ms: 0, .. }));
+        let parsed = parse(
+            r#"{"type":"subscribe","room":"r","intervalMs":50}"#,
+            &limits(),
+        )
+        .unwrap();
+        assert!(matches!(
+            parsed,
+            Request::Subscribe {
+                interval_ms: 50,
+                ..
+            }
+        ));
+        for bad in ["-1", "1.5", "\"50\"", "60001"] {
+            let text = format!(r#"{{"type":"subscribe","room":"r","intervalMs":{bad},"ref":2}}"#);
+            let rejection = parse(&text, &limits()).unwrap_err();
+            assert_eq!(rejection.code, ErrorCode::BadRequest, "{bad}");
+            assert_eq!(rejection.reference, Some(2));
+        }
     }
 
     #[test]
