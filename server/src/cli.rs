@@ -182,6 +182,11 @@ pub struct ServeArgs {
     #[arg(long, env = "ROLLCALL_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_timeout_ms: u64,
 
+    /// Milliseconds a client has to send a REST request's body once its head is in
+    /// (a body still incomplete then is answered 408).
+    #[arg(long, env = "ROLLCALL_BODY_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout_ms: u64,
+
     /// Largest HTTP request head in bytes (larger ones are answered 431).
     #[arg(long, env = "ROLLCALL_MAX_HEADER_BYTES", default_value_t = 65_536)]
     pub max_header_bytes: usize,
@@ -341,6 +346,7 @@ impl ServeArgs {
                 max_per_ip: self.max_connections_per_ip,
                 header_timeout: Duration::from_millis(self.header_timeout_ms),
                 max_header_bytes: self.max_header_bytes,
+                body_timeout: Duration::from_millis(self.body_timeout_ms),
             },
             ping_interval: Duration::from_secs(self.ping_interval_secs.max(1)),
             idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),

@@ -51,6 +51,10 @@ pub enum ErrorCode {
     Starting,
     /// Something unexpected failed on the server.
     Internal,
+    /// HTTP only: the request body did not arrive in time.
+    RequestTimeout,
+    /// HTTP only: a request body that is not `application/json`.
+    UnsupportedMediaType,
 }
 
 impl ErrorCode {
@@ -73,6 +77,8 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::Starting => "starting",
             ErrorCode::Internal => "internal",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
         }
     }
 
@@ -87,8 +93,10 @@ impl ErrorCode {
             ErrorCode::Unauthorized | ErrorCode::InvalidToken | ErrorCode::TokenExpired => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
+            ErrorCode::RequestTimeout => 408,
             ErrorCode::RoomFull => 409,
             ErrorCode::DataTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
             ErrorCode::StorageUnavailable | ErrorCode::Starting => 503,
