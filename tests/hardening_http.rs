@@ -548,3 +548,109 @@ fn the_origin_allow_list_covers_rest_writes() {
     assert_eq!(status, 415);
     assert!(entries(&open, "pr%3Aorigin").is_empty());
 }
+
+// ---- Item 9a: JWT nbf and crit ----
+
+/// Says hello with `token`: `Ok(welcome)` or `Err((error code, close code))`.
+async fn hello(url: &str, token: &str) -> Result<(Raw, Value), (String, Option<u16>)> {
+    let (mut raw, first) = Raw::hello_with(url, &json!({"type": "hello", "token": token})).await;
+    match first {
+        RawEvent::Json(value) if value["type"] == "welcome" => Ok((raw, value)),
+        RawEvent::Json(value) if value["type"] == "error" => {
+            let close = match raw.next().await {
+                RawEvent::Closed(code) => Some(code),
+                _ => None,
+            };
+            Err((value["code"].as_str().unwrap_or_default().to_owned(), close))
+        }
+        other => panic!("unexpected answer to hello: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn jwt_nbf_in_the_future_is_refused_as_token_not_yet_valid() {
+    let (server, _dir) = auth_server(&[]);
+    let url = server.ws_url();
+    let rooms = json!({"read": ["pr:*"], "write": ["pr:*"]});
+    let later =
+        hs256(&json!({"sub": "alice", "exp": now_s() + 600, "nbf": now_s() + 300, "rooms": rooms}));
+    let now =
+        hs256(&json!({"sub": "alice", "exp": now_s() + 600, "nbf": now_s() - 1, "rooms": rooms}));
+
+    let refused = hello(&url, &later).await.err();
+    println!("  hello, nbf in 5 minutes -> {refused:?}");
+    assert_eq!(
+        refused,
+        Some(("token_not_yet_valid".to_owned(), Some(4003)))
+    );
+    let (mut raw, welcome) = hello(&url, &now).await.expect("nbf in the past is valid");
+    assert_eq!(welcome["type"], "welcome");
+
+    // Renewing with a token not valid yet is refused; the connection keeps its token.
+    raw.send(&json!({"type": "auth", "token": later, "ref": 5}).to_string())
+        .await;
+    let answer = raw.until("error").await;
+    println!("  auth, nbf in 5 minutes -> {answer}");
+    assert_eq!(answer["code"], "token_not_yet_valid");
+    assert_eq!(answer["ref"], 5);
+    raw.send(r#"{"type":"ping","ref":6}"#).await;
+    assert_eq!(raw.until("pong").await["ref"], 6);
+
+    // Over HTTP: 401 with the same code.
+    let admin_later =
+        hs256(&json!({"sub": "ops", "exp": now_s() + 600, "nbf": now_s() + 300, "admin": true}));
+    let bearer = format!("Bearer {admin_later}");
+    let (status, body) = http_with(
+        server.addr,
+        "GET",
+        "/v1/rooms",
+        &[("Authorization", &bearer)],
+        None,
+    )
+    .unwrap();
+    println!("  GET /v1/rooms, nbf in 5 minutes -> {status} {body}");
+    assert_eq!(status, 401);
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"], "token_not_yet_valid");
+}
+
+#[tokio::test]
+async fn jwt_with_a_crit_header_is_refused() {
+    let (server, _dir) = auth_server(&[]);
+    let url = server.ws_url();
+    let claims = json!({"sub": "alice", "exp": now_s() + 600, "admin": true});
+    let mut cases = Vec::new();
+    for crit in [vec!["exp".to_owned()], vec!["b64".to_owned()], vec![]] {
+        let mut header = Header::new(Algorithm::HS256);
+        header.crit = Some(crit.clone());
+        cases.push((format!("crit {crit:?}"), hs256_with(&header, &claims)));
+    }
+    for (name, token) in &cases {
+        let refused = hello(&url, token).await.err();
+        println!("  hello, {name} -> {refused:?}");
+        assert_eq!(
+            refused,
+            Some(("invalid_token".to_owned(), Some(4003))),
+            "{name}"
+        );
+        let bearer = format!("Bearer {token}");
+        let (status, body) = http_with(
+            server.addr,
+            "GET",
+            "/v1/rooms",
+            &[("Authorization", &bearer)],
+            None,
+        )
+        .unwrap();
+        assert_eq!(status, 401, "{name}: {body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["error"], "invalid_token");
+        assert!(
+            body["message"].as_str().is_some_and(|m| m.contains("crit")),
+            "{body}"
+        );
+    }
+    // The same token without crit is fine.
+    let plain = hs256(&claims);
+    assert!(hello(&url, &plain).await.is_ok());
+}

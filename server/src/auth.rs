@@ -148,6 +148,8 @@ impl Auth {
         let mut validation = Validation::new(algorithm);
         validation.algorithms = vec![algorithm];
         validation.set_required_spec_claims(&["exp", "sub"]);
+        // `nbf` is optional; when present it is checked like `exp`, without leeway.
+        validation.validate_nbf = true;
         validation.leeway = 0;
         validation.validate_aud = false;
         Auth {
@@ -162,19 +164,32 @@ impl Auth {
         self.algorithm
     }
 
-    /// Verifies a token; the rejection's code tells an expired token from a bad one.
+    /// Verifies a token; the rejection's code tells an expired token (or one not valid
+    /// yet) from a bad one.
     pub fn verify(&self, token: &str) -> Result<Grant, Rejection> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
             |e| match e.kind() {
                 ErrorKind::ExpiredSignature => {
                     Rejection::new(ErrorCode::TokenExpired, "the token has expired")
                 }
+                ErrorKind::ImmatureSignature => Rejection::new(
+                    ErrorCode::TokenNotYetValid,
+                    "the token is not valid yet (its nbf is in the future)",
+                ),
                 _ => Rejection::new(
                     ErrorCode::InvalidToken,
                     format!("the token is not valid: {e}"),
                 ),
             },
         )?;
+        // RFC 7515 §4.1.11: a header's `crit` names extensions the verifier must
+        // understand, or refuse the token. Rollcall understands none.
+        if data.header.crit.is_some() {
+            return Err(Rejection::new(
+                ErrorCode::InvalidToken,
+                "the token header has crit: no JWS extensions are supported",
+            ));
+        }
         let claims = data.claims;
         if claims.sub.is_empty() || claims.sub.len() > MAX_SUBJECT_BYTES {
             return Err(Rejection::new(
@@ -311,6 +326,27 @@ mod tests {
             hs256().verify(&token).unwrap_err().code,
             ErrorCode::InvalidToken
         );
+    }
+
+    #[test]
+    fn nbf_is_honoured_and_crit_is_refused() {
+        let now = UnixMs::now().0 / 1_000;
+        let key = EncodingKey::from_secret(SECRET);
+        let sign = |header: &Header, nbf: u64| {
+            let claims = serde_json::json!({"sub": "alice", "exp": now + 60, "nbf": nbf});
+            jsonwebtoken::encode(header, &claims, &key).unwrap()
+        };
+        let plain = Header::new(Algorithm::HS256);
+        assert!(hs256().verify(&sign(&plain, now)).is_ok());
+        assert_eq!(
+            hs256().verify(&sign(&plain, now + 30)).unwrap_err().code,
+            ErrorCode::TokenNotYetValid
+        );
+        let mut critical = Header::new(Algorithm::HS256);
+        critical.crit = Some(vec!["exp".into()]);
+        let refused = hs256().verify(&sign(&critical, now)).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::InvalidToken);
+        assert!(refused.message.contains("crit"), "{}", refused.message);
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub enum ErrorCode {
     InvalidToken,
     /// The token has expired.
     TokenExpired,
+    /// The token's `nbf` (not before) is still in the future.
+    TokenNotYetValid,
     /// The token does not grant this room or operation.
     Forbidden,
     /// HTTP only: no such route or resource.
@@ -73,6 +75,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::InvalidToken => "invalid_token",
             ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::TokenNotYetValid => "token_not_yet_valid",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
             ErrorCode::Starting => "starting",
@@ -90,7 +93,10 @@ impl ErrorCode {
             | ErrorCode::InvalidTtl
             | ErrorCode::TooManyRooms
             | ErrorCode::InvalidResume => 400,
-            ErrorCode::Unauthorized | ErrorCode::InvalidToken | ErrorCode::TokenExpired => 401,
+            ErrorCode::Unauthorized
+            | ErrorCode::InvalidToken
+            | ErrorCode::TokenExpired
+            | ErrorCode::TokenNotYetValid => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::RequestTimeout => 408,
