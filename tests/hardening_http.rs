@@ -654,3 +654,83 @@ async fn jwt_with_a_crit_header_is_refused() {
     let plain = hs256(&claims);
     assert!(hello(&url, &plain).await.is_ok());
 }
+
+// ---- Item 9b: client ids chosen over REST ----
+
+#[tokio::test]
+async fn a_rest_client_id_is_never_given_to_a_websocket_client() {
+    let mut server = Server::start();
+    let url = server.ws_url();
+    // Ids a bot picks for itself, including one past the first block of ids the
+    // server reserves on disk (4,096).
+    let chosen = [1u64, 2, 3, 5_000];
+    for id in chosen {
+        let (status, body) = server.http(
+            "POST",
+            "/v1/rooms/pr%3Abots/heartbeat",
+            Some(&format!(
+                r#"{{"data":"bot-{id}","ttlMs":600000,"clientId":{id}}}"#
+            )),
+        );
+        assert_eq!(status, 200, "clientId {id}: {body}");
+    }
+    let mut given = Vec::new();
+    for _ in 0..3 {
+        let (mut raw, welcome) = Raw::hello(&url).await;
+        let id = welcome["clientId"].as_u64().unwrap();
+        // Its view of the room holds the bots, none of them under its own id.
+        raw.send(r#"{"type":"subscribe","room":"pr:bots"}"#).await;
+        let snapshot = raw.until("snapshot").await;
+        let ids: Vec<u64> = snapshot["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["clientId"].as_u64().unwrap())
+            .collect();
+        println!("  websocket client got {id}; the room holds {ids:?}");
+        assert!(!chosen.contains(&id), "a REST id was handed out: {id}");
+        assert!(!ids.contains(&id), "inherited an entry: {snapshot}");
+        given.push(id);
+    }
+    // One the server assigns over REST is new too.
+    let (status, body) = server.http(
+        "POST",
+        "/v1/rooms/pr%3Abots/heartbeat",
+        Some(r#"{"data":"assigned","ttlMs":600000}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let assigned = serde_json::from_str::<Value>(&body).unwrap()["clientId"]
+        .as_u64()
+        .unwrap();
+    assert!(!chosen.contains(&assigned) && !given.contains(&assigned));
+
+    // The reservation survives a crash.
+    server.kill9_and_restart();
+    let (_raw, welcome) = Raw::hello(&url).await;
+    let id = welcome["clientId"].as_u64().unwrap();
+    println!("  after kill -9: websocket client got {id}");
+    assert!(!chosen.contains(&id) && !given.contains(&id) && id != assigned);
+
+    // An id far past what the server hands out cannot be chosen (it would use up the
+    // id space); ids outside this server's space (another node's) can.
+    let (status, body) = server.http(
+        "POST",
+        "/v1/rooms/pr%3Abots/heartbeat",
+        Some(r#"{"data":"far","ttlMs":600000,"clientId":4294967296}"#),
+    );
+    println!("  clientId 2^32 -> {status} {body}");
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"],
+        "bad_request"
+    );
+    let other_node = (1u64 << 40) + 7;
+    let (status, body) = server.http(
+        "POST",
+        "/v1/rooms/pr%3Abots/heartbeat",
+        Some(&format!(
+            r#"{{"data":"node 1","ttlMs":600000,"clientId":{other_node}}}"#
+        )),
+    );
+    assert_eq!(status, 200, "{body}");
+}

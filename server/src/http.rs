@@ -424,12 +424,17 @@ async fn heartbeat(
         ));
     }
     let client = match body.client_id {
-        Some(id) => ClientId::new(id).ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::BadRequest,
-                "clientId must be an integer in [1, 2^53)",
-            )
-        })?,
+        Some(id) => {
+            let client = ClientId::new(id).ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::BadRequest,
+                    "clientId must be an integer in [1, 2^53)",
+                )
+            })?;
+            // A chosen id is never handed to another client afterwards.
+            hub.reserve_client(client)?;
+            client
+        }
         None => hub
             .allocate_client()
             .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?,
