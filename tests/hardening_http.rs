@@ -734,3 +734,134 @@ async fn a_rest_client_id_is_never_given_to_a_websocket_client() {
     );
     assert_eq!(status, 200, "{body}");
 }
+
+// ---- Item 9c: `rollcall token --private-key` with SEC1 keys ----
+
+/// The P-256 key of `tests/auth.rs` in SEC1 form (`openssl ec -in pkcs8.pem`).
+const EC_SEC1: &str = "\
+-----BEGIN EC PRIVATE KEY-----\n\
+MHcCAQEEIGBeiGbCOp9qhO43vQu+jZO62nY3x0BOxAPz/clc2OgNoAoGCCqGSM49\n\
+AwEHoUQDQgAEB0QHDkOPpv9Wrfz4HFiULltYLUFYCnaB2T598176qufOkLU7kwB4\n\
+nU5YI/FXNIQcauNCvEoAn7HJs5+r1nEuqg==\n\
+-----END EC PRIVATE KEY-----\n\
+";
+
+/// The same key in PKCS#8 form.
+const EC_PKCS8: &str = "\
+-----BEGIN PRIVATE KEY-----\n\
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgYF6IZsI6n2qE7je9\n\
+C76Nk7radjfHQE7EA/P9yVzY6A2hRANCAAQHRAcOQ4+m/1at/PgcWJQuW1gtQVgK\n\
+doHZPn3zXvqq586QtTuTAHidTlgj8Vc0hBxq40K8SgCfscmzn6vWcS6q\n\
+-----END PRIVATE KEY-----\n\
+";
+
+const EC_PUBLIC: &str = "\
+-----BEGIN PUBLIC KEY-----\n\
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEB0QHDkOPpv9Wrfz4HFiULltYLUFY\n\
+CnaB2T598176qufOkLU7kwB4nU5YI/FXNIQcauNCvEoAn7HJs5+r1nEuqg==\n\
+-----END PUBLIC KEY-----\n\
+";
+
+/// What `openssl ecparam -genkey -name prime256v1` writes: the curve's parameters,
+/// then the SEC1 key.
+const EC_SEC1_WITH_PARAMETERS: &str = "\
+-----BEGIN EC PARAMETERS-----\n\
+BggqhkjOPQMBBw==\n\
+-----END EC PARAMETERS-----\n\
+-----BEGIN EC PRIVATE KEY-----\n\
+MHcCAQEEIImENlCd2q/YWmHnsN654wlNbetVRfcpKuqgNzYvob6voAoGCCqGSM49\n\
+AwEHoUQDQgAEghb06GUtkhpACZK9e+JT8cUXe7A5d2F9j+DnROyt1EDuTyxs6l/T\n\
+fHZJLa/jVJzXkMYWPw6lq5X7rxFqKNIaXQ==\n\
+-----END EC PRIVATE KEY-----\n\
+";
+
+const EC_WITH_PARAMETERS_PUBLIC: &str = "\
+-----BEGIN PUBLIC KEY-----\n\
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEghb06GUtkhpACZK9e+JT8cUXe7A5\n\
+d2F9j+DnROyt1EDuTyxs6l/TfHZJLa/jVJzXkMYWPw6lq5X7rxFqKNIaXQ==\n\
+-----END PUBLIC KEY-----\n\
+";
+
+/// A P-384 key (SEC1): ES256 needs P-256.
+const P384_SEC1: &str = "\
+-----BEGIN EC PRIVATE KEY-----\n\
+MIGkAgEBBDDeMFlJmAcZWITfrJc0vXq9zSlNQeXrDMYUrVcVvTFtHlMUvPq/fHPt\n\
+A0oyXKP8/4+gBwYFK4EEACKhZANiAAQJd+ShwFFqlK9pS/goAe3aB8BXcixHlvx9\n\
+J7pDA28aF1x6a96vada3/SXYsQJUropOwJTi5sYkUsN1bvl/qwlcX8IrYgwyE8hX\n\
+pDQmZnj5NKrGAwMsUTbyUVZPOZDUwRI=\n\
+-----END EC PRIVATE KEY-----\n\
+";
+
+/// An Ed25519 key (PKCS#8): not an algorithm the server verifies.
+const ED25519: &str = "\
+-----BEGIN PRIVATE KEY-----\n\
+MC4CAQAwBQYDK2VwBCIEIEYRMgNof+ZJF11tnSymERu+rsNYxRe7WJ3W7wl+IXbr\n\
+-----END PRIVATE KEY-----\n\
+";
+
+/// `rollcall token --private-key FILE --sub bot --admin`: the token, or the error.
+fn mint_with(dir: &Path, pem: &str) -> Result<String, String> {
+    let key = dir.join("key.pem");
+    std::fs::write(&key, pem).unwrap();
+    let output = Command::new(binary())
+        .arg("token")
+        .arg("--private-key")
+        .arg(&key)
+        .args(["--sub", "bot", "--admin"])
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .output()
+        .expect("run rollcall token");
+    if output.status.success() {
+        Ok(String::from_utf8(output.stdout).unwrap().trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+#[tokio::test]
+async fn rollcall_token_accepts_sec1_ec_keys_and_explains_unsupported_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, private, public) in [
+        ("SEC1 (BEGIN EC PRIVATE KEY)", EC_SEC1, EC_PUBLIC),
+        ("PKCS#8 (BEGIN PRIVATE KEY)", EC_PKCS8, EC_PUBLIC),
+        (
+            "SEC1 after EC PARAMETERS (openssl ecparam -genkey)",
+            EC_SEC1_WITH_PARAMETERS,
+            EC_WITH_PARAMETERS_PUBLIC,
+        ),
+    ] {
+        let token = mint_with(dir.path(), private)
+            .unwrap_or_else(|e| panic!("{name}: rollcall token refused the key: {e}"));
+        let public_key = dir.path().join("key.pub");
+        std::fs::write(&public_key, public).unwrap();
+        let server = Server::launch()
+            .arg("--auth-public-key")
+            .arg(public_key.display().to_string())
+            .start();
+        let answer = hello(&server.ws_url(), &token)
+            .await
+            .map(|(_, w)| w["type"].clone());
+        println!("  {name:<52} -> {answer:?}");
+        assert_eq!(answer, Ok(json!("welcome")), "{name}");
+    }
+
+    // Keys it cannot use are refused with a message that says what it needs.
+    for (name, pem, says) in [
+        ("P-384 EC key", P384_SEC1, "P-256"),
+        ("Ed25519 key", ED25519, "Ed25519"),
+        ("a public key", EC_PUBLIC, "public key"),
+        (
+            "encrypted PKCS#8",
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+            "encrypted",
+        ),
+        ("not PEM", "just some text\n", "PEM"),
+    ] {
+        let error = mint_with(dir.path(), pem).expect_err(name);
+        let first = error.lines().next().unwrap_or_default();
+        println!("  {name:<20} -> {first}");
+        assert!(error.contains(says), "{name}: {error}");
+        assert!(!error.contains("InvalidKeyFormat"), "{name}: {error}");
+    }
+}

@@ -45,7 +45,8 @@ pub struct TokenArgs {
         required_unless_present = "private_key"
     )]
     pub secret_file: Option<PathBuf>,
-    /// ES256/RS256: a PEM private key matching the server's --auth-public-key.
+    /// ES256/RS256: a PEM private key matching the server's --auth-public-key: a P-256
+    /// EC key (SEC1 `EC PRIVATE KEY` or PKCS#8 `PRIVATE KEY`) or an RSA key.
     #[arg(long)]
     pub private_key: Option<PathBuf>,
     /// The user (`sub`), which becomes the userId of this client's entries.
@@ -83,7 +84,14 @@ impl TokenArgs {
             },
             admin: self.admin,
         };
-        auth::mint(&claims, secret.as_deref(), private_key.as_deref())
+        auth::mint(&claims, secret.as_deref(), private_key.as_deref()).map_err(|e| {
+            match (e, &self.private_key) {
+                (crate::Error::Config(message), Some(path)) => {
+                    crate::Error::Config(format!("{}: {message}", path.display()))
+                }
+                (e, _) => e,
+            }
+        })
     }
 }
 
