@@ -299,6 +299,8 @@ export interface RollcallClient {
   readonly clientId: number | undefined;
   /** Current connection state. */
   readonly state: ConnectionState;
+  /** The URL of the node the client is connected (or trying to connect) to: one of `url`, normalized. */
+  readonly url: string;
   /** Estimated `serverClock - localClock`, in ms (0 until the first sample). */
   readonly clockOffsetMs: number;
   /**
