@@ -345,6 +345,8 @@ export class PresenceView<T, In> implements Presence<T, In> {
   private readonly source = new Map<number, RawEntry>();
   /** Ids whose current data did not decode (reported once until they decode again). */
   private readonly failed = new Set<number>();
+  /** Ids whose latest raw entry is being decoded asynchronously (the previous entry stays meanwhile). */
+  private readonly decoding = new Set<number>();
   /** A number per entry that changes when its data or userId does (not on a refresh). */
   private readonly versions = new Map<number, number>();
   private nextVersion = 1;
@@ -433,6 +435,7 @@ export class PresenceView<T, In> implements Presence<T, In> {
     this.entries.clear();
     this.source.clear();
     this.failed.clear();
+    this.decoding.clear();
     this.versions.clear();
     this.baseline.clear();
     this.r.views.delete(this as PresenceView<unknown, unknown>);
@@ -567,6 +570,7 @@ export class PresenceView<T, In> implements Presence<T, In> {
   private drop(id: number): boolean {
     this.source.delete(id);
     this.failed.delete(id);
+    this.decoding.delete(id);
     this.versions.delete(id);
     return this.entries.delete(id);
   }
@@ -584,7 +588,7 @@ export class PresenceView<T, In> implements Presence<T, In> {
     if (prev === raw) return false;
     this.source.set(id, raw);
     const cur = this.entries.get(id);
-    if (prev && cur && prev.userId === raw.userId && jsonEqual(prev.data, raw.data)) {
+    if (prev && cur && !this.decoding.has(id) && prev.userId === raw.userId && jsonEqual(prev.data, raw.data)) {
       // A refresh: same data, a later expiry. Keep the decoded data (no decode, no new version).
       this.entries.set(id, makeEntry(raw, cur.data) as PresenceEntry<T>);
       return true;
@@ -600,14 +604,17 @@ export class PresenceView<T, In> implements Presence<T, In> {
       res = { ok: false, issues: [{ message: errorMessage(e) }] };
     }
     if (res instanceof Promise) {
-      this.versions.delete(id);
-      const had = this.entries.delete(id);
+      // The previous entry (if any) stays until this one is decoded: an update is
+      // never shown as a leave followed by a join.
+      this.decoding.add(id);
       void res.then((r) => {
         if (this.source.get(id) !== raw) return; // superseded meanwhile
+        this.decoding.delete(id);
         if (this.accept(id, raw, r)) this.markDirty();
       });
-      return had;
+      return false;
     }
+    this.decoding.delete(id);
     return this.accept(id, raw, res);
   }
 
