@@ -148,6 +148,8 @@ impl Auth {
         let mut validation = Validation::new(algorithm);
         validation.algorithms = vec![algorithm];
         validation.set_required_spec_claims(&["exp", "sub"]);
+        // `nbf` is optional; when present it is checked like `exp`, without leeway.
+        validation.validate_nbf = true;
         validation.leeway = 0;
         validation.validate_aud = false;
         Auth {
@@ -162,19 +164,32 @@ impl Auth {
         self.algorithm
     }
 
-    /// Verifies a token; the rejection's code tells an expired token from a bad one.
+    /// Verifies a token; the rejection's code tells an expired token (or one not valid
+    /// yet) from a bad one.
     pub fn verify(&self, token: &str) -> Result<Grant, Rejection> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
             |e| match e.kind() {
                 ErrorKind::ExpiredSignature => {
                     Rejection::new(ErrorCode::TokenExpired, "the token has expired")
                 }
+                ErrorKind::ImmatureSignature => Rejection::new(
+                    ErrorCode::TokenNotYetValid,
+                    "the token is not valid yet (its nbf is in the future)",
+                ),
                 _ => Rejection::new(
                     ErrorCode::InvalidToken,
                     format!("the token is not valid: {e}"),
                 ),
             },
         )?;
+        // RFC 7515 §4.1.11: a header's `crit` names extensions the verifier must
+        // understand, or refuse the token. Rollcall understands none.
+        if data.header.crit.is_some() {
+            return Err(Rejection::new(
+                ErrorCode::InvalidToken,
+                "the token header has crit: no JWS extensions are supported",
+            ));
+        }
         let claims = data.claims;
         if claims.sub.is_empty() || claims.sub.len() > MAX_SUBJECT_BYTES {
             return Err(Rejection::new(
@@ -204,13 +219,8 @@ pub fn mint(
             EncodingKey::from_secret(secret.trim_ascii()),
         ),
         (None, Some(pem)) => {
-            if let Ok(key) = EncodingKey::from_ec_pem(pem) {
-                (Header::new(Algorithm::ES256), key)
-            } else {
-                let key = EncodingKey::from_rsa_pem(pem)
-                    .map_err(|e| Error::Config(format!("not a PEM EC or RSA private key: {e}")))?;
-                (Header::new(Algorithm::RS256), key)
-            }
+            let (algorithm, key) = signing_key(pem)?;
+            (Header::new(algorithm), key)
         }
         _ => {
             return Err(Error::Config(
@@ -220,6 +230,108 @@ pub fn mint(
     };
     jsonwebtoken::encode(&header, claims, &key)
         .map_err(|e| Error::Config(format!("cannot sign: {e}")))
+}
+
+/// What `--private-key` takes, for error messages.
+const PRIVATE_KEY_FORMATS: &str = "use an unencrypted PEM private key: a P-256 EC key \
+     (`BEGIN EC PRIVATE KEY` or `BEGIN PRIVATE KEY`) for ES256, or an RSA key \
+     (`BEGIN RSA PRIVATE KEY` or `BEGIN PRIVATE KEY`) for RS256";
+
+/// The algorithm and signing key of a PEM private key: ES256 for a P-256 EC key in
+/// SEC1 (`EC PRIVATE KEY`, as `openssl ecparam -genkey` writes it) or PKCS#8 form,
+/// RS256 for an RSA key in PKCS#1 or PKCS#8 form. Other blocks in the file (such as
+/// `EC PARAMETERS`) are skipped.
+fn signing_key(pem: &[u8]) -> Result<(Algorithm, EncodingKey)> {
+    use p256::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
+
+    let unsupported = |what: &str| Error::Config(format!("{what}; {PRIVATE_KEY_FORMATS}"));
+    let not_p256 = || unsupported("an EC key that is not on the P-256 curve (ES256 needs P-256)");
+    let blocks = std::str::from_utf8(pem).map(pem_blocks).unwrap_or_default();
+    for (label, block) in &blocks {
+        match *label {
+            "EC PRIVATE KEY" => {
+                let key = p256::SecretKey::from_sec1_pem(block).map_err(|_| not_p256())?;
+                let der = key
+                    .to_pkcs8_der()
+                    .map_err(|e| Error::Config(format!("cannot convert the EC key: {e}")))?;
+                return Ok((Algorithm::ES256, EncodingKey::from_ec_der(der.as_bytes())));
+            }
+            "PRIVATE KEY" => {
+                if p256::SecretKey::from_pkcs8_pem(block).is_ok() {
+                    if let Ok(key) = EncodingKey::from_ec_pem(block.as_bytes()) {
+                        return Ok((Algorithm::ES256, key));
+                    }
+                }
+                if let Ok(key) = EncodingKey::from_rsa_pem(block.as_bytes()) {
+                    return Ok((Algorithm::RS256, key));
+                }
+                if EncodingKey::from_ec_pem(block.as_bytes()).is_ok() {
+                    return Err(not_p256());
+                }
+                if EncodingKey::from_ed_pem(block.as_bytes()).is_ok() {
+                    return Err(unsupported("an Ed25519 key (EdDSA is not supported)"));
+                }
+                return Err(unsupported("a PKCS#8 private key of an unsupported type"));
+            }
+            "RSA PRIVATE KEY" => {
+                let key = EncodingKey::from_rsa_pem(block.as_bytes())
+                    .map_err(|e| unsupported(&format!("an unreadable RSA private key ({e})")))?;
+                return Ok((Algorithm::RS256, key));
+            }
+            "ENCRYPTED PRIVATE KEY" => {
+                return Err(unsupported(
+                    "an encrypted private key (decrypt it first, e.g. `openssl pkey -in KEY -out plain.pem`)",
+                ));
+            }
+            "OPENSSH PRIVATE KEY" => {
+                return Err(unsupported(
+                    "an OpenSSH private key (export it as PEM, e.g. `ssh-keygen -p -m PKCS8 -f KEY`)",
+                ));
+            }
+            _ => {}
+        }
+    }
+    if blocks.is_empty() {
+        return Err(unsupported(
+            "not a PEM file (no `-----BEGIN ...-----` line)",
+        ));
+    }
+    let labels: Vec<&str> = blocks.iter().map(|(label, _)| *label).collect();
+    let found = labels.join(", ");
+    if labels
+        .iter()
+        .any(|l| l.contains("PUBLIC KEY") || l.contains("CERTIFICATE"))
+    {
+        Err(unsupported(&format!(
+            "a public key or certificate, not a private key (found {found})"
+        )))
+    } else {
+        Err(unsupported(&format!(
+            "no private key in it (found {found})"
+        )))
+    }
+}
+
+/// The PEM blocks of `text`: each label (`EC PRIVATE KEY`) with the whole block, from
+/// its `BEGIN` line to its `END` line.
+fn pem_blocks(text: &str) -> Vec<(&str, &str)> {
+    let mut blocks = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("-----BEGIN ") {
+        let after = &rest[start + "-----BEGIN ".len()..];
+        let Some(label_end) = after.find("-----") else {
+            break;
+        };
+        let label = &after[..label_end];
+        let end_line = format!("-----END {label}-----");
+        let Some(end) = rest[start..].find(&end_line) else {
+            break;
+        };
+        let block_end = start + end + end_line.len();
+        blocks.push((label, &rest[start..block_end]));
+        rest = &rest[block_end..];
+    }
+    blocks
 }
 
 #[cfg(test)]
@@ -311,6 +423,61 @@ mod tests {
             hs256().verify(&token).unwrap_err().code,
             ErrorCode::InvalidToken
         );
+    }
+
+    #[test]
+    fn nbf_is_honoured_and_crit_is_refused() {
+        let now = UnixMs::now().0 / 1_000;
+        let key = EncodingKey::from_secret(SECRET);
+        let sign = |header: &Header, nbf: u64| {
+            let claims = serde_json::json!({"sub": "alice", "exp": now + 60, "nbf": nbf});
+            jsonwebtoken::encode(header, &claims, &key).unwrap()
+        };
+        let plain = Header::new(Algorithm::HS256);
+        assert!(hs256().verify(&sign(&plain, now)).is_ok());
+        assert_eq!(
+            hs256().verify(&sign(&plain, now + 30)).unwrap_err().code,
+            ErrorCode::TokenNotYetValid
+        );
+        let mut critical = Header::new(Algorithm::HS256);
+        critical.crit = Some(vec!["exp".into()]);
+        let refused = hs256().verify(&sign(&critical, now)).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::InvalidToken);
+        assert!(refused.message.contains("crit"), "{}", refused.message);
+    }
+
+    #[test]
+    fn private_keys_in_sec1_and_pkcs8_form_sign() {
+        // One P-256 key in both forms (`openssl ec` converts one into the other).
+        let sec1 = "-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n\
+            -----BEGIN EC PRIVATE KEY-----\n\
+            MHcCAQEEIGBeiGbCOp9qhO43vQu+jZO62nY3x0BOxAPz/clc2OgNoAoGCCqGSM49\n\
+            AwEHoUQDQgAEB0QHDkOPpv9Wrfz4HFiULltYLUFYCnaB2T598176qufOkLU7kwB4\n\
+            nU5YI/FXNIQcauNCvEoAn7HJs5+r1nEuqg==\n\
+            -----END EC PRIVATE KEY-----\n";
+        let pkcs8 = "-----BEGIN PRIVATE KEY-----\n\
+            MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgYF6IZsI6n2qE7je9\n\
+            C76Nk7radjfHQE7EA/P9yVzY6A2hRANCAAQHRAcOQ4+m/1at/PgcWJQuW1gtQVgK\n\
+            doHZPn3zXvqq586QtTuTAHidTlgj8Vc0hBxq40K8SgCfscmzn6vWcS6q\n\
+            -----END PRIVATE KEY-----\n";
+        let public = "-----BEGIN PUBLIC KEY-----\n\
+            MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEB0QHDkOPpv9Wrfz4HFiULltYLUFY\n\
+            CnaB2T598176qufOkLU7kwB4nU5YI/FXNIQcauNCvEoAn7HJs5+r1nEuqg==\n\
+            -----END PUBLIC KEY-----\n";
+        let verifier = Auth::with(
+            DecodingKey::from_ec_pem(public.as_bytes()).unwrap(),
+            Algorithm::ES256,
+        );
+        for pem in [sec1, pkcs8] {
+            let token = mint(&claims(60), None, Some(pem.as_bytes())).unwrap();
+            assert_eq!(&*verifier.verify(&token).unwrap().user, "alice");
+        }
+        for junk in ["", "not a key", public] {
+            let Err(Error::Config(message)) = mint(&claims(60), None, Some(junk.as_bytes())) else {
+                panic!("{junk:?} was accepted");
+            };
+            assert!(message.contains("P-256 EC key"), "{message}");
+        }
     }
 
     #[test]

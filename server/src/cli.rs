@@ -45,7 +45,8 @@ pub struct TokenArgs {
         required_unless_present = "private_key"
     )]
     pub secret_file: Option<PathBuf>,
-    /// ES256/RS256: a PEM private key matching the server's --auth-public-key.
+    /// ES256/RS256: a PEM private key matching the server's --auth-public-key: a P-256
+    /// EC key (SEC1 `EC PRIVATE KEY` or PKCS#8 `PRIVATE KEY`) or an RSA key.
     #[arg(long)]
     pub private_key: Option<PathBuf>,
     /// The user (`sub`), which becomes the userId of this client's entries.
@@ -83,7 +84,14 @@ impl TokenArgs {
             },
             admin: self.admin,
         };
-        auth::mint(&claims, secret.as_deref(), private_key.as_deref())
+        auth::mint(&claims, secret.as_deref(), private_key.as_deref()).map_err(|e| {
+            match (e, &self.private_key) {
+                (crate::Error::Config(message), Some(path)) => {
+                    crate::Error::Config(format!("{}: {message}", path.display()))
+                }
+                (e, _) => e,
+            }
+        })
     }
 }
 
@@ -187,6 +195,11 @@ pub struct ServeArgs {
     /// Milliseconds a client has to send its HTTP request head (or upgrade request).
     #[arg(long, env = "ROLLCALL_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_timeout_ms: u64,
+
+    /// Milliseconds a client has to send a REST request's body once its head is in
+    /// (a body still incomplete then is answered 408).
+    #[arg(long, env = "ROLLCALL_BODY_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout_ms: u64,
 
     /// Largest HTTP request head in bytes (larger ones are answered 431).
     #[arg(long, env = "ROLLCALL_MAX_HEADER_BYTES", default_value_t = 65_536)]
@@ -348,6 +361,7 @@ impl ServeArgs {
                 max_per_ip: self.max_connections_per_ip,
                 header_timeout: Duration::from_millis(self.header_timeout_ms),
                 max_header_bytes: self.max_header_bytes,
+                body_timeout: Duration::from_millis(self.body_timeout_ms),
             },
             ping_interval: Duration::from_secs(self.ping_interval_secs.max(1)),
             idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),

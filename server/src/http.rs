@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
+use futures_util::StreamExt as _;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rollcall_engine::{ClientId, Ticket};
 use serde::Deserialize;
@@ -30,6 +31,9 @@ use crate::shutdown::Shutdown;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Rooms per page of `GET /v1/rooms` at most.
 const MAX_PAGE: usize = 1_000;
+/// What a heartbeat body may hold besides `data` (`ttlMs`, `clientId`, keys and
+/// whitespace): the body limit is `max_data_bytes` plus this.
+pub const BODY_ENVELOPE_BYTES: usize = 1_024;
 
 /// Shared by every request handler.
 #[derive(Clone, Debug)]
@@ -138,6 +142,13 @@ impl AppState {
                 format!("origin {origin} is not allowed"),
             ))
         }
+    }
+
+    /// Everything a REST write must pass before its body is read: the origin
+    /// allow-list, then (with auth on) an admin token. Returns the grant.
+    fn authorize_write(&self, headers: &HeaderMap) -> Result<Option<Grant>, ApiError> {
+        self.check_origin(headers)?;
+        self.authorize(headers, |grant| grant.admin)
     }
 
     fn hub(&self) -> Result<&Arc<Hub>, ApiError> {
@@ -302,16 +313,98 @@ struct HeartbeatBody<'a> {
     client_id: Option<u64>,
 }
 
+/// Refuses a body that is not declared as JSON: browsers send `text/plain`, forms and
+/// `multipart/form-data` cross-origin without asking, but not `application/json`.
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!("send the body as Content-Type: application/json (got {content_type:?})"),
+        ))
+    }
+}
+
+/// Reads a request body of at most `limit` bytes within `timeout`: a declared length
+/// over the limit is refused before any byte is read, a longer body as soon as it
+/// passes the limit (413), and a body still incomplete at the deadline gets 408.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
+    let too_large = |length: &dyn std::fmt::Display| {
+        ApiError::new(
+            ErrorCode::DataTooLarge,
+            format!(
+                "the request body is {length} bytes; the limit is {limit} (the data limit plus \
+                 {BODY_ENVELOPE_BYTES} bytes for the rest of the body)"
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(length) = declared {
+        if length > limit as u64 {
+            return Err(too_large(&length));
+        }
+    }
+    let read = async {
+        let mut stream = body.into_data_stream();
+        let mut bytes = Vec::with_capacity(declared.map_or(0, |l| l as usize));
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!("cannot read the request body: {e}"),
+                )
+            })?;
+            if bytes.len() + chunk.len() > limit {
+                return Err(too_large(&format!("over {limit}")));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(bytes))
+    };
+    tokio::time::timeout(timeout, read).await.map_err(|_| {
+        ApiError::new(
+            ErrorCode::RequestTimeout,
+            format!(
+                "the request body did not arrive within {} ms",
+                timeout.as_millis()
+            ),
+        )
+    })?
+}
+
 async fn heartbeat(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(room): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let hub = state.hub()?;
     let limits = hub.limits();
     limits.check_room(&room)?;
-    let grant = state.authorize(&headers, |grant| grant.admin)?;
+    // Everything the headers can refuse is refused before a byte of the body is read.
+    let grant = state.authorize_write(&headers)?;
+    require_json(&headers)?;
+    let body = read_body(
+        &headers,
+        body,
+        limits.max_data_bytes.saturating_add(BODY_ENVELOPE_BYTES),
+        state.inner.config.connections.body_timeout,
+    )
+    .await?;
     let body: HeartbeatBody<'_> = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             ErrorCode::BadRequest,
@@ -320,24 +413,20 @@ async fn heartbeat(
     })?;
     let ttl = protocol::parse_ttl(body.ttl_ms, limits)?;
     let data = body.data.map_or("null", RawValue::get);
-    if data.len() > limits.max_data_bytes {
-        return Err(ApiError::new(
-            ErrorCode::DataTooLarge,
-            format!(
-                "data is {} bytes of JSON; the limit is {}",
-                data.len(),
-                limits.max_data_bytes
-            ),
-        ));
-    }
+    // The same validator as the WebSocket's: size, then what JSON parsers refuse.
     protocol::check_data(data, limits)?;
     let client = match body.client_id {
-        Some(id) => ClientId::new(id).ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::BadRequest,
-                "clientId must be an integer in [1, 2^53)",
-            )
-        })?,
+        Some(id) => {
+            let client = ClientId::new(id).ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::BadRequest,
+                    "clientId must be an integer in [1, 2^53)",
+                )
+            })?;
+            // A chosen id is never handed to another client afterwards.
+            hub.reserve_client(client)?;
+            client
+        }
         None => hub
             .allocate_client()
             .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?,
@@ -363,7 +452,7 @@ async fn remove_entry(
 ) -> Result<Response, ApiError> {
     let hub = state.hub()?;
     hub.limits().check_room(&room)?;
-    state.authorize(&headers, |grant| grant.admin)?;
+    state.authorize_write(&headers)?;
     let client = client
         .parse::<u64>()
         .ok()

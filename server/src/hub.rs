@@ -295,6 +295,30 @@ impl Hub {
         identity.allocate(engine)
     }
 
+    /// Reserves a client id chosen over REST, so that the server never gives it to
+    /// another client (see [`Identity::reserve`]).
+    pub fn reserve_client(&self, client: ClientId) -> Result<(), Rejection> {
+        let mut inner = self.lock();
+        let Inner {
+            identity, engine, ..
+        } = &mut *inner;
+        match identity.reserve(client, engine) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Rejection::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "clientId {client} is past the ids this server can reserve: choose one \
+                     below {}, or omit clientId and the server assigns one",
+                    crate::identity::MAX_CHOSEN_COUNTER
+                ),
+            )),
+            Err(e) => Err(Rejection::new(
+                ErrorCode::Internal,
+                format!("cannot reserve the client id: {e}"),
+            )),
+        }
+    }
+
     /// Subscribes `outbox` to `room` (its changes paced to one read per `interval`, if
     /// not zero), queues the room's snapshot and then the ack of `reference`. Pass an
     /// existing subscription to re-send the snapshot. In cluster

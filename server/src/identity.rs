@@ -1,7 +1,8 @@
 //! Client ids and resume tokens.
 //!
 //! Ids are handed out from blocks reserved in the engine's metadata, so an id is never
-//! reused, even across restarts. A resume token is the id plus an HMAC over the id and
+//! reused, even across restarts. An id a client chose for itself (over REST) moves the
+//! counter past it, so it is never handed out either. A resume token is the id plus an HMAC over the id and
 //! the user it was issued to, keyed by a secret that is also kept in the metadata: it
 //! stays valid across restarts and cannot be forged or moved to another user.
 
@@ -22,6 +23,9 @@ const BLOCK: u64 = 4_096;
 /// Bits of an id below the node id (cluster mode puts the node id above them).
 pub const NODE_SHIFT: u32 = 40;
 const TAG_BYTES: usize = 16;
+/// A client may choose an id of this node's space only below this counter: choosing
+/// moves the allocator past the id, and one request must not use up the id space.
+pub const MAX_CHOSEN_COUNTER: u64 = 1 << 32;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -81,6 +85,33 @@ impl Identity {
         let counter = self.next;
         self.next += 1;
         ClientId::new(self.node | counter).ok_or(Error::IdsExhausted)
+    }
+
+    /// Makes sure `client`, chosen by a client rather than allocated, is never
+    /// allocated: an id of this node's space at or past the counter moves the counter
+    /// past it (persisted before this returns, as allocation is). Ids already issued
+    /// and ids of other nodes' spaces (which this node never allocates) need nothing.
+    /// Returns false, reserving nothing, for an id of this node's space at or past
+    /// [`MAX_CHOSEN_COUNTER`] that was not issued.
+    pub fn reserve(&mut self, client: ClientId, engine: &mut Engine) -> Result<bool> {
+        if client.0 >> NODE_SHIFT != self.node >> NODE_SHIFT {
+            return Ok(true);
+        }
+        let counter = client.0 & ((1 << NODE_SHIFT) - 1);
+        if counter < self.next {
+            return Ok(true);
+        }
+        if counter >= MAX_CHOSEN_COUNTER {
+            return Ok(false);
+        }
+        let next = counter + 1;
+        if next > self.ceiling {
+            let ceiling = next + BLOCK;
+            engine.meta_put(NEXT_ID_KEY, &ceiling.to_be_bytes())?;
+            self.ceiling = ceiling;
+        }
+        self.next = next;
+        Ok(true)
     }
 
     fn tag(&self, client: ClientId, user: Option<&str>) -> HmacSha256 {
@@ -188,6 +219,38 @@ mod tests {
             second > first,
             "ids are never reused: {second} after {first}"
         );
+        engine.close().unwrap();
+    }
+
+    #[test]
+    fn chosen_ids_are_never_allocated_even_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut engine, _) = Engine::open(Config::new(dir.path())).unwrap();
+        let mut identity = Identity::load(&mut engine, 0, None).unwrap();
+        let first = identity.allocate(&mut engine).unwrap();
+        for chosen in [first.0, 2, 3, 10_000] {
+            assert!(identity.reserve(ClientId(chosen), &mut engine).unwrap());
+        }
+        let next = identity.allocate(&mut engine).unwrap();
+        assert_eq!(next.0, 10_001);
+        // Past what a client may choose, and outside this node's space.
+        assert!(
+            !identity
+                .reserve(ClientId(MAX_CHOSEN_COUNTER), &mut engine)
+                .unwrap()
+        );
+        assert!(
+            identity
+                .reserve(ClientId((5 << NODE_SHIFT) + 1_000_000), &mut engine)
+                .unwrap()
+        );
+        assert_eq!(identity.allocate(&mut engine).unwrap().0, 10_002);
+        engine.close().unwrap();
+
+        // The reservation was persisted before `reserve` returned.
+        let (mut engine, _) = Engine::open(Config::new(dir.path())).unwrap();
+        let mut identity = Identity::load(&mut engine, 0, None).unwrap();
+        assert!(identity.allocate(&mut engine).unwrap().0 > 10_000);
         engine.close().unwrap();
     }
 

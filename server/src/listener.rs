@@ -33,6 +33,8 @@ pub struct ConnectionLimits {
     pub header_timeout: Duration,
     /// Largest HTTP request head, in bytes.
     pub max_header_bytes: usize,
+    /// Time allowed to send a REST request's body, once its head is in.
+    pub body_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -42,6 +44,7 @@ impl Default for ConnectionLimits {
             max_per_ip: 10_000,
             header_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
+            body_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -46,6 +46,8 @@ pub enum ErrorCode {
     InvalidToken,
     /// The token has expired.
     TokenExpired,
+    /// The token's `nbf` (not before) is still in the future.
+    TokenNotYetValid,
     /// The token does not grant this room or operation.
     Forbidden,
     /// HTTP only: no such route or resource.
@@ -54,6 +56,10 @@ pub enum ErrorCode {
     Starting,
     /// Something unexpected failed on the server.
     Internal,
+    /// HTTP only: the request body did not arrive in time.
+    RequestTimeout,
+    /// HTTP only: a request body that is not `application/json`.
+    UnsupportedMediaType,
 }
 
 impl ErrorCode {
@@ -73,10 +79,13 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::InvalidToken => "invalid_token",
             ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::TokenNotYetValid => "token_not_yet_valid",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
             ErrorCode::Starting => "starting",
             ErrorCode::Internal => "internal",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
         }
     }
 
@@ -89,11 +98,16 @@ impl ErrorCode {
             | ErrorCode::InvalidData
             | ErrorCode::TooManyRooms
             | ErrorCode::InvalidResume => 400,
-            ErrorCode::Unauthorized | ErrorCode::InvalidToken | ErrorCode::TokenExpired => 401,
+            ErrorCode::Unauthorized
+            | ErrorCode::InvalidToken
+            | ErrorCode::TokenExpired
+            | ErrorCode::TokenNotYetValid => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
+            ErrorCode::RequestTimeout => 408,
             ErrorCode::RoomFull => 409,
             ErrorCode::DataTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
             ErrorCode::StorageUnavailable | ErrorCode::Starting => 503,
