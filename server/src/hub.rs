@@ -16,6 +16,7 @@ use rollcall_engine::{
 };
 use tokio::sync::{Notify, watch};
 
+use crate::cluster::merge::{Merge, Origin, Removal, Upsert};
 use crate::cluster::{Links, Outgoing, RemoteChange, RemoteKind, RoomCommand, SyncReply};
 use crate::error::Result;
 use crate::fanout::{Feed, Outbox, Subscription};
@@ -42,34 +43,15 @@ struct Waiting {
     reference: Option<u64>,
 }
 
-/// Cluster mode: who owns the remote entries of a followed room.
-#[derive(Debug, Default)]
-struct RemoteRoom {
-    generation: u64,
-    /// Entries of other nodes: which node, and the sequence number of the message
-    /// that last set them. Every other entry of the room is this node's own.
-    origins: HashMap<ClientId, Origin>,
-    /// While a sync is under way: removals seen since it started, so a reply taken
-    /// before a removal cannot bring the entry back.
-    tombstones: Option<HashMap<ClientId, Origin>>,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Origin {
-    node: u16,
-    seq: u64,
-}
-
 /// Cluster mode: this node's side of the bus.
 #[derive(Debug)]
 struct Cluster {
-    node: u16,
     links: Links,
     /// The last sequence number used. Starts from the clock, so it keeps growing
     /// across restarts.
     seq: u64,
-    rooms: HashMap<Arc<str>, RemoteRoom, RandomState>,
-    next_generation: u64,
+    /// Who owns which entry of the rooms this node follows.
+    merge: Merge,
 }
 
 impl Cluster {
@@ -78,29 +60,17 @@ impl Cluster {
         self.seq
     }
 
-    fn is_remote(&self, room: &str, client: ClientId) -> bool {
-        self.rooms
-            .get(room)
-            .is_some_and(|r| r.origins.contains_key(&client))
-    }
-
     /// A heartbeat or leave of a local client: the entry is this node's now, even if it
     /// was another node's before, and the other nodes hear of it.
     fn own(&mut self, change: &Change, metrics: &Metrics) {
-        if let Some(remote) = self.rooms.get_mut(&*change.room) {
-            remote.origins.remove(&change.entry.client);
-        }
+        self.merge.owned(&change.room, change.entry.client);
         self.publish(change, metrics);
     }
 
     /// An expiry. Another node's entry expires here by its own TTL, like everywhere;
     /// only this node's expiries are published.
     fn expired(&mut self, change: &Change, metrics: &Metrics) {
-        let remote = self
-            .rooms
-            .get_mut(&*change.room)
-            .and_then(|r| r.origins.remove(&change.entry.client));
-        if remote.is_none() {
+        if self.merge.expired(&change.room, change.entry.client) {
             self.publish(change, metrics);
         }
     }
@@ -339,15 +309,7 @@ impl Hub {
             hashbrown::hash_map::Entry::Occupied(occupied) => occupied.into_mut(),
             hashbrown::hash_map::Entry::Vacant(vacant) => {
                 let waiting = inner.cluster.as_mut().map(|cluster| {
-                    cluster.next_generation += 1;
-                    let generation = cluster.next_generation;
-                    cluster.rooms.insert(
-                        room.clone(),
-                        RemoteRoom {
-                            generation,
-                            ..RemoteRoom::default()
-                        },
-                    );
+                    let generation = cluster.merge.follow(room.clone());
                     let _ = cluster.links.rooms.send(RoomCommand::Join {
                         room: room.clone(),
                         generation,
@@ -547,8 +509,9 @@ impl Hub {
             .log_failing
             .set(if inner.engine.log_failing() { 1.0 } else { 0.0 });
         if let Some(cluster) = &inner.cluster {
-            let remote: usize = cluster.rooms.values().map(|r| r.origins.len()).sum();
-            self.metrics.cluster_remote_entries.set(remote as f64);
+            self.metrics
+                .cluster_remote_entries
+                .set(cluster.merge.remote_entries() as f64);
         }
     }
 
@@ -610,14 +573,12 @@ impl Inner {
             return;
         };
         // Nobody here follows the room any more: forget the other nodes' entries.
-        if let Some(remote) = cluster.rooms.remove(&name) {
-            for client in remote.origins.keys() {
-                self.engine.fold_unlogged(&Event::Leave(Leave {
-                    room: name.clone(),
-                    client: *client,
-                    at: UnixMs::now(),
-                }));
-            }
+        for client in cluster.merge.unfollow(&name) {
+            self.engine.fold_unlogged(&Event::Leave(Leave {
+                room: name.clone(),
+                client,
+                at: UnixMs::now(),
+            }));
         }
         let _ = cluster.links.rooms.send(RoomCommand::Part { room: name });
     }
@@ -630,31 +591,18 @@ impl Inner {
         entry: Entry,
         now: UnixMs,
     ) -> Option<Change> {
-        if entry.expires_at < now {
-            return None;
-        }
-        let cluster = self.cluster.as_mut()?;
-        let remote = cluster.rooms.get_mut(room)?;
-        let stale = |seen: Option<&Origin>| {
-            seen.is_some_and(|seen| seen.node == origin.node && seen.seq > origin.seq)
+        let merge = &mut self.cluster.as_mut()?.merge;
+        let own_expiry = if merge.is_remote(room, entry.client) {
+            None
+        } else {
+            self.engine
+                .materializer()
+                .get(room, entry.client, now)
+                .map(|own| own.expires_at)
         };
-        if stale(remote.origins.get(&entry.client))
-            || stale(
-                remote
-                    .tombstones
-                    .as_ref()
-                    .and_then(|t| t.get(&entry.client)),
-            )
-        {
-            return None;
-        }
-        if !remote.origins.contains_key(&entry.client) {
-            if let Some(own) = self.engine.materializer().get(room, entry.client, now) {
-                // The client moved to another node. Keep the later of the two; drop
-                // ours from the log so a restart does not bring it back.
-                if own.expires_at > entry.expires_at {
-                    return None;
-                }
+        match merge.upsert(room, origin, &entry, own_expiry, now)? {
+            Upsert::Fold => {}
+            Upsert::TakeOver => {
                 self.engine.leave(Leave {
                     room: room.clone(),
                     client: entry.client,
@@ -662,7 +610,6 @@ impl Inner {
                 });
             }
         }
-        remote.origins.insert(entry.client, origin);
         // `at + ttl` is the owner's expiry, to the millisecond.
         self.engine.fold_unlogged(&Event::Heartbeat(Heartbeat {
             room: room.clone(),
@@ -683,36 +630,22 @@ impl Inner {
         kind: ChangeKind,
         now: UnixMs,
     ) -> Option<Change> {
-        let cluster = self.cluster.as_mut()?;
-        let remote = cluster.rooms.get_mut(room)?;
-        if let Some(tombstones) = &mut remote.tombstones {
-            tombstones.insert(client, origin);
-        }
-        match remote.origins.get(&client) {
-            Some(seen) if seen.node != origin.node || seen.seq > origin.seq => return None,
-            Some(_) => {
-                remote.origins.remove(&client);
-            }
-            // A leave for an entry this node holds as its own: the client left through
-            // another node before this one saw it move. It is gone everywhere.
-            None if kind == ChangeKind::Leave => {
-                self.engine.materializer().get(room, client, now)?;
-                let (change, _) = self.engine.leave(Leave {
-                    room: room.clone(),
-                    client,
-                    at: now,
-                })?;
-                return Some(change);
-            }
-            None => return None,
-        }
-        let mut change = self.engine.fold_unlogged(&Event::Leave(Leave {
+        let merge = &mut self.cluster.as_mut()?.merge;
+        let holds_own = !merge.is_remote(room, client)
+            && self.engine.materializer().get(room, client, now).is_some();
+        let leave = Leave {
             room: room.clone(),
             client,
             at: now,
-        }))?;
-        change.kind = kind;
-        Some(change)
+        };
+        match merge.remove(room, origin, client, kind, holds_own)? {
+            Removal::Own => self.engine.leave(leave).map(|(change, _)| change),
+            Removal::Remote(kind) => {
+                let mut change = self.engine.fold_unlogged(&Event::Leave(leave))?;
+                change.kind = kind;
+                Some(change)
+            }
+        }
     }
 
     fn fan_out(&self, change: &Change, metrics: &Metrics) {
@@ -730,11 +663,9 @@ impl Hub {
     /// Turns cluster mode on: changes of this node's entries go out through `links`.
     pub fn enable_cluster(&self, node: u16, links: Links) {
         self.lock().cluster = Some(Cluster {
-            node,
             links,
             seq: UnixMs::now().0.saturating_mul(1_000_000),
-            rooms: HashMap::default(),
-            next_generation: 0,
+            merge: Merge::new(node),
         });
     }
 
@@ -746,14 +677,10 @@ impl Hub {
         };
         self.metrics.cluster_received.increment(1);
         let mut inner = self.lock();
-        let Some(cluster) = &inner.cluster else {
-            return;
-        };
-        if remote.node == cluster.node
-            || cluster
-                .rooms
-                .get(room)
-                .is_none_or(|r| r.generation != generation)
+        if !inner
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.merge.accepts(room, generation, remote.node))
         {
             return;
         }
@@ -778,14 +705,8 @@ impl Hub {
 
     /// A sync of `room` begins: removals are remembered until it ends.
     pub fn sync_started(&self, room: &str, generation: u64) {
-        let mut inner = self.lock();
-        if let Some(remote) = inner
-            .cluster
-            .as_mut()
-            .and_then(|c| c.rooms.get_mut(room))
-            .filter(|r| r.generation == generation)
-        {
-            remote.tombstones = Some(HashMap::new());
+        if let Some(cluster) = &mut self.lock().cluster {
+            cluster.merge.sync_started(room, generation);
         }
     }
 
@@ -801,25 +722,25 @@ impl Hub {
         now: UnixMs,
     ) {
         let mut inner = self.lock();
-        let Some(cluster) = &inner.cluster else {
-            return;
-        };
-        let me = cluster.node;
-        if cluster
-            .rooms
-            .get(room)
-            .is_none_or(|r| r.generation != generation)
+        if !inner
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.merge.follows(room, generation))
         {
             return;
         }
         for reply in replies {
-            if reply.node == me {
-                continue;
-            }
             let origin = Origin {
                 node: reply.node,
                 seq: reply.seq,
             };
+            if !inner
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.merge.accepts(room, generation, reply.node))
+            {
+                continue;
+            }
             let mut listed = hashbrown::HashSet::with_capacity(reply.entries.len());
             for entry in reply.entries {
                 listed.insert(entry.client);
@@ -827,21 +748,10 @@ impl Hub {
                     inner.fan_out(&change, &self.metrics);
                 }
             }
-            let gone: Vec<ClientId> = inner
+            let gone = inner
                 .cluster
                 .as_ref()
-                .and_then(|c| c.rooms.get(room))
-                .map(|r| {
-                    r.origins
-                        .iter()
-                        .filter(|(client, seen)| {
-                            seen.node == origin.node
-                                && seen.seq <= origin.seq
-                                && !listed.contains(*client)
-                        })
-                        .map(|(client, _)| *client)
-                        .collect()
-                })
+                .map(|c| c.merge.unlisted(room, origin, &listed))
                 .unwrap_or_default();
             for client in gone {
                 if let Some(change) =
@@ -851,8 +761,8 @@ impl Hub {
                 }
             }
         }
-        if let Some(remote) = inner.cluster.as_mut().and_then(|c| c.rooms.get_mut(room)) {
-            remote.tombstones = None;
+        if let Some(cluster) = &mut inner.cluster {
+            cluster.merge.sync_ended(room);
         }
         if !first {
             return;
@@ -894,7 +804,7 @@ impl Hub {
                 .engine
                 .materializer()
                 .entries(room, now)
-                .filter(|e| !cluster.is_remote(room, e.client)),
+                .filter(|e| !cluster.merge.is_remote(room, e.client)),
         );
         (cluster.seq, entries)
     }
@@ -916,7 +826,7 @@ impl Hub {
         let mut owned = Vec::new();
         for room in rooms {
             for entry in materializer.entries(&room, now) {
-                if cluster.is_remote(&room, entry.client) {
+                if cluster.merge.is_remote(&room, entry.client) {
                     continue;
                 }
                 let seq = cluster.next_seq();

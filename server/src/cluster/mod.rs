@@ -30,6 +30,8 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+pub(crate) mod merge;
+
 use crate::config::ClusterConfig;
 use crate::hub::Hub;
 use crate::protocol;
