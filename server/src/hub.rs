@@ -7,6 +7,7 @@
 
 use std::hash::RandomState;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use bytes::Bytes;
 use hashbrown::HashMap;
@@ -109,6 +110,35 @@ struct Inner {
     cluster: Option<Cluster>,
 }
 
+/// The hub lock, held: records how long it was held when released, so a serialized
+/// hub shows up in `/metrics` (`rollcall_hub_lock_hold_microseconds`).
+struct Locked<'a> {
+    guard: MutexGuard<'a, Inner>,
+    since: Instant,
+    hold: &'a metrics::Histogram,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Inner {
+        &mut self.guard
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        self.hold
+            .record(self.since.elapsed().as_secs_f64() * 1_000_000.0);
+    }
+}
+
 /// What a new session gets.
 #[derive(Debug)]
 pub struct Admitted {
@@ -174,8 +204,14 @@ impl Hub {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Takes the hub lock. What needs it takes `&Inner` or `&mut Inner`, which only a
+    /// [`Locked`] hands out.
+    fn lock(&self) -> Locked<'_> {
+        Locked {
+            guard: self.inner.lock().unwrap_or_else(PoisonError::into_inner),
+            since: Instant::now(),
+            hold: &self.metrics.hub_lock_hold,
+        }
     }
 
     /// The limits clients must respect.
@@ -196,11 +232,6 @@ impl Hub {
     /// A receiver of the log's durable watermark.
     pub fn durable(&self) -> watch::Receiver<Ticket> {
         self.durable.clone()
-    }
-
-    /// The durable watermark now.
-    pub fn durable_now(&self) -> Ticket {
-        *self.durable.borrow()
     }
 
     /// Starts a session: resumes the client id of a valid `resume` token (closing any
@@ -339,14 +370,10 @@ impl Hub {
             });
             return subscription;
         }
-        let snapshot = room_snapshot(inner.engine.materializer(), room, now);
-        start(
-            &subscription,
-            outbox,
-            reference,
-            snapshot,
-            room_feed.feed.head(),
-        );
+        let feed = room_feed.feed.clone();
+        let view = RoomView::take(inner, room, &feed, now);
+        drop(guard);
+        start(&subscription, outbox, reference, view.snapshot(), view.head);
         subscription
     }
 
@@ -354,8 +381,9 @@ impl Hub {
     pub fn resync(&self, subscription: &Subscription) {
         let now = UnixMs::now();
         let inner = self.lock();
-        let snapshot = room_snapshot(inner.engine.materializer(), &subscription.room, now);
-        subscription.reset(snapshot, subscription.feed().head());
+        let view = RoomView::take(&inner, &subscription.room, subscription.feed(), now);
+        drop(inner);
+        subscription.reset(view.snapshot(), view.head);
     }
 
     /// Stops a subscription.
@@ -508,6 +536,9 @@ impl Hub {
         self.metrics
             .log_failing
             .set(if inner.engine.log_failing() { 1.0 } else { 0.0 });
+        self.metrics
+            .log_stalled
+            .set(inner.engine.log_stalled_for().as_secs_f64());
         if let Some(cluster) = &inner.cluster {
             self.metrics
                 .cluster_remote_entries
@@ -767,27 +798,24 @@ impl Hub {
         if !first {
             return;
         }
-        let Inner {
-            engine,
-            subscribers,
-            ..
-        } = &mut *inner;
-        let Some(room_feed) = subscribers.get_mut(room) else {
+        let Some(room_feed) = inner.subscribers.get_mut(room) else {
             return;
         };
         let Some(waiting) = room_feed.waiting.take() else {
             return;
         };
-        // One snapshot for every waiting subscriber: nothing changes under the lock.
-        let snapshot = room_snapshot(engine.materializer(), room, now);
-        let head = room_feed.feed.head();
+        let feed = room_feed.feed.clone();
+        let view = RoomView::take(&inner, room, &feed, now);
+        drop(inner);
+        // One snapshot for every waiting subscriber.
+        let snapshot = view.snapshot();
         for w in waiting {
             start(
                 &w.subscription,
                 &w.outbox,
                 w.reference,
                 snapshot.clone(),
-                head,
+                view.head,
             );
         }
     }
@@ -844,14 +872,42 @@ impl Hub {
     }
 }
 
-/// The `snapshot` message of `room` at `now`.
-fn room_snapshot(materializer: &Materializer, room: &str, now: UnixMs) -> String {
-    protocol::snapshot(room, now, materializer.entries(room, now))
+/// A room's live entries, copied under the hub lock together with its feed's head:
+/// nothing was published between the two. Serializing it (O(entries)) happens after
+/// the lock is released.
+#[derive(Debug)]
+struct RoomView {
+    room: Arc<str>,
+    now: UnixMs,
+    entries: Vec<Entry>,
+    head: u64,
 }
 
-/// Queues a subscription's snapshot, then the ack of its `subscribe`. Call under the
-/// hub lock, with the feed's head taken under it too: nothing is published between
-/// the snapshot and the head.
+impl RoomView {
+    /// Copies `room`'s entries (each a few reference counts) and takes `feed`'s head.
+    /// Taking `&Inner` means taking it under the lock.
+    fn take(inner: &Inner, room: &Arc<str>, feed: &Feed, now: UnixMs) -> RoomView {
+        RoomView {
+            room: room.clone(),
+            now,
+            entries: inner
+                .engine
+                .materializer()
+                .entries(room, now)
+                .cloned()
+                .collect(),
+            head: feed.head(),
+        }
+    }
+
+    /// The `snapshot` message.
+    fn snapshot(&self) -> String {
+        protocol::snapshot(&self.room, self.now, &self.entries)
+    }
+}
+
+/// Queues a subscription's snapshot (taken with the feed's head) and then the ack of
+/// its `subscribe`.
 fn start(
     subscription: &Subscription,
     outbox: &Outbox,

@@ -25,22 +25,22 @@
 
 pub mod auth;
 pub mod cli;
-pub mod cluster;
+pub(crate) mod cluster;
 pub mod config;
-pub mod connection;
+pub(crate) mod connection;
 pub mod error;
-pub mod fanout;
-pub mod http;
-pub mod hub;
-pub mod identity;
+pub(crate) mod fanout;
+pub(crate) mod http;
+pub(crate) mod hub;
+pub(crate) mod identity;
 pub mod limits;
 pub mod listener;
-pub mod metrics;
-pub mod pages;
-pub mod protocol;
+pub(crate) mod metrics;
+pub(crate) mod pages;
+pub(crate) mod protocol;
 mod server;
-pub mod session;
-pub mod shutdown;
+pub(crate) mod session;
+pub(crate) mod shutdown;
 
 pub use config::ServerConfig;
 pub use error::{Error, Result};

@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use metrics::{Counter, Gauge, counter, gauge};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::protocol::ErrorCode;
@@ -56,6 +56,9 @@ pub struct Metrics {
     pub log_failing: Gauge,
     /// Seconds the log writer has been inside one storage call (0 normally).
     pub log_stalled: Gauge,
+    /// How long the hub lock is held, in microseconds (a summary: its p99 shows a
+    /// serialized hub).
+    pub hub_lock_hold: Histogram,
     /// Heartbeats accepted.
     pub heartbeats: Counter,
     /// Leaves accepted.
@@ -97,6 +100,7 @@ impl Metrics {
             subscribed_rooms: gauge!("rollcall_subscribed_rooms"),
             log_failing: gauge!("rollcall_log_failing"),
             log_stalled: gauge!("rollcall_log_stalled_seconds"),
+            hub_lock_hold: histogram!("rollcall_hub_lock_hold_microseconds"),
             heartbeats: counter!("rollcall_heartbeats_total"),
             leaves: counter!("rollcall_leaves_total"),
             expirations: counter!("rollcall_expirations_total"),
@@ -115,6 +119,10 @@ impl Metrics {
     }
 
     /// Counts an error answered to a client.
+    #[allow(
+        clippy::unused_self,
+        reason = "called on the handles like every other metric"
+    )]
     pub fn error(&self, code: ErrorCode) {
         counter!("rollcall_errors_total", "code" => code.as_str()).increment(1);
     }

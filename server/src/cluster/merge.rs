@@ -301,7 +301,9 @@ mod tests {
             let origin = Origin { node: 2, seq };
             match *op {
                 Op::Beat(client, value) => {
-                    if self.merge.upsert(ROOM, origin, &entry(client, value), None, NOW)
+                    if self
+                        .merge
+                        .upsert(ROOM, origin, &entry(client, value), None, NOW)
                         == Some(Upsert::Fold)
                     {
                         self.held.insert(client, value);
@@ -323,7 +325,9 @@ mod tests {
             let mut listed = HashSet::new();
             for (&client, &value) in entries {
                 listed.insert(ClientId(client));
-                if self.merge.upsert(ROOM, origin, &entry(client, value), None, NOW)
+                if self
+                    .merge
+                    .upsert(ROOM, origin, &entry(client, value), None, NOW)
                     == Some(Upsert::Fold)
                 {
                     self.held.insert(client, value);
