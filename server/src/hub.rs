@@ -23,6 +23,7 @@ use crate::error::Result;
 use crate::fanout::{Feed, Outbox, Subscription};
 use crate::identity::Identity;
 use crate::limits::Limits;
+use crate::listing::{RoomCounts, RoomsPage};
 use crate::metrics::Metrics;
 use crate::protocol::{self, ErrorCode, Rejection};
 
@@ -102,6 +103,8 @@ struct Session {
 
 struct Inner {
     engine: Engine,
+    /// Entries per room, for listings that do not take this lock.
+    counts: Arc<RoomCounts>,
     identity: Identity,
     subscribers: Subscribers,
     sessions: HashMap<ClientId, Session>,
@@ -159,19 +162,11 @@ pub struct Admitted {
 /// The server's shared state.
 pub struct Hub {
     inner: Mutex<Inner>,
+    counts: Arc<RoomCounts>,
     limits: Limits,
     durability: Durability,
     durable: watch::Receiver<Ticket>,
     metrics: Metrics,
-}
-
-/// A page of `GET /v1/rooms`.
-#[derive(Debug)]
-pub struct RoomsPage {
-    /// Rooms with their live-entry counts, sorted by name.
-    pub rooms: Vec<(String, usize)>,
-    /// The cursor for the next page.
-    pub next: Option<String>,
 }
 
 impl Hub {
@@ -187,8 +182,13 @@ impl Hub {
     ) -> Result<Hub> {
         let identity = Identity::load(&mut engine, node, resume_secret)?;
         let durability = engine.durability();
+        let counts = Arc::new(RoomCounts::from_rooms(
+            engine.materializer().rooms(UnixMs::now()),
+        ));
         Ok(Hub {
+            counts: counts.clone(),
             inner: Mutex::new(Inner {
+                counts,
                 engine,
                 identity,
                 subscribers: HashMap::default(),
@@ -431,6 +431,7 @@ impl Hub {
         });
         let expires_at = change.entry.expires_at;
         self.metrics.heartbeats.increment(1);
+        inner.counts.apply(&change);
         inner.fan_out(&change, &self.metrics);
         if let Some(cluster) = &mut inner.cluster {
             cluster.own(&change, &self.metrics);
@@ -453,6 +454,7 @@ impl Hub {
             return (latest > *self.durable.borrow()).then_some(latest);
         };
         self.metrics.leaves.increment(1);
+        inner.counts.apply(&change);
         inner.fan_out(&change, &self.metrics);
         if let Some(cluster) = &mut inner.cluster {
             cluster.own(&change, &self.metrics);
@@ -485,11 +487,13 @@ impl Hub {
             subscribers,
             scratch,
             cluster,
+            counts,
             ..
         } = &mut *inner;
         scratch.clear();
         let expired = engine.sweep(now, scratch);
         for change in scratch.drain(..) {
+            counts.apply(&change);
             fan_out(subscribers, &change, engine.materializer(), &self.metrics);
             if let Some(cluster) = cluster {
                 cluster.expired(&change, &self.metrics);
@@ -506,22 +510,10 @@ impl Hub {
         protocol::entries_json(inner.engine.materializer().entries(room, now))
     }
 
-    /// Rooms with live entries, sorted by name, after `after`, at most `limit`.
+    /// Rooms with entries, sorted by name, after `after`, at most `limit`. Does not
+    /// take the hub lock.
     pub fn rooms_page(&self, after: Option<&str>, limit: usize) -> RoomsPage {
-        let now = UnixMs::now();
-        let inner = self.lock();
-        let mut rooms: Vec<(String, usize)> = inner
-            .engine
-            .materializer()
-            .rooms(now)
-            .filter(|(name, _)| after.is_none_or(|after| &***name > after))
-            .map(|(name, live)| (name.to_string(), live))
-            .collect();
-        drop(inner);
-        rooms.sort_unstable();
-        let next = (rooms.len() > limit).then(|| rooms[limit - 1].0.clone());
-        rooms.truncate(limit);
-        RoomsPage { rooms, next }
+        self.counts.page(after, limit)
     }
 
     /// Publishes gauges: rooms, entries, log size.
@@ -605,11 +597,13 @@ impl Inner {
         };
         // Nobody here follows the room any more: forget the other nodes' entries.
         for client in cluster.merge.unfollow(&name) {
-            self.engine.fold_unlogged(&Event::Leave(Leave {
+            if let Some(change) = self.engine.fold_unlogged(&Event::Leave(Leave {
                 room: name.clone(),
                 client,
                 at: UnixMs::now(),
-            }));
+            })) {
+                self.counts.apply(&change);
+            }
         }
         let _ = cluster.links.rooms.send(RoomCommand::Part { room: name });
     }
@@ -634,22 +628,26 @@ impl Inner {
         match merge.upsert(room, origin, &entry, own_expiry, now)? {
             Upsert::Fold => {}
             Upsert::TakeOver => {
-                self.engine.leave(Leave {
+                if let Some((change, _)) = self.engine.leave(Leave {
                     room: room.clone(),
                     client: entry.client,
                     at: now,
-                });
+                }) {
+                    self.counts.apply(&change);
+                }
             }
         }
         // `at + ttl` is the owner's expiry, to the millisecond.
-        self.engine.fold_unlogged(&Event::Heartbeat(Heartbeat {
+        let change = self.engine.fold_unlogged(&Event::Heartbeat(Heartbeat {
             room: room.clone(),
             client: entry.client,
             user: entry.user,
             data: entry.data,
             ttl: Ttl(0),
             at: entry.expires_at,
-        }))
+        }))?;
+        self.counts.apply(&change);
+        Some(change)
     }
 
     /// Removes another node's entry (kind `Leave` or `Expire`).
@@ -669,14 +667,16 @@ impl Inner {
             client,
             at: now,
         };
-        match merge.remove(room, origin, client, kind, holds_own)? {
-            Removal::Own => self.engine.leave(leave).map(|(change, _)| change),
+        let change = match merge.remove(room, origin, client, kind, holds_own)? {
+            Removal::Own => self.engine.leave(leave).map(|(change, _)| change)?,
             Removal::Remote(kind) => {
                 let mut change = self.engine.fold_unlogged(&Event::Leave(leave))?;
                 change.kind = kind;
-                Some(change)
+                change
             }
-        }
+        };
+        self.counts.apply(&change);
+        Some(change)
     }
 
     fn fan_out(&self, change: &Change, metrics: &Metrics) {
@@ -1110,5 +1110,77 @@ mod tests {
         let subscription = hub.lock().subscribers[ROOM].subscriptions[0].clone();
         hub.unsubscribe(&outbox, &subscription);
         assert!(clients(&hub).is_empty());
+    }
+
+    #[test]
+    fn room_listing_follows_every_change_without_the_hub_lock() {
+        let (_, durable) = watch::channel(Ticket(0));
+        let hub = Arc::new(
+            Hub::new(
+                Engine::memory(),
+                0,
+                None,
+                Limits::default(),
+                durable,
+                Metrics::new(),
+            )
+            .unwrap(),
+        );
+        let rooms: Vec<Arc<str>> = (0..7).map(|r| format!("r{r}").into()).collect();
+        // A fixed pseudo-random walk of heartbeats (short and long TTLs), leaves and
+        // sweeps over 7 rooms and 9 clients.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for step in 0..3_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let room = &rooms[(x % 7) as usize];
+            let client = ClientId((x >> 8) % 9 + 1);
+            match (x >> 16) % 4 {
+                0 | 1 => {
+                    let ttl = if (x >> 20) % 2 == 0 { 1 } else { 60_000 };
+                    hub.heartbeat(room, client, None, Bytes::from_static(b"1"), Ttl(ttl))
+                        .unwrap();
+                }
+                2 => {
+                    hub.leave(room, client);
+                }
+                _ => {
+                    hub.sweep(UnixMs::now());
+                }
+            }
+            if step % 100 == 0 {
+                let inner = hub.lock();
+                let materializer = inner.engine.materializer();
+                let mut expected: Vec<(String, usize)> = rooms
+                    .iter()
+                    .map(|r| (r.to_string(), materializer.room_len(r)))
+                    .filter(|(_, n)| *n > 0)
+                    .collect();
+                expected.sort();
+                drop(inner);
+                assert_eq!(hub.rooms_page(None, 100).rooms, expected, "step {step}");
+                // Pages cover the same list.
+                let first = hub.rooms_page(None, 3);
+                if expected.len() > 3 {
+                    let next = first.next.clone().unwrap();
+                    assert_eq!(next, expected[2].0);
+                    let rest = hub.rooms_page(Some(&next), 100);
+                    assert_eq!(rest.rooms, expected[3..]);
+                    assert_eq!(rest.next, None);
+                } else {
+                    assert_eq!(first.next, None);
+                }
+            }
+        }
+        // Listing while the hub lock is held: it does not wait for it.
+        let held = hub.lock();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let lister = hub.clone();
+        let thread = std::thread::spawn(move || tx.send(lister.rooms_page(None, 100)));
+        let page = rx.recv_timeout(Duration::from_secs(30));
+        drop(held);
+        thread.join().unwrap().ok();
+        assert!(page.is_ok(), "rooms_page waited for the hub lock");
     }
 }

@@ -35,6 +35,7 @@ pub(crate) mod hub;
 pub(crate) mod identity;
 pub mod limits;
 pub mod listener;
+pub(crate) mod listing;
 pub(crate) mod metrics;
 pub(crate) mod pages;
 pub(crate) mod protocol;
