@@ -125,7 +125,11 @@ fn an_unknown_key_is_an_error_naming_the_key_and_the_file() {
         exit.stderr
     );
     assert!(exit.stderr.contains("max-connections"), "lists the keys");
-    assert!(exit.stdout.is_empty(), "never said it listens: {}", exit.stdout);
+    assert!(
+        exit.stdout.is_empty(),
+        "never said it listens: {}",
+        exit.stdout
+    );
 }
 
 #[test]
@@ -164,8 +168,10 @@ fn a_bad_value_or_bad_toml_names_the_file() {
     let exit = exit_of(command);
     assert_eq!(exit.status.code(), Some(2), "{exit:?}");
     assert!(
-        exit.stderr
-            .contains(&format!("cannot read the config file {}", missing.display())),
+        exit.stderr.contains(&format!(
+            "cannot read the config file {}",
+            missing.display()
+        )),
         "{}",
         exit.stderr
     );
@@ -236,7 +242,10 @@ fn json_logs_are_one_object_per_line_and_text_logs_have_no_colours_off_a_termina
         .expect("a ready line");
     assert_eq!(ready["level"], "INFO");
     assert_eq!(ready["target"], "rollcall_server::server");
-    assert!(ready["live_entries"].is_u64(), "fields are top-level: {ready}");
+    assert!(
+        ready["live_entries"].is_u64(),
+        "fields are top-level: {ready}"
+    );
     assert!(ready["timestamp"].is_string());
 
     let mut command = serve();
@@ -244,8 +253,14 @@ fn json_logs_are_one_object_per_line_and_text_logs_have_no_colours_off_a_termina
         .args(["--listen", "127.0.0.1:0", "--data"])
         .arg(&data);
     let stderr = start(command).stop();
-    assert!(stderr.contains("INFO") && stderr.contains("ready"), "{stderr}");
-    assert!(!stderr.contains('\u{1b}'), "no ANSI escapes in a pipe: {stderr:?}");
+    assert!(
+        stderr.contains("INFO") && stderr.contains("ready"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no ANSI escapes in a pipe: {stderr:?}"
+    );
 }
 
 #[test]
@@ -294,7 +309,10 @@ fn metrics_have_help_and_type_lines_in_a_stable_order() {
         }
     }
     assert!(families >= 20, "{first}");
-    for sample in lines.iter().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for sample in lines
+        .iter()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let family = sample.split(['{', ' ']).next().unwrap_or_default();
         let base = family
             .strip_suffix("_bucket")

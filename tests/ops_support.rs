@@ -30,16 +30,29 @@ pub struct Running {
     /// Where it listens.
     pub addr: SocketAddr,
     stderr: Option<std::thread::JoinHandle<String>>,
+    seen: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 /// Starts `command` and waits for its "listening" line (printed once it is ready).
 pub fn start(mut command: Command) -> Running {
     let mut child = command.spawn().expect("start rollcall");
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let stderr = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
+    let stderr = child.stderr.take().expect("piped stderr");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let stderr = std::thread::spawn({
+        let seen = seen.clone();
+        move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut seen = seen
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            seen.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        }
     });
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("piped stdout"))
@@ -62,6 +75,7 @@ pub fn start(mut command: Command) -> Running {
         addr: addr.parse().expect("an address"),
         child,
         stderr: Some(stderr),
+        seen,
     }
 }
 
@@ -71,7 +85,10 @@ impl Running {
         self.signal("TERM");
         let status = self.child.wait().expect("wait");
         assert!(status.success(), "rollcall exited with {status}");
-        self.stderr.take().and_then(|h| h.join().ok()).unwrap_or_default()
+        self.stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
     }
 
     /// Sends a signal (`TERM`, `HUP`...).
@@ -81,6 +98,26 @@ impl Running {
             .status()
             .expect("kill");
         assert!(status.success(), "kill -{name}");
+    }
+
+    /// Waits until its stderr holds `text` (30 s at most).
+    pub fn wait_for_stderr(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let seen = self
+                .seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            if seen.contains(text) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stderr never said {text:?}:\n{seen}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Whether the process still runs.
@@ -166,8 +203,7 @@ impl TestPki {
     /// A new CA.
     pub fn new() -> TestPki {
         let key = rcgen::KeyPair::generate().expect("CA key");
-        let mut params =
-            rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params
             .distinguished_name
@@ -190,7 +226,9 @@ impl TestPki {
         let params =
             rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
                 .expect("leaf params");
-        let cert = params.signed_by(&key, &self.issuer).expect("leaf certificate");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("leaf certificate");
         Leaf {
             chain_pem: format!("{}{}", cert.pem(), self.ca_pem),
             key_pem: key.serialize_pem(),
