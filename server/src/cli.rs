@@ -622,4 +622,73 @@ mod tests {
         assert_eq!(config.limits, Limits::default());
         assert!(config.tick <= Duration::from_millis(50));
     }
+
+    fn serve_args(cli: Cli) -> Box<ServeArgs> {
+        match cli.command {
+            Command::Serve(args) => args,
+            Command::Token(_) => panic!("serve parses as serve"),
+        }
+    }
+
+    #[test]
+    fn the_config_file_fills_what_flags_leave_at_their_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rollcall.toml");
+        std::fs::write(
+            &file,
+            "listen = \"0.0.0.0:7000\"\nmax-connections = 5\nallowed-origin = [\"https://a.example\", \"https://b.example\"]\ndurability = \"buffered\"\n",
+        )
+        .unwrap();
+        let cli = parse_from([
+            "rollcall".as_ref(),
+            "serve".as_ref(),
+            "--listen".as_ref(),
+            "127.0.0.1:9".as_ref(),
+            "--config".as_ref(),
+            file.as_os_str(),
+        ])
+        .unwrap();
+        let args = serve_args(cli);
+        assert_eq!(args.listen, "127.0.0.1:9", "the flag wins");
+        assert_eq!(args.max_connections, 5, "the file beats the default");
+        assert_eq!(args.durability, DurabilityArg::Buffered);
+        assert_eq!(
+            args.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        assert_eq!(args.tick_ms, 25, "the default stays");
+    }
+
+    #[test]
+    fn every_serve_flag_but_config_is_a_file_key() {
+        let keys = file_keys();
+        let command = Cli::command();
+        let serve = command.find_subcommand("serve").unwrap();
+        let flags = serve
+            .get_arguments()
+            .filter(|a| a.get_long().is_some())
+            .count();
+        assert_eq!(keys.len(), flags - 1);
+        for key in ["listen", "data", "tls-cert", "log-format", "allowed-origin"] {
+            assert!(keys.iter().any(|k| k == key), "{key}");
+        }
+        assert!(!keys.iter().any(|k| k == "config"));
+    }
+
+    #[test]
+    fn listen_resolves_host_names_ipv4_first() {
+        let addrs = resolve_listen("localhost:7700").unwrap();
+        assert!(
+            addrs
+                .iter()
+                .all(|a| a.ip().is_loopback() && a.port() == 7700)
+        );
+        assert!(addrs.is_sorted_by_key(SocketAddr::is_ipv6));
+        assert!(resolve_listen("7700").is_err());
+        assert!(resolve_listen(":7700").is_err());
+        assert_eq!(
+            resolve_listen("[::1]:80").unwrap(),
+            ["[::1]:80".parse::<SocketAddr>().unwrap()]
+        );
+    }
 }
