@@ -12,7 +12,7 @@ fail() { echo "package test: $*" >&2; exit 1; }
 
 command -v cargo-deb >/dev/null || fail "cargo-deb is missing: cargo install cargo-deb --locked --version 3.8.0"
 if [ "${1:-}" != "--no-build" ]; then
-  cargo deb --locked -p rollcall-server
+  cargo deb --locked -p rollcall-server --strip
 fi
 deb=$(ls -t target/debian/rollcall_*.deb 2>/dev/null | head -n 1)
 [ -n "$deb" ] || fail "no target/debian/rollcall_*.deb"
