@@ -41,8 +41,9 @@ pub mod protocol;
 mod server;
 pub mod session;
 pub mod shutdown;
+pub mod tls;
 
 pub use config::ServerConfig;
 pub use error::{Error, Result};
 pub use limits::Limits;
-pub use server::run;
+pub use server::{run, run_notify};
