@@ -1,10 +1,17 @@
-//! Command-line flags (each also an environment variable `ROLLCALL_*`).
+//! Command-line flags (each also an environment variable `ROLLCALL_*`, and a key of
+//! the `--config` file).
+//!
+//! Precedence: a flag beats its environment variable, which beats the config file,
+//! which beats the default. The file's keys are the `serve` flags' own names, read
+//! from the same definitions below, so the two cannot drift apart.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use rollcall_engine::{Durability, Layout, Recovery};
 
 use std::sync::Arc;
@@ -12,7 +19,7 @@ use std::sync::Arc;
 use rollcall_engine::UnixMs;
 
 use crate::auth::{self, Auth, Claims, RoomClaims};
-use crate::config::{ClusterConfig, CorruptDataPolicy, ServerConfig};
+use crate::config::{ClusterConfig, CorruptDataPolicy, ServerConfig, TlsConfig};
 use crate::limits::Limits;
 use crate::listener::ConnectionLimits;
 
@@ -98,9 +105,34 @@ impl TokenArgs {
 /// `rollcall serve` flags.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on (HTTP and WebSocket). Port 0 picks a free port.
+    /// A TOML file of settings: each key is a flag's name without the dashes, e.g.
+    /// `listen = "0.0.0.0:7700"`. Flags and environment variables override it.
+    #[arg(long, env = "ROLLCALL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on (HTTP and WebSocket), an IP or a host name with a port,
+    /// e.g. `0.0.0.0:7700` or `localhost:7700`. Port 0 picks a free port.
     #[arg(long, env = "ROLLCALL_LISTEN", default_value = "127.0.0.1:7700")]
-    pub listen: SocketAddr,
+    pub listen: String,
+
+    /// Serve HTTPS and `wss://` with this certificate chain (PEM); needs --tls-key.
+    /// Both files are read again on SIGHUP and when they change.
+    #[arg(
+        long,
+        env = "ROLLCALL_TLS_CERT",
+        requires = "tls_key",
+        value_name = "FILE"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(
+        long,
+        env = "ROLLCALL_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "FILE"
+    )]
+    pub tls_key: Option<PathBuf>,
 
     /// Data directory of the embedded sled log.
     #[arg(long, env = "ROLLCALL_DATA", default_value = "./rollcall-data")]
@@ -277,6 +309,20 @@ pub struct ServeArgs {
     /// Log filter, e.g. `info` or `rollcall_server=debug`.
     #[arg(long, env = "ROLLCALL_LOG", default_value = "info")]
     pub log: String,
+
+    /// Log lines as text (coloured only when stderr is a terminal) or as JSON, one
+    /// object per line.
+    #[arg(long, env = "ROLLCALL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `--durability` values.
@@ -315,6 +361,178 @@ pub enum RecoveryArg {
     Strict,
     /// Delete corrupt records and start.
     SkipCorrupt,
+}
+
+/// Parses the command line (`std::env::args_os()` in `main`), reading the `serve`
+/// subcommand's `--config` file (or `$ROLLCALL_CONFIG`) for every setting that no
+/// flag and no environment variable gave.
+///
+/// Errors are clap's (print them with [`clap::Error::exit`]): a bad flag, a bad value,
+/// an unreadable file, or an unknown key, naming the key and the file.
+pub fn parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let command = Cli::command();
+    let matches = command.clone().try_get_matches_from(&args)?;
+    let Some(("serve", serve)) = matches.subcommand() else {
+        return Cli::from_arg_matches(&matches);
+    };
+    let Some(file) = serve.get_one::<PathBuf>("config").cloned() else {
+        return Cli::from_arg_matches(&matches);
+    };
+    let mut serve_command = command.clone();
+    let serve_command = serve_command
+        .find_subcommand_mut("serve")
+        .expect("serve is a subcommand");
+    let extra = file_flags(serve_command, serve, &file)?;
+    if extra.is_empty() {
+        return Cli::from_arg_matches(&matches);
+    }
+    // Flags from the file go after the user's own, which the check above left out.
+    let mut with_file = args;
+    with_file.extend(extra);
+    let matches = command.try_get_matches_from(&with_file).map_err(|error| {
+        clap::Error::raw(
+            clap::error::ErrorKind::ValueValidation,
+            format!(
+                "in the config file {}: {}",
+                file.display(),
+                error.render().to_string().trim_start_matches("error: ")
+            ),
+        )
+    })?;
+    Cli::from_arg_matches(&matches)
+}
+
+/// The `serve` flags the config file `path` gives for settings the command line and
+/// the environment left at their defaults.
+fn file_flags(
+    serve: &clap::Command,
+    given: &clap::ArgMatches,
+    path: &Path,
+) -> Result<Vec<OsString>, clap::Error> {
+    let fail = |message: String| clap::Error::raw(clap::error::ErrorKind::InvalidValue, message);
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        fail(format!(
+            "cannot read the config file {}: {e}\n",
+            path.display()
+        ))
+    })?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+        fail(format!(
+            "the config file {} is not valid TOML: {e}",
+            path.display()
+        ))
+    })?;
+    let mut flags = Vec::new();
+    for (key, value) in &table {
+        let arg = serve
+            .get_arguments()
+            .find(|arg| arg.get_long() == Some(key.as_str()) && key != "config")
+            .ok_or_else(|| {
+                fail(format!(
+                    "unknown key `{key}` in the config file {}; the keys are the names of \
+                     `rollcall serve` flags: {}\n",
+                    path.display(),
+                    file_keys().join(", ")
+                ))
+            })?;
+        let id = arg.get_id().as_str();
+        if matches!(
+            given.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            continue;
+        }
+        let long = format!("--{key}");
+        let wrong_type = |what: &str| {
+            fail(format!(
+                "`{key}` in the config file {} must be {what}\n",
+                path.display()
+            ))
+        };
+        if matches!(arg.get_action(), ArgAction::SetTrue) {
+            match value {
+                toml::Value::Boolean(true) => flags.push(long.into()),
+                toml::Value::Boolean(false) => {}
+                _ => return Err(wrong_type("true or false")),
+            }
+            continue;
+        }
+        let scalar = |value: &toml::Value| match value {
+            toml::Value::String(s) => Some(s.clone()),
+            toml::Value::Integer(i) => Some(i.to_string()),
+            toml::Value::Float(f) => Some(f.to_string()),
+            toml::Value::Boolean(b) => Some(b.to_string()),
+            _ => None,
+        };
+        let values = match value {
+            toml::Value::Array(items) if matches!(arg.get_action(), ArgAction::Append) => items
+                .iter()
+                .map(scalar)
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| wrong_type("a list of strings"))?,
+            other => vec![scalar(other).ok_or_else(|| wrong_type("a string or a number"))?],
+        };
+        for value in values {
+            // `--key=value` keeps a value that starts with a dash a value.
+            flags.push(format!("{long}={value}").into());
+        }
+    }
+    Ok(flags)
+}
+
+/// The keys a config file may hold: the long names of the `serve` flags (but
+/// `config`).
+pub fn file_keys() -> Vec<String> {
+    let command = Cli::command();
+    command
+        .find_subcommand("serve")
+        .map(|serve| {
+            serve
+                .get_arguments()
+                .filter_map(clap::Arg::get_long)
+                .filter(|long| *long != "config")
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Resolves a `--listen` value (`IP:port` or `host:port`) to the addresses it names,
+/// IPv4 first.
+pub fn resolve_listen(listen: &str) -> crate::Result<Vec<SocketAddr>> {
+    use std::net::ToSocketAddrs as _;
+    if let Ok(addr) = listen.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    if listen
+        .rsplit_once(':')
+        .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+    {
+        return Err(crate::Error::Config(format!(
+            "--listen {listen}: expected HOST:PORT or IP:PORT, e.g. 127.0.0.1:7700 or localhost:7700"
+        )));
+    }
+    let mut addrs: Vec<SocketAddr> = listen
+        .to_socket_addrs()
+        .map_err(|e| {
+            crate::Error::Config(format!(
+                "--listen {listen}: cannot resolve the host name: {e}"
+            ))
+        })?
+        .collect();
+    addrs.sort_by_key(SocketAddr::is_ipv6);
+    addrs.dedup();
+    if addrs.is_empty() {
+        return Err(crate::Error::Config(format!(
+            "--listen {listen}: the host name resolves to no address"
+        )));
+    }
+    Ok(addrs)
 }
 
 impl ServeArgs {
@@ -389,6 +607,13 @@ impl ServeArgs {
                 .as_deref()
                 .map(|path| crate::config::read_secret_file(path, "resume secret"))
                 .transpose()?,
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsConfig {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
         })
     }
 }
@@ -410,12 +635,81 @@ mod tests {
         let Command::Serve(args) = cli.command else {
             panic!("serve parses as serve");
         };
-        assert_eq!(args.listen.to_string(), "127.0.0.1:7700");
+        assert_eq!(args.listen, "127.0.0.1:7700");
         assert_eq!(args.data, PathBuf::from("./rollcall-data"));
         let config = args.config().unwrap();
         assert!(config.auth.is_none());
         assert_eq!(config.durability, Durability::Flush);
         assert_eq!(config.limits, Limits::default());
         assert!(config.tick <= Duration::from_millis(50));
+    }
+
+    fn serve_args(cli: Cli) -> Box<ServeArgs> {
+        match cli.command {
+            Command::Serve(args) => args,
+            Command::Token(_) => panic!("serve parses as serve"),
+        }
+    }
+
+    #[test]
+    fn the_config_file_fills_what_flags_leave_at_their_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rollcall.toml");
+        std::fs::write(
+            &file,
+            "listen = \"0.0.0.0:7000\"\nmax-connections = 5\nallowed-origin = [\"https://a.example\", \"https://b.example\"]\ndurability = \"buffered\"\n",
+        )
+        .unwrap();
+        let cli = parse_from([
+            "rollcall".as_ref(),
+            "serve".as_ref(),
+            "--listen".as_ref(),
+            "127.0.0.1:9".as_ref(),
+            "--config".as_ref(),
+            file.as_os_str(),
+        ])
+        .unwrap();
+        let args = serve_args(cli);
+        assert_eq!(args.listen, "127.0.0.1:9", "the flag wins");
+        assert_eq!(args.max_connections, 5, "the file beats the default");
+        assert_eq!(args.durability, DurabilityArg::Buffered);
+        assert_eq!(
+            args.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        assert_eq!(args.tick_ms, 25, "the default stays");
+    }
+
+    #[test]
+    fn every_serve_flag_but_config_is_a_file_key() {
+        let keys = file_keys();
+        let command = Cli::command();
+        let serve = command.find_subcommand("serve").unwrap();
+        let flags = serve
+            .get_arguments()
+            .filter(|a| a.get_long().is_some())
+            .count();
+        assert_eq!(keys.len(), flags - 1);
+        for key in ["listen", "data", "tls-cert", "log-format", "allowed-origin"] {
+            assert!(keys.iter().any(|k| k == key), "{key}");
+        }
+        assert!(!keys.iter().any(|k| k == "config"));
+    }
+
+    #[test]
+    fn listen_resolves_host_names_ipv4_first() {
+        let addrs = resolve_listen("localhost:7700").unwrap();
+        assert!(
+            addrs
+                .iter()
+                .all(|a| a.ip().is_loopback() && a.port() == 7700)
+        );
+        assert!(addrs.is_sorted_by_key(SocketAddr::is_ipv6));
+        assert!(resolve_listen("7700").is_err());
+        assert!(resolve_listen(":7700").is_err());
+        assert_eq!(
+            resolve_listen("[::1]:80").unwrap(),
+            ["[::1]:80".parse::<SocketAddr>().unwrap()]
+        );
     }
 }

@@ -61,6 +61,19 @@ pub struct ServerConfig {
     /// Signs resume tokens instead of the data directory's own secret (cluster nodes
     /// share one, so a client resumes on any node).
     pub resume_secret: Option<Vec<u8>>,
+    /// Serve HTTPS and `wss://` with this certificate and key; `None` serves plain
+    /// HTTP.
+    pub tls: Option<TlsConfig>,
+}
+
+/// Where the TLS certificate chain and its private key are (PEM files, read again on
+/// SIGHUP and when they change).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key of the leaf certificate.
+    pub key: PathBuf,
 }
 
 /// How a node reaches the other nodes of its cluster.
@@ -108,6 +121,7 @@ impl Default for ServerConfig {
             node_id: 0,
             cluster: None,
             resume_secret: None,
+            tls: None,
         }
     }
 }

@@ -256,7 +256,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.inner.prometheus.render(),
+        crate::metrics::render(&state.inner.prometheus),
     )
         .into_response()
 }

@@ -42,8 +42,9 @@ pub(crate) mod protocol;
 mod server;
 pub(crate) mod session;
 pub(crate) mod shutdown;
+pub mod tls;
 
 pub use config::ServerConfig;
 pub use error::{Error, Result};
 pub use limits::Limits;
-pub use server::run;
+pub use server::{run, run_notify};

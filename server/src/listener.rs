@@ -1,5 +1,6 @@
-//! The accept loop: caps connections (in all and per IP), sets socket options, and
-//! serves each connection with hyper, upgrades included.
+//! The accept loop: caps connections (in all and per IP), sets socket options, does
+//! the TLS handshake when TLS is on, and serves each connection with hyper, upgrades
+//! included.
 //!
 //! Written out rather than using `axum::serve` so that the limits that protect the
 //! server sit before any byte is parsed: the connection caps, the time allowed to send
@@ -15,12 +16,14 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
 use crate::shutdown::Shutdown;
+use crate::tls::Tls;
 
 /// Limits applied at accept time.
 #[derive(Clone, Copy, Debug)]
@@ -71,11 +74,12 @@ impl Drop for ConnectionGuard {
 }
 
 /// Accepts until `shutdown`, serving each connection on its own task (tracked by
-/// `tasks`).
+/// `tasks`); with `tls`, each connection starts with a TLS handshake.
 pub async fn accept_loop(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
+    tls: Option<Tls>,
     mut shutdown: Shutdown,
     tasks: TaskTracker,
 ) {
@@ -120,24 +124,63 @@ pub async fn accept_loop(
         });
         let router = router.clone();
         let shutdown = shutdown.clone();
-        tasks.spawn(serve_connection(
-            stream, peer, router, guard, limits, shutdown,
-        ));
+        let tls = tls.clone();
+        tasks.spawn(async move {
+            // Frames are batched by the session writer; Nagle would only add latency.
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "could not set TCP_NODELAY");
+            }
+            match tls {
+                None => serve_connection(stream, peer, router, guard, limits, shutdown).await,
+                Some(tls) => {
+                    let Some(stream) =
+                        handshake(&tls, stream, peer, limits, shutdown.clone()).await
+                    else {
+                        return;
+                    };
+                    serve_connection(stream, peer, router, guard, limits, shutdown).await;
+                }
+            }
+        });
     }
 }
 
-async fn serve_connection(
+/// The TLS handshake, within the time allowed for a request head (a client that opens
+/// a socket and says nothing is dropped just the same).
+async fn handshake(
+    tls: &Tls,
     stream: TcpStream,
+    peer: SocketAddr,
+    limits: ConnectionLimits,
+    mut shutdown: Shutdown,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let accept = tokio::time::timeout(limits.header_timeout, tls.acceptor().accept(stream));
+    tokio::select! {
+        done = accept => match done {
+            Ok(Ok(stream)) => Some(stream),
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, %error, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                None
+            }
+        },
+        () = shutdown.recv() => None,
+    }
+}
+
+async fn serve_connection<S>(
+    stream: S,
     peer: SocketAddr,
     router: Router,
     guard: Arc<ConnectionGuard>,
     limits: ConnectionLimits,
     mut shutdown: Shutdown,
-) {
-    // Frames are batched by the session writer; Nagle would only add latency.
-    if let Err(error) = stream.set_nodelay(true) {
-        tracing::debug!(%error, "could not set TCP_NODELAY");
-    }
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let mut request = request.map(Body::new);
         request.extensions_mut().insert(ConnectInfo(peer));

@@ -1,9 +1,15 @@
 //! Prometheus metrics: one global recorder, and handles created once so the hot path
 //! never looks a metric up by name.
+//!
+//! Every metric is described in [`DESCRIPTIONS`] (its `# HELP` line); [`render`] sorts
+//! the exporter's output so that two scrapes list the same series in the same order.
 
 use std::sync::OnceLock;
 
-use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+use metrics::{
+    Counter, Gauge, Histogram, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::protocol::ErrorCode;
@@ -29,7 +35,10 @@ pub fn install() -> PrometheusHandle {
                     )
                 });
             match builder.and_then(PrometheusBuilder::install_recorder) {
-                Ok(handle) => handle,
+                Ok(handle) => {
+                    describe();
+                    handle
+                }
                 Err(error) => {
                     // Another recorder is installed (e.g. embedding tests): render an
                     // empty exporter rather than fail the server.
@@ -39,6 +48,231 @@ pub fn install() -> PrometheusHandle {
             }
         })
         .clone()
+}
+
+/// What a metric is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// A distribution in buckets.
+    Histogram,
+}
+
+/// Every metric the server and its engine export: name, kind and `# HELP` text.
+pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
+    (
+        "rollcall_cluster_connected",
+        Kind::Gauge,
+        "Cluster mode: 1 while connected to NATS.",
+    ),
+    (
+        "rollcall_cluster_dropped_total",
+        Kind::Counter,
+        "Cluster mode: changes not published because the queue to NATS was full.",
+    ),
+    (
+        "rollcall_cluster_published_total",
+        Kind::Counter,
+        "Cluster mode: changes of this node's entries published to the other nodes.",
+    ),
+    (
+        "rollcall_cluster_received_total",
+        Kind::Counter,
+        "Cluster mode: changes received from other nodes.",
+    ),
+    (
+        "rollcall_cluster_remote_entries",
+        Kind::Gauge,
+        "Cluster mode: entries held for other nodes.",
+    ),
+    (
+        "rollcall_connections",
+        Kind::Gauge,
+        "Open WebSocket sessions.",
+    ),
+    (
+        "rollcall_connections_refused_total",
+        Kind::Counter,
+        "Connections refused at accept by --max-connections or --max-connections-per-ip.",
+    ),
+    (
+        "rollcall_data_moved_aside_total",
+        Kind::Counter,
+        "Data directories moved aside at startup (--on-corrupt-data=move-aside).",
+    ),
+    (
+        "rollcall_errors_total",
+        Kind::Counter,
+        "Errors answered to clients, by error code.",
+    ),
+    (
+        "rollcall_expirations_total",
+        Kind::Counter,
+        "Entries expired by sweeps.",
+    ),
+    (
+        "rollcall_fanout_bytes_total",
+        Kind::Counter,
+        "Bytes of frames written to WebSockets.",
+    ),
+    (
+        "rollcall_fanout_changes_total",
+        Kind::Counter,
+        "Changes queued for subscribers (before conflation).",
+    ),
+    (
+        "rollcall_fanout_delivered_total",
+        Kind::Counter,
+        "Changes written to subscribers (after conflation).",
+    ),
+    (
+        "rollcall_fanout_frames_total",
+        Kind::Counter,
+        "Frames written to WebSockets.",
+    ),
+    (
+        "rollcall_heartbeats_total",
+        Kind::Counter,
+        "Heartbeats accepted.",
+    ),
+    (
+        "rollcall_hub_lock_hold_microseconds",
+        Kind::Histogram,
+        "Microseconds the hub lock was held, per acquisition (a summary: quantile 0.99 \
+         shows a serialized hub).",
+    ),
+    ("rollcall_leaves_total", Kind::Counter, "Leaves accepted."),
+    (
+        "rollcall_live_entries",
+        Kind::Gauge,
+        "Entries held (live, or expired and not yet swept).",
+    ),
+    (
+        "rollcall_log_bytes",
+        Kind::Gauge,
+        "Bytes of records in the log.",
+    ),
+    (
+        "rollcall_log_errors_total",
+        Kind::Counter,
+        "Failed log writes (each retried with backoff).",
+    ),
+    (
+        "rollcall_log_failing",
+        Kind::Gauge,
+        "1 while the log's writes are failing.",
+    ),
+    (
+        "rollcall_log_flush_seconds",
+        Kind::Histogram,
+        "Seconds from the start of a log write to the end of its flush.",
+    ),
+    (
+        "rollcall_log_group_events",
+        Kind::Histogram,
+        "Events per log write (group commit size).",
+    ),
+    (
+        "rollcall_log_live_bytes",
+        Kind::Gauge,
+        "Bytes of log records that still hold a live event.",
+    ),
+    ("rollcall_log_records", Kind::Gauge, "Records in the log."),
+    (
+        "rollcall_log_stalled_seconds",
+        Kind::Gauge,
+        "Seconds the log writer has been inside one storage call (0 normally).",
+    ),
+    (
+        "rollcall_log_write_seconds",
+        Kind::Histogram,
+        "Seconds one log write took, before its flush.",
+    ),
+    (
+        "rollcall_replay_live_entries",
+        Kind::Gauge,
+        "Live entries after the last replay.",
+    ),
+    (
+        "rollcall_replay_seconds",
+        Kind::Gauge,
+        "Seconds the last replay of the log took.",
+    ),
+    (
+        "rollcall_rooms",
+        Kind::Gauge,
+        "Rooms with at least one entry.",
+    ),
+    (
+        "rollcall_subscribed_rooms",
+        Kind::Gauge,
+        "Rooms with at least one subscriber.",
+    ),
+    (
+        "rollcall_tcp_connections",
+        Kind::Gauge,
+        "Open TCP connections (HTTP and WebSocket).",
+    ),
+];
+
+/// Gives every metric of [`DESCRIPTIONS`] its help text.
+fn describe() {
+    for &(name, kind, help) in DESCRIPTIONS {
+        match kind {
+            Kind::Counter => describe_counter!(name, help),
+            Kind::Gauge => describe_gauge!(name, help),
+            Kind::Histogram => describe_histogram!(name, help),
+        }
+    }
+}
+
+/// The exporter's text, in a stable order: families sorted by name, and a counter's
+/// or gauge's series sorted by labels (a histogram's lines keep their bucket order).
+pub fn render(handle: &PrometheusHandle) -> String {
+    sorted(&handle.render())
+}
+
+fn sorted(text: &str) -> String {
+    let mut families: Vec<(String, Vec<&str>)> = Vec::new();
+    for block in text.split("\n\n") {
+        let mut lines: Vec<&str> = block.lines().filter(|l| !l.is_empty()).collect();
+        let Some(name) = lines
+            .iter()
+            .find(|l| !l.starts_with('#'))
+            .or_else(|| lines.first())
+            .map(|l| {
+                l.trim_start_matches("# HELP ")
+                    .trim_start_matches("# TYPE ")
+                    .split(['{', ' '])
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+        else {
+            continue;
+        };
+        let sortable = lines.iter().any(|l| {
+            l.starts_with("# TYPE ") && (l.ends_with(" counter") || l.ends_with(" gauge"))
+        });
+        if sortable {
+            let comments = lines.iter().take_while(|l| l.starts_with('#')).count();
+            lines[comments..].sort_unstable();
+        }
+        families.push((name, lines));
+    }
+    families.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = String::with_capacity(text.len());
+    for (_, lines) in families {
+        for line in lines {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Handles to the server's metrics.
@@ -131,5 +365,61 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_sorts_families_and_series_but_not_buckets() {
+        let text = "# TYPE b_total counter\nb_total{code=\"z\"} 1\nb_total{code=\"a\"} 2\n\n\
+                    # HELP a help\n# TYPE a gauge\na 3\n\n\
+                    # TYPE h histogram\nh_bucket{le=\"0.5\"} 1\nh_bucket{le=\"+Inf\"} 1\nh_sum 0.1\nh_count 1\n\n";
+        assert_eq!(
+            sorted(text),
+            "# HELP a help\n# TYPE a gauge\na 3\n\n\
+             # TYPE b_total counter\nb_total{code=\"a\"} 2\nb_total{code=\"z\"} 1\n\n\
+             # TYPE h histogram\nh_bucket{le=\"0.5\"} 1\nh_bucket{le=\"+Inf\"} 1\nh_sum 0.1\nh_count 1\n\n"
+        );
+    }
+
+    #[test]
+    fn every_metric_in_the_sources_is_described() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut checked = 0;
+        let mut dirs = vec![root.join("src"), root.join("../engine/src")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("source directory") {
+                let path = entry.expect("directory entry").path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                if path.extension().is_none_or(|e| e != "rs") {
+                    continue;
+                }
+                let source = std::fs::read_to_string(&path).expect("source file");
+                let compact: String = source.split_whitespace().collect();
+                let mut from = 0;
+                while let Some(at) = compact[from..].find("!(\"rollcall_") {
+                    let start = from + at + 3;
+                    let end = start + compact[start..].find('"').expect("closing quote");
+                    let name = &compact[start..end];
+                    assert!(
+                        DESCRIPTIONS.iter().any(|(n, _, _)| *n == name),
+                        "{name} ({}) has no entry in DESCRIPTIONS",
+                        path.display()
+                    );
+                    checked += 1;
+                    from = end;
+                }
+            }
+        }
+        assert!(
+            checked >= DESCRIPTIONS.len(),
+            "found only {checked} metrics"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Runs the server: opens the engine, serves HTTP and WebSockets, sweeps, shuts down.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,6 +21,7 @@ use crate::identity;
 use crate::listener;
 use crate::metrics::{self, Metrics};
 use crate::shutdown::{Shutdown, Trigger};
+use crate::tls::{self, Tls};
 
 /// Serves on `listener` until `shutdown` completes, then closes every session with
 /// 1001, flushes the log and returns.
@@ -30,6 +32,20 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future + Send + 'static,
 ) -> Result<()> {
+    run_notify(listener, config, shutdown, |_| {}).await
+}
+
+/// [`run`], calling `ready` with the listener's address once the log is replayed and
+/// the server serves every request (the moment `/healthz` turns 200).
+pub async fn run_notify(
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future + Send + 'static,
+    ready: impl FnOnce(SocketAddr) + Send,
+) -> Result<()> {
+    // A bad certificate or key fails here, before anything is opened.
+    let tls = config.tls.as_ref().map(Tls::load).transpose()?;
+    let local_addr = listener.local_addr()?;
     let prometheus = metrics::install();
     let metrics = Metrics::new();
     let trigger = Trigger::new();
@@ -53,9 +69,11 @@ pub async fn run(
         listener,
         router,
         config.connections,
+        tls.clone(),
         trigger.subscribe(),
         sessions.clone(),
     ));
+    let reloader = tokio::spawn(tls::watch(tls, trigger.subscribe()));
     let mut stop = trigger.subscribe();
     let signal = tokio::spawn(async move {
         shutdown.await;
@@ -103,6 +121,7 @@ pub async fn run(
         prometheus,
         trigger.subscribe(),
     ));
+    ready(local_addr);
 
     // Run until the caller's signal (or until every listener of it is gone).
     tokio::select! {
@@ -111,6 +130,7 @@ pub async fn run(
     }
     trigger.fire();
     let _ = acceptor.await;
+    let _ = reloader.await;
     let _ = sweeper.await;
     if let Some(cluster) = cluster {
         let _ = cluster.await;
