@@ -24,6 +24,8 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod auth;
+#[doc(hidden)]
+pub mod bench;
 pub mod cli;
 pub(crate) mod cluster;
 pub mod config;
