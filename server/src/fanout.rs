@@ -20,11 +20,11 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use hashbrown::HashSet;
-use rollcall_engine::{ClientId, Ticket, UnixMs};
+use rollcall_engine::{Change, ClientId, Ticket, UnixMs};
 use tokio::sync::Notify;
 use tungstenite::Utf8Bytes;
 
@@ -55,11 +55,49 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A change published on a feed. It is serialized once, by whoever needs it first:
+/// the publisher right after it releases the hub lock, or a reader.
+#[derive(Debug)]
+pub(crate) struct Published {
+    client: ClientId,
+    change: Option<Change>,
+    fragment: OnceLock<Arc<str>>,
+}
+
+impl Published {
+    /// A change to serialize when first needed.
+    pub(crate) fn new(change: Change) -> Arc<Published> {
+        Arc::new(Published {
+            client: change.entry.client,
+            change: Some(change),
+            fragment: OnceLock::new(),
+        })
+    }
+
+    /// An already serialized change of `client`.
+    #[cfg(test)]
+    fn serialized(client: ClientId, fragment: Arc<str>) -> Arc<Published> {
+        Arc::new(Published {
+            client,
+            change: None,
+            fragment: OnceLock::from(fragment),
+        })
+    }
+
+    /// The change's `changes` entry (JSON), serialized on first use.
+    pub(crate) fn fragment(&self) -> &Arc<str> {
+        self.fragment.get_or_init(|| match &self.change {
+            Some(change) => protocol::change_fragment(change).into(),
+            None => Arc::from("null"),
+        })
+    }
+}
+
 #[derive(Debug, Default)]
 struct FeedLog {
     /// Sequence number of `changes[0]`.
     base: u64,
-    changes: VecDeque<(ClientId, Arc<str>)>,
+    changes: VecDeque<Arc<Published>>,
     /// The last `changes` frame built from this feed, for the next reader of the same
     /// span.
     shared: Option<SharedFrame>,
@@ -81,10 +119,12 @@ impl FeedLog {
     }
 }
 
-/// A room's recent changes, shared by all its subscribers.
+/// A room's recent changes and its subscribers, shared by all of them. Its locks are
+/// the room's own: publishing and waking in one room never waits for another room.
 #[derive(Debug, Default)]
 pub struct Feed {
     log: Mutex<FeedLog>,
+    subscribers: Mutex<Vec<Arc<Subscription>>>,
 }
 
 impl Feed {
@@ -98,37 +138,43 @@ impl Feed {
         lock(&self.log).head()
     }
 
-    /// Appends a change and wakes the subscribers that were idle. `room_len` is the
-    /// room's number of entries, which sizes the window.
-    pub fn publish(
-        &self,
-        client: ClientId,
-        fragment: Arc<str>,
-        subscribers: &[Arc<Subscription>],
-        room_len: usize,
-    ) {
-        {
-            let mut log = lock(&self.log);
-            log.changes.push_back((client, fragment));
-            let window = (2 * room_len).clamp(MIN_WINDOW, MAX_WINDOW);
-            if log.changes.len() > TRIM_AFTER.min(window) {
-                // Drop what everyone has read; past the window, drop regardless.
-                let read_by_all = subscribers
-                    .iter()
-                    .map(|s| s.cursor.load(Ordering::Acquire))
-                    .min()
-                    .unwrap_or_else(|| log.head());
-                let keep_from = read_by_all.max(log.head().saturating_sub(window as u64));
-                let drop = keep_from
-                    .saturating_sub(log.base)
-                    .min(log.changes.len() as u64);
-                log.changes.drain(..drop as usize);
-                log.base += drop;
-            }
+    /// Stops `subscription` reading this feed; returns how many still do.
+    pub(crate) fn remove(&self, subscription: &Arc<Subscription>) -> usize {
+        let mut subscribers = lock(&self.subscribers);
+        subscribers.retain(|s| !Arc::ptr_eq(s, subscription));
+        subscribers.len()
+    }
+
+    /// Appends a change (O(1), no serialization: call under the hub lock, so the
+    /// feed's order is the hub's). `room_len` is the room's number of entries, which
+    /// sizes the window. Subscribers are woken by [`Feed::wake`], after the lock.
+    pub(crate) fn publish(&self, published: Arc<Published>, room_len: usize) {
+        let mut log = lock(&self.log);
+        log.changes.push_back(published);
+        let window = (2 * room_len).clamp(MIN_WINDOW, MAX_WINDOW);
+        if log.changes.len() > TRIM_AFTER.min(window) {
+            // Drop what everyone has read; past the window, drop regardless.
+            let read_by_all = lock(&self.subscribers)
+                .iter()
+                .map(|s| s.cursor.load(Ordering::Acquire))
+                .min()
+                .unwrap_or_else(|| log.head());
+            let keep_from = read_by_all.max(log.head().saturating_sub(window as u64));
+            let drop = keep_from
+                .saturating_sub(log.base)
+                .min(log.changes.len() as u64);
+            log.changes.drain(..drop as usize);
+            log.base += drop;
         }
-        for subscription in subscribers {
+    }
+
+    /// Wakes the subscribers that were idle; returns how many read this feed.
+    pub(crate) fn wake(&self) -> usize {
+        let subscribers = lock(&self.subscribers);
+        for subscription in subscribers.iter() {
             subscription.wake();
         }
+        subscribers.len()
     }
 }
 
@@ -311,6 +357,8 @@ impl Outbox {
             next_read: Mutex::new(None),
         });
         state.subscriptions[slot as usize] = Some(subscription.clone());
+        drop(state);
+        lock(&subscription.feed.subscribers).push(subscription.clone());
         subscription
     }
 
@@ -571,9 +619,9 @@ impl Outbox {
             // Conflate: the latest change per client, in the order of those changes.
             out.seen.clear();
             out.picked.clear();
-            for (client, fragment) in unread.rev() {
-                if out.seen.insert(*client) {
-                    out.picked.push(fragment.clone());
+            for published in unread.rev() {
+                if out.seen.insert(published.client) {
+                    out.picked.push(published.fragment().clone());
                 }
             }
             for (i, fragment) in out.picked.drain(..).rev().enumerate() {
@@ -584,11 +632,11 @@ impl Outbox {
                 changes += 1;
             }
         } else {
-            for (i, (_, fragment)) in unread.enumerate() {
+            for (i, published) in unread.enumerate() {
                 if i > 0 {
                     frame.push(',');
                 }
-                frame.push_str(fragment);
+                frame.push_str(published.fragment());
                 changes += 1;
             }
         }
@@ -669,6 +717,11 @@ mod tests {
         out
     }
 
+    fn publish(feed: &Feed, client: ClientId, fragment: Arc<str>, room_len: usize) {
+        feed.publish(Published::serialized(client, fragment), room_len);
+        feed.wake();
+    }
+
     fn fragment(client: u64, version: u64) -> Arc<str> {
         format!(r#"{{"op":"upsert","clientId":{client},"v":{version}}}"#).into()
     }
@@ -690,9 +743,9 @@ mod tests {
         let outbox = Arc::new(Outbox::new());
         let feed = Feed::new();
         let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
-        let subs = vec![sub.clone()];
+        let _subs = [sub.clone()];
         for v in 0..5 {
-            feed.publish(ClientId(1), fragment(1, v), &subs, 1);
+            publish(&feed, ClientId(1), fragment(1, v), 1);
         }
         let out = drain(&outbox, 0);
         assert_eq!(out.frames.len(), 1);
@@ -709,9 +762,9 @@ mod tests {
         let outbox = Arc::new(Outbox::new());
         let feed = Feed::new();
         let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
-        let subs = vec![sub];
+        let _subs = [sub];
         for v in 0..1_000 {
-            feed.publish(ClientId(v % 3 + 1), fragment(v % 3 + 1, v), &subs, 3_000);
+            publish(&feed, ClientId(v % 3 + 1), fragment(v % 3 + 1, v), 3_000);
         }
         let out = drain(&outbox, 0);
         assert_eq!(out.frames.len(), 1);
@@ -724,9 +777,9 @@ mod tests {
         let outbox = Arc::new(Outbox::new());
         let feed = Feed::new();
         let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
-        let subs = vec![sub.clone()];
+        let _subs = [sub.clone()];
         for v in 0..(MAX_WINDOW as u64 + 10) {
-            feed.publish(ClientId(1), fragment(1, v), &subs, 10_000);
+            publish(&feed, ClientId(1), fragment(1, v), 10_000);
         }
         let out = drain(&outbox, 0);
         assert!(out.frames.is_empty());
@@ -735,14 +788,9 @@ mod tests {
         assert!(lock(&feed.log).changes.len() <= MAX_WINDOW);
         // A small room keeps a small window.
         let small = Feed::new();
-        let lagging = outbox.subscribe("s".into(), small.clone(), Duration::ZERO);
+        let _lagging = outbox.subscribe("s".into(), small.clone(), Duration::ZERO);
         for v in 0..1_000 {
-            small.publish(
-                ClientId(1),
-                fragment(1, v),
-                std::slice::from_ref(&lagging),
-                3,
-            );
+            publish(&small, ClientId(1), fragment(1, v), 3);
         }
         assert!(lock(&small.log).changes.len() <= MIN_WINDOW);
         sub.reset("SNAPSHOT".into(), feed.head());
@@ -755,12 +803,12 @@ mod tests {
         let a = Arc::new(Outbox::new());
         let b = Arc::new(Outbox::new());
         let feed = Feed::new();
-        let subs = vec![
+        let _subs = [
             a.subscribe("r".into(), feed.clone(), Duration::ZERO),
             b.subscribe("r".into(), feed.clone(), Duration::ZERO),
         ];
         for v in 0..100 {
-            feed.publish(ClientId(1), fragment(1, v), &subs, 1);
+            publish(&feed, ClientId(1), fragment(1, v), 1);
             drain(&a, 0);
             drain(&b, 0);
         }
@@ -772,11 +820,11 @@ mod tests {
         let outbox = Arc::new(Outbox::new());
         let feed = Feed::new();
         let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
-        let subs = vec![sub.clone()];
-        feed.publish(ClientId(1), fragment(1, 0), &subs, 2);
+        let _subs = [sub.clone()];
+        publish(&feed, ClientId(1), fragment(1, 0), 2);
         sub.reset("SNAPSHOT".into(), feed.head());
         outbox.push_control("ACK".into());
-        feed.publish(ClientId(2), fragment(2, 1), &subs, 2);
+        publish(&feed, ClientId(2), fragment(2, 1), 2);
         let out = drain(&outbox, 0);
         assert_eq!(out.frames.len(), 3, "{:?}", out.frames);
         assert_eq!(out.frames[0], "SNAPSHOT");
@@ -789,7 +837,7 @@ mod tests {
         let outbox = Arc::new(Outbox::new());
         let feed = Feed::new();
         let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
-        feed.publish(ClientId(1), fragment(1, 0), std::slice::from_ref(&sub), 1);
+        publish(&feed, ClientId(1), fragment(1, 0), 1);
         outbox.unsubscribe(&sub);
         assert!(drain(&outbox, 0).frames.is_empty());
         let again = outbox.subscribe("s".into(), feed, Duration::ZERO);
@@ -864,13 +912,13 @@ mod tests {
         let outbox = Arc::new(Outbox::new());
         let feed = Feed::new();
         let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
-        let subs = vec![sub];
+        let _subs = [sub];
         let t0 = Instant::now();
         let mut writes = Vec::new();
         let mut delivered = 0;
         for ms in 0..100u64 {
             let at = t0 + Duration::from_millis(ms);
-            feed.publish(ClientId(ms % 7), fragment(ms % 7, ms), &subs, 7);
+            publish(&feed, ClientId(ms % 7), fragment(ms % 7, ms), 7);
             if pacer.wait_until(at).is_none() {
                 let mut out = Drained::default();
                 outbox.drain(Ticket(0), UnixMs(1), at, &mut out);
@@ -890,18 +938,18 @@ mod tests {
         let outbox = Arc::new(Outbox::new());
         let feed = Feed::new();
         let paced = outbox.subscribe("r".into(), feed.clone(), interval);
-        let subs = vec![paced];
+        let _subs = [paced];
         let t0 = Instant::now();
         let read = |at: Instant| {
             let mut out = Drained::default();
             outbox.drain(Ticket(0), UnixMs(1), at, &mut out);
             out
         };
-        feed.publish(ClientId(1), fragment(1, 0), &subs, 2);
+        publish(&feed, ClientId(1), fragment(1, 0), 2);
         let first = read(t0);
         assert_eq!(versions(&first.frames[0]), vec![(1, 0)], "quiet: at once");
         for v in 1..=20 {
-            feed.publish(ClientId(v % 2 + 1), fragment(v % 2 + 1, v), &subs, 2);
+            publish(&feed, ClientId(v % 2 + 1), fragment(v % 2 + 1, v), 2);
         }
         // Within the interval nothing is read, and the writer knows when to come back.
         assert!(read(t0 + Duration::from_millis(10)).frames.is_empty());
@@ -912,7 +960,7 @@ mod tests {
         assert_eq!(versions(&later.frames[0]), vec![(1, 20), (2, 19)]);
         assert_eq!(outbox.next_due(), None);
         // Changes published while deferred are not lost when it is read.
-        feed.publish(ClientId(1), fragment(1, 21), &subs, 2);
+        publish(&feed, ClientId(1), fragment(1, 21), 2);
         assert!(
             read(t0 + interval + Duration::from_millis(1))
                 .frames
@@ -926,9 +974,9 @@ mod tests {
     fn a_held_outbox_wakes_once_for_a_change_and_its_ack() {
         let outbox = Arc::new(Outbox::new());
         let feed = Feed::new();
-        let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
+        let _sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
         let hold = outbox.hold();
-        feed.publish(ClientId(1), fragment(1, 0), std::slice::from_ref(&sub), 1);
+        publish(&feed, ClientId(1), fragment(1, 0), 1);
         outbox.push_control("ACK".into());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -953,12 +1001,12 @@ mod tests {
     fn subscribers_in_step_share_one_frame() {
         let feed = Feed::new();
         let outboxes: Vec<Arc<Outbox>> = (0..3).map(|_| Arc::new(Outbox::new())).collect();
-        let subs: Vec<Arc<Subscription>> = outboxes
+        let _subs: Vec<Arc<Subscription>> = outboxes
             .iter()
             .map(|o| o.subscribe("r".into(), feed.clone(), Duration::ZERO))
             .collect();
-        feed.publish(ClientId(1), fragment(1, 0), &subs, 2);
-        feed.publish(ClientId(2), fragment(2, 1), &subs, 2);
+        publish(&feed, ClientId(1), fragment(1, 0), 2);
+        publish(&feed, ClientId(2), fragment(2, 1), 2);
         let frames: Vec<Frame> = outboxes
             .iter()
             .map(|o| drain(o, 0).frames.remove(0))
@@ -972,7 +1020,7 @@ mod tests {
             );
         }
         // One reader further along gets its own frame, with only what it has not seen.
-        feed.publish(ClientId(1), fragment(1, 2), &subs, 2);
+        publish(&feed, ClientId(1), fragment(1, 2), 2);
         let ahead = drain(&outboxes[0], 0).frames.remove(0);
         assert_eq!(versions(&ahead), vec![(1, 2)]);
     }

@@ -20,7 +20,7 @@ use tokio::sync::{Notify, watch};
 use crate::cluster::merge::{Merge, Origin, Removal, Upsert};
 use crate::cluster::{Links, Outgoing, RemoteChange, RemoteKind, RoomCommand, SyncReply};
 use crate::error::Result;
-use crate::fanout::{Feed, Outbox, Subscription};
+use crate::fanout::{Feed, Outbox, Published, Subscription};
 use crate::identity::Identity;
 use crate::limits::Limits;
 use crate::listing::{RoomCounts, RoomsPage};
@@ -30,8 +30,8 @@ use crate::protocol::{self, ErrorCode, Rejection};
 /// A room with subscribers: its feed and who reads it.
 #[derive(Debug)]
 struct RoomFeed {
+    /// The room's changes and subscribers, behind the room's own locks.
     feed: Arc<Feed>,
-    subscriptions: Vec<Arc<Subscription>>,
     /// Cluster mode, until the room's first sync is done: the subscriptions waiting
     /// for their snapshot, with their outbox and the reference to acknowledge. Nothing
     /// is published on the feed meanwhile (nobody has a snapshot yet).
@@ -103,6 +103,9 @@ struct Session {
 
 struct Inner {
     engine: Engine,
+    /// Changes published under this lock: serialized and their subscribers woken once
+    /// it is released (see [`Locked`]).
+    published: Vec<(Arc<Feed>, Arc<Published>)>,
     /// Entries per room, for listings that do not take this lock.
     counts: Arc<RoomCounts>,
     identity: Identity,
@@ -113,32 +116,46 @@ struct Inner {
     cluster: Option<Cluster>,
 }
 
-/// The hub lock, held: records how long it was held when released, so a serialized
-/// hub shows up in `/metrics` (`rollcall_hub_lock_hold_microseconds`).
+/// The hub lock, held. Releasing it records how long it was held, so a serialized
+/// hub shows up in `/metrics` (`rollcall_hub_lock_hold_microseconds`), and then, with
+/// the lock released, serializes the changes published meanwhile and wakes their
+/// rooms' subscribers: that work is per room, under the rooms' own locks.
 struct Locked<'a> {
-    guard: MutexGuard<'a, Inner>,
+    /// `Some` until dropped.
+    guard: Option<MutexGuard<'a, Inner>>,
     since: Instant,
-    hold: &'a metrics::Histogram,
+    metrics: &'a Metrics,
 }
 
 impl std::ops::Deref for Locked<'_> {
     type Target = Inner;
 
     fn deref(&self) -> &Inner {
-        &self.guard
+        self.guard.as_ref().expect("held until dropped")
     }
 }
 
 impl std::ops::DerefMut for Locked<'_> {
     fn deref_mut(&mut self) -> &mut Inner {
-        &mut self.guard
+        self.guard.as_mut().expect("held until dropped")
     }
 }
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        self.hold
+        let Some(mut guard) = self.guard.take() else {
+            return;
+        };
+        let published = std::mem::take(&mut guard.published);
+        drop(guard);
+        self.metrics
+            .hub_lock_hold
             .record(self.since.elapsed().as_secs_f64() * 1_000_000.0);
+        for (feed, change) in published {
+            change.fragment();
+            let subscribers = feed.wake();
+            self.metrics.fanout_changes.increment(subscribers as u64);
+        }
     }
 }
 
@@ -189,6 +206,7 @@ impl Hub {
             counts: counts.clone(),
             inner: Mutex::new(Inner {
                 counts,
+                published: Vec::new(),
                 engine,
                 identity,
                 subscribers: HashMap::default(),
@@ -208,9 +226,9 @@ impl Hub {
     /// [`Locked`] hands out.
     fn lock(&self) -> Locked<'_> {
         Locked {
-            guard: self.inner.lock().unwrap_or_else(PoisonError::into_inner),
+            guard: Some(self.inner.lock().unwrap_or_else(PoisonError::into_inner)),
             since: Instant::now(),
-            hold: &self.metrics.hub_lock_hold,
+            metrics: &self.metrics,
         }
     }
 
@@ -349,18 +367,13 @@ impl Hub {
                 });
                 vacant.insert(RoomFeed {
                     feed: Feed::new(),
-                    subscriptions: Vec::new(),
                     waiting,
                 })
             }
         };
         let subscription = match existing {
             Some(subscription) => subscription.clone(),
-            None => {
-                let subscription = outbox.subscribe(room.clone(), room_feed.feed.clone(), interval);
-                room_feed.subscriptions.push(subscription.clone());
-                subscription
-            }
+            None => outbox.subscribe(room.clone(), room_feed.feed.clone(), interval),
         };
         if let Some(waiting) = &mut room_feed.waiting {
             waiting.push(Waiting {
@@ -432,7 +445,7 @@ impl Hub {
         let expires_at = change.entry.expires_at;
         self.metrics.heartbeats.increment(1);
         inner.counts.apply(&change);
-        inner.fan_out(&change, &self.metrics);
+        inner.fan_out(&change);
         if let Some(cluster) = &mut inner.cluster {
             cluster.own(&change, &self.metrics);
         }
@@ -455,7 +468,7 @@ impl Hub {
         };
         self.metrics.leaves.increment(1);
         inner.counts.apply(&change);
-        inner.fan_out(&change, &self.metrics);
+        inner.fan_out(&change);
         if let Some(cluster) = &mut inner.cluster {
             cluster.own(&change, &self.metrics);
         }
@@ -488,13 +501,14 @@ impl Hub {
             scratch,
             cluster,
             counts,
+            published,
             ..
         } = &mut *inner;
         scratch.clear();
         let expired = engine.sweep(now, scratch);
         for change in scratch.drain(..) {
             counts.apply(&change);
-            fan_out(subscribers, &change, engine.materializer(), &self.metrics);
+            fan_out(subscribers, published, &change, engine.materializer());
             if let Some(cluster) = cluster {
                 cluster.expired(&change, &self.metrics);
             }
@@ -581,11 +595,11 @@ impl Inner {
         let Some(room) = self.subscribers.get_mut(&*subscription.room) else {
             return;
         };
-        room.subscriptions.retain(|s| !Arc::ptr_eq(s, subscription));
+        let remaining = room.feed.remove(subscription);
         if let Some(waiting) = &mut room.waiting {
             waiting.retain(|w| !Arc::ptr_eq(&w.subscription, subscription));
         }
-        if !room.subscriptions.is_empty() {
+        if remaining > 0 {
             return;
         }
         let (name, _) = self
@@ -679,12 +693,12 @@ impl Inner {
         Some(change)
     }
 
-    fn fan_out(&self, change: &Change, metrics: &Metrics) {
+    fn fan_out(&mut self, change: &Change) {
         fan_out(
             &self.subscribers,
+            &mut self.published,
             change,
             self.engine.materializer(),
-            metrics,
         );
     }
 }
@@ -730,7 +744,7 @@ impl Hub {
             }
         };
         if let Some(change) = change {
-            inner.fan_out(&change, &self.metrics);
+            inner.fan_out(&change);
         }
     }
 
@@ -776,7 +790,7 @@ impl Hub {
             for entry in reply.entries {
                 listed.insert(entry.client);
                 if let Some(change) = inner.upsert_remote(room, origin, entry, now) {
-                    inner.fan_out(&change, &self.metrics);
+                    inner.fan_out(&change);
                 }
             }
             let gone = inner
@@ -788,7 +802,7 @@ impl Hub {
                 if let Some(change) =
                     inner.remove_remote(room, origin, client, ChangeKind::Leave, now)
                 {
-                    inner.fan_out(&change, &self.metrics);
+                    inner.fan_out(&change);
                 }
             }
         }
@@ -921,13 +935,14 @@ fn start(
     }
 }
 
-/// Serializes a change once and publishes it on its room's feed (sized by the room's
-/// entries, looked up only for a room with subscribers).
+/// Publishes a change on its room's feed, if the room has subscribers (sized by the
+/// room's entries, looked up only then). O(1): serializing it and waking the
+/// subscribers happen once the lock is released.
 fn fan_out(
     subscribers: &Subscribers,
+    published: &mut Vec<(Arc<Feed>, Arc<Published>)>,
     change: &Change,
     materializer: &Materializer,
-    metrics: &Metrics,
 ) {
     let Some(room) = subscribers.get(&*change.room) else {
         return;
@@ -936,13 +951,10 @@ fn fan_out(
         // Its subscribers get the state after the sync, in their snapshots.
         return;
     }
-    let fragment: Arc<str> = protocol::change_fragment(change).into();
     let room_len = materializer.room_len(&change.room);
-    room.feed
-        .publish(change.entry.client, fragment, &room.subscriptions, room_len);
-    metrics
-        .fanout_changes
-        .increment(room.subscriptions.len() as u64);
+    let change = Published::new(change.clone());
+    room.feed.publish(change.clone(), room_len);
+    published.push((room.feed.clone(), change));
 }
 
 #[cfg(test)]
@@ -1086,7 +1098,7 @@ mod tests {
         let (hub, mut changes) = clustered();
         let room: Arc<str> = ROOM.into();
         let outbox = Arc::new(Outbox::new());
-        hub.subscribe(&room, &outbox, None, None, Duration::ZERO);
+        let subscription = hub.subscribe(&room, &outbox, None, None, Duration::ZERO);
         hub.sync_finished(&room, 1, Vec::new(), true, NOW);
         hub.apply_remote(&room, 1, &remote(2, 10, 5, ChangeKind::Insert), NOW);
         let own = ClientId(1 << 40 | 1);
@@ -1107,7 +1119,6 @@ mod tests {
         assert!(changes.try_recv().is_err());
         // The last subscriber leaving forgets the other nodes' entries.
         hub.apply_remote(&room, 1, &remote(2, 11, 5, ChangeKind::Insert), NOW);
-        let subscription = hub.lock().subscribers[ROOM].subscriptions[0].clone();
         hub.unsubscribe(&outbox, &subscription);
         assert!(clients(&hub).is_empty());
     }
