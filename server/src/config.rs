@@ -7,6 +7,7 @@ use std::time::Duration;
 use rollcall_engine::{Durability, Layout, Recovery};
 
 use crate::auth::Auth;
+pub use crate::auth::read_secret_file;
 use crate::limits::Limits;
 use crate::listener::ConnectionLimits;
 
@@ -124,21 +125,4 @@ impl Default for ServerConfig {
             tls: None,
         }
     }
-}
-
-/// Reads a secret of at least 32 bytes from `path` (surrounding whitespace is ignored,
-/// so a base64 or hex line works); `what` names it in errors.
-pub fn read_secret_file(path: &std::path::Path, what: &str) -> crate::Result<Vec<u8>> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        crate::Error::Config(format!("cannot read the {what} {}: {e}", path.display()))
-    })?;
-    let secret = bytes.trim_ascii();
-    if secret.len() < 32 {
-        return Err(crate::Error::Config(format!(
-            "the {what} in {} is {} bytes; use at least 32 random bytes",
-            path.display(),
-            secret.len()
-        )));
-    }
-    Ok(secret.to_vec())
 }

@@ -703,6 +703,39 @@ impl Inner {
     }
 }
 
+impl crate::cluster::LocalState for Hub {
+    fn metrics(&self) -> &Metrics {
+        Hub::metrics(self)
+    }
+
+    fn owned_live(&self, now: UnixMs) -> Vec<Outgoing> {
+        Hub::owned_live(self, now)
+    }
+
+    fn owned_entries(&self, room: &str, now: UnixMs) -> (u64, String) {
+        Hub::owned_entries(self, room, now)
+    }
+
+    fn apply_remote(&self, room: &Arc<str>, generation: u64, payload: &[u8], now: UnixMs) {
+        Hub::apply_remote(self, room, generation, payload, now);
+    }
+
+    fn sync_started(&self, room: &str, generation: u64) {
+        Hub::sync_started(self, room, generation);
+    }
+
+    fn sync_finished(
+        &self,
+        room: &Arc<str>,
+        generation: u64,
+        replies: Vec<SyncReply>,
+        first: bool,
+        now: UnixMs,
+    ) {
+        Hub::sync_finished(self, room, generation, replies, first, now);
+    }
+}
+
 /// Cluster mode.
 impl Hub {
     /// Turns cluster mode on: changes of this node's entries go out through `links`.

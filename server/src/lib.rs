@@ -41,6 +41,7 @@ pub(crate) mod listing;
 pub(crate) mod metrics;
 pub(crate) mod pages;
 pub(crate) mod protocol;
+pub(crate) mod rejection;
 mod server;
 pub(crate) mod session;
 pub(crate) mod shutdown;
