@@ -366,6 +366,20 @@ fn flipped_bit_after_crash_is_refused_in_strict_mode() {
     );
 }
 
+/// Whether the server printed `needle` on stderr, and what it printed. The line is
+/// logged before `/healthz` turns 200, but the harness reads the pipe on its own
+/// thread: wait for it (up to 10 s) rather than race it.
+fn printed(server: &Server, needle: &str) -> (bool, String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stderr = server.stderr_so_far();
+        if stderr.contains(needle) || std::time::Instant::now() >= deadline {
+            return (stderr.contains(needle), stderr);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn flipped_bit_after_crash_is_reported_loudly_with_skip_corrupt() {
     let (_temp, pristine, expected) = crashed();
@@ -381,8 +395,7 @@ fn flipped_bit_after_crash_is_reported_loudly_with_skip_corrupt() {
             assert_eq!(expected.get(key), Some(value), "an invented entry");
         }
         let lost_records = server.metric("rollcall_replay_lost_records");
-        let stderr = server.stderr_so_far();
-        let reported = stderr.contains("acknowledged log writes were lost");
+        let (reported, stderr) = printed(&server, "acknowledged log writes were lost");
         println!(
             "flip byte {} bit {}: started with {} of {ENTRIES} entries; lost records metric {lost_records}; reported on stderr: {reported}",
             at.0,
@@ -405,7 +418,9 @@ fn flipped_bit_after_crash_is_reported_loudly_with_skip_corrupt() {
         }
     }
     println!(
-        "figure: skip-corrupt, {FLIPS} flips after kill -9: {lossy} lost entries, each reported (error log and rollcall_replay_lost_records)"
+        "figure: --recovery=skip-corrupt, one bit flipped after kill -9 at {FLIPS} offsets: \
+         {lossy} started with fewer entries, every one of them reported (error log line and \
+         rollcall_replay_lost_records > 0), then restarted quietly"
     );
     assert!(
         lossy > 0,

@@ -11,7 +11,7 @@ use crate::types::{Ticket, UnixMs};
 /// A source of wall-clock time for replay and compaction.
 pub type Clock = Arc<dyn Fn() -> UnixMs + Send + Sync>;
 
-/// Called on the writer thread each time the durable watermark advances.
+/// Called on the log's marker thread each time the durable watermark advances.
 pub type DurableHook = Arc<dyn Fn(Ticket) + Send + Sync>;
 
 /// Called during replay, about once a second, so long replays can report progress.
@@ -132,7 +132,7 @@ impl Config {
         self
     }
 
-    /// Calls `hook` on the writer thread whenever the durable watermark advances.
+    /// Calls `hook` on the log's marker thread whenever the durable watermark advances.
     /// It must be quick and must not block (e.g. send on a watch channel).
     #[must_use]
     pub fn on_durable(mut self, hook: impl Fn(Ticket) + Send + Sync + 'static) -> Config {

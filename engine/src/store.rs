@@ -192,16 +192,29 @@ impl Store {
         })
     }
 
-    /// Makes every write so far durable: sled's flush, then an fdatasync of its file,
-    /// then the tip those writes reached is recorded in the marker (one small write
-    /// and an fdatasync), never before sled's data is on disk.
+    /// Makes every write so far durable and records it in the marker: see
+    /// [`Store::flush_data`] and [`Store::record_durable`].
     pub(crate) fn flush(&self) -> Result<()> {
+        let tip = self.flush_data()?;
+        self.record_durable(tip)
+    }
+
+    /// Makes every write so far durable in sled: sled's flush, then an fdatasync of its
+    /// file. Returns the tip those writes reached, for [`Store::record_durable`].
+    pub(crate) fn flush_data(&self) -> Result<Tip> {
         let tip = *lock(&self.tip);
         self.with(|open| {
             open.db.flush()?;
             open.data_file.sync_data().map_err(sled::Error::Io)?;
             Ok(())
         })?;
+        Ok(tip)
+    }
+
+    /// Records in the marker that sled holds `tip` durably (one small write and an
+    /// fdatasync). Call only with a tip returned by a [`Store::flush_data`] that
+    /// succeeded: never before sled's data is on disk.
+    pub(crate) fn record_durable(&self, tip: Tip) -> Result<()> {
         if let Some(marker) = lock(&self.marker).as_mut() {
             marker.record(tip).map_err(sled::Error::Io)?;
         }
