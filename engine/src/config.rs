@@ -49,16 +49,20 @@ pub enum Layout {
     PerGroup,
 }
 
-/// What replay does with a record that does not decode in the middle of the log.
+/// What opening does with a record that does not decode in the middle of the log, and
+/// with durable writes that sled no longer holds (see [`Error::LostWrites`]).
 ///
 /// Undecodable records at the very end of the log that are cut short (a torn tail)
-/// are always truncated with a warning.
+/// and lie past what a flush had made durable are always truncated with a warning.
+///
+/// [`Error::LostWrites`]: crate::Error::LostWrites
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Recovery {
-    /// Refuse to open, naming the record.
+    /// Refuse to open, naming the record or the lost writes.
     #[default]
     Strict,
-    /// Delete unreadable records with a warning and open without them.
+    /// Delete unreadable records with a warning and open without them; open without
+    /// lost writes and report them in [`ReplayReport::lost`](crate::ReplayReport::lost).
     SkipCorrupt,
 }
 
