@@ -414,7 +414,8 @@ fn flipped_bit_after_crash_is_reported_loudly_with_skip_corrupt() {
                 panic!("the second start refused");
             };
             assert_eq!(entries(&again).len(), found.len());
-            assert_eq!(again.metric("rollcall_replay_lost_records"), 0.0);
+            let again_lost = again.metric("rollcall_replay_lost_records");
+            assert!(again_lost < 0.5, "reported again: {again_lost}");
         }
     }
     println!(

@@ -553,7 +553,7 @@ impl Writer {
             match self.store.record_durable(tip) {
                 Ok(()) => self.shared.publish_durable(ticket),
                 Err(error) => {
-                    tracing::error!(%error, "could not record a flush in the durability marker")
+                    tracing::error!(%error, "could not record a flush in the durability marker");
                 }
             }
         }

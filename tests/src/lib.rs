@@ -199,7 +199,10 @@ impl Server {
     /// [`Launch::try_start`]; empty otherwise, where stderr is inherited).
     pub fn stderr_so_far(&self) -> String {
         self.stderr.as_ref().map_or_else(String::new, |printed| {
-            printed.lock().unwrap_or_else(|e| e.into_inner()).clone()
+            printed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
         })
     }
 
@@ -426,11 +429,15 @@ impl Launch {
             move || {
                 for line in BufReader::new(pipe).lines() {
                     let Ok(line) = line else { break };
-                    let mut printed = printed.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut printed = printed
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                     printed.push_str(&line);
                     printed.push('\n');
                 }
-                let printed = printed.lock().unwrap_or_else(|e| e.into_inner());
+                let printed = printed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 printed.clone()
             }
         });
