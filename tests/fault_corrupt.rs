@@ -4,6 +4,11 @@
 //! with `--on-corrupt-data=move-aside` it moves the directory aside and starts empty.
 //! A truncated file may also be read as a torn tail: then only original entries may
 //! come back, never invented ones. Prints each outcome and the move-aside start time.
+//!
+//! After a kill -9, one flipped bit in `db` at 16 spread offsets: sled's recovery reads
+//! its log only up to the damaged message, so the default (strict) start must refuse
+//! or come back with every entry, never with fewer; with `--recovery=skip-corrupt` it
+//! starts and must report what it lost (error line and `/metrics`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
