@@ -7,10 +7,15 @@ import type { WebSocketConstructor } from "./types.js";
 // an app that uses neither does not fail on a missing package. Outside Node (a
 // browser) effect is not looked for: apps pass createClient({ effectSchema: Schema }).
 
-/** One copy of effect's Schema module, and the file it was loaded from. */
+/**
+ * One copy of effect's Schema module: the file, the package's version, and the
+ * module (undefined when not loaded: another major version than the one wanted,
+ * and `file` is then the package's folder).
+ */
 export interface EffectModuleCandidate {
   readonly file: string;
-  readonly module: unknown;
+  readonly version: string;
+  readonly module?: unknown;
 }
 
 const WS = "ws";
@@ -95,11 +100,12 @@ function schemaFile(pkg: { exports?: unknown }, conditions: ReadonlyArray<string
  * The copies of effect's Schema module reachable from the app (its entry script, then
  * the working directory) and from the SDK itself, in that order: first as ES modules
  * (the copy an `import { Schema } from "effect"` gets), then as CommonJS (a
- * `require("effect")`). Loaded lazily as the caller iterates; `cache` keeps each
- * file's load for the whole process.
+ * `require("effect")`). Loaded lazily as the caller iterates, and only those of the
+ * wanted major version; `cache` keeps each file's load for the whole process.
  */
 async function* nodeEffectSchemaModules(
   cache: Map<string, Promise<EffectModuleCandidate | undefined>>,
+  major: number,
 ): AsyncGenerator<EffectModuleCandidate> {
   const proc = nodeProcess();
   if (!proc) return;
@@ -118,35 +124,44 @@ async function* nodeEffectSchemaModules(
   if (self) bases.push(self);
 
   // Each base's effect package: { require, dir, package.json }.
-  const packages: { req: Require; dir: string; pkg: { exports?: unknown } }[] = [];
+  const packages: { req: Require; dir: string; pkg: { exports?: unknown; version?: unknown } }[] = [];
   for (const base of bases) {
     try {
       const req = api.createRequire(base);
       const pkgPath = req.resolve("effect/package.json");
       const dir = pkgPath.slice(0, pkgPath.length - "package.json".length);
       if (packages.some((p) => p.dir === dir)) continue;
-      packages.push({ req, dir, pkg: req(pkgPath) as { exports?: unknown } });
+      packages.push({ req, dir, pkg: req(pkgPath) as { exports?: unknown; version?: unknown } });
     } catch {
       // effect is not reachable from there
     }
   }
-  const load = (req: Require, file: string, cjs: boolean): Promise<EffectModuleCandidate | undefined> => {
+  const load = (req: Require, file: string, version: string, cjs: boolean): Promise<EffectModuleCandidate | undefined> => {
     let p = cache.get(file);
     if (!p) {
       p = (async () => {
         const { pathToFileURL } = req("node:url") as { pathToFileURL(path: string): URL };
         const ns = (await import(/* @vite-ignore */ /* webpackIgnore: true */ pathToFileURL(file).href)) as { default?: unknown };
-        return { file, module: cjs && ns.default !== undefined ? ns.default : ns };
+        return { file, version, module: cjs && ns.default !== undefined ? ns.default : ns };
       })().catch(() => undefined);
       cache.set(file, p);
     }
     return p;
   };
+  const yielded = new Set<string>();
   for (const cjs of [false, true]) {
     for (const { req, dir, pkg } of packages) {
       const target = schemaFile(pkg, cjs ? ["node", "require"] : ["node", "import"]);
       if (target === undefined) continue;
-      const candidate = await load(req, dir + target.replace(/^\.\//, ""), cjs);
+      const file = dir + target.replace(/^\.\//, "");
+      if (yielded.has(file)) continue; // ESM only: the same file for both
+      yielded.add(file);
+      const version = typeof pkg.version === "string" ? pkg.version : "unknown";
+      if (Number.parseInt(version, 10) !== major) {
+        if (!cjs) yield { file: dir, version }; // not loaded (it cannot decode this schema); said once
+        continue;
+      }
+      const candidate = await load(req, file, version, cjs);
       if (candidate) yield candidate;
     }
   }
@@ -158,7 +173,7 @@ async function* nodeEffectSchemaModules(
  * createClient({ effectSchema: Schema }).
  */
 export const effectSchemaModules:
-  | ((cache: Map<string, Promise<EffectModuleCandidate | undefined>>) => AsyncIterable<EffectModuleCandidate>)
+  | ((cache: Map<string, Promise<EffectModuleCandidate | undefined>>, major: number) => AsyncIterable<EffectModuleCandidate>)
   | null = nodeProcess() ? nodeEffectSchemaModules : null;
 
 export async function loadWebSocket(): Promise<WebSocketConstructor> {

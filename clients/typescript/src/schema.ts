@@ -183,13 +183,13 @@ const loaded = new Map<string, Promise<EffectModuleCandidate | undefined>>();
 
 /** Finds the Schema module for `schema` among the copies of effect the loader can reach. */
 async function findEffectModule(schema: object, major: 3 | 4): Promise<EffectSchemaModule> {
-  const found = effectSchemaModules!(loaded);
+  const found = effectSchemaModules!(loaded, major);
   const seen: string[] = [];
   let fallback: EffectSchemaModule | undefined;
   for await (const candidate of found) {
     const mod = asSchemaModule(candidate.module);
     const m = mod && moduleMajor(mod);
-    seen.push(`${candidate.file} (${m === undefined ? "not a Schema module" : `effect ${m}`})`);
+    seen.push(`effect ${candidate.version} at ${candidate.file}${candidate.module !== undefined && m === undefined ? " (not a Schema module)" : ""}`);
     if (!mod || m !== major) continue;
     if (isSameCopy(mod, schema, major)) return mod;
     fallback ??= mod;
