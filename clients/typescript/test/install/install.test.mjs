@@ -5,8 +5,9 @@
 // vite (effect 4) in headless Chromium.
 //
 // Needs the npm registry (versions are pinned below), a server binary ($ROLLCALL_BIN,
-// else ../../target/debug/rollcall) and, for the bundles, Chromium ($CHROMIUM_BIN,
-// else /usr/bin/chromium). Run with `npm run test:install` (builds dist/ first).
+// else ../../target/debug/rollcall), Node ≥ 20.19 (the CommonJS apps require() the
+// ESM-only effect 4 and arktype) and, for the bundles, Chromium ($CHROMIUM_BIN, else
+// /usr/bin/chromium). Run with `npm run test:install` (builds dist/ first).
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile, spawn } from "node:child_process";
