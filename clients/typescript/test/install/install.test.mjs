@@ -12,9 +12,9 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile, spawn } from "node:child_process";
 import { once } from "node:events";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { dirname, join, relative } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
@@ -337,9 +337,16 @@ describe("installed", { concurrency: 3 }, () => {
     });
   }
 
-  test("from the SDK's folder (npm install <folder>: a symlink to a checkout with its own effect 3), with effect 4", async () => {
+  test("from a fresh clone's folder (npm install <folder>: a symlink; prepare installs its build tools, effect 3 among them), with effect 4", async () => {
+    // What a clone has: no node_modules/, dist/ or build/.
+    const clone = join(tmp, "clone", "clients", "typescript");
+    cpSync(SDK, clone, {
+      recursive: true,
+      filter: (src) => !/^(node_modules|dist|build|test)(\/|$)/.test(relative(SDK, src)),
+    });
     const dir = project("folder-effect-4");
-    await npmInstall(dir, [SDK, EFFECT_4, WS]);
+    await npmInstall(dir, [clone, EFFECT_4, WS]);
+    assert.ok(existsSync(join(clone, "node_modules", "effect", "package.json")), "the clone has an effect of its own");
     await checkProject(dir, "effect");
   });
 });
