@@ -91,6 +91,13 @@ function groupUsers<T>(entries: Entries<T>): Map<string, PresenceUser<T>> {
   return users;
 }
 
+function sameEntries<T>(a: Entries<T>, b: Entries<T>): boolean {
+  if (a === b) return true;
+  if (a.size !== b.size) return false;
+  for (const [id, e] of a) if (b.get(id) !== e) return false;
+  return true;
+}
+
 /**
  * One room (and schema) of one client, shared by every hook that uses it: the open
  * view, its latest entries and what is derived from them (self, others, users), each
@@ -159,15 +166,15 @@ class RoomStore<T, In> {
     if (this.derivedFor === this.entries && this.derivedId === id) return;
     this.derivedFor = this.entries;
     this.derivedId = id;
-    const self = id === undefined ? undefined : this.entries.get(id);
-    // Keep the previous identity when nothing this client is shown changed.
-    if (self !== this.self) this.self = self;
-    if (self === undefined) this.others = this.entries;
-    else {
-      const others = new Map(this.entries);
+    this.self = id === undefined ? undefined : this.entries.get(id);
+    let others = this.entries;
+    if (this.self !== undefined) {
+      others = new Map(this.entries);
       others.delete(id!);
-      this.others = others;
     }
+    // A change of this client's own entry alone keeps `others` (and what hooks select
+    // from it) as it was: entries keep their identity while unchanged.
+    if (!sameEntries(others, this.others)) this.others = others;
   }
 
   private set(entries: Entries<T>): void {
@@ -282,7 +289,12 @@ class ClientHandle {
 
   /** The client; `undefined` on the server for a provider that creates its own. */
   get(): RollcallClient | undefined {
-    if (this.client === undefined && this.make !== undefined && isBrowser && !this.closed) this.client = this.make();
+    if (this.make !== undefined && isBrowser && (this.client === undefined || this.closed)) {
+      // After a close (the provider's effects were torn down, e.g. by a hidden
+      // <Activity>) hooks that subscribe again get a new client.
+      this.closed = false;
+      this.client = this.make();
+    }
     return this.client;
   }
 
@@ -320,7 +332,7 @@ class ClientHandle {
       this.mounts--;
       if (this.mounts > 0 || this.make === undefined) return;
       queueMicrotask(() => {
-        if (this.mounts > 0) return;
+        if (this.mounts > 0 || this.closed) return;
         this.closed = true;
         void this.client?.close();
       });

@@ -132,28 +132,43 @@ describe("reading hooks", () => {
     expect(screen.queryByTestId("cursor-bob")).toBeNull();
   });
 
-  it("useSelf is the own entry, useOthers leaves it out", async () => {
+  it("useSelf is the own entry; useOthers leaves it out and does not re-render when only the own entry changes", async () => {
     const room = "react:self";
     const mine = sdkClient();
     const other = sdkClient();
+    const rc = renderCounter();
+    let update: ((fn: (p: Cursor) => Cursor) => void) | undefined;
     function Me() {
-      const [me] = useMyPresence<Cursor>(room, { name: "me", x: 0, y: 0 }, 60_000);
+      const [me, set] = useMyPresence<Cursor>(room, { name: "me", x: 0, y: 0 }, 60_000);
+      update = set;
       const self = useSelf<Cursor>(room);
-      const others = useOthers<Cursor, string>(room, (o) => [...o.values()].map((e) => e.data.name).join(","));
       return (
         <p data-testid="me">
-          {me.name}|{self?.data.name ?? "-"}|{others}
+          {me.x}|{self ? `${self.data.name}@${self.data.x}` : "-"}
         </p>
       );
+    }
+    function Others() {
+      rc.useCount("others");
+      const others = useOthers<Cursor>(room);
+      return <p data-testid="others">{[...others.values()].map((e) => e.data.name).join(",")}</p>;
     }
     render(
       <RollcallProvider client={mine}>
         <Me />
+        <Others />
       </RollcallProvider>,
     );
-    await waitFor(() => expect(screen.getByTestId("me").textContent).toBe("me|me|"));
+    await waitFor(() => expect(screen.getByTestId("me").textContent).toBe("0|me@0"));
     other.presence(room).heartbeat({ name: "other", x: 1, y: 1 }, 60_000);
-    await waitFor(() => expect(screen.getByTestId("me").textContent).toBe("me|me|other"));
+    await waitFor(() => expect(screen.getByTestId("others").textContent).toBe("other"));
+
+    const before = rc.of("others");
+    for (let i = 1; i <= 5; i++) {
+      act(() => update!((p) => ({ ...p, x: i })));
+      await waitFor(() => expect(screen.getByTestId("me").textContent).toBe(`${i}|me@${i}`));
+    }
+    expect(rc.of("others")).toBe(before);
   });
 });
 
