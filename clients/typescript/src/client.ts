@@ -8,6 +8,7 @@ import type {
   ConnectionState,
   EffectSchemaModule,
   Presence,
+  PresenceOptions,
   PresenceSchema,
   RollcallClient,
   RollcallErrorLike,
@@ -29,6 +30,12 @@ interface Socket {
 type SocketCtor = new (url: string) => Socket;
 
 const OPEN = 1;
+
+/** The default of `heartbeatThrottleMs`. */
+export const DEFAULT_HEARTBEAT_THROTTLE_MS = 50;
+
+/** Error codes the server sends before closing with 4003 (docs/protocol.md). */
+const AUTH_REFUSALS = new Set(["unauthorized", "invalid_token", "token_expired"]);
 
 /** Close codes after which the client must not reconnect (docs/protocol.md). */
 const TERMINAL_CLOSE: Record<number, { code: string; message: string }> = {
@@ -52,7 +59,11 @@ export function createClient(options: ClientOptions): RollcallClient {
 class Client implements RollcallClient, RoomHost {
   readonly now: () => number;
   limits: Limits = { ...DEFAULT_LIMITS };
-  private readonly url: string;
+  private readonly urls: string[];
+  /** Index in `urls` of the node the next connection attempt goes to. */
+  private urlIndex = 0;
+  /** The URL of the current (or last) connection attempt. */
+  private currentUrl: string;
   private Ctor: SocketCtor | undefined;
   private readonly opts: ClientOptions;
   private readonly clock = new ClockSync();
@@ -61,7 +72,17 @@ class Client implements RollcallClient, RoomHost {
   private readonly pendingLeaves = new Set<string>();
   private readonly errorListeners = new Set<(e: RollcallErrorLike) => void>();
   private readonly stateListeners = new Set<(s: ConnectionState) => void>();
-  private connectedWaiters: Array<() => void> = [];
+  private connectedWaiters: Array<{ resolve: () => void; reject: (e: RollcallError) => void }> = [];
+  /** Why the client is closed for good (set with the `closed` state). */
+  private finalError: RollcallError | undefined;
+  /** The client was connected at least once (a later drop is `reconnecting`, not `connecting`). */
+  private everConnected = false;
+  /** The auth error code the server sent on the current socket before welcome (then it closes 4003). */
+  private refusal: { code: string; message: string } | undefined;
+  /** The HTTP status of a refused WebSocket upgrade on the current socket, where the WebSocket reveals it (ws). */
+  private upgradeStatus: number | undefined;
+  /** The per-client default of `heartbeatThrottleMs`. */
+  readonly heartbeatThrottleMs: number;
   private ws: Socket | null = null;
   private st: ConnectionState = "connecting";
   private id: number | undefined;
@@ -89,7 +110,9 @@ class Client implements RollcallClient, RoomHost {
   constructor(options: ClientOptions) {
     if (typeof options !== "object" || options === null) throw new TypeError("createClient(options): options must be an object");
     this.opts = options;
-    this.url = normalizeUrl(options.url);
+    this.urls = normalizeUrls(options.url);
+    this.currentUrl = this.urls[0]!;
+    this.heartbeatThrottleMs = throttleOption(options.heartbeatThrottleMs, "createClient({ heartbeatThrottleMs })");
     const Ctor = (options.WebSocket ?? (globalThis as { WebSocket?: unknown }).WebSocket) as SocketCtor | undefined;
     if (Ctor !== undefined && typeof Ctor !== "function") throw new TypeError("createClient({ WebSocket }): not a constructor");
     // Undefined in Node 20 without the option: the `ws` package is loaded on connect.
@@ -122,16 +145,29 @@ class Client implements RollcallClient, RoomHost {
     return this.isClosed;
   }
 
-  waitForConnected(): Promise<void> {
-    if (this.st === "connected") return Promise.resolve();
-    return new Promise<void>((resolve) => this.connectedWaiters.push(resolve));
+  /** The URL of the node the client is connected (or connecting) to. */
+  get url(): string {
+    return this.currentUrl;
   }
 
-  presence(room: string): Presence<unknown>;
-  presence<S extends PresenceSchema>(room: string, schema: S): Presence<SchemaOutput<S>, SchemaInput<S>>;
-  presence(room: string, schema?: PresenceSchema): Presence<unknown, unknown> {
+  waitForConnected(): Promise<void> {
+    if (this.st === "connected") return Promise.resolve();
+    let p: Promise<void>;
+    if (this.st === "closed") p = Promise.reject(this.finalError ?? closedError());
+    else p = new Promise<void>((resolve, reject) => this.connectedWaiters.push({ resolve, reject }));
+    // A promise nobody awaits must not become an unhandled rejection (which ends a
+    // Node process); chains built on it (`.then(...)`) still reject.
+    p.catch(() => {});
+    return p;
+  }
+
+  presence(room: string, schema?: undefined, options?: PresenceOptions): Presence<unknown>;
+  presence<S extends PresenceSchema>(room: string, schema: S, options?: PresenceOptions): Presence<SchemaOutput<S>, SchemaInput<S>>;
+  presence(room: string, schema?: PresenceSchema, options?: PresenceOptions): Presence<unknown, unknown> {
     const problem = roomNameProblem(room);
     if (problem) throw new RangeError(`rollcall-client: presence(${JSON.stringify(room)}): ${problem}`);
+    if (options !== undefined && (typeof options !== "object" || options === null)) throw new TypeError("presence(room, schema, options): options must be an object");
+    const throttleMs = options?.heartbeatThrottleMs === undefined ? this.heartbeatThrottleMs : throttleOption(options.heartbeatThrottleMs, "presence(room, schema, { heartbeatThrottleMs })");
     let codec: Codec | null = null;
     if (schema !== undefined) codec = makeCodec(schema, this.opts.effectSchema, loadEffectOnce);
     let r = this.rooms.get(room);
@@ -140,7 +176,7 @@ class Client implements RollcallClient, RoomHost {
       this.rooms.set(room, r);
       if (this.st === "connected") this.send(JSON.stringify({ type: "subscribe", room }));
     }
-    const view = new PresenceView<unknown, unknown>(r, this, codec);
+    const view = new PresenceView<unknown, unknown>(r, this, codec, throttleMs);
     r.views.add(view);
     return view;
   }
@@ -250,24 +286,28 @@ class Client implements RollcallClient, RoomHost {
         this.Ctor = (await loadWebSocket()) as unknown as SocketCtor;
       } catch (e) {
         if (gen !== this.generation || this.isClosed) return;
-        this.report(
-          new RollcallError(
-            "local",
-            "no_websocket",
-            `no WebSocket implementation: there is no global WebSocket (Node 20) and the ws package could not be loaded (${errorMessage(e)}); install ws or pass createClient({ url, WebSocket })`,
-            { cause: e },
-          ),
+        const error = new RollcallError(
+          "local",
+          "no_websocket",
+          `no WebSocket implementation: there is no global WebSocket (Node 20) and the ws package could not be loaded (${errorMessage(e)}); install ws or pass createClient({ url, WebSocket })`,
+          { cause: e },
         );
-        this.shutdown();
+        this.report(error);
+        this.shutdown(error);
         return;
       }
       if (gen !== this.generation || this.isClosed) return;
     }
     let ws: Socket;
+    const url = this.urls[this.urlIndex]!;
+    this.currentUrl = url;
+    this.refusal = undefined;
+    this.upgradeStatus = undefined;
     try {
-      ws = new this.Ctor(this.url);
+      ws = new this.Ctor(url);
     } catch (e) {
-      this.report(new RollcallError("connection", "connect_failed", `could not open a WebSocket to ${this.url}: ${errorMessage(e)}`, { cause: e }));
+      this.report(new RollcallError("connection", "connect_failed", `could not open a WebSocket to ${url}: ${errorMessage(e)}`, { cause: e }));
+      this.advanceUrl();
       this.scheduleReconnect();
       return;
     }
@@ -295,7 +335,17 @@ class Client implements RollcallClient, RoomHost {
       this.onSocketClosed(typeof ev?.code === "number" ? ev.code : 1006, typeof ev?.reason === "string" ? ev.reason : "");
     };
     // Errors are followed by a close event; the handler must exist (ws throws on unhandled 'error').
-    ws.onerror = () => {};
+    // ws names the HTTP status of a refused upgrade (browsers reveal nothing).
+    ws.onerror = (ev) => {
+      if (this.ws !== ws) return;
+      const status = upgradeStatusOf(ev);
+      if (status !== undefined) this.upgradeStatus = status;
+    };
+  }
+
+  /** The next connection attempt goes to the next URL (round robin). */
+  private advanceUrl(): void {
+    this.urlIndex = (this.urlIndex + 1) % this.urls.length;
   }
 
   /** Abandons a socket that is dead or stuck (no close handshake) and reconnects. */
@@ -321,8 +371,22 @@ class Client implements RollcallClient, RoomHost {
     if (this.isClosed) return;
     const terminal = TERMINAL_CLOSE[code] ?? (code === 4004 && typeof this.opts.token !== "function" ? { code: "token_expired", message: "the token expired (4004) and cannot be renewed: pass a token function" } : undefined);
     if (terminal) {
-      this.report(new RollcallError("connection", terminal.code, `${terminal.message}${reason ? `: ${reason}` : ""}; not reconnecting`, { closeCode: code }));
-      this.shutdown();
+      const error = new RollcallError("connection", terminal.code, `${terminal.message}${reason ? `: ${reason}` : ""}; not reconnecting`, { closeCode: code });
+      this.report(error);
+      // waitForConnected() rejects with the server's reason when it gave one (unauthorized, invalid_token, token_expired).
+      const refusal = code === 4003 ? this.refusal : undefined;
+      this.shutdown(refusal ? new RollcallError("connection", refusal.code, `${refusal.message} (${refusal.code}, close 4003); not reconnecting`, { closeCode: code }) : error);
+      return;
+    }
+    if (this.upgradeStatus === 403) {
+      const error = new RollcallError(
+        "connection",
+        "forbidden_origin",
+        `the server refused the WebSocket upgrade at ${this.currentUrl} with 403: this page's origin is not in its --allowed-origin list; not reconnecting`,
+        { closeCode: code },
+      );
+      this.report(error);
+      this.shutdown(error);
       return;
     }
     if (code === 1009) {
@@ -330,12 +394,14 @@ class Client implements RollcallClient, RoomHost {
     }
     if (this.connectedAt > 0 && this.now() - this.connectedAt >= 2000) this.attempt = 0;
     this.connectedAt = 0;
+    // A failed attempt or a dropped connection: try the next node (a no-op with one URL).
+    this.advanceUrl();
     this.scheduleReconnect();
   }
 
   private scheduleReconnect(): void {
     if (this.isClosed) return;
-    this.setState("reconnecting");
+    this.setState(this.everConnected ? "reconnecting" : "connecting");
     const initial = this.opts.reconnect?.initialDelayMs ?? 250;
     const max = this.opts.reconnect?.maxDelayMs ?? 10_000;
     const ceiling = Math.min(max, initial * 2 ** Math.min(this.attempt, 30));
@@ -415,6 +481,7 @@ class Client implements RollcallClient, RoomHost {
     this.connectTimer = undefined;
     this.connectedAt = this.now();
     this.tokenExpMs = this.helloTokenExpMs;
+    this.everConnected = true;
     this.setState("connected");
     // Entries of rooms closed while disconnected go first (a reopened room heartbeats after).
     for (const room of this.pendingLeaves) this.send(JSON.stringify({ type: "leave", room }));
@@ -425,7 +492,7 @@ class Client implements RollcallClient, RoomHost {
     this.scheduleReauth();
     const waiters = this.connectedWaiters;
     this.connectedWaiters = [];
-    for (const w of waiters) w();
+    for (const w of waiters) w.resolve();
   }
 
   private startPinging(): void {
@@ -475,6 +542,8 @@ class Client implements RollcallClient, RoomHost {
     }
     const code = typeof msg.code === "string" ? msg.code : "unknown";
     const message = typeof msg.message === "string" ? msg.message : code;
+    // A refused hello: the server closes with 4003 next.
+    if (this.st !== "connected" && AUTH_REFUSALS.has(code)) this.refusal = { code, message };
     const extra: { room?: string; ref?: number } = {};
     if (typeof msg.room === "string") extra.room = msg.room;
     if (ref !== undefined) extra.ref = ref;
@@ -550,8 +619,10 @@ class Client implements RollcallClient, RoomHost {
     if (!this.send(JSON.stringify({ type: "auth", token, ref }))) this.acks.delete(ref);
   }
 
-  /** Terminal: no more reconnects, timers or notifications. */
-  private shutdown(): void {
+  /** Terminal: no more reconnects, timers or notifications; `waitForConnected()` rejects with `error`. */
+  private shutdown(error: RollcallError = closedError()): void {
+    this.finalError ??= error;
+    this.rejectWaiters();
     this.isClosed = true;
     this.generation++;
     if (this.reconnectTimer !== undefined) clearTimeout(this.reconnectTimer);
@@ -561,14 +632,27 @@ class Client implements RollcallClient, RoomHost {
     this.setState("closed");
   }
 
+  private rejectWaiters(): void {
+    const waiters = this.connectedWaiters;
+    this.connectedWaiters = [];
+    const error = this.finalError ?? closedError();
+    for (const w of waiters) w.reject(error);
+  }
+
   private async doClose(): Promise<void> {
     const ws = this.ws;
     const wasConnected = this.st === "connected" && ws !== null;
+    // Whoever waits for a connection learns at once that none is coming.
+    this.finalError ??= closedError();
+    this.rejectWaiters();
     this.isClosed = true;
     this.generation++;
     if (this.reconnectTimer !== undefined) clearTimeout(this.reconnectTimer);
     this.reconnectTimer = undefined;
-    for (const room of this.rooms.values()) room.stopTracking();
+    for (const room of this.rooms.values()) {
+      room.stopTracking();
+      room.cancelPendingHeartbeat();
+    }
     const timeoutMs = this.opts.closeTimeoutMs ?? 1000;
     if (wasConnected) {
       // Leave every room this client may have an entry in, and wait for the acks.
@@ -675,8 +759,35 @@ function withTimeout<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
   });
 }
 
+function closedError(): RollcallError {
+  return new RollcallError("local", "closed", "the client was closed");
+}
+
+/** The HTTP status in ws's "Unexpected server response: 403" error, if that is what `ev` is. */
+function upgradeStatusOf(ev: unknown): number | undefined {
+  if (typeof ev !== "object" || ev === null) return undefined;
+  const e = ev as { message?: unknown; error?: { message?: unknown } };
+  const message = typeof e.message === "string" ? e.message : typeof e.error?.message === "string" ? e.error.message : "";
+  const m = /Unexpected server response: (\d{3})/.exec(message);
+  return m ? Number(m[1]) : undefined;
+}
+
+function throttleOption(v: unknown, where: string): number {
+  if (v === undefined) return DEFAULT_HEARTBEAT_THROTTLE_MS;
+  if (typeof v !== "number" || !Number.isFinite(v) || v < 0) throw new RangeError(`${where}: expected a number of ms >= 0, got ${String(v)}`);
+  return v;
+}
+
+function normalizeUrls(url: unknown): string[] {
+  if (Array.isArray(url)) {
+    if (url.length === 0) throw new TypeError("createClient({ url }): the list of URLs is empty");
+    return url.map((u) => normalizeUrl(u));
+  }
+  return [normalizeUrl(url)];
+}
+
 function normalizeUrl(url: unknown): string {
-  if (typeof url !== "string") throw new TypeError("createClient({ url }): url must be a string like ws://127.0.0.1:7700/ws");
+  if (typeof url !== "string") throw new TypeError("createClient({ url }): url must be a string like ws://127.0.0.1:7700/ws, or a non-empty array of them");
   let u: URL;
   try {
     u = new URL(url);

@@ -6,7 +6,10 @@ export type {
   EffectSchemaLike,
   EffectSchemaModule,
   Presence,
+  PresenceDiff,
   PresenceEntry,
+  PresenceOptions,
+  PresenceUser,
   PresenceSchema,
   ReconnectOptions,
   RollcallClient,
@@ -14,6 +17,7 @@ export type {
   SchemaInput,
   SchemaOutput,
   StandardSchemaV1,
+  UsersDiff,
   WebSocketConstructor,
   WebSocketLike,
 } from "./types.js";

@@ -1,6 +1,6 @@
 import { RollcallError } from "./errors.js";
 import { describeIssues, errorMessage, type Codec, type CodecResult } from "./schema.js";
-import type { Presence, PresenceEntry } from "./types.js";
+import type { Presence, PresenceDiff, PresenceEntry, PresenceUser, UsersDiff } from "./types.js";
 
 /** Server limits announced in `welcome` (defaults from docs/protocol.md until then). */
 export interface Limits {
@@ -87,6 +87,10 @@ export class Room {
   private trackEveryMs = 0;
   private expiryTimer: ReturnType<typeof setTimeout> | undefined;
   private expiryAt = Infinity;
+  /** Monotonic time of the last heartbeat sent for this room (throttling). */
+  private lastSentAt = -Infinity;
+  /** A throttled heartbeat is due when this fires: it sends `own`, the latest data. */
+  private pendingTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(
     readonly name: string,
@@ -99,20 +103,60 @@ export class Room {
 
   // ---- outgoing -------------------------------------------------------------
 
-  /** Applies the user's heartbeat number `seq` unless a later heartbeat or leave won. */
-  applyHeartbeat(seq: number, dataJson: string, ttlMs: number, track: boolean): void {
+  /**
+   * Applies the user's heartbeat number `seq` unless a later heartbeat or leave won.
+   * Throttled to one send per `throttleMs`: the first after a quiet spell goes at
+   * once; later ones only replace `own`, which is sent when the interval ends.
+   */
+  applyHeartbeat(seq: number, dataJson: string, ttlMs: number, track: boolean, throttleMs = 0): void {
     if (seq <= this.appliedSeq || this.host.closed || this.released) return;
     this.appliedSeq = seq;
     this.own = { dataJson, ttlMs, sentAt: this.host.now() };
-    this.sendHeartbeat(dataJson, ttlMs);
     if (track) this.tracking = true;
-    if (this.tracking) this.scheduleTrack(ttlMs);
+    if (!this.host.connected) {
+      // Sent on (re)connect with what remains of the TTL.
+      this.cancelPendingHeartbeat();
+      if (this.tracking) this.scheduleTrack(ttlMs);
+      return;
+    }
+    const now = monotonic();
+    if (throttleMs <= 0 || (this.pendingTimer === undefined && now - this.lastSentAt >= throttleMs)) {
+      this.flushOwn();
+      return;
+    }
+    if (this.pendingTimer === undefined) {
+      this.pendingTimer = setTimeout(
+        () => {
+          this.pendingTimer = undefined;
+          this.flushOwn();
+        },
+        Math.max(0, this.lastSentAt + throttleMs - now),
+      );
+    }
+  }
+
+  /** Sends `own` now (the latest heartbeat), and restarts the `track` loop from it. */
+  private flushOwn(): void {
+    this.cancelPendingHeartbeat();
+    const own = this.own;
+    if (!own || this.host.closed || this.released || !this.host.connected) return;
+    own.sentAt = this.host.now();
+    this.sendHeartbeat(own.dataJson, own.ttlMs);
+    if (this.tracking) this.scheduleTrack(own.ttlMs);
+  }
+
+  /** Drops a throttled heartbeat that has not been sent yet (`own` is kept). */
+  cancelPendingHeartbeat(): void {
+    if (this.pendingTimer !== undefined) clearTimeout(this.pendingTimer);
+    this.pendingTimer = undefined;
   }
 
   leave(seq: number): void {
     if (seq <= this.appliedSeq || this.host.closed || this.released) return;
     this.appliedSeq = seq;
     this.own = null;
+    // A throttled heartbeat still waiting must never follow the leave.
+    this.cancelPendingHeartbeat();
     this.stopTracking();
     // Remove our own entry locally at once; the server's `leave` change confirms it.
     const me = this.host.clientId;
@@ -127,6 +171,7 @@ export class Room {
     if (!this.host.connected) return; // sent on (re)connect with what remains of the TTL
     this.host.send(`{"type":"heartbeat","room":${JSON.stringify(this.name)},"data":${dataJson},"ttlMs":${ttlMs}}`);
     this.serverMayHaveEntry = true;
+    this.lastSentAt = monotonic();
   }
 
   /** (Re)starts the `track` loop: every heartbeat postpones the next tracked one. */
@@ -138,6 +183,8 @@ export class Room {
       const own = this.own;
       if (!own || this.host.closed) return;
       own.sentAt = this.host.now();
+      // Carries the latest data: a throttled heartbeat still waiting is sent by this one.
+      if (this.host.connected) this.cancelPendingHeartbeat();
       this.sendHeartbeat(own.dataJson, own.ttlMs);
     }, every);
   }
@@ -155,6 +202,7 @@ export class Room {
    * leave), then subscribe, which answers with a fresh snapshot.
    */
   onConnected(): void {
+    this.cancelPendingHeartbeat();
     const own = this.own;
     if (own) {
       const remaining = Math.floor(own.sentAt + own.ttlMs - this.host.now());
@@ -282,6 +330,7 @@ export class Room {
   /** Stops every timer (client closed). */
   dispose(): void {
     this.stopTracking();
+    this.cancelPendingHeartbeat();
     if (this.expiryTimer !== undefined) clearTimeout(this.expiryTimer);
     this.expiryTimer = undefined;
     this.wakeSyncWaiters();
@@ -296,7 +345,13 @@ export class PresenceView<T, In> implements Presence<T, In> {
   private readonly source = new Map<number, RawEntry>();
   /** Ids whose current data did not decode (reported once until they decode again). */
   private readonly failed = new Set<number>();
-  private readonly listeners = new Set<(entries: Map<number, PresenceEntry<T>>) => void>();
+  /** A number per entry that changes when its data or userId does (not on a refresh). */
+  private readonly versions = new Map<number, number>();
+  private nextVersion = 1;
+  /** The entries as of the previous notification: what diffs are relative to. */
+  private baseline = new Map<number, { version: number; user: string }>();
+  private readonly listeners = new Set<(entries: Map<number, PresenceEntry<T>>, diff: PresenceDiff) => void>();
+  private readonly usersListeners = new Set<(users: Map<string, PresenceUser<T>>, diff: UsersDiff) => void>();
   private dirty = false;
   private scheduled = false;
   private ready: boolean;
@@ -306,6 +361,7 @@ export class PresenceView<T, In> implements Presence<T, In> {
     private readonly r: Room,
     private readonly host: RoomHost,
     private readonly codec: Codec | null,
+    private readonly throttleMs = 0,
   ) {
     this.room = r.name;
     this.ready = !codec || codec.ready === null;
@@ -343,6 +399,24 @@ export class PresenceView<T, In> implements Presence<T, In> {
     return out;
   }
 
+  self(): PresenceEntry<T> | undefined {
+    const me = this.host.clientId;
+    if (me === undefined) return undefined;
+    const e = this.entries.get(me);
+    return e && !(this.host.now() > e.expiresAtMs) ? e : undefined;
+  }
+
+  others(): Map<number, PresenceEntry<T>> {
+    const out = this.value();
+    const me = this.host.clientId;
+    if (me !== undefined) out.delete(me);
+    return out;
+  }
+
+  users(): Map<string, PresenceUser<T>> {
+    return groupUsers(this.value());
+  }
+
   synced(): Promise<void> {
     if (this.closed) return Promise.resolve();
     const room = this.r.whenSynced();
@@ -355,22 +429,52 @@ export class PresenceView<T, In> implements Presence<T, In> {
     if (this.closed) return;
     this.closed = true;
     this.listeners.clear();
+    this.usersListeners.clear();
     this.entries.clear();
     this.source.clear();
     this.failed.clear();
+    this.versions.clear();
+    this.baseline.clear();
     this.r.views.delete(this as PresenceView<unknown, unknown>);
     if (this.r.views.size === 0 && !this.host.closed) this.host.release(this.r);
   }
 
-  onChange(fn: (entries: Map<number, PresenceEntry<T>>) => void): () => void {
+  onChange(fn: (entries: Map<number, PresenceEntry<T>>, diff: PresenceDiff) => void): () => void {
     if (typeof fn !== "function") throw new TypeError("onChange expects a function");
     if (this.closed) return () => {};
+    this.startObserving();
     // Wrap so that subscribing the same function twice gives two independent subscriptions.
-    const wrapped = (m: Map<number, PresenceEntry<T>>) => fn(m);
+    const wrapped = (m: Map<number, PresenceEntry<T>>, d: PresenceDiff) => fn(m, d);
     this.listeners.add(wrapped);
     return () => {
       this.listeners.delete(wrapped);
     };
+  }
+
+  onUsersChange(fn: (users: Map<string, PresenceUser<T>>, diff: UsersDiff) => void): () => void {
+    if (typeof fn !== "function") throw new TypeError("onUsersChange expects a function");
+    if (this.closed) return () => {};
+    this.startObserving();
+    const wrapped = (u: Map<string, PresenceUser<T>>, d: UsersDiff) => fn(u, d);
+    this.usersListeners.add(wrapped);
+    return () => {
+      this.usersListeners.delete(wrapped);
+    };
+  }
+
+  /**
+   * The first listener's diffs start from what the view shows now (while nobody
+   * listens the baseline is not kept up to date).
+   */
+  private startObserving(): void {
+    if (this.listeners.size > 0 || this.usersListeners.size > 0) return;
+    this.baseline = this.currentBaseline(this.value());
+  }
+
+  private currentBaseline(map: Map<number, PresenceEntry<T>>): Map<number, { version: number; user: string }> {
+    const out = new Map<number, { version: number; user: string }>();
+    for (const [id, e] of map) out.set(id, { version: this.versions.get(id) ?? 0, user: userKey(id, e) });
+    return out;
   }
 
   // ---- outgoing -------------------------------------------------------------
@@ -442,7 +546,7 @@ export class PresenceView<T, In> implements Presence<T, In> {
       this.host.report(new RollcallError("local", "data_too_large", `heartbeat data is ${size} bytes of JSON; the limit is ${max}`, { room: this.room }));
       return;
     }
-    this.r.applyHeartbeat(seq, json, ttlMs, track);
+    this.r.applyHeartbeat(seq, json, ttlMs, track, this.throttleMs);
   }
 
   // ---- incoming -------------------------------------------------------------
@@ -463,16 +567,30 @@ export class PresenceView<T, In> implements Presence<T, In> {
   private drop(id: number): boolean {
     this.source.delete(id);
     this.failed.delete(id);
+    this.versions.delete(id);
     return this.entries.delete(id);
+  }
+
+  /** Sets a decoded entry whose data (or userId) is new. */
+  private put1(id: number, raw: RawEntry, data: unknown): void {
+    this.entries.set(id, makeEntry(raw, data) as PresenceEntry<T>);
+    this.versions.set(id, this.nextVersion++);
   }
 
   private update(id: number): boolean {
     const raw = this.r.raw.get(id);
     if (!raw) return this.drop(id);
-    if (this.source.get(id) === raw) return false;
+    const prev = this.source.get(id);
+    if (prev === raw) return false;
     this.source.set(id, raw);
+    const cur = this.entries.get(id);
+    if (prev && cur && prev.userId === raw.userId && jsonEqual(prev.data, raw.data)) {
+      // A refresh: same data, a later expiry. Keep the decoded data (no decode, no new version).
+      this.entries.set(id, makeEntry(raw, cur.data) as PresenceEntry<T>);
+      return true;
+    }
     if (!this.codec) {
-      this.entries.set(id, makeEntry(raw, raw.data) as PresenceEntry<T>);
+      this.put1(id, raw, raw.data);
       return true;
     }
     let res: CodecResult | Promise<CodecResult>;
@@ -482,6 +600,7 @@ export class PresenceView<T, In> implements Presence<T, In> {
       res = { ok: false, issues: [{ message: errorMessage(e) }] };
     }
     if (res instanceof Promise) {
+      this.versions.delete(id);
       const had = this.entries.delete(id);
       void res.then((r) => {
         if (this.source.get(id) !== raw) return; // superseded meanwhile
@@ -495,9 +614,10 @@ export class PresenceView<T, In> implements Presence<T, In> {
   private accept(id: number, raw: RawEntry, res: CodecResult): boolean {
     if (res.ok) {
       this.failed.delete(id);
-      this.entries.set(id, makeEntry(raw, res.value) as PresenceEntry<T>);
+      this.put1(id, raw, res.value);
       return true;
     }
+    this.versions.delete(id);
     const had = this.entries.delete(id);
     if (!this.failed.has(id)) {
       this.failed.add(id);
@@ -523,16 +643,78 @@ export class PresenceView<T, In> implements Presence<T, In> {
     this.scheduled = false;
     if (!this.dirty) return;
     this.dirty = false;
-    if (this.listeners.size === 0 || this.host.closed) return;
+    if ((this.listeners.size === 0 && this.usersListeners.size === 0) || this.host.closed || this.closed) return;
     const map = this.value();
+    const before = this.baseline;
+    const after = this.currentBaseline(map);
+    this.baseline = after;
+    const diff: PresenceDiff = { joined: [], left: [], updated: [] };
+    for (const [id, b] of after) {
+      const old = before.get(id);
+      if (old === undefined) diff.joined.push(id);
+      else if (old.version !== b.version) diff.updated.push(id);
+    }
+    for (const id of before.keys()) if (!after.has(id)) diff.left.push(id);
+    if (diff.joined.length + diff.left.length + diff.updated.length === 0) return; // refreshes only
     for (const fn of [...this.listeners]) {
       try {
-        fn(map);
+        fn(map, diff);
       } catch (e) {
         this.host.report(new RollcallError("local", "listener_error", `an onChange callback threw: ${errorMessage(e)}`, { room: this.room, cause: e }));
       }
     }
+    if (this.usersListeners.size === 0 || this.closed) return;
+    const usersDiff = diffUsers(before, after, diff);
+    if (usersDiff.joined.length + usersDiff.left.length + usersDiff.updated.length === 0) return;
+    const users = groupUsers(map);
+    for (const fn of [...this.usersListeners]) {
+      try {
+        fn(users, usersDiff);
+      } catch (e) {
+        this.host.report(new RollcallError("local", "listener_error", `an onUsersChange callback threw: ${errorMessage(e)}`, { room: this.room, cause: e }));
+      }
+    }
   }
+}
+
+/** The `users()` key of an entry: its `userId`, or `client:<clientId>` without one. */
+export function userKey(clientId: number, e: { userId?: string | undefined }): string {
+  return e.userId ?? `client:${clientId}`;
+}
+
+function groupUsers<T>(entries: Map<number, PresenceEntry<T>>): Map<string, PresenceUser<T>> {
+  const users = new Map<string, PresenceUser<T>>();
+  for (const [id, e] of entries) {
+    const key = userKey(id, e);
+    let u = users.get(key);
+    if (!u) users.set(key, (u = { userId: key, entries: new Map() }));
+    u.entries.set(id, e);
+  }
+  return users;
+}
+
+/** Users that joined (first entry in), left (last entry out) or had an entry join, leave or change. */
+function diffUsers(before: Map<number, { user: string }>, after: Map<number, { user: string }>, diff: PresenceDiff): UsersDiff {
+  const usersBefore = new Set<string>();
+  for (const b of before.values()) usersBefore.add(b.user);
+  const usersAfter = new Set<string>();
+  for (const a of after.values()) usersAfter.add(a.user);
+  const touched = new Set<string>();
+  for (const id of diff.joined) touched.add(after.get(id)!.user);
+  for (const id of diff.left) touched.add(before.get(id)!.user);
+  for (const id of diff.updated) {
+    touched.add(after.get(id)!.user);
+    touched.add(before.get(id)!.user);
+  }
+  const out: UsersDiff = { joined: [], left: [], updated: [] };
+  for (const u of touched) {
+    const was = usersBefore.has(u);
+    const is = usersAfter.has(u);
+    if (!was && is) out.joined.push(u);
+    else if (was && !is) out.left.push(u);
+    else if (was && is) out.updated.push(u);
+  }
+  return out;
 }
 
 function makeEntry(raw: RawEntry, data: unknown): PresenceEntry<unknown> {
@@ -549,6 +731,10 @@ function isWireEntry(e: unknown): e is WireEntry {
   if (typeof e !== "object" || e === null) return false;
   const w = e as { clientId?: unknown; expiresAtMs?: unknown };
   return isClientId(w.clientId) && typeof w.expiresAtMs === "number" && Number.isFinite(w.expiresAtMs);
+}
+
+function monotonic(): number {
+  return typeof performance !== "undefined" ? performance.now() : Date.now();
 }
 
 /** UTF-8 length of a string without allocating. */

@@ -11,8 +11,49 @@ export interface PresenceEntry<T> {
    * `Date.now() > expiresAtMs` is the right test even when the local clock is off.
    */
   expiresAtMs: number;
-  /** Set by the server from an authenticated connection's token; never by a client. */
+  /** Set by the server from an authenticated connection's token (`sub`); never by a client. */
   userId?: string;
+}
+
+/**
+ * What changed in a room since a view's previous notification, by client id. A
+ * refresh (a heartbeat with the same data, which only moves `expiresAtMs`) is not a
+ * change. An entry that expires locally or leaves is `left`.
+ */
+export interface PresenceDiff {
+  /** Entries that appeared. */
+  joined: number[];
+  /** Entries that went away (left, expired, or dropped from a snapshot). */
+  left: number[];
+  /** Entries whose `data` (or `userId`) changed. */
+  updated: number[];
+}
+
+/** The entries of one user: every tab / device that heartbeats with the same token `sub`. */
+export interface PresenceUser<T> {
+  /** The token's `sub`; for an entry without a `userId`, `client:<clientId>` (a user of its own). */
+  userId: string;
+  /** The user's live entries, by client id. */
+  entries: Map<number, PresenceEntry<T>>;
+}
+
+/** What changed among a room's users since the previous `onUsersChange` notification, by user key. */
+export interface UsersDiff {
+  /** Users whose first entry appeared (first tab in). */
+  joined: string[];
+  /** Users whose last entry went away (last tab out). */
+  left: string[];
+  /** Users still present one of whose entries joined, left or changed its data. */
+  updated: string[];
+}
+
+/** Options of one `client.presence(room, schema?, options)` view. */
+export interface PresenceOptions {
+  /**
+   * Overrides the client's `heartbeatThrottleMs` for heartbeats sent through this view
+   * (0 turns throttling off for it).
+   */
+  heartbeatThrottleMs?: number;
 }
 
 /** A room's presence, typed by its schema. `In` is what `heartbeat` accepts. */
@@ -24,7 +65,9 @@ export interface Presence<T, In = T> {
    * it. Returns nothing and never throws or rejects; problems (schema refusal, an
    * invalid TTL, a server error) are reported through `client.onError`. While the
    * connection is down the heartbeat is kept and sent on reconnect with whatever is
-   * left of its TTL.
+   * left of its TTL. Heartbeats are throttled per room (`heartbeatThrottleMs`, 50 ms
+   * by default): the first after a quiet spell goes at once, then at most one per
+   * interval, carrying the latest data; the last one is always sent.
    */
   heartbeat(data: In, ttlMs: number): void;
   /**
@@ -37,11 +80,29 @@ export interface Presence<T, In = T> {
   /** A new Map of the live entries (never an expired one), keyed by client id. */
   value(): Map<number, PresenceEntry<T>>;
   /**
-   * Calls `fn` with the current live entries after every burst of changes
-   * (coalesced within a microtask), including local expiry. Returns the unsubscribe
-   * function.
+   * Calls `fn` with the current live entries and what changed (`joined`, `left`,
+   * `updated` client ids, relative to the view's previous notification) after every
+   * burst of changes (coalesced within a microtask), including local expiry. A
+   * refresh that only moves an entry's `expiresAtMs` is not a change and calls
+   * nothing (`value()` still shows the new expiry). Returns the unsubscribe function.
    */
-  onChange(fn: (entries: Map<number, PresenceEntry<T>>) => void): () => void;
+  onChange(fn: (entries: Map<number, PresenceEntry<T>>, diff: PresenceDiff) => void): () => void;
+  /** This client's own entry (as the server echoed it), or `undefined`. */
+  self(): PresenceEntry<T> | undefined;
+  /** `value()` without this client's own entry. */
+  others(): Map<number, PresenceEntry<T>>;
+  /**
+   * The live entries grouped by user (`userId`, the token's `sub`): several tabs of
+   * one user are one `PresenceUser`. An entry without `userId` is a user of its own,
+   * keyed `client:<clientId>`. A new Map on every call.
+   */
+  users(): Map<string, PresenceUser<T>>;
+  /**
+   * Calls `fn` with `users()` and the users that joined (first entry in), left (last
+   * entry out) or were updated (one of their entries joined, left or changed data),
+   * after every burst of changes that touches a user. Returns the unsubscribe function.
+   */
+  onUsersChange(fn: (users: Map<string, PresenceUser<T>>, diff: UsersDiff) => void): () => void;
   /**
    * Resolves once `value()` holds the room's state from the server (its first
    * snapshot): before that, an empty Map means "not known yet", not "nobody here".
@@ -165,15 +226,21 @@ export interface WebSocketLike {
 /** A WebSocket constructor (`globalThis.WebSocket`, or `WebSocket` from `ws`). */
 export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
 
-/** Connection state of a client. */
+/**
+ * Connection state of a client:
+ * `connecting` → `connected` ⇄ `reconnecting`, and from any of them → `closed` (final).
+ */
 export type ConnectionState =
-  /** Opening the first connection. */
+  /** Not connected yet: opening the first connection (retrying with backoff until one succeeds). */
   | "connecting"
   /** `welcome` received: requests flow. */
   | "connected"
-  /** The connection dropped; a reconnect is scheduled or in progress. */
+  /** The connection dropped after having been up; a reconnect is scheduled or in progress. */
   | "reconnecting"
-  /** `close()` was called, or the server closed with a code that forbids reconnecting (4001, 4003). */
+  /**
+   * Final: `close()` was called, or the server refused for good (a bad or expired token,
+   * a forbidden origin, another connection took this client id over, a refused hello).
+   */
   | "closed";
 
 export interface ReconnectOptions {
@@ -184,8 +251,14 @@ export interface ReconnectOptions {
 }
 
 export interface ClientOptions {
-  /** `ws://host:port/ws` (`http(s)://` is accepted and mapped to `ws(s)://`). */
-  url: string;
+  /**
+   * `ws://host:port/ws` (`http(s)://` is accepted and mapped to `ws(s)://`), or the
+   * URLs of several nodes of a cluster: the client starts with the first and, whenever
+   * a connection fails or drops, tries the next one (round robin, with the reconnect
+   * backoff), presenting its resume token so it keeps its client id (the nodes share
+   * `--resume-secret-file`).
+   */
+  url: string | string[];
   /**
    * A JWT, or a function returning one. The function is called on every (re)connect,
    * and again before the current token expires (at 80% of its remaining lifetime or
@@ -211,6 +284,14 @@ export interface ClientOptions {
   closeTimeoutMs?: number;
   /** effect's `Schema` module, to decode Effect schemas without a lazy `import("effect/Schema")`. */
   effectSchema?: EffectSchemaModule;
+  /**
+   * Coalesces each room's heartbeats to at most one per this many ms: the first after
+   * a quiet spell is sent at once, later ones within the interval are merged (the
+   * latest data wins) and sent when it ends, so the last one always goes out. Default
+   * 50 ms; 0 sends every heartbeat at once. `client.presence(room, schema, {
+   * heartbeatThrottleMs })` overrides it per view.
+   */
+  heartbeatThrottleMs?: number;
 }
 
 export interface RollcallClient {
@@ -218,18 +299,24 @@ export interface RollcallClient {
   readonly clientId: number | undefined;
   /** Current connection state. */
   readonly state: ConnectionState;
+  /** The URL of the node the client is connected (or trying to connect) to: one of `url`, normalized. */
+  readonly url: string;
   /** Estimated `serverClock - localClock`, in ms (0 until the first sample). */
   readonly clockOffsetMs: number;
   /**
-   * Resolves once connected (at once if already connected). Never rejects: if the
-   * client is closed before it ever connects the promise stays pending; see
-   * `onError` / `onStateChange` for why.
+   * Resolves once connected (at once if already connected). Rejects with a
+   * `RollcallError` when the client will never connect: the server refused for good
+   * (`code` `unauthorized`, `invalid_token`, `token_expired`, `auth_failed`,
+   * `forbidden_origin`, `replaced`, `bad_hello`) or the client was closed (`closed`).
+   * A recoverable drop (server restart, network) keeps it pending while the client
+   * reconnects. Not awaiting the returned promise is safe (it never causes an
+   * unhandled rejection by itself); a chain built on it (`.then(...)`) rejects too.
    */
   waitForConnected(): Promise<void>;
   /** The presence of a room, untyped. */
-  presence(room: string): Presence<unknown>;
+  presence(room: string, schema?: undefined, options?: PresenceOptions): Presence<unknown>;
   /** The presence of a room, typed and checked by an Effect Schema or a Standard Schema. */
-  presence<S extends PresenceSchema>(room: string, schema: S): Presence<SchemaOutput<S>, SchemaInput<S>>;
+  presence<S extends PresenceSchema>(room: string, schema: S, options?: PresenceOptions): Presence<SchemaOutput<S>, SchemaInput<S>>;
   /** Observes server and local errors. Returns the unsubscribe function. */
   onError(fn: (error: RollcallErrorLike) => void): () => void;
   /** Observes connection state changes. Returns the unsubscribe function. */

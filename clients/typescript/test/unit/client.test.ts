@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { afterEach, describe, it } from "node:test";
 import { Schema } from "effect";
 import { z } from "zod";
-import { createClient, type PresenceEntry, type RollcallClient } from "rollcall-client";
+import { createClient, RollcallError, type PresenceEntry, type RollcallClient, type RollcallErrorLike } from "rollcall-client";
 import { FakeServer, type FakeSocket } from "../helpers/fake-server.js";
 import { collectErrors, sleep, waitFor } from "../helpers/util.js";
 
@@ -527,17 +527,21 @@ describe("no unobserved rejections", () => {
     const onUnhandled = (reason: unknown) => unhandled.push(reason);
     process.on("unhandledRejection", onUnhandled);
     try {
-      // A client that never connects, closed before it does, used the seed's way.
+      // A client that never connects, closed before it does: a waitForConnected()
+      // nobody awaits is harmless; the seed's chain learns why (it rejects).
       const down = new FakeServer();
       down.down = true;
       const c1 = track(createClient({ url: URL, WebSocket: down.WebSocket, token: async () => Promise.reject(new Error("nope")) }));
       c1.onError(() => {});
       const r1 = c1.presence("r", z.object({ x: z.number() }));
-      void c1.waitForConnected().then(() => r1.heartbeat({ x: 1 }, 1000));
+      void c1.waitForConnected();
+      const seedChain = c1.waitForConnected().then(() => r1.heartbeat({ x: 1 }, 1000));
       r1.heartbeat({ x: "bad" } as never, 1000);
       r1.heartbeat({ x: 1 }, -1);
       await sleep(30);
       await c1.close();
+      await assert.rejects(seedChain, (e: RollcallErrorLike) => e instanceof RollcallError && e.code === "closed");
+      void c1.waitForConnected(); // after close: rejected at once, still unobserved
       r1.heartbeat({ x: 1 }, 1000);
       r1.leave();
 
