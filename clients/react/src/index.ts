@@ -14,12 +14,13 @@ import {
   type Presence,
   type PresenceEntry,
   type PresenceSchema,
+  type PresenceUser,
   type RollcallClient,
   type SchemaInput,
   type SchemaOutput,
 } from "rollcall-client";
 
-export type { ConnectionState, PresenceEntry, PresenceSchema, RollcallClient } from "rollcall-client";
+export type { ConnectionState, PresenceEntry, PresenceSchema, PresenceUser, RollcallClient } from "rollcall-client";
 
 // ---- public types -------------------------------------------------------------------
 
@@ -36,12 +37,6 @@ export interface RoomSpec<T, In = T> {
 
 /** A room name (entries untyped) or a `RoomSpec` from `defineRoom`. */
 export type RoomArg<T, In = T> = string | RoomSpec<T, In>;
-
-/** One user (the token's `sub`) and the entries of all their tabs and devices. */
-export interface PresenceUser<T> {
-  userId: string;
-  entries: Map<number, PresenceEntry<T>>;
-}
 
 /**
  * The write side of a room, stable for the component's lifetime. Its methods act on
@@ -71,16 +66,15 @@ const EMPTY_USERS: Map<string, PresenceUser<never>> = new Map();
 const NO_SCHEMA = {};
 const isBrowser = typeof window !== "undefined" && typeof document !== "undefined";
 
-/** The key of an entry's user: its `userId`, else one of its own derived from the client id. */
-export function userKey(clientId: number, entry: { userId?: string | undefined }): string {
-  return entry.userId ?? `client:${clientId}`;
-}
-
-/** Groups entries by user (see `userKey`). */
+/**
+ * Groups entries by user as `Presence.users()` does: by `userId` (the token's `sub`);
+ * an entry without one is a user of its own, keyed `client:<clientId>`. Done here from
+ * the store's snapshot so that every hook of a render sees the same state.
+ */
 function groupUsers<T>(entries: Entries<T>): Map<string, PresenceUser<T>> {
   const users = new Map<string, PresenceUser<T>>();
   for (const [id, e] of entries) {
-    const key = userKey(id, e);
+    const key = e.userId ?? `client:${id}`;
     let u = users.get(key);
     if (!u) {
       u = { userId: key, entries: new Map() };
@@ -114,12 +108,9 @@ class RoomStore<T, In> {
   private others: Entries<T> = EMPTY_ENTRIES;
   private users: Map<string, PresenceUser<T>> | undefined;
   private readonly listeners = new Set<() => void>();
-  // useMyPresence: claims, the throttled track loop.
+  // useMyPresence: how many hold the entry, and what was last tracked.
   private claims = 0;
   private mine: { data: In; ttlMs: number } | undefined;
-  private pending: { data: In; ttlMs: number } | undefined;
-  private lastSentAt = -Infinity;
-  private timer: ReturnType<typeof setTimeout> | undefined;
   readonly handle: PresenceHandle<T, In>;
 
   constructor(
@@ -209,7 +200,6 @@ class RoomStore<T, In> {
   private closeView(): void {
     const view = this.view;
     if (!view) return;
-    this.stopTimer();
     this.offChange?.();
     this.offChange = undefined;
     this.view = null;
@@ -233,7 +223,6 @@ class RoomStore<T, In> {
       if (this.claims === 0) {
         queueMicrotask(() => {
           if (this.claims > 0) return; // remounted (StrictMode): keep the entry
-          this.stopTimer();
           this.mine = undefined;
           this.view?.leave();
         });
@@ -242,31 +231,13 @@ class RoomStore<T, In> {
     };
   }
 
-  /** Tracks `data`: sent at once, or at the end of the throttle window (latest wins). */
-  track(data: In, ttlMs: number, throttleMs: number): void {
+  /** Tracks `data` (the client throttles heartbeats: `heartbeatThrottleMs`). */
+  track(data: In, ttlMs: number): void {
     if (!this.view) return;
     const prev = this.mine;
-    if (prev && prev.data === data && prev.ttlMs === ttlMs && this.pending === undefined) return;
+    if (prev && prev.data === data && prev.ttlMs === ttlMs) return;
     this.mine = { data, ttlMs };
-    this.pending = this.mine;
-    const wait = this.lastSentAt + throttleMs - monotonic();
-    if (wait <= 0) this.flush();
-    else this.timer ??= setTimeout(() => this.flush(), wait);
-  }
-
-  private flush(): void {
-    this.timer = undefined;
-    const p = this.pending;
-    this.pending = undefined;
-    if (!p || !this.view) return;
-    this.lastSentAt = monotonic();
-    this.view.track(p.data, p.ttlMs);
-  }
-
-  private stopTimer(): void {
-    if (this.timer !== undefined) clearTimeout(this.timer);
-    this.timer = undefined;
-    this.pending = undefined;
+    this.view.track(data, ttlMs);
   }
 }
 
@@ -516,33 +487,20 @@ function useSelected<S, R>(
 
 // ---- writing hook ---------------------------------------------------------------------------
 
-/** Options of `useMyPresence`. */
-export interface MyPresenceOptions {
-  /**
-   * At most one heartbeat per this many ms while the data changes (the latest data is
-   * sent at the end of the window). Default 50 ms.
-   */
-  throttleMs?: number;
-}
-
 /**
  * This client's presence in the room, like `useState`: `[mine, update]`. While the
  * component is mounted the entry is tracked (heartbeated every `ttlMs / 3`, and on
- * every `update`, throttled); on unmount the client leaves the room. Use one per room.
+ * every `update`; the client throttles heartbeats to one per `heartbeatThrottleMs`,
+ * 50 ms by default, the latest data winning); on unmount the client leaves the room.
+ * Use one per room.
  */
-export function useMyPresence<T, In = T>(
-  room: RoomArg<T, In>,
-  initial: In,
-  ttlMs: number,
-  options?: MyPresenceOptions,
-): [In, (next: In | ((prev: In) => In)) => void] {
+export function useMyPresence<T, In = T>(room: RoomArg<T, In>, initial: In, ttlMs: number): [In, (next: In | ((prev: In) => In)) => void] {
   const store = useStore<T, In>("useMyPresence()", room);
   const [mine, setMine] = useState<In>(initial);
-  const throttleMs = options?.throttleMs ?? 50;
   useEffect(() => store.claim(), [store]);
   useEffect(() => {
-    store.track(mine, ttlMs, throttleMs);
-  }, [store, mine, ttlMs, throttleMs]);
+    store.track(mine, ttlMs);
+  }, [store, mine, ttlMs]);
   const update = useCallback((next: In | ((prev: In) => In)) => setMine(next as In), []);
   return [mine, update];
 }
@@ -579,8 +537,4 @@ export function shallow<A>(a: A, b: A): boolean {
     if (!Object.prototype.hasOwnProperty.call(b, k) || !Object.is((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k])) return false;
   }
   return true;
-}
-
-function monotonic(): number {
-  return typeof performance !== "undefined" ? performance.now() : Date.now();
 }

@@ -51,6 +51,23 @@ function renderCounter() {
   return { counts, useCount, of: (name: string) => counts.get(name) ?? 0 };
 }
 
+/** A `ws` WebSocket that records every connection and every frame the client sends. */
+function recordingWebSocket() {
+  const sockets: WebSocket[] = [];
+  const sent: { type: string; room?: string }[] = [];
+  class RecordingWebSocket extends WebSocket {
+    constructor(url: string) {
+      super(url);
+      sockets.push(this);
+    }
+    override send(data: string): void {
+      sent.push(JSON.parse(data) as { type: string; room?: string });
+      super.send(data);
+    }
+  }
+  return { sockets, sent, WebSocket: RecordingWebSocket };
+}
+
 describe("reading hooks", () => {
   it("join, update and leave re-render the components that show them, and only those", async () => {
     const room = "react:rerender";
@@ -173,9 +190,11 @@ describe("reading hooks", () => {
 });
 
 describe("useMyPresence", () => {
-  it("update sends the latest data, and unmounting leaves the room", async () => {
+  it("updates are sent throttled (the latest wins), and unmounting leaves the room", async () => {
     const room = "react:unmount";
-    const mine = sdkClient();
+    const rec = recordingWebSocket();
+    const mine = createClient({ url: server.wsUrl, WebSocket: rec.WebSocket });
+    clients.push(mine);
     const observer = sdkClient().presence(room);
     let update: ((fn: (p: Cursor) => Cursor) => void) | undefined;
     function Me() {
@@ -191,11 +210,16 @@ describe("useMyPresence", () => {
     const id = mine.clientId!;
     expect(observer.value().get(id)?.data).toEqual({ name: "ann", x: 0, y: 0 });
 
-    act(() => {
-      for (let i = 1; i <= 50; i++) update!((p) => ({ ...p, x: i }));
-    });
-    expect(screen.getByTestId("me").textContent).toBe("50");
-    await waitFor(() => expect(observer.value().get(id)?.data).toEqual({ name: "ann", x: 50, y: 0 }));
+    // 100 updates, each its own render, as fast as they come: at most one heartbeat
+    // per 50 ms window (the client's default heartbeatThrottleMs) plus the last one.
+    const heartbeats = () => rec.sent.filter((m) => m.type === "heartbeat" && m.room === room).length;
+    const before = heartbeats();
+    const started = performance.now();
+    for (let i = 1; i <= 100; i++) act(() => update!((p) => ({ ...p, x: i })));
+    const elapsed = performance.now() - started;
+    expect(screen.getByTestId("me").textContent).toBe("100");
+    await waitFor(() => expect(observer.value().get(id)?.data).toEqual({ name: "ann", x: 100, y: 0 }));
+    expect(heartbeats() - before).toBeLessThanOrEqual(Math.floor(elapsed / 50) + 2);
 
     // The TTL is a minute: only a leave removes the entry within the wait.
     rerender(<App show={false} />);
@@ -258,23 +282,6 @@ describe("useMyPresence", () => {
     await waitFor(() => expect(sockets[0]!.readyState).toBe(WebSocket.CLOSED));
   });
 });
-
-/** A `ws` WebSocket that records every connection and every frame the client sends. */
-function recordingWebSocket() {
-  const sockets: WebSocket[] = [];
-  const sent: { type: string; room?: string }[] = [];
-  class RecordingWebSocket extends WebSocket {
-    constructor(url: string) {
-      super(url);
-      sockets.push(this);
-    }
-    override send(data: string): void {
-      sent.push(JSON.parse(data) as { type: string; room?: string });
-      super.send(data);
-    }
-  }
-  return { sockets, sent, WebSocket: RecordingWebSocket };
-}
 
 describe("StrictMode on a connected client", () => {
   it("the double mount sends one heartbeat and one subscribe, no leave; the unmount leaves", async () => {
