@@ -207,6 +207,7 @@ class RoomStore<T, In> {
     view.close(); // the room's last view leaves the room
     this.entries = EMPTY_ENTRIES;
     this.users = undefined;
+    this.owner.forget(this.name, this.schema, this as RoomStore<unknown, unknown>);
   }
 
   // ---- useMyPresence ----------------------------------------------------------------
@@ -247,7 +248,8 @@ class RoomStore<T, In> {
  */
 class ClientHandle {
   private client: RollcallClient | undefined;
-  private readonly stores = new Map<string, WeakMap<object, RoomStore<unknown, unknown>>>();
+  /** Open rooms (and those a render asked for), by name and schema. */
+  private readonly stores = new Map<string, Map<object, RoomStore<unknown, unknown>>>();
   private mounts = 0;
   private closed = false;
 
@@ -276,7 +278,7 @@ class ClientHandle {
   store<T, In>(name: string, schema: PresenceSchema | undefined): RoomStore<T, In> {
     let bySchema = this.stores.get(name);
     if (!bySchema) {
-      bySchema = new WeakMap();
+      bySchema = new Map();
       this.stores.set(name, bySchema);
     }
     const key = (schema ?? NO_SCHEMA) as object;
@@ -286,6 +288,15 @@ class ClientHandle {
       bySchema.set(key, s);
     }
     return s as unknown as RoomStore<T, In>;
+  }
+
+  /** A store closed its view: a later `store()` makes a new one (rooms visited once do not pile up). */
+  forget(name: string, schema: PresenceSchema | undefined, store: RoomStore<unknown, unknown>): void {
+    const bySchema = this.stores.get(name);
+    const key = (schema ?? NO_SCHEMA) as object;
+    if (bySchema?.get(key) !== store) return;
+    bySchema.delete(key);
+    if (bySchema.size === 0) this.stores.delete(name);
   }
 
   readonly subscribeState = (onChange: () => void): (() => void) => {

@@ -189,6 +189,39 @@ describe("reading hooks", () => {
   });
 });
 
+describe("room lifetime", () => {
+  it("the last component to unmount unsubscribes the room; the next one to mount opens it again", async () => {
+    const room = "react:lifetime";
+    const rec = recordingWebSocket();
+    const mine = createClient({ url: server.wsUrl, WebSocket: rec.WebSocket });
+    clients.push(mine);
+    await mine.waitForConnected();
+    sdkClient().presence(room).heartbeat({ name: "dan", x: 0, y: 0 }, 60_000);
+    function Count({ id }: { id: string }) {
+      const n = useOthers(room, (o) => o.size);
+      return <p data-testid={id}>{n}</p>;
+    }
+    function App({ n }: { n: number }) {
+      return (
+        <RollcallProvider client={mine}>
+          {Array.from({ length: n }, (_, i) => (
+            <Count key={i} id={`count-${i}`} />
+          ))}
+        </RollcallProvider>
+      );
+    }
+    const forRoom = () => rec.sent.filter((m) => m.room === room).map((m) => m.type);
+    const { rerender } = render(<App n={2} />);
+    await waitFor(() => expect(screen.getByTestId("count-1").textContent).toBe("1"));
+    rerender(<App n={1} />);
+    rerender(<App n={0} />);
+    await waitFor(() => expect(forRoom()).toEqual(["subscribe", "unsubscribe"]));
+    rerender(<App n={1} />);
+    await waitFor(() => expect(screen.getByTestId("count-0").textContent).toBe("1"));
+    expect(forRoom()).toEqual(["subscribe", "unsubscribe", "subscribe"]);
+  });
+});
+
 describe("useMyPresence", () => {
   it("updates are sent throttled (the latest wins), and unmounting leaves the room", async () => {
     const room = "react:unmount";
