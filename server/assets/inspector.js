@@ -88,7 +88,9 @@ function clearEntries() {
   $("entries").replaceChildren();
 }
 
-function showEntries(entries) {
+/** `diff` (from onChange) names the entries that joined or changed: those rows flash. */
+function showEntries(entries, diff) {
+  const changed = new Set(diff ? [...diff.joined, ...diff.updated] : []);
   const ids = [...entries.keys()].sort((a, b) => a - b).slice(0, MAX_ROWS);
   const keep = new Set(ids);
   for (const [id, row] of rows) {
@@ -105,9 +107,10 @@ function showEntries(entries) {
       row = newRow(id);
       rows.set(id, row);
     }
-    if (row.entry !== entry) {
-      // The SDK keeps an entry's object while it is unchanged: a new one is news.
-      row.entry = entry;
+    // Without a diff (the first call), a new entry object is news.
+    const news = row.entry === undefined || (diff ? changed.has(id) : row.entry !== entry);
+    row.entry = entry;
+    if (news) {
       row.user.textContent = entry.userId ?? "–";
       row.user.classList.toggle("muted", entry.userId === undefined);
       row.data.textContent = JSON.stringify(entry.data, null, 2);
@@ -147,8 +150,10 @@ function newRow(id) {
 /** "Expires in": counts down between updates (expiresAtMs is in the local clock). */
 function tickCountdowns() {
   const now = Date.now();
-  for (const row of rows.values()) {
-    const ms = Math.max(0, row.entry.expiresAtMs - now);
+  // A refresh (same data, a later expiry) calls no onChange: read the current expiry.
+  const live = watched?.presence.value();
+  for (const [id, row] of rows) {
+    const ms = Math.max(0, (live?.get(id) ?? row.entry).expiresAtMs - now);
     row.left.textContent = formatDuration(ms);
     row.left.classList.toggle("expiring", ms < 3000);
   }

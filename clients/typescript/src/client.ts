@@ -151,9 +151,9 @@ class Client implements RollcallClient, RoomHost {
   }
 
   waitForConnected(): Promise<void> {
-    if (this.st === "connected") return Promise.resolve();
+    if (this.st === "connected" && !this.isClosed) return Promise.resolve();
     let p: Promise<void>;
-    if (this.st === "closed") p = Promise.reject(this.finalError ?? closedError());
+    if (this.isClosed) p = Promise.reject(this.finalError ?? closedError());
     else p = new Promise<void>((resolve, reject) => this.connectedWaiters.push({ resolve, reject }));
     // A promise nobody awaits must not become an unhandled rejection (which ends a
     // Node process); chains built on it (`.then(...)`) still reject.

@@ -345,11 +345,19 @@ export class PresenceView<T, In> implements Presence<T, In> {
   private readonly source = new Map<number, RawEntry>();
   /** Ids whose current data did not decode (reported once until they decode again). */
   private readonly failed = new Set<number>();
+  /** Ids whose latest raw entry is being decoded asynchronously (the previous entry stays meanwhile). */
+  private readonly decoding = new Set<number>();
   /** A number per entry that changes when its data or userId does (not on a refresh). */
   private readonly versions = new Map<number, number>();
   private nextVersion = 1;
-  /** The entries as of the previous notification: what diffs are relative to. */
+  /**
+   * The entries as of the previous notification (what diffs are relative to), kept
+   * while someone listens, with the number of entries of each user among them.
+   */
   private baseline = new Map<number, { version: number; user: string }>();
+  private userCounts = new Map<string, number>();
+  /** Ids whose entry may have changed since the previous notification. */
+  private readonly touched = new Set<number>();
   private readonly listeners = new Set<(entries: Map<number, PresenceEntry<T>>, diff: PresenceDiff) => void>();
   private readonly usersListeners = new Set<(users: Map<string, PresenceUser<T>>, diff: UsersDiff) => void>();
   private dirty = false;
@@ -433,8 +441,11 @@ export class PresenceView<T, In> implements Presence<T, In> {
     this.entries.clear();
     this.source.clear();
     this.failed.clear();
+    this.decoding.clear();
     this.versions.clear();
     this.baseline.clear();
+    this.userCounts.clear();
+    this.touched.clear();
     this.r.views.delete(this as PresenceView<unknown, unknown>);
     if (this.r.views.size === 0 && !this.host.closed) this.host.release(this.r);
   }
@@ -468,13 +479,14 @@ export class PresenceView<T, In> implements Presence<T, In> {
    */
   private startObserving(): void {
     if (this.listeners.size > 0 || this.usersListeners.size > 0) return;
-    this.baseline = this.currentBaseline(this.value());
-  }
-
-  private currentBaseline(map: Map<number, PresenceEntry<T>>): Map<number, { version: number; user: string }> {
-    const out = new Map<number, { version: number; user: string }>();
-    for (const [id, e] of map) out.set(id, { version: this.versions.get(id) ?? 0, user: userKey(id, e) });
-    return out;
+    this.baseline = new Map();
+    this.userCounts = new Map();
+    this.touched.clear();
+    for (const [id, e] of this.value()) {
+      const user = userKey(id, e);
+      this.baseline.set(id, { version: this.versions.get(id) ?? 0, user });
+      this.userCounts.set(user, (this.userCounts.get(user) ?? 0) + 1);
+    }
   }
 
   // ---- outgoing -------------------------------------------------------------
@@ -555,11 +567,16 @@ export class PresenceView<T, In> implements Presence<T, In> {
   sync(ids: Iterable<number> | null): void {
     if (!this.ready || this.closed) return; // a full sync follows once the codec is ready
     let changed = false;
+    const touch = (id: number, hit: boolean) => {
+      if (!hit) return;
+      this.touched.add(id);
+      changed = true;
+    };
     if (ids === null) {
-      for (const id of [...this.source.keys()]) if (!this.r.raw.has(id)) changed = this.drop(id) || changed;
-      for (const id of this.r.raw.keys()) changed = this.update(id) || changed;
+      for (const id of [...this.source.keys()]) if (!this.r.raw.has(id)) touch(id, this.drop(id));
+      for (const id of this.r.raw.keys()) touch(id, this.update(id));
     } else {
-      for (const id of ids) changed = this.update(id) || changed;
+      for (const id of ids) touch(id, this.update(id));
     }
     if (changed) this.markDirty();
   }
@@ -567,6 +584,7 @@ export class PresenceView<T, In> implements Presence<T, In> {
   private drop(id: number): boolean {
     this.source.delete(id);
     this.failed.delete(id);
+    this.decoding.delete(id);
     this.versions.delete(id);
     return this.entries.delete(id);
   }
@@ -584,7 +602,7 @@ export class PresenceView<T, In> implements Presence<T, In> {
     if (prev === raw) return false;
     this.source.set(id, raw);
     const cur = this.entries.get(id);
-    if (prev && cur && prev.userId === raw.userId && jsonEqual(prev.data, raw.data)) {
+    if (prev && cur && !this.decoding.has(id) && prev.userId === raw.userId && jsonEqual(prev.data, raw.data)) {
       // A refresh: same data, a later expiry. Keep the decoded data (no decode, no new version).
       this.entries.set(id, makeEntry(raw, cur.data) as PresenceEntry<T>);
       return true;
@@ -600,14 +618,20 @@ export class PresenceView<T, In> implements Presence<T, In> {
       res = { ok: false, issues: [{ message: errorMessage(e) }] };
     }
     if (res instanceof Promise) {
-      this.versions.delete(id);
-      const had = this.entries.delete(id);
+      // The previous entry (if any) stays until this one is decoded: an update is
+      // never shown as a leave followed by a join.
+      this.decoding.add(id);
       void res.then((r) => {
         if (this.source.get(id) !== raw) return; // superseded meanwhile
-        if (this.accept(id, raw, r)) this.markDirty();
+        this.decoding.delete(id);
+        if (this.accept(id, raw, r)) {
+          this.touched.add(id);
+          this.markDirty();
+        }
       });
-      return had;
+      return false;
     }
+    this.decoding.delete(id);
     return this.accept(id, raw, res);
   }
 
@@ -643,19 +667,50 @@ export class PresenceView<T, In> implements Presence<T, In> {
     this.scheduled = false;
     if (!this.dirty) return;
     this.dirty = false;
-    if ((this.listeners.size === 0 && this.usersListeners.size === 0) || this.host.closed || this.closed) return;
-    const map = this.value();
-    const before = this.baseline;
-    const after = this.currentBaseline(map);
-    this.baseline = after;
-    const diff: PresenceDiff = { joined: [], left: [], updated: [] };
-    for (const [id, b] of after) {
-      const old = before.get(id);
-      if (old === undefined) diff.joined.push(id);
-      else if (old.version !== b.version) diff.updated.push(id);
+    if ((this.listeners.size === 0 && this.usersListeners.size === 0) || this.host.closed || this.closed) {
+      this.touched.clear(); // the baseline is rebuilt when someone subscribes
+      return;
     }
-    for (const id of before.keys()) if (!after.has(id)) diff.left.push(id);
+    // Only the touched ids can differ from the baseline (an entry past its expiry
+    // that the local timer has not removed yet is touched when it is removed).
+    const now = this.host.now();
+    const diff: PresenceDiff = { joined: [], left: [], updated: [] };
+    const usersBefore = new Map<string, number>();
+    const bump = (user: string, delta: number) => {
+      const n = this.userCounts.get(user) ?? 0;
+      if (!usersBefore.has(user)) usersBefore.set(user, n);
+      if (n + delta > 0) this.userCounts.set(user, n + delta);
+      else this.userCounts.delete(user);
+    };
+    for (const id of this.touched) {
+      const old = this.baseline.get(id);
+      const e = this.entries.get(id);
+      const live = e !== undefined && !(now > e.expiresAtMs) ? e : undefined;
+      if (old === undefined) {
+        if (live === undefined) continue;
+        const user = userKey(id, live);
+        this.baseline.set(id, { version: this.versions.get(id) ?? 0, user });
+        bump(user, 1);
+        diff.joined.push(id);
+      } else if (live === undefined) {
+        this.baseline.delete(id);
+        bump(old.user, -1);
+        diff.left.push(id);
+      } else {
+        const version = this.versions.get(id) ?? 0;
+        if (version === old.version) continue; // a refresh
+        const user = userKey(id, live);
+        if (user !== old.user) {
+          bump(old.user, -1);
+          bump(user, 1);
+        } else bump(user, 0);
+        this.baseline.set(id, { version, user });
+        diff.updated.push(id);
+      }
+    }
+    this.touched.clear();
     if (diff.joined.length + diff.left.length + diff.updated.length === 0) return; // refreshes only
+    const map = this.value();
     for (const fn of [...this.listeners]) {
       try {
         fn(map, diff);
@@ -664,7 +719,13 @@ export class PresenceView<T, In> implements Presence<T, In> {
       }
     }
     if (this.usersListeners.size === 0 || this.closed) return;
-    const usersDiff = diffUsers(before, after, diff);
+    const usersDiff: UsersDiff = { joined: [], left: [], updated: [] };
+    for (const [user, before] of usersBefore) {
+      const after = this.userCounts.get(user) ?? 0;
+      if (before === 0 && after > 0) usersDiff.joined.push(user);
+      else if (before > 0 && after === 0) usersDiff.left.push(user);
+      else if (before > 0) usersDiff.updated.push(user);
+    }
     if (usersDiff.joined.length + usersDiff.left.length + usersDiff.updated.length === 0) return;
     const users = groupUsers(map);
     for (const fn of [...this.usersListeners]) {
@@ -691,30 +752,6 @@ function groupUsers<T>(entries: Map<number, PresenceEntry<T>>): Map<string, Pres
     u.entries.set(id, e);
   }
   return users;
-}
-
-/** Users that joined (first entry in), left (last entry out) or had an entry join, leave or change. */
-function diffUsers(before: Map<number, { user: string }>, after: Map<number, { user: string }>, diff: PresenceDiff): UsersDiff {
-  const usersBefore = new Set<string>();
-  for (const b of before.values()) usersBefore.add(b.user);
-  const usersAfter = new Set<string>();
-  for (const a of after.values()) usersAfter.add(a.user);
-  const touched = new Set<string>();
-  for (const id of diff.joined) touched.add(after.get(id)!.user);
-  for (const id of diff.left) touched.add(before.get(id)!.user);
-  for (const id of diff.updated) {
-    touched.add(after.get(id)!.user);
-    touched.add(before.get(id)!.user);
-  }
-  const out: UsersDiff = { joined: [], left: [], updated: [] };
-  for (const u of touched) {
-    const was = usersBefore.has(u);
-    const is = usersAfter.has(u);
-    if (!was && is) out.joined.push(u);
-    else if (was && !is) out.left.push(u);
-    else if (was && is) out.updated.push(u);
-  }
-  return out;
 }
 
 function makeEntry(raw: RawEntry, data: unknown): PresenceEntry<unknown> {

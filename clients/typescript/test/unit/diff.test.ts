@@ -178,6 +178,48 @@ describe("onChange diffs", () => {
   });
 });
 
+describe("asynchronous schemas", () => {
+  it("an update that decodes asynchronously is 'updated' (never left then joined); a refresh calls nothing", async () => {
+    const server = new FakeServer();
+    const client = createClient({ url: URL, WebSocket: server.WebSocket, heartbeatThrottleMs: 0 });
+    clients.add(client);
+    const slow = {
+      "~standard": {
+        version: 1 as const,
+        vendor: "test",
+        validate: async (v: unknown) => {
+          await sleep(5);
+          return typeof v === "number" ? { value: v } : { issues: [{ message: "not a number" }] };
+        },
+      },
+    };
+    const view = client.presence("async", slow);
+    const diffs: PresenceDiff[] = [];
+    const sizes: number[] = [];
+    view.onChange((entries, d) => {
+      diffs.push(d);
+      sizes.push(entries.size);
+    });
+    await client.waitForConnected();
+    await view.synced();
+    server.put("async", { clientId: 1, data: 1, expiresAtMs: soon() });
+    await waitFor(() => diffs.length === 1, "joined");
+    server.put("async", { clientId: 1, data: 2, expiresAtMs: soon() });
+    await waitFor(() => diffs.length === 2, "updated");
+    const exp = view.value().get(1)!.expiresAtMs;
+    server.put("async", { clientId: 1, data: 2, expiresAtMs: soon() + 1000 });
+    await waitFor(() => view.value().get(1)!.expiresAtMs > exp, "refreshed");
+    server.put("async", { clientId: 1, data: "bad", expiresAtMs: soon() });
+    await waitFor(() => diffs.length === 3, "no longer decodes: left");
+    assert.deepEqual(diffs, [
+      { joined: [1], left: [], updated: [] },
+      { joined: [], left: [], updated: [1] },
+      { joined: [], left: [1], updated: [] },
+    ]);
+    assert.deepEqual(sizes, [1, 1, 0]);
+  });
+});
+
 describe("self() and others()", () => {
   it("self() is this client's entry as the server echoed it; others() is everyone else", async () => {
     const { server, client, view } = await setup();

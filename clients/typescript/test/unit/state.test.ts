@@ -163,6 +163,19 @@ describe("waitForConnected()", () => {
     await assert.rejects(client.waitForConnected(), isRollcallError("closed"));
   });
 
+  it('rejects with "closed" once close() has been called, even while the leaves are still in flight', async () => {
+    const server = new FakeServer();
+    server.ackLeaves = false; // close() waits closeTimeoutMs for the acks
+    const { client } = setup(server, { closeTimeoutMs: 200 });
+    const room = client.presence("r");
+    await client.waitForConnected();
+    room.heartbeat(1, 30_000);
+    const closing = client.close();
+    assert.equal(client.state, "connected", "still connected while leaving");
+    await assert.rejects(client.waitForConnected(), isRollcallError("closed"));
+    await closing;
+  });
+
   it("a recoverable drop keeps it pending; it resolves once the server is back", async () => {
     const server = new FakeServer();
     server.down = true;
