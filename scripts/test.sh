@@ -18,6 +18,11 @@ if [ -f clients/typescript/package.json ]; then
   (cd clients/typescript && npm ci --no-audit --no-fund && npm test)
 fi
 
+if [ -f clients/react/package.json ]; then
+  echo "==> React bindings: hooks in jsdom, server rendering, the example app (vite build) in headless Chromium"
+  (cd clients/react && npm ci --no-audit --no-fund && npm test && npm run typecheck)
+fi
+
 echo "==> SDK browser bundle embedded in the server is up to date"
 scripts/build-assets.sh --check
 
