@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: Rust unit, model, crash and end-to-end tests, then the TypeScript
-# SDK's tests against a real server. Usage: scripts/test.sh
+# SDK's tests against a real server, the pages in headless Chromium, and the SDK
+# installed from `npm pack` into fresh projects (needs the npm registry).
+# Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,11 +18,19 @@ if [ -f clients/typescript/package.json ]; then
   (cd clients/typescript && npm ci --no-audit --no-fund && npm test)
 fi
 
+if [ -f clients/react/package.json ]; then
+  echo "==> React bindings: hooks in jsdom, server rendering, the example app (vite build) in headless Chromium"
+  (cd clients/react && npm ci --no-audit --no-fund && npm test && npm run typecheck)
+fi
+
 echo "==> SDK browser bundle embedded in the server is up to date"
 scripts/build-assets.sh --check
 
 echo "==> pages (/ and /demo) in headless Chromium"
 (cd tests/browser && npm ci --no-audit --no-fund && npm test)
+
+echo "==> TypeScript SDK as users install it: npm pack into fresh projects (effect 3 and 4, zod, valibot, arktype, a folder install), bundles in headless Chromium"
+(cd clients/typescript && npm run test:install)
 
 echo "==> rollcall-load smoke: 10 s against a real server (no speed thresholds)"
 cargo build --locked -p rollcall-benches --bin rollcall-load

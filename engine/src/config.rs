@@ -11,7 +11,7 @@ use crate::types::{Ticket, UnixMs};
 /// A source of wall-clock time for replay and compaction.
 pub type Clock = Arc<dyn Fn() -> UnixMs + Send + Sync>;
 
-/// Called on the writer thread each time the durable watermark advances.
+/// Called on the log's marker thread each time the durable watermark advances.
 pub type DurableHook = Arc<dyn Fn(Ticket) + Send + Sync>;
 
 /// Called during replay, about once a second, so long replays can report progress.
@@ -49,16 +49,20 @@ pub enum Layout {
     PerGroup,
 }
 
-/// What replay does with a record that does not decode in the middle of the log.
+/// What opening does with a record that does not decode in the middle of the log, and
+/// with durable writes that sled no longer holds (see [`Error::LostWrites`]).
 ///
 /// Undecodable records at the very end of the log that are cut short (a torn tail)
-/// are always truncated with a warning.
+/// and lie past what a flush had made durable are always truncated with a warning.
+///
+/// [`Error::LostWrites`]: crate::Error::LostWrites
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Recovery {
-    /// Refuse to open, naming the record.
+    /// Refuse to open, naming the record or the lost writes.
     #[default]
     Strict,
-    /// Delete unreadable records with a warning and open without them.
+    /// Delete unreadable records with a warning and open without them; open without
+    /// lost writes and report them in [`ReplayReport::lost`](crate::ReplayReport::lost).
     SkipCorrupt,
 }
 
@@ -132,7 +136,7 @@ impl Config {
         self
     }
 
-    /// Calls `hook` on the writer thread whenever the durable watermark advances.
+    /// Calls `hook` on the log's marker thread whenever the durable watermark advances.
     /// It must be quick and must not block (e.g. send on a watch channel).
     #[must_use]
     pub fn on_durable(mut self, hook: impl Fn(Ticket) + Send + Sync + 'static) -> Config {

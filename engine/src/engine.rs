@@ -4,10 +4,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::compaction::{Index, Key};
-use crate::config::{Config, Durability};
-use crate::error::Result;
+use crate::config::{Config, Durability, Recovery};
+use crate::error::{Error, LostWrites, Result};
 use crate::event::{Event, Heartbeat, Leave};
 use crate::log::{Log, LogStats, WriterSetup};
+use crate::marker::{self, Tip};
 use crate::materializer::{Change, Materializer};
 use crate::replay::{self, ReplayReport};
 use crate::store::Store;
@@ -37,18 +38,28 @@ impl Engine {
             return Ok((Engine::memory(), ReplayReport::default()));
         }
         let store = Store::open(&config.path, config.cache_capacity)?;
+        let check = check_durable(&store, &config)?;
         let now = (config.clock)();
         let mut materializer = Materializer::new();
         let mut index = Index::default();
-        let report = replay::replay(
+        let mut report = replay::replay(
             &store,
             &mut materializer,
             &mut index,
             config.recovery,
+            check.floor.next_seq,
             config.on_progress.as_mut(),
             now,
         )?;
-        let next_seq = index.last_seq().map_or(Seq(1), |seq| Seq(seq.0 + 1));
+        report.lost = check.lost;
+        report.marker_rebuilt = check.marker_rebuilt;
+        // From here on sled and the marker agree; the tip never goes back, even past
+        // writes that were lost.
+        let tip = store.resume(check.floor)?;
+        let next_seq = index
+            .last_seq()
+            .map_or(Seq(1), |seq| Seq(seq.0 + 1))
+            .max(tip.next_seq);
         let log = Log::start(WriterSetup {
             store,
             index,
@@ -245,4 +256,51 @@ impl std::fmt::Debug for Engine {
             .field("log", &self.log)
             .finish_non_exhaustive()
     }
+}
+
+/// What comparing sled's tip with the durability marker found.
+struct DurableCheck {
+    /// The tip every acknowledged write had reached (the marker's), or sled's own.
+    floor: Tip,
+    lost: Option<LostWrites>,
+    marker_rebuilt: bool,
+}
+
+/// Compares the tip sled recovered with the one the marker recorded after the last
+/// flush: a lower tip in sled means that sled dropped durable writes. Strict recovery
+/// refuses; skip-corrupt reports it and goes on.
+fn check_durable(store: &Store, config: &Config) -> Result<DurableCheck> {
+    let found = store.sled_tip()?;
+    let mut check = DurableCheck {
+        floor: found,
+        lost: None,
+        marker_rebuilt: false,
+    };
+    match store.read_marker()? {
+        marker::Found::Missing => {}
+        marker::Found::Unreadable => match config.recovery {
+            Recovery::Strict => {
+                return Err(Error::CorruptMarker {
+                    path: config.path.join(marker::MARKER_FILE),
+                });
+            }
+            Recovery::SkipCorrupt => check.marker_rebuilt = true,
+        },
+        marker::Found::Tip(durable) => {
+            check.floor = found.max(durable);
+            if found.writes < durable.writes {
+                let lost = LostWrites {
+                    durable_writes: durable.writes,
+                    found_writes: found.writes,
+                    first_lost: found.next_seq.min(durable.next_seq),
+                    durable_end: durable.next_seq,
+                };
+                match config.recovery {
+                    Recovery::Strict => return Err(Error::LostWrites(lost)),
+                    Recovery::SkipCorrupt => check.lost = Some(lost),
+                }
+            }
+        }
+    }
+    Ok(check)
 }

@@ -24,6 +24,30 @@ pub enum Error {
         /// Why it failed.
         source: DecodeError,
     },
+    /// sled opened without writes that had been made durable: it read its log only up
+    /// to a damaged message (a flipped bit, a truncated file) and dropped the rest as
+    /// if a crash had torn it. Start with
+    /// [`Recovery::SkipCorrupt`](crate::Recovery::SkipCorrupt) to go on without them.
+    #[error(
+        "the log lost writes that had been made durable: {0}. sled stopped reading its log \
+         at a damaged message and discarded everything after it; this is corruption, not \
+         a write torn by a crash. Start with the skip-corrupt recovery mode to go on \
+         without them"
+    )]
+    LostWrites(LostWrites),
+    /// The durability marker beside sled's files is damaged, so the log cannot be
+    /// checked for lost writes. [`Recovery::SkipCorrupt`](crate::Recovery::SkipCorrupt)
+    /// starts a new one.
+    #[error(
+        "the durability marker {} is damaged (neither of its slots is intact), so the log \
+         cannot be checked for lost writes; start with the skip-corrupt recovery mode to \
+         start a new marker",
+        path.display()
+    )]
+    CorruptMarker {
+        /// The marker file.
+        path: std::path::PathBuf,
+    },
     /// Another process (or another engine in this one) has the data directory open.
     #[error("the data directory {} is in use by another process", path.display())]
     Locked {
@@ -42,6 +66,54 @@ pub enum Error {
     /// Spawning the writer thread failed.
     #[error("could not start the log writer thread: {0}")]
     Spawn(#[source] io::Error),
+}
+
+/// Writes that sled had made durable and no longer holds, found by comparing the
+/// durability marker with the tip sled recovered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LostWrites {
+    /// Writes (log batches and metadata updates) the marker says were durable.
+    pub durable_writes: u64,
+    /// Writes sled still holds.
+    pub found_writes: u64,
+    /// The first log record sequence number that sled no longer knows of.
+    pub first_lost: Seq,
+    /// The next sequence number when the last durable write was made: records from
+    /// `first_lost` up to here were written after the damage.
+    pub durable_end: Seq,
+}
+
+impl LostWrites {
+    /// Durable writes that are missing.
+    pub fn writes(&self) -> u64 {
+        self.durable_writes.saturating_sub(self.found_writes)
+    }
+
+    /// Log records written after the damage, at most this many of them held live
+    /// events (compaction may already have deleted some).
+    pub fn records(&self) -> u64 {
+        self.durable_end.0.saturating_sub(self.first_lost.0)
+    }
+}
+
+impl std::fmt::Display for LostWrites {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} of {} acknowledged writes are missing",
+            self.writes(),
+            self.durable_writes
+        )?;
+        match self.records() {
+            0 => write!(f, " (metadata only, no log record)"),
+            n => write!(
+                f,
+                " ({n} log record(s) {} to #{}, each a commit group of events)",
+                self.first_lost,
+                self.durable_end.0 - 1
+            ),
+        }
+    }
 }
 
 /// Result with the engine's [`Error`].

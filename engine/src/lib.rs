@@ -51,6 +51,7 @@ mod engine;
 mod error;
 mod event;
 mod log;
+mod marker;
 mod materializer;
 pub mod record;
 mod replay;
@@ -61,7 +62,7 @@ pub use config::{
     Clock, Config, Durability, DurableHook, Layout, MAX_INLINE_RECORD_BYTES, ProgressHook, Recovery,
 };
 pub use engine::Engine;
-pub use error::{Error, Result};
+pub use error::{Error, LostWrites, Result};
 pub use event::{Event, Heartbeat, Leave};
 pub use log::LogStats;
 pub use materializer::{Change, ChangeKind, Entry, Materializer};

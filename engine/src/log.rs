@@ -4,10 +4,14 @@
 //! thread takes everything queued, coalesces events for the same (room, client) to the
 //! last one, writes the group as one sled batch (together with deletions of records
 //! that compaction retired) and, in `flush` mode, flushes once for the whole group.
-//! Then it advances the durable watermark, which callers can poll, wait on, or be
-//! called back about; nothing here blocks an async runtime.
+//! Then it hands the flushed tip to the marker thread, which records it in the
+//! durability marker (see [`crate::marker`]) and advances the durable watermark, which
+//! callers can poll, wait on, or be called back about; nothing here blocks an async
+//! runtime. The marker's small fdatasync thus overlaps the writer's next group instead
+//! of delaying it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -18,6 +22,7 @@ use crate::compaction::{Index, Indexed, Key};
 use crate::config::{Clock, Durability, DurableHook, Layout};
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::marker::Tip;
 use crate::record;
 use crate::store::Store;
 use crate::types::{Seq, Ticket};
@@ -188,6 +193,15 @@ impl Log {
             origin: Instant::now(),
         });
         let store = setup.store.clone();
+        let (marks, marked) = mpsc::channel();
+        let marker = std::thread::Builder::new()
+            .name("rollcall-marker".into())
+            .spawn({
+                let shared = shared.clone();
+                let store = store.clone();
+                move || mark_durable(&shared, &store, &marked)
+            })
+            .map_err(Error::Spawn)?;
         let mut writer = Writer {
             shared: shared.clone(),
             store: setup.store,
@@ -204,6 +218,10 @@ impl Log {
             compacting: Vec::new(),
             absorbed: Ticket(0),
             written: Ticket(0),
+            flushed: Ticket(0),
+            flushed_tip: Tip::default(),
+            marks: Some(marks),
+            marker: Some(marker),
             last_flush: Instant::now(),
             backoff: None,
             unflushed: Vec::new(),
@@ -215,7 +233,11 @@ impl Log {
         writer.publish_stats();
         let thread = std::thread::Builder::new()
             .name("rollcall-log".into())
-            .spawn(move || writer.run())
+            .spawn(move || {
+                let result = writer.run();
+                // Close after what the marker thread still has to record.
+                writer.stop_marking().and(result)
+            })
             .map_err(Error::Spawn)?;
         Ok(Log {
             shared,
@@ -441,6 +463,13 @@ struct Writer {
     absorbed: Ticket,
     /// Highest ticket written to sled (not necessarily flushed).
     written: Ticket,
+    /// Highest ticket flushed to sled (durable once the marker thread recorded it).
+    flushed: Ticket,
+    /// The store's tip at the last flush.
+    flushed_tip: Tip,
+    /// To the marker thread: a flushed ticket and tip to record, then publish.
+    marks: Option<Sender<(Ticket, Tip)>>,
+    marker: Option<JoinHandle<Result<()>>>,
     last_flush: Instant,
     backoff: Option<Duration>,
     /// Batches written since the last successful flush, to write again after a reopen.
@@ -466,7 +495,7 @@ struct Built {
 }
 
 impl Writer {
-    fn run(mut self) -> Result<()> {
+    fn run(&mut self) -> Result<()> {
         loop {
             let (ops, sync_wanted, closing) = self.wait_for_work();
             for op in ops {
@@ -485,13 +514,13 @@ impl Writer {
                 }
             }
             let flush_due = match self.durability {
-                Durability::Flush => self.written > self.durable(),
+                Durability::Flush => self.written > self.flushed,
                 Durability::Buffered(interval) => {
-                    self.written > self.durable() && self.last_flush.elapsed() >= interval
+                    self.written > self.flushed && self.last_flush.elapsed() >= interval
                 }
                 Durability::Memory => false,
             };
-            if flush_due || ((sync_wanted || closing) && self.written > self.durable()) {
+            if flush_due || ((sync_wanted || closing) && self.written > self.flushed) {
                 if let Err(error) = self.flush() {
                     self.fail(&error);
                     if closing {
@@ -499,9 +528,11 @@ impl Writer {
                     }
                     continue;
                 }
-            } else if sync_wanted && self.written <= self.durable() {
-                // Nothing unflushed: still wake anyone waiting on coalesced tickets.
-                self.shared.publish_durable(self.absorbed);
+            } else if sync_wanted && self.written <= self.flushed {
+                // Nothing unflushed: still wake anyone waiting on coalesced tickets
+                // (through the marker thread, so the watermark never passes a flush
+                // it has not recorded yet).
+                self.mark(self.absorbed, self.flushed_tip);
             }
             self.backoff = None;
             self.shared.failing.store(false, Ordering::Relaxed);
@@ -511,8 +542,31 @@ impl Writer {
         }
     }
 
-    fn durable(&self) -> Ticket {
-        Ticket(self.shared.durable.load(Ordering::Acquire))
+    /// Hands a flushed ticket and tip to the marker thread.
+    fn mark(&mut self, ticket: Ticket, tip: Tip) {
+        let sent = self
+            .marks
+            .as_ref()
+            .is_some_and(|marks| marks.send((ticket, tip)).is_ok());
+        if !sent {
+            // The marker thread is gone (it panicked): record here instead.
+            match self.store.record_durable(tip) {
+                Ok(()) => self.shared.publish_durable(ticket),
+                Err(error) => {
+                    tracing::error!(%error, "could not record a flush in the durability marker");
+                }
+            }
+        }
+    }
+
+    /// Lets the marker thread record what it was handed, and waits for it.
+    fn stop_marking(&mut self) -> Result<()> {
+        drop(self.marks.take());
+        match self.marker.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(Error::WriterStopped),
+            None => Ok(()),
+        }
     }
 
     /// Blocks until there is something to do; returns the queued ops and flags.
@@ -530,7 +584,7 @@ impl Writer {
                 queue = lock(&self.shared.queue);
                 break;
             } else if let Durability::Buffered(interval) = self.durability {
-                if self.written > self.durable() {
+                if self.written > self.flushed {
                     let since = self.last_flush.elapsed();
                     if since >= interval {
                         break;
@@ -769,13 +823,15 @@ impl Writer {
         let started = Instant::now();
         let target = self.written;
         self.shared.enter_storage();
-        let flushed = self.store.flush();
+        let flushed = self.store.flush_data();
         self.shared.leave_storage();
-        flushed?;
+        let tip = flushed?;
         self.unflushed.clear();
         self.last_flush = Instant::now();
         metrics::histogram!("rollcall_log_flush_seconds").record(started.elapsed().as_secs_f64());
-        self.shared.publish_durable(target);
+        self.flushed = target;
+        self.flushed_tip = tip;
+        self.mark(target, tip);
         Ok(())
     }
 
@@ -807,4 +863,43 @@ impl Writer {
         metrics::gauge!("rollcall_log_live_bytes").set(self.index.live_bytes() as f64);
         metrics::gauge!("rollcall_log_records").set(self.index.record_count() as f64);
     }
+}
+
+/// The marker thread: records each flushed tip in the durability marker, then advances
+/// the durable watermark to the flush's ticket. Tips queued while it records are
+/// coalesced to the latest (each covers the ones before it). A failed record is
+/// retried with backoff; acknowledgments wait meanwhile. Returns once the writer has
+/// hung up and everything it sent is recorded.
+fn mark_durable(shared: &Shared, store: &Store, marks: &Receiver<(Ticket, Tip)>) -> Result<()> {
+    while let Ok(mut next) = marks.recv() {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let mut hung_up = false;
+            loop {
+                match marks.try_recv() {
+                    Ok(later) => next = later,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        hung_up = true;
+                        break;
+                    }
+                }
+            }
+            match store.record_durable(next.1) {
+                Ok(()) => {
+                    shared.publish_durable(next.0);
+                    break;
+                }
+                Err(error) if hung_up => return Err(error),
+                Err(error) => {
+                    tracing::error!(%error, retry_in = ?backoff, "could not record a flush in the durability marker");
+                    metrics::counter!("rollcall_log_errors_total").increment(1);
+                    shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+    Ok(())
 }

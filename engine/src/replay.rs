@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use crate::compaction::{Index, Indexed, Key};
 use crate::config::{ProgressHook, Recovery};
-use crate::error::{Error, Result};
+use crate::error::{Error, LostWrites, Result};
 use crate::event::Event;
 use crate::materializer::Materializer;
 use crate::record::{self, DecodeError};
@@ -35,10 +35,17 @@ pub struct ReplayReport {
     pub live_entries: usize,
     /// Entries that had expired by wall time and were dropped.
     pub expired: usize,
-    /// Records cut short at the end of the log, deleted with a warning.
+    /// Records cut short at the end of the log and written after the last flush the
+    /// durability marker recorded, deleted with a warning.
     pub torn: Vec<Seq>,
     /// Unreadable records deleted under [`Recovery::SkipCorrupt`].
     pub skipped: Vec<Seq>,
+    /// Durable writes sled no longer held, accepted under [`Recovery::SkipCorrupt`]
+    /// (under [`Recovery::Strict`] the open fails with [`Error::LostWrites`]).
+    pub lost: Option<LostWrites>,
+    /// The durability marker was damaged and a new one was started under
+    /// [`Recovery::SkipCorrupt`]: lost writes, if any, could not be detected.
+    pub marker_rebuilt: bool,
     /// Bytes of log records after the replay.
     pub log_bytes: u64,
     /// How long the replay took.
@@ -50,6 +57,7 @@ pub(crate) fn replay(
     materializer: &mut Materializer,
     index: &mut Index,
     recovery: Recovery,
+    durable_end: Seq,
     mut progress: Option<&mut ProgressHook>,
     now: UnixMs,
 ) -> Result<ReplayReport> {
@@ -96,7 +104,13 @@ pub(crate) fn replay(
     }
 
     if !failed.is_empty() {
-        if failed.iter().all(|(_, error)| error.is_torn()) {
+        // A record cut short at the end is a torn write only if it lies past what the
+        // writer had made durable: below `durable_end` it was written whole (sled's
+        // batches are atomic) and flushed, so a short one there is corruption.
+        if failed
+            .iter()
+            .all(|(seq, error)| error.is_torn() && *seq >= durable_end)
+        {
             for (seq, error) in failed {
                 tracing::warn!(%seq, %error, "truncating a torn record at the end of the log");
                 store.write(&[], &[seq])?;

@@ -1,24 +1,30 @@
 //! The only module that speaks sled: a tree of records keyed by big-endian sequence
 //! numbers, and a small tree of metadata.
 //!
-//! Two things sled 0.34 does not do are done here. Its `flush` ends in
+//! Three things sled 0.34 does not do are done here. Its `flush` ends in
 //! `sync_file_range`, which neither flushes the drive's cache nor the file's metadata,
-//! so the store follows it with an `fdatasync` of the database file. And after an I/O
+//! so the store follows it with an `fdatasync` of the database file. After an I/O
 //! error (a full disk) sled refuses every later call until the database is opened
-//! again, so the store can be reopened in place.
+//! again, so the store can be reopened in place. And after a crash sled reads its log
+//! only up to the first damaged message and silently drops the rest, so every write
+//! also stores a [`Tip`] in sled and every flush records it in the durability marker
+//! beside sled's files (see [`crate::marker`]): opening compares the two.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::marker::{self, Marker, Tip};
 use crate::types::Seq;
 
 const LOG_TREE: &str = "log";
 const META_TREE: &str = "meta";
 /// sled's single data file inside the directory.
 const DATA_FILE: &str = "db";
+/// Key of the [`Tip`] in the meta tree, rewritten by every write.
+const TIP_KEY: &str = "rollcall.tip";
 /// How long to wait for a directory lock that this process may still be releasing.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 
@@ -36,6 +42,15 @@ pub(crate) struct Store {
     path: PathBuf,
     cache_capacity: u64,
     open: Arc<RwLock<Option<Open>>>,
+    /// The tip of the last write applied to sled. Held across a write, so tips reach
+    /// sled in the order they count.
+    tip: Arc<Mutex<Tip>>,
+    /// Where flushes record the tip they made durable; `None` until [`Store::resume`].
+    marker: Arc<Mutex<Option<Marker>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn open_sled(path: &Path, cache_capacity: u64) -> Result<Open> {
@@ -76,11 +91,58 @@ fn open_sled(path: &Path, cache_capacity: u64) -> Result<Open> {
 impl Store {
     pub(crate) fn open(path: &Path, cache_capacity: u64) -> Result<Store> {
         let open = open_sled(path, cache_capacity)?;
-        Ok(Store {
+        let store = Store {
             path: path.to_path_buf(),
             cache_capacity,
             open: Arc::new(RwLock::new(Some(open))),
-        })
+            tip: Arc::new(Mutex::new(Tip::default())),
+            marker: Arc::new(Mutex::new(None)),
+        };
+        *lock(&store.tip) = store.sled_tip()?;
+        Ok(store)
+    }
+
+    /// The tip sled holds: that of the last write it recovered. A directory written
+    /// before tips existed, or one sled read as empty, has none (all zero); so has one
+    /// whose tip value is damaged.
+    pub(crate) fn sled_tip(&self) -> Result<Tip> {
+        Ok(self
+            .with(|open| Ok(open.meta.get(TIP_KEY)?))?
+            .and_then(|value| Tip::decode(&value))
+            .unwrap_or_default())
+    }
+
+    /// What the durability marker says (read once, on open).
+    pub(crate) fn read_marker(&self) -> Result<marker::Found> {
+        marker::read(&self.path).map_err(|e| Error::Storage(sled::Error::Io(e)))
+    }
+
+    /// Starts recording flushes in a fresh marker. The tip continues from `floor` (the
+    /// old marker's) if sled's is lower, and is written to sled and flushed first, so
+    /// that sled and the marker agree from here on.
+    pub(crate) fn resume(&self, floor: Tip) -> Result<Tip> {
+        let tip = {
+            let mut tip = lock(&self.tip);
+            let resumed = tip.max(floor);
+            let next = Tip {
+                writes: resumed.writes + 1,
+                next_seq: resumed.next_seq,
+            };
+            self.with(|open| {
+                open.meta.insert(TIP_KEY, &next.encode())?;
+                Ok(())
+            })?;
+            *tip = next;
+            next
+        };
+        self.with(|open| {
+            open.db.flush()?;
+            open.data_file.sync_data().map_err(sled::Error::Io)?;
+            Ok(())
+        })?;
+        let marker = Marker::create(&self.path, tip).map_err(sled::Error::Io)?;
+        *lock(&self.marker) = Some(marker);
+        Ok(tip)
     }
 
     fn with<T>(&self, f: impl FnOnce(&Open) -> Result<T>) -> Result<T> {
@@ -104,8 +166,10 @@ impl Store {
         Ok(())
     }
 
-    /// Inserts and removes records in one atomic batch.
+    /// Inserts and removes records in one atomic batch, then advances the tip in
+    /// sled (after the batch in sled's log, so a recovered tip implies its batch).
     pub(crate) fn write(&self, inserts: &[(Seq, &[u8])], removes: &[Seq]) -> Result<()> {
+        let mut tip = lock(&self.tip);
         self.with(|open| {
             let mut batch = sled::Batch::default();
             for &seq in removes {
@@ -115,17 +179,46 @@ impl Store {
                 batch.insert(&seq.to_key(), *value);
             }
             open.log.apply_batch(batch)?;
+            let next = Tip {
+                writes: tip.writes + 1,
+                next_seq: inserts
+                    .iter()
+                    .map(|(seq, _)| Seq(seq.0 + 1))
+                    .fold(tip.next_seq, Seq::max),
+            };
+            open.meta.insert(TIP_KEY, &next.encode())?;
+            *tip = next;
             Ok(())
         })
     }
 
-    /// Makes every write so far durable: sled's flush, then an fdatasync of its file.
+    /// Makes every write so far durable and records it in the marker: see
+    /// [`Store::flush_data`] and [`Store::record_durable`].
     pub(crate) fn flush(&self) -> Result<()> {
+        let tip = self.flush_data()?;
+        self.record_durable(tip)
+    }
+
+    /// Makes every write so far durable in sled: sled's flush, then an fdatasync of its
+    /// file. Returns the tip those writes reached, for [`Store::record_durable`].
+    pub(crate) fn flush_data(&self) -> Result<Tip> {
+        let tip = *lock(&self.tip);
         self.with(|open| {
             open.db.flush()?;
             open.data_file.sync_data().map_err(sled::Error::Io)?;
             Ok(())
-        })
+        })?;
+        Ok(tip)
+    }
+
+    /// Records in the marker that sled holds `tip` durably (one small write and an
+    /// fdatasync). Call only with a tip returned by a [`Store::flush_data`] that
+    /// succeeded: never before sled's data is on disk.
+    pub(crate) fn record_durable(&self, tip: Tip) -> Result<()> {
+        if let Some(marker) = lock(&self.marker).as_mut() {
+            marker.record(tip).map_err(sled::Error::Io)?;
+        }
+        Ok(())
     }
 
     pub(crate) fn get(&self, seq: Seq) -> Result<Option<sled::IVec>> {
@@ -155,10 +248,19 @@ impl Store {
     }
 
     pub(crate) fn meta_put(&self, key: &str, value: &[u8]) -> Result<()> {
-        self.with(|open| {
-            open.meta.insert(key, value)?;
-            Ok(())
-        })?;
+        {
+            let mut tip = lock(&self.tip);
+            self.with(|open| {
+                open.meta.insert(key, value)?;
+                let next = Tip {
+                    writes: tip.writes + 1,
+                    ..*tip
+                };
+                open.meta.insert(TIP_KEY, &next.encode())?;
+                *tip = next;
+                Ok(())
+            })?;
+        }
         self.flush()
     }
 

@@ -392,3 +392,120 @@ fn records_never_become_sled_blobs() {
     assert_eq!(report.live_entries, 2_000);
     engine.close().unwrap();
 }
+
+/// Copies sled's files (not the durability marker) from `from` to `to`.
+fn copy_sled_files(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("durable-tip")
+        {
+            continue;
+        }
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_sled_files(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn durable_writes_missing_from_sled_are_refused_or_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let earlier = dir.path().join("earlier");
+    let now = UnixMs::now().0;
+    let (mut engine, _) = Engine::open(Config::new(&data).layout(Layout::PerEvent)).unwrap();
+    engine.heartbeat(hb("r", 1, now, 3_600_000));
+    engine.sync().unwrap();
+    engine.close().unwrap();
+    copy_sled_files(&data, &earlier);
+    let (mut engine, _) = Engine::open(Config::new(&data).layout(Layout::PerEvent)).unwrap();
+    for client in 2..=4 {
+        engine.heartbeat(hb("r", client, now, 3_600_000));
+        engine.sync().unwrap();
+    }
+    engine.close().unwrap();
+    // sled as it was before the last three durable writes, the marker as it is now:
+    // what sled's recovery leaves when it drops a damaged tail.
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() == "durable-tip" {
+            continue;
+        }
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::remove_dir_all(entry.path()).unwrap();
+        } else {
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+    }
+    copy_sled_files(&earlier, &data);
+
+    let err = Engine::open(Config::new(&data)).unwrap_err();
+    let Error::LostWrites(lost) = &err else {
+        panic!("expected lost writes, got {err}");
+    };
+    assert!(lost.writes() >= 3, "{lost:?}");
+    assert_eq!(lost.records(), 3, "{lost:?}");
+    assert!(err.to_string().contains("skip-corrupt"), "{err}");
+    // Strict keeps refusing: nothing was rewritten.
+    assert!(matches!(
+        Engine::open(Config::new(&data)),
+        Err(Error::LostWrites(_))
+    ));
+
+    let (engine, report) =
+        Engine::open(Config::new(&data).recovery(Recovery::SkipCorrupt)).unwrap();
+    assert_eq!(report.lost.map(|l| l.records()), Some(3));
+    assert_eq!(report.live_entries, 1);
+    engine.close().unwrap();
+    // Reported once: the next strict open starts quietly.
+    let (engine, report) = Engine::open(Config::new(&data)).unwrap();
+    assert_eq!(report.lost, None);
+    assert_eq!(report.live_entries, 1);
+    engine.close().unwrap();
+}
+
+#[test]
+fn a_short_record_below_the_durable_tip_is_corruption_not_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut engine, _) = Engine::open(Config::new(dir.path())).unwrap();
+    engine.heartbeat(hb("r", 1, UnixMs::now().0, 3_600_000));
+    engine.close().unwrap();
+    let (seq, bytes) = raw_records(dir.path()).pop().unwrap();
+    write_raw(dir.path(), seq, &bytes[..bytes.len() - 3]);
+    let err = Engine::open(Config::new(dir.path())).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::CorruptRecord { seq: s, source: DecodeError::Truncated { .. } } if s == Seq(seq)
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_damaged_marker_is_refused_and_rebuilt_with_skip_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut engine, _) = Engine::open(Config::new(dir.path())).unwrap();
+    engine.heartbeat(hb("r", 1, UnixMs::now().0, 3_600_000));
+    engine.close().unwrap();
+    let marker = dir.path().join("durable-tip");
+    let len = std::fs::metadata(&marker).unwrap().len() as usize;
+    std::fs::write(&marker, vec![0xAB; len]).unwrap();
+    let err = Engine::open(Config::new(dir.path())).unwrap_err();
+    assert!(matches!(err, Error::CorruptMarker { .. }), "{err}");
+    let (engine, report) =
+        Engine::open(Config::new(dir.path()).recovery(Recovery::SkipCorrupt)).unwrap();
+    assert!(report.marker_rebuilt);
+    assert_eq!(report.live_entries, 1);
+    engine.close().unwrap();
+    let (engine, report) = Engine::open(Config::new(dir.path())).unwrap();
+    assert!(!report.marker_rebuilt);
+    engine.close().unwrap();
+}

@@ -163,8 +163,10 @@ pub struct ServeArgs {
     #[arg(long, env = "ROLLCALL_LOG_LAYOUT", value_enum, default_value_t = LayoutArg::Group)]
     pub log_layout: LayoutArg,
 
-    /// What to do with an unreadable record in the middle of the log: refuse to start
-    /// (strict) or delete it and start without it (skip-corrupt).
+    /// What to do with an unreadable record in the middle of the log, or with writes
+    /// that had been made durable and are missing (damage sled's crash recovery read
+    /// as a torn tail): refuse to start (strict) or start without them and report the
+    /// loss (skip-corrupt).
     #[arg(long, env = "ROLLCALL_RECOVERY", value_enum, default_value_t = RecoveryArg::Strict)]
     pub recovery: RecoveryArg,
 
@@ -357,9 +359,9 @@ pub enum LayoutArg {
 /// `--recovery` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RecoveryArg {
-    /// Refuse to start on a corrupt record.
+    /// Refuse to start on a corrupt record or lost durable writes.
     Strict,
-    /// Delete corrupt records and start.
+    /// Delete corrupt records, report lost writes, and start.
     SkipCorrupt,
 }
 

@@ -13,7 +13,8 @@ pub enum Error {
     #[error(
         "cannot open the data directory {}: {source}. Presence is soft state: start with \
          --on-corrupt-data=move-aside to move it aside and start empty, or \
-         --recovery=skip-corrupt to drop only unreadable log records",
+         --recovery=skip-corrupt to start without only the damaged part (unreadable log \
+         records, lost writes; reported in the log and /metrics)",
         path.display()
     )]
     DataDirectory {

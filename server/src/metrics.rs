@@ -197,9 +197,24 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         "Live entries after the last replay.",
     ),
     (
+        "rollcall_replay_lost_records",
+        Kind::Gauge,
+        "Log records the last replay found missing below the durable tip (--recovery=skip-corrupt).",
+    ),
+    (
+        "rollcall_replay_lost_writes",
+        Kind::Gauge,
+        "Acknowledged log writes the last replay found missing (--recovery=skip-corrupt).",
+    ),
+    (
         "rollcall_replay_seconds",
         Kind::Gauge,
         "Seconds the last replay of the log took.",
+    ),
+    (
+        "rollcall_replay_skipped_records",
+        Kind::Gauge,
+        "Damaged log records the last replay skipped (--recovery=skip-corrupt).",
     ),
     (
         "rollcall_rooms",

@@ -163,6 +163,8 @@ fn is_unreadable(error: &rollcall_engine::Error) -> bool {
         rollcall_engine::Error::Storage(_)
             | rollcall_engine::Error::CorruptRecord { .. }
             | rollcall_engine::Error::CorruptKey { .. }
+            | rollcall_engine::Error::LostWrites(_)
+            | rollcall_engine::Error::CorruptMarker { .. }
     )
 }
 
@@ -237,7 +239,9 @@ fn open(config: &ServerConfig, metrics: Metrics) -> Result<Hub> {
         let secret = engine
             .meta_get(identity::SECRET_KEY)
             .map_err(|e| Unreadable::Other(e.into()))?;
-        if had_files && secret.is_none() {
+        // Under skip-corrupt, writes sled lost were reported by the replay: starting
+        // without them (even without all of them) is what was asked for.
+        if had_files && secret.is_none() && report.lost.is_none() {
             return Err(Unreadable::Emptied);
         }
         Ok((engine, report))
@@ -273,6 +277,28 @@ fn open(config: &ServerConfig, metrics: Metrics) -> Result<Hub> {
     if !report.skipped.is_empty() {
         tracing::error!(records = ?report.skipped, "skipped unreadable log records");
     }
+    if let Some(lost) = report.lost {
+        tracing::error!(
+            data = %config.data_dir.display(),
+            lost_writes = lost.writes(),
+            lost_records = lost.records(),
+            "acknowledged log writes were lost: {lost}. sled read its log only up to a \
+             damaged message; started without them (--recovery=skip-corrupt). Entries and \
+             leaves in them are gone; an entry whose leave was lost can reappear until its TTL"
+        );
+    }
+    if report.marker_rebuilt {
+        tracing::error!(
+            data = %config.data_dir.display(),
+            "the durability marker was damaged and has been started anew: writes lost \
+             before this start could not be checked"
+        );
+    }
+    // Set at every start, so a dashboard sees 0 after a clean one.
+    let (lost_writes, lost_records) = report.lost.map_or((0, 0), |l| (l.writes(), l.records()));
+    ::metrics::gauge!("rollcall_replay_lost_writes").set(lost_writes as f64);
+    ::metrics::gauge!("rollcall_replay_lost_records").set(lost_records as f64);
+    ::metrics::gauge!("rollcall_replay_skipped_records").set(report.skipped.len() as f64);
     tracing::info!(
         live_entries = report.live_entries,
         expired = report.expired,

@@ -206,8 +206,9 @@ test("demo: cursors and typing cross between two pages, and a closed page's curs
     await bob.locator("#message").fill("hi");
     await alice.locator(`.cursor[data-client-id="${bobId}"] .typing`).waitFor();
 
-    // The inspector shows both entries' data and their time left.
-    await inspector.locator("#entries pre", { hasText: aliceName }).waitFor();
+    // The inspector shows both entries' data and their time left. Rows are looked up
+    // by client id: two visitors may draw the same random name.
+    await inspector.locator(`#entries tr[data-client-id="${aliceId}"] pre`, { hasText: aliceName }).waitFor();
     assert.match(await inspector.locator("#entries td.left").first().textContent(), /^\d+\.\d s$/);
 
     // A third visitor on a phone-sized touch screen: a tap places the cursor.
@@ -230,7 +231,9 @@ test("demo: cursors and typing cross between two pages, and a closed page's curs
 
     await alice.locator("#message").fill("look at this");
     await bob.locator(`.cursor[data-client-id="${aliceId}"] .typing`).waitFor();
-    await inspector.locator("#entries pre", { hasText: '"typing": true' }).waitFor();
+    // Alice's row, not any row: Bob typed "hi" above and stays "typing" until 2 s after
+    // his last keystroke (TYPING_IDLE_MS), so his row may show "typing": true as well.
+    await inspector.locator(`#entries tr[data-client-id="${aliceId}"] pre`, { hasText: '"typing": true' }).waitFor();
     await bob.screenshot({ path: join(OUT, "demo.png") });
     await phone.screenshot({ path: join(OUT, "demo-phone.png"), fullPage: true });
     await inspector.screenshot({ path: join(OUT, "inspector.png"), fullPage: true });

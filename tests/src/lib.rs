@@ -49,6 +49,8 @@ pub struct Server {
     pub data: PathBuf,
     _temp: Option<tempfile::TempDir>,
     args: Vec<String>,
+    /// What it has printed on stderr so far, when started with [`Launch::try_start`].
+    stderr: Option<std::sync::Arc<std::sync::Mutex<String>>>,
 }
 
 /// Starts servers.
@@ -107,6 +109,7 @@ impl Launch {
             data,
             _temp: temp,
             args: self.args,
+            stderr: None,
         }
     }
 }
@@ -190,6 +193,17 @@ impl Server {
         let (status, body) = self.http("GET", path, None);
         assert_eq!(status, 200, "GET {path}: {body}");
         serde_json::from_str(&body).expect("JSON body")
+    }
+
+    /// What the server has printed on stderr so far (started with
+    /// [`Launch::try_start`]; empty otherwise, where stderr is inherited).
+    pub fn stderr_so_far(&self) -> String {
+        self.stderr.as_ref().map_or_else(String::new, |printed| {
+            printed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        })
     }
 
     /// Kills the process with SIGKILL.
@@ -406,12 +420,26 @@ impl Launch {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start rollcall");
-        // Drain stderr on a thread so a chatty server never blocks on a full pipe.
-        let mut stderr = child.stderr.take().expect("piped stderr");
-        let stderr = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text);
-            text
+        // Drain stderr on a thread so a chatty server never blocks on a full pipe; keep
+        // what it printed for `Server::stderr_so_far`.
+        let pipe = child.stderr.take().expect("piped stderr");
+        let printed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = std::thread::spawn({
+            let printed = printed.clone();
+            move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    let mut printed = printed
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    printed.push_str(&line);
+                    printed.push('\n');
+                }
+                let printed = printed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                printed.clone()
+            }
         });
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         let mut line = String::new();
@@ -433,6 +461,7 @@ impl Launch {
                             data,
                             _temp: temp,
                             args: self.args,
+                            stderr: Some(printed),
                         },
                         started.elapsed(),
                     );

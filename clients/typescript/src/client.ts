@@ -1,12 +1,11 @@
 import { ClockSync } from "./clock.js";
-import { loadEffectSchema, loadWebSocket } from "./loaders.js";
+import { loadWebSocket } from "./loaders.js";
 import { RollcallError } from "./errors.js";
 import { DEFAULT_LIMITS, isClientId, PresenceView, Room, roomNameProblem, type Limits, type RoomHost, type WireEntry } from "./presence.js";
 import { errorMessage, makeCodec, type Codec } from "./schema.js";
 import type {
   ClientOptions,
   ConnectionState,
-  EffectSchemaModule,
   Presence,
   PresenceOptions,
   PresenceSchema,
@@ -43,13 +42,6 @@ const TERMINAL_CLOSE: Record<number, { code: string; message: string }> = {
   4001: { code: "replaced", message: "another connection resumed this client id (4001)" },
   4003: { code: "auth_failed", message: "authentication failed (4003)" },
 };
-
-// One lazy load of effect's Schema module per process, shared by every client.
-let effectModule: Promise<EffectSchemaModule> | undefined;
-function loadEffectOnce(): Promise<EffectSchemaModule> {
-  effectModule ??= loadEffectSchema();
-  return effectModule;
-}
 
 /** Creates a client and starts connecting at once. */
 export function createClient(options: ClientOptions): RollcallClient {
@@ -169,7 +161,7 @@ class Client implements RollcallClient, RoomHost {
     if (options !== undefined && (typeof options !== "object" || options === null)) throw new TypeError("presence(room, schema, options): options must be an object");
     const throttleMs = options?.heartbeatThrottleMs === undefined ? this.heartbeatThrottleMs : throttleOption(options.heartbeatThrottleMs, "presence(room, schema, { heartbeatThrottleMs })");
     let codec: Codec | null = null;
-    if (schema !== undefined) codec = makeCodec(schema, this.opts.effectSchema, loadEffectOnce);
+    if (schema !== undefined) codec = makeCodec(schema, this.opts.effectSchema);
     let r = this.rooms.get(room);
     if (!r) {
       r = new Room(room, this);

@@ -1,14 +1,11 @@
-import type { EffectSchemaModule, WebSocketConstructor } from "./types.js";
+import type { EffectModuleCandidate } from "./loaders.js";
+import type { WebSocketConstructor } from "./types.js";
 
-// The standalone browser bundle has no module resolution: nothing can be loaded lazily.
-export function loadEffectSchema(): Promise<EffectSchemaModule> {
-  return Promise.reject(
-    new Error(
-      "the standalone browser bundle cannot load effect: pass createClient({ effectSchema: Schema }) " +
-        "or a Standard Schema (Schema.standardSchemaV1(schema))",
-    ),
-  );
-}
+// The standalone browser bundle (rollcall-client/browser) has no module resolution:
+// nothing can be loaded lazily. Effect schemas need createClient({ effectSchema: Schema }).
+export const effectSchemaModules:
+  | ((cache: Map<string, Promise<EffectModuleCandidate | undefined>>, major: number) => AsyncIterable<EffectModuleCandidate>)
+  | null = null;
 
 export function loadWebSocket(): Promise<WebSocketConstructor> {
   return Promise.reject(new Error("this environment has no global WebSocket: pass createClient({ url, WebSocket })"));

@@ -1,5 +1,5 @@
 import { RollcallError } from "./errors.js";
-import { describeIssues, errorMessage, type Codec, type CodecResult } from "./schema.js";
+import { describeIssues, errorMessage, failureError, type Codec, type CodecResult } from "./schema.js";
 import type { Presence, PresenceDiff, PresenceEntry, PresenceUser, UsersDiff } from "./types.js";
 
 /** Server limits announced in `welcome` (defaults from docs/protocol.md until then). */
@@ -529,6 +529,10 @@ export class PresenceView<T, In> implements Presence<T, In> {
   private finish(seq: number, res: CodecResult, ttlMs: number, track: boolean): void {
     try {
       if (!res.ok) {
+        if (res.failure) {
+          this.host.report(failureError(res.failure, { room: this.room })); // not the data's fault
+          return;
+        }
         this.host.report(
           new RollcallError("local", "schema_mismatch", `heartbeat data does not match the schema of ${JSON.stringify(this.room)}: ${describeIssues(res.issues)}`, {
             room: this.room,
@@ -645,6 +649,10 @@ export class PresenceView<T, In> implements Presence<T, In> {
     const had = this.entries.delete(id);
     if (!this.failed.has(id)) {
       this.failed.add(id);
+      if (res.failure) {
+        this.host.report(failureError(res.failure, { room: this.room, clientId: id })); // not the data's fault
+        return had;
+      }
       this.host.report(
         new RollcallError("local", "decode_failed", `entry of client ${id} in ${JSON.stringify(this.room)} does not match the schema: ${describeIssues(res.issues)}`, {
           room: this.room,

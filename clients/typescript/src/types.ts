@@ -282,7 +282,11 @@ export interface ClientOptions {
   connectTimeoutMs?: number;
   /** How long `close()` waits for the server's leave acks and close frame. Default 1,000 ms. */
   closeTimeoutMs?: number;
-  /** effect's `Schema` module, to decode Effect schemas without a lazy `import("effect/Schema")`. */
+  /**
+   * effect's `Schema` module (`import { Schema } from "effect"`): needed in browser
+   * bundles, which cannot load a package at run time; optional in Node, where the SDK
+   * finds the app's own copy of effect.
+   */
   effectSchema?: EffectSchemaModule;
   /**
    * Coalesces each room's heartbeats to at most one per this many ms: the first after
