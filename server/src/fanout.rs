@@ -657,34 +657,59 @@ impl Outbox {
     }
 }
 
-/// Paces one connection's writes: the first write after a quiet spell goes at once,
-/// later ones wait until `interval` has passed since the previous one, gathering what
-/// arrives meanwhile into one write.
+/// Paces one connection's writes, as a token bucket: a connection may write at once
+/// while it has written less than one write per `interval` on average (with a burst
+/// of [`PACER_BURST`] after a quiet spell); past that, each write waits for the next
+/// token and carries everything that arrived meanwhile. So light traffic is never
+/// delayed, and a busy connection gets one write per interval.
 #[derive(Debug)]
 pub(crate) struct Pacer {
     interval: Duration,
-    last: Option<Instant>,
+    /// Writes allowed now (up to the burst), as of `at`.
+    tokens: f64,
+    at: Option<Instant>,
 }
+
+/// Writes a connection may make at once after a quiet spell.
+pub(crate) const PACER_BURST: f64 = 4.0;
 
 impl Pacer {
     /// A pacer with this interval (zero: never waits).
     pub(crate) fn new(interval: Duration) -> Pacer {
         Pacer {
             interval,
-            last: None,
+            tokens: PACER_BURST,
+            at: None,
+        }
+    }
+
+    fn tokens(&self, now: Instant) -> f64 {
+        match self.at {
+            None => PACER_BURST,
+            Some(at) => {
+                let earned =
+                    now.saturating_duration_since(at).as_secs_f64() / self.interval.as_secs_f64();
+                (self.tokens + earned).min(PACER_BURST)
+            }
         }
     }
 
     /// When the writer may write next, if not at `now`.
     pub(crate) fn wait_until(&self, now: Instant) -> Option<Instant> {
-        self.last
-            .map(|last| last + self.interval)
-            .filter(|until| *until > now)
+        if self.interval.is_zero() {
+            return None;
+        }
+        let tokens = self.tokens(now);
+        (tokens < 1.0).then(|| now + self.interval.mul_f64(1.0 - tokens))
     }
 
     /// A write went out at `at`.
     pub(crate) fn wrote(&mut self, at: Instant) {
-        self.last = Some(at);
+        if self.interval.is_zero() {
+            return;
+        }
+        self.tokens = (self.tokens(at) - 1.0).max(0.0);
+        self.at = Some(at);
     }
 }
 
@@ -890,29 +915,43 @@ mod tests {
         let interval = Duration::from_millis(10);
         let mut pacer = Pacer::new(interval);
         let t0 = Instant::now();
-        assert_eq!(pacer.wait_until(t0), None, "the first write goes at once");
-        pacer.wrote(t0);
+        // After a quiet spell, a burst goes at once.
+        for _ in 0..PACER_BURST as u32 {
+            assert_eq!(pacer.wait_until(t0), None);
+            pacer.wrote(t0);
+        }
+        // Then one write per interval.
         let busy = t0 + Duration::from_millis(3);
         assert_eq!(pacer.wait_until(busy), Some(t0 + interval));
         assert_eq!(pacer.wait_until(t0 + interval), None);
+        pacer.wrote(t0 + interval);
+        assert_eq!(pacer.wait_until(t0 + interval), Some(t0 + interval * 2));
+        // Writing no faster than once per interval is never delayed.
+        let mut steady = Pacer::new(interval);
+        for i in 0..100 {
+            let at = t0 + interval * i;
+            assert_eq!(steady.wait_until(at), None, "write {i}");
+            steady.wrote(at);
+        }
         // After a quiet spell: at once again.
         assert_eq!(pacer.wait_until(t0 + Duration::from_secs(1)), None);
         // Zero never waits.
         let mut off = Pacer::new(Duration::ZERO);
-        off.wrote(t0);
+        for _ in 0..10 {
+            off.wrote(t0);
+        }
         assert_eq!(off.wait_until(t0), None);
     }
 
     #[test]
     fn a_busy_connection_gets_one_write_per_interval() {
         // A writer that follows the pacer, fed a change every millisecond for 100 ms:
-        // the first change goes alone, then one write per 10 ms carries the rest.
+        // the burst goes at once, then one write per 10 ms carries the rest.
         let interval = Duration::from_millis(10);
         let mut pacer = Pacer::new(interval);
         let outbox = Arc::new(Outbox::new());
         let feed = Feed::new();
-        let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
-        let _subs = [sub];
+        let _sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
         let t0 = Instant::now();
         let mut writes = Vec::new();
         let mut delivered = 0;
@@ -928,8 +967,15 @@ mod tests {
                 writes.push(ms);
             }
         }
-        assert_eq!(writes, (0..100).step_by(10).collect::<Vec<_>>());
-        assert_eq!(delivered, 91, "nothing lost, nothing conflated below 64");
+        let burst = PACER_BURST as u64;
+        let expected: Vec<u64> = (0..burst)
+            .chain((burst..100).filter(|ms| ms % 10 == 0))
+            .collect();
+        assert_eq!(writes, expected);
+        assert_eq!(
+            delivered as u64, 91,
+            "nothing lost, nothing conflated below 64"
+        );
     }
 
     #[test]
