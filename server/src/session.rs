@@ -70,6 +70,13 @@ async fn read_hello(connection: &mut Connection) -> Inbound {
     }
 }
 
+/// A session past its handshake: admitted and welcomed.
+struct Welcomed {
+    admitted: Admitted,
+    grant: Option<Grant>,
+    outbox: Arc<Outbox>,
+}
+
 /// Runs a session to completion.
 pub async fn serve(
     socket: crate::connection::WebSocket,
@@ -77,14 +84,28 @@ pub async fn serve(
     mut shutdown: Shutdown,
     config: SessionConfig,
 ) {
-    let mut connection = Connection::new(socket);
+    let connection = Connection::new(socket);
     let config = Arc::new(config);
+    let Some((connection, welcomed)) = handshake(connection, &hub, &mut shutdown, &config).await
+    else {
+        return;
+    };
+    run(connection, hub, shutdown, config, welcomed).await;
+}
 
+/// The handshake: `hello` within the timeout, its token verified (auth on), a client
+/// id admitted and `welcome` sent. `None` when the connection was closed instead.
+async fn handshake(
+    mut connection: Connection,
+    hub: &Hub,
+    shutdown: &mut Shutdown,
+    config: &SessionConfig,
+) -> Option<(Connection, Welcomed)> {
     let hello = tokio::select! {
         read = timeout(config.hello_timeout, read_hello(&mut connection)) => read,
         () = shutdown.recv() => {
             connection.close(close::GOING_AWAY, "server shutting down").await;
-            return;
+            return None;
         }
     };
     let (resume, token) = match hello {
@@ -92,7 +113,7 @@ pub async fn serve(
             connection
                 .close(close::HELLO_TIMEOUT, "no hello in time")
                 .await;
-            return;
+            return None;
         }
         Ok(Inbound::Text(text)) => match protocol::parse(&text, hub.limits()) {
             Ok(Request::Hello { resume, token }) => (
@@ -103,24 +124,24 @@ pub async fn serve(
                 connection
                     .close(close::BAD_HELLO, "the first message must be hello")
                     .await;
-                return;
+                return None;
             }
         },
         Ok(Inbound::TooBig) => {
             connection.close(TOO_BIG.0, TOO_BIG.1).await;
-            return;
+            return None;
         }
         Ok(Inbound::Violation(code, reason)) => {
             connection.close(code, reason).await;
-            return;
+            return None;
         }
         Ok(Inbound::Binary) => {
             connection
                 .close(close::BAD_HELLO, "the first message must be hello")
                 .await;
-            return;
+            return None;
         }
-        Ok(Inbound::Closed | Inbound::Control) => return,
+        Ok(Inbound::Closed | Inbound::Control) => return None,
     };
 
     let grant = match (&config.auth, token) {
@@ -145,7 +166,7 @@ pub async fn serve(
                         _ => "invalid token",
                     };
                     connection.close(close::UNAUTHORIZED, reason).await;
-                    return;
+                    return None;
                 }
             }
         }
@@ -157,7 +178,7 @@ pub async fn serve(
         Err(error) => {
             tracing::error!(%error, "could not admit a session");
             connection.close(close::INTERNAL, "internal error").await;
-            return;
+            return None;
         }
     };
     let welcome = protocol::welcome(
@@ -178,10 +199,35 @@ pub async fn serve(
     }
     if !connection.send(welcome).await {
         hub.depart(admitted.client, admitted.connection, &[]);
-        return;
+        return None;
     }
+    Some((
+        connection,
+        Welcomed {
+            admitted,
+            grant,
+            outbox,
+        },
+    ))
+}
+
+/// Runs an admitted session: the reader here, the writer as its own task, until
+/// either ends; then the lingering close and the departure.
+async fn run(
+    connection: Connection,
+    hub: Arc<Hub>,
+    shutdown: Shutdown,
+    config: Arc<SessionConfig>,
+    welcomed: Welcomed,
+) {
+    let Welcomed {
+        admitted,
+        grant,
+        outbox,
+    } = welcomed;
     hub.metrics().connections.increment(1.0);
     tracing::debug!(client = %admitted.client, resumed = admitted.resumed, "session started");
+    let user = grant.as_ref().map(|g| g.user.clone());
 
     let Admitted {
         client,
