@@ -153,9 +153,10 @@ pub struct ServeArgs {
     #[arg(long, env = "ROLLCALL_COMMIT_DELAY_MS", default_value_t = 10)]
     pub commit_delay_ms: u64,
 
-    /// Fan-out pacing: the shortest time between two writes to one client, in
-    /// milliseconds. The first change after a quiet spell goes out at once; later ones
-    /// gather for up to this long and go out in one write. 0 turns pacing off.
+    /// Fan-out pacing, in milliseconds: a client averaging under one write per this
+    /// interval (a burst of 4 after a quiet spell) is written to at once; a busier one
+    /// gets one write per interval, gathering what arrived meanwhile. 0 turns pacing
+    /// off.
     #[arg(long, env = "ROLLCALL_FANOUT_INTERVAL_MS", default_value_t = crate::config::DEFAULT_FANOUT_INTERVAL_MS, value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub fanout_interval_ms: u64,
 

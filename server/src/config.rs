@@ -26,8 +26,8 @@ pub struct ServerConfig {
     pub layout: Layout,
     /// The shortest time between two group writes of the log.
     pub commit_delay: Duration,
-    /// The shortest time between two writes to one client: the first after a quiet
-    /// spell goes at once, later ones gather what arrives meanwhile (zero: no pacing).
+    /// Fan-out pacing: a client averaging under one write per this interval is
+    /// written to at once, a busier one once per interval (zero: no pacing).
     pub fanout_interval: Duration,
     /// What replay does with corrupt records.
     pub recovery: Recovery,

@@ -45,8 +45,8 @@ pub struct SessionConfig {
     pub control_frames_per_second: u32,
     /// Token verification, when auth is on.
     pub auth: Option<Arc<Auth>>,
-    /// The shortest time between two writes to a client: the first write after a
-    /// quiet spell goes at once, later ones gather what arrives meanwhile.
+    /// Fan-out pacing (see [`Pacer`]): a client averaging under one write per this
+    /// interval is written to at once, a busier one once per interval.
     pub fanout_interval: Duration,
 }
 
@@ -660,7 +660,7 @@ struct WriteTask {
     shutdown: Shutdown,
     token_expiry: watch::Receiver<Option<UnixMs>>,
     config: Arc<SessionConfig>,
-    /// The first write after a quiet spell goes at once, later ones every
+    /// Writes at once while the connection is not busy, else once per
     /// `fanout_interval`.
     pacer: Pacer,
 }
@@ -739,8 +739,8 @@ impl WriteTask {
             match wake {
                 Wake::Paced => paced_until = None,
                 Wake::Work => {
-                    // The first write after a quiet spell goes at once; later ones
-                    // gather until an interval has passed since the last.
+                    // Under one write per interval on average: at once; busier:
+                    // gather until the pacer's next token.
                     let now = Instant::now();
                     if let Some(until) = self.pacer.wait_until(now).filter(|_| !outbox.urgent()) {
                         paced_until = Some(until.into());
