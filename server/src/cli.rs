@@ -154,7 +154,7 @@ pub struct ServeArgs {
     pub commit_delay_ms: u64,
 
     /// Fan-out pacing, in milliseconds: a client averaging under one write per this
-    /// interval (a burst of 4 after a quiet spell) is written to at once; a busier one
+    /// interval (a burst of 16 after a quiet spell) is written to at once; a busier one
     /// gets one write per interval, gathering what arrived meanwhile. 0 turns pacing
     /// off.
     #[arg(long, env = "ROLLCALL_FANOUT_INTERVAL_MS", default_value_t = crate::config::DEFAULT_FANOUT_INTERVAL_MS, value_parser = clap::value_parser!(u64).range(0..=1000))]
