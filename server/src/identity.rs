@@ -75,6 +75,28 @@ impl Identity {
         })
     }
 
+    /// Moves node `node`'s persisted id counter above `highest`, an id found in the
+    /// log: writes that reserved a block of ids may have been lost (and reported)
+    /// while entries with ids from that block survived, and those ids must not be
+    /// handed out again. Returns whether the counter moved. Call before [`Identity::load`].
+    pub fn raise_counter(engine: &mut Engine, node: u16, highest: ClientId) -> Result<bool> {
+        if highest.0 >> NODE_SHIFT != u64::from(node) {
+            return Ok(false);
+        }
+        let above = (highest.0 & ((1 << NODE_SHIFT) - 1)) + 1;
+        let stored = match engine.meta_get(NEXT_ID_KEY)? {
+            Some(bytes) if bytes.len() == 8 => {
+                u64::from_be_bytes(bytes.try_into().unwrap_or([0; 8]))
+            }
+            _ => 0,
+        };
+        if stored >= above {
+            return Ok(false);
+        }
+        engine.meta_put(NEXT_ID_KEY, &above.to_be_bytes())?;
+        Ok(true)
+    }
+
     /// A fresh client id, never handed out before.
     pub fn allocate(&mut self, engine: &mut Engine) -> Result<ClientId> {
         if self.next >= self.ceiling {

@@ -75,7 +75,11 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         let _ = std::io::stdout().flush();
     })
     .await
-    .context("the server stopped")
+    .map_err(|error| match error {
+        // Says what is wrong with the directory and what to do: one sentence, as is.
+        error @ rollcall_server::Error::DataDirectory { .. } => anyhow::Error::new(error),
+        error => anyhow::Error::new(error).context("the server stopped"),
+    })
 }
 
 /// Binds the first address `listen` names that can be bound (a host name may resolve
