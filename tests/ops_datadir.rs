@@ -2,7 +2,9 @@
 //! remedy that applies, checked here word for word: permissions (the server run as
 //! `nobody` when the test runs as root), a missing directory and a missing parent, a
 //! path that is a file, another program's directory, a directory in use, a damaged
-//! sled configuration, a damaged log sled cannot open, and lost writes. Only a
+//! sled configuration, random bytes over the log (lost writes; without the durability
+//! marker, a log sled reads nothing from), a truncated log, and a read-only
+//! file system (a tmpfs mounted read-only; skipped where mounting is not allowed). Only a
 //! directory recognised as Rollcall's is ever moved aside. Also: after a loss accepted
 //! with `--recovery=skip-corrupt`, client ids are never handed out twice.
 
@@ -548,4 +550,48 @@ fn client_ids_are_not_handed_out_twice_after_their_reservation_was_lost() {
     );
     let room = server.get_json("/v1/rooms/pr%3Aa");
     assert_eq!(room["entries"].as_array().map(Vec::len), Some(3), "{room}");
+}
+
+/// Unmounts on drop, even if an assertion fails.
+struct Unmount<'a>(&'a Path);
+
+impl Drop for Unmount<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0).status();
+    }
+}
+
+#[test]
+fn a_read_only_file_system_says_so() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let data = temp.path().join("mnt");
+    std::fs::create_dir(&data).expect("mkdir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+        .arg(&data)
+        .output();
+    match mounted {
+        Ok(output) if output.status.success() => {}
+        Ok(output) => {
+            println!(
+                "SKIPPED: needs to mount a read-only tmpfs (as root): {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+            return;
+        }
+        Err(error) => {
+            println!("SKIPPED: cannot run mount: {error}");
+            return;
+        }
+    }
+    let _unmount = Unmount(&data);
+    let exit = refused(&data, &["--on-corrupt-data=move-aside"]);
+    assert_eq!(
+        error_line(&exit),
+        format!(
+            "error: cannot open the data directory {}: it is on a read-only file system: mount \
+             it read-write or choose another --data",
+            data.display()
+        )
+    );
 }
