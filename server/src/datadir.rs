@@ -3,7 +3,8 @@
 //!
 //! A directory is recognised as Rollcall's by what the server writes there: the
 //! durability marker `durable-tip`, or sled's `conf` and `db` together (directories
-//! written before the marker existed). A missing directory is created if its parent
+//! written before the marker existed), or nothing but names sled and the server write
+//! (a first start that stopped half way). A missing directory is created if its parent
 //! exists; an empty one (a `lost+found` aside) is used as is; anything else is another
 //! program's, and is neither written to nor moved aside.
 
@@ -19,10 +20,19 @@ const MARKER: &str = "durable-tip";
 const SLED_CONF: &str = "conf";
 const SLED_DB: &str = "db";
 const SLED_BLOBS: &str = "blobs";
-/// What a file system may put in an empty directory (the root of a mount).
-const IGNORED: &[&str] = &["lost+found"];
 /// Probe file written (and removed) to check the directory is writable.
 const PROBE: &str = ".rollcall-write-check";
+/// What a file system may put in an empty directory (the root of a mount), and a probe
+/// left by a start that crashed.
+const IGNORED: &[&str] = &["lost+found", PROBE];
+
+/// Whether `name` is one sled or the server writes: a directory holding only such
+/// names is Rollcall's even without `conf` and `db` (a first start that crashed).
+fn is_ours(name: &str) -> bool {
+    matches!(name, MARKER | SLED_CONF | SLED_DB | SLED_BLOBS)
+        || name == format!("{MARKER}.new")
+        || name.starts_with("snap.")
+}
 
 /// What was found at the data directory's path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,7 +102,7 @@ fn classify(path: &Path) -> Result<Found, Error> {
         return Ok(Found::Empty);
     }
     let has = |wanted: &str| names.iter().any(|name| name == wanted);
-    if has(MARKER) || (has(SLED_CONF) && has(SLED_DB)) {
+    if has(MARKER) || (has(SLED_CONF) && has(SLED_DB)) || names.iter().all(|n| is_ours(n)) {
         return Ok(Found::Rollcall);
     }
     names.sort();
@@ -224,4 +234,54 @@ fn login_name(uid: u32) -> Option<String> {
         let found: u32 = fields.nth(1)?.parse().ok()?;
         (found == uid).then(|| name.to_owned())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holding(names: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for name in names {
+            if let Some(sub) = name.strip_suffix('/') {
+                fs::create_dir(dir.path().join(sub)).unwrap();
+            } else {
+                fs::write(dir.path().join(name), b"x").unwrap();
+            }
+        }
+        dir
+    }
+
+    #[test]
+    fn directories_are_recognised_by_what_the_server_writes() {
+        let cases: &[(&[&str], Option<Found>)] = &[
+            (&[], Some(Found::Empty)),
+            (&["lost+found/", PROBE], Some(Found::Empty)),
+            (
+                &["conf", "db", "blobs/", "durable-tip"],
+                Some(Found::Rollcall),
+            ),
+            (
+                &["conf", "db", "blobs/", "snap.0000001"],
+                Some(Found::Rollcall),
+            ),
+            // A first start that stopped half way.
+            (&["conf", "blobs/"], Some(Found::Rollcall)),
+            // The marker makes it ours whatever else was put there.
+            (&["durable-tip", "README"], Some(Found::Rollcall)),
+            (&["README"], None),
+            (&["db", "README"], None),
+        ];
+        for (names, expected) in cases {
+            let dir = holding(names);
+            match (prepare(dir.path()), expected) {
+                (Ok(found), Some(expected)) => assert_eq!(found, *expected, "{names:?}"),
+                (Err(Error::DataDirectory { kind, .. }), None) => {
+                    assert_eq!(kind, DataDirProblem::Foreign, "{names:?}");
+                }
+                (other, _) => panic!("{names:?}: {other:?}"),
+            }
+            assert!(!dir.path().join(PROBE).exists() || names.contains(&PROBE));
+        }
+    }
 }

@@ -196,6 +196,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_counter_moves_past_ids_found_in_the_log_of_its_own_node_only() {
+        let mut engine = Engine::memory();
+        // Node 2's space: an id of node 3 or below the counter changes nothing.
+        let node = 2;
+        let base = u64::from(node) << NODE_SHIFT;
+        assert!(Identity::raise_counter(&mut engine, node, ClientId(base + 40)).unwrap());
+        assert!(!Identity::raise_counter(&mut engine, node, ClientId(base + 7)).unwrap());
+        assert!(
+            !Identity::raise_counter(&mut engine, node, ClientId((3 << NODE_SHIFT) + 90)).unwrap()
+        );
+        let mut identity = Identity::load(&mut engine, node, None).unwrap();
+        assert_eq!(identity.allocate(&mut engine).unwrap(), ClientId(base + 41));
+        // A counter already past the id stays where it is.
+        let mut engine = Engine::memory();
+        let mut identity = Identity::load(&mut engine, 0, None).unwrap();
+        let first = identity.allocate(&mut engine).unwrap();
+        assert!(!Identity::raise_counter(&mut engine, 0, first).unwrap());
+    }
+
+    #[test]
     fn tokens_verify_only_for_their_user() {
         let mut engine = Engine::memory();
         let mut identity = Identity::load(&mut engine, 0, None).unwrap();
