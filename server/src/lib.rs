@@ -28,6 +28,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod connection;
+mod datadir;
 pub mod error;
 pub mod fanout;
 pub mod http;
@@ -44,6 +45,6 @@ pub mod shutdown;
 pub mod tls;
 
 pub use config::ServerConfig;
-pub use error::{Error, Result};
+pub use error::{DataDirProblem, Error, Result};
 pub use limits::Limits;
 pub use server::{run, run_notify};
