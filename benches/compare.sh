@@ -81,6 +81,8 @@ field() { python3 -c "import json,sys; d=json.load(open('$OUT/$1.json')); v=d$2;
 echo "==> 3. light load: 100 clients, rooms of 10, 10 Hz"
 start_rollcall flush; load light-rollcall --clients 100 --room-size 10 --rate 10 --duration "$LIGHT" --warmup "$WARM"; stop_server
 start_y;              load light-y        --clients 100 --room-size 10 --rate 10 --duration "$LIGHT" --warmup "$WARM"; stop_server
+echo "==> 3b. light load with intervalMs 50 subscriptions (the latest state per client at 20 Hz)"
+start_rollcall flush; load light-rollcall-paced --clients 100 --room-size 10 --rate 10 --interval-ms 50 --duration "$LIGHT" --warmup "$WARM"; stop_server
 
 echo "==> 2. efficiency: the largest load each sustains with p99 <= 50 ms (rooms of 50, 20 Hz)"
 best() { # $1 = name; the rest: client counts to try in order

@@ -46,6 +46,14 @@ if light_r and light_y:
         rows.append(("3. light load latency %s (100 clients, rooms of 10, 10 Hz)" % q,
                      fmt(a, " ms", 2), fmt(b, " ms", 2), ratio(a, b, invert=True) + " lower" if a <= b else ratio(a, b) + " higher"))
 
+paced = load("light-rollcall-paced")
+if paced and light_y:
+    a, b = paced["deliveries_per_server_cpu_s"], light_y["deliveries_per_server_cpu_s"]
+    rows.append(("3b. light load, intervalMs 50: deliveries per server CPU-second (goal ≥ 3× y-websocket's)",
+                 fmt(a), fmt(b), ratio(a, b)))
+    rows.append(("3b. light load, intervalMs 50: delivery p50 / p99 (goal p99 ≤ 80 ms)",
+                 "%s / %s" % (fmt(paced["latency_ms"]["p50"], " ms", 2), fmt(paced["latency_ms"]["p99"], " ms", 2)), "", ""))
+
 best_r, best_y = best("rollcall"), best("y")
 a = best_r and best_r["deliveries_per_server_cpu_s"]
 b = best_y and best_y["deliveries_per_server_cpu_s"]

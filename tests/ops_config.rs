@@ -318,7 +318,10 @@ fn metrics_have_help_and_type_lines_in_a_stable_order() {
             .strip_suffix("_bucket")
             .or_else(|| family.strip_suffix("_sum"))
             .or_else(|| family.strip_suffix("_count"))
-            .filter(|base| first.contains(&format!("# TYPE {base} histogram")))
+            .filter(|base| {
+                first.contains(&format!("# TYPE {base} histogram"))
+                    || first.contains(&format!("# TYPE {base} summary"))
+            })
             .unwrap_or(family);
         assert!(
             first.contains(&format!("# TYPE {base} ")),

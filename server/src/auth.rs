@@ -117,7 +117,7 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 impl Auth {
     /// HS256 with the secret in `path` (surrounding whitespace is ignored).
     pub fn from_secret_file(path: &Path) -> Result<Auth> {
-        let secret = crate::config::read_secret_file(path, "auth secret")?;
+        let secret = read_secret_file(path, "auth secret")?;
         Ok(Auth::with(
             DecodingKey::from_secret(&secret),
             Algorithm::HS256,
@@ -332,6 +332,23 @@ fn pem_blocks(text: &str) -> Vec<(&str, &str)> {
         rest = &rest[block_end..];
     }
     blocks
+}
+
+/// Reads a secret of at least 32 bytes from `path` (surrounding whitespace is ignored,
+/// so a base64 or hex line works); `what` names it in errors.
+pub fn read_secret_file(path: &std::path::Path, what: &str) -> crate::Result<Vec<u8>> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        crate::Error::Config(format!("cannot read the {what} {}: {e}", path.display()))
+    })?;
+    let secret = bytes.trim_ascii();
+    if secret.len() < 32 {
+        return Err(crate::Error::Config(format!(
+            "the {what} in {} is {} bytes; use at least 32 random bytes",
+            path.display(),
+            secret.len()
+        )));
+    }
+    Ok(secret.to_vec())
 }
 
 #[cfg(test)]

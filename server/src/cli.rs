@@ -155,6 +155,13 @@ pub struct ServeArgs {
     #[arg(long, env = "ROLLCALL_COMMIT_DELAY_MS", default_value_t = 10)]
     pub commit_delay_ms: u64,
 
+    /// Fan-out pacing, in milliseconds: a client averaging under one write per this
+    /// interval (a burst of 4 after a quiet spell) is written to at once; a busier one
+    /// gets one write per interval, gathering what arrived meanwhile. 0 turns pacing
+    /// off.
+    #[arg(long, env = "ROLLCALL_FANOUT_INTERVAL_MS", default_value_t = crate::config::DEFAULT_FANOUT_INTERVAL_MS, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub fanout_interval_ms: u64,
+
     /// Log record layout: one record per commit group, or one per event.
     #[arg(long, env = "ROLLCALL_LOG_LAYOUT", value_enum, default_value_t = LayoutArg::Group)]
     pub log_layout: LayoutArg,
@@ -555,6 +562,7 @@ impl ServeArgs {
                 DurabilityArg::Memory => Durability::Memory,
             },
             commit_delay: Duration::from_millis(self.commit_delay_ms),
+            fanout_interval: Duration::from_millis(self.fanout_interval_ms),
             layout: match self.log_layout {
                 LayoutArg::Group => Layout::PerGroup,
                 LayoutArg::Event => Layout::PerEvent,

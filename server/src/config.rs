@@ -7,8 +7,13 @@ use std::time::Duration;
 use rollcall_engine::{Durability, Layout, Recovery};
 
 use crate::auth::Auth;
+pub use crate::auth::read_secret_file;
 use crate::limits::Limits;
 use crate::listener::ConnectionLimits;
+
+/// The default of `--fanout-interval-ms` (see `docs/performance.md` for how it was
+/// chosen).
+pub const DEFAULT_FANOUT_INTERVAL_MS: u64 = 5;
 
 /// Everything `run` needs besides the listener.
 #[derive(Clone, Debug)]
@@ -21,6 +26,9 @@ pub struct ServerConfig {
     pub layout: Layout,
     /// The shortest time between two group writes of the log.
     pub commit_delay: Duration,
+    /// Fan-out pacing: a client averaging under one write per this interval is
+    /// written to at once, a busier one once per interval (zero: no pacing).
+    pub fanout_interval: Duration,
     /// What replay does with corrupt records.
     pub recovery: Recovery,
     /// Limits on client input.
@@ -97,6 +105,7 @@ impl Default for ServerConfig {
             durability: Durability::Flush,
             layout: Layout::PerGroup,
             commit_delay: Duration::from_millis(10),
+            fanout_interval: Duration::from_millis(DEFAULT_FANOUT_INTERVAL_MS),
             recovery: Recovery::Strict,
             limits: Limits::default(),
             tick: Duration::from_millis(25),
@@ -116,21 +125,4 @@ impl Default for ServerConfig {
             tls: None,
         }
     }
-}
-
-/// Reads a secret of at least 32 bytes from `path` (surrounding whitespace is ignored,
-/// so a base64 or hex line works); `what` names it in errors.
-pub fn read_secret_file(path: &std::path::Path, what: &str) -> crate::Result<Vec<u8>> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        crate::Error::Config(format!("cannot read the {what} {}: {e}", path.display()))
-    })?;
-    let secret = bytes.trim_ascii();
-    if secret.len() < 32 {
-        return Err(crate::Error::Config(format!(
-            "the {what} in {} is {} bytes; use at least 32 random bytes",
-            path.display(),
-            secret.len()
-        )));
-    }
-    Ok(secret.to_vec())
 }

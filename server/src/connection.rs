@@ -519,12 +519,12 @@ pub struct Writer {
 impl Writer {
     /// Writes `frames` and flushes once for all of them. Returns the bytes written, or
     /// `None` if the socket failed.
-    pub async fn send_batch(&mut self, frames: &mut Vec<String>) -> Option<usize> {
+    pub async fn send_batch(&mut self, frames: &mut Vec<Utf8Bytes>) -> Option<usize> {
         let mut bytes = 0;
         for frame in frames.drain(..) {
             bytes += frame.len();
             // `feed` queues into tungstenite's write buffer; only `flush` writes.
-            self.sink.feed(Message::Text(frame.into())).await.ok()?;
+            self.sink.feed(Message::Text(frame)).await.ok()?;
         }
         self.sink.flush().await.ok()?;
         Some(bytes)

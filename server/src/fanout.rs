@@ -12,20 +12,30 @@
 //! window. A subscriber that falls out of the window is sent the room's current state
 //! instead (a snapshot). A slow reader therefore costs memory bounded by its rooms'
 //! size, never by the event rate, and always converges to the exact state.
+//!
+//! Pacing: a subscription may ask for a slower rate (`intervalMs` in `subscribe`). It is
+//! then read at most once per interval, and always conflated: it receives the latest
+//! state per client at that rate. Subscribers that read the same span of a feed share
+//! one serialized frame instead of each building its own.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 use hashbrown::HashSet;
-use rollcall_engine::{ClientId, Ticket, UnixMs};
+use rollcall_engine::{Change, ClientId, Ticket, UnixMs};
 use tokio::sync::Notify;
+use tungstenite::Utf8Bytes;
 
 use crate::protocol::{self, ErrorCode, Rejection};
 
 /// The index of a subscription in one outbox.
-pub type Slot = u32;
+pub(crate) type Slot = u32;
+
+/// A text frame ready to write. Cloning it is a reference-count increment, so one
+/// `changes` frame can be shared by every subscriber in step with its feed.
+pub(crate) type Frame = Utf8Bytes;
 
 /// Control messages (acks, errors, pongs) a client may leave unread before its reader
 /// is paused: backpressure for clients that write but do not read.
@@ -45,11 +55,62 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A change published on a feed. It is serialized once, by whoever needs it first:
+/// the publisher right after it releases the hub lock, or a reader.
+#[derive(Debug)]
+pub(crate) struct Published {
+    client: ClientId,
+    change: Option<Change>,
+    fragment: OnceLock<Arc<str>>,
+}
+
+impl Published {
+    /// A change to serialize when first needed.
+    pub(crate) fn new(change: Change) -> Arc<Published> {
+        Arc::new(Published {
+            client: change.entry.client,
+            change: Some(change),
+            fragment: OnceLock::new(),
+        })
+    }
+
+    /// An already serialized change of `client`.
+    #[cfg(test)]
+    fn serialized(client: ClientId, fragment: Arc<str>) -> Arc<Published> {
+        Arc::new(Published {
+            client,
+            change: None,
+            fragment: OnceLock::from(fragment),
+        })
+    }
+
+    /// The change's `changes` entry (JSON), serialized on first use.
+    pub(crate) fn fragment(&self) -> &Arc<str> {
+        self.fragment.get_or_init(|| match &self.change {
+            Some(change) => protocol::change_fragment(change).into(),
+            None => Arc::from("null"),
+        })
+    }
+}
+
 #[derive(Debug, Default)]
 struct FeedLog {
     /// Sequence number of `changes[0]`.
     base: u64,
-    changes: VecDeque<(ClientId, Arc<str>)>,
+    changes: VecDeque<Arc<Published>>,
+    /// The last `changes` frame built from this feed, for the next reader of the same
+    /// span.
+    shared: Option<SharedFrame>,
+}
+
+/// A `changes` frame of the feed's span `from..to`, conflated or not.
+#[derive(Debug)]
+struct SharedFrame {
+    from: u64,
+    to: u64,
+    conflated: bool,
+    frame: Frame,
+    changes: usize,
 }
 
 impl FeedLog {
@@ -58,10 +119,12 @@ impl FeedLog {
     }
 }
 
-/// A room's recent changes, shared by all its subscribers.
+/// A room's recent changes and its subscribers, shared by all of them. Its locks are
+/// the room's own: publishing and waking in one room never waits for another room.
 #[derive(Debug, Default)]
 pub struct Feed {
     log: Mutex<FeedLog>,
+    subscribers: Mutex<Vec<Arc<Subscription>>>,
 }
 
 impl Feed {
@@ -75,37 +138,43 @@ impl Feed {
         lock(&self.log).head()
     }
 
-    /// Appends a change and wakes the subscribers that were idle. `room_len` is the
-    /// room's number of entries, which sizes the window.
-    pub fn publish(
-        &self,
-        client: ClientId,
-        fragment: Arc<str>,
-        subscribers: &[Arc<Subscription>],
-        room_len: usize,
-    ) {
-        {
-            let mut log = lock(&self.log);
-            log.changes.push_back((client, fragment));
-            let window = (2 * room_len).clamp(MIN_WINDOW, MAX_WINDOW);
-            if log.changes.len() > TRIM_AFTER.min(window) {
-                // Drop what everyone has read; past the window, drop regardless.
-                let read_by_all = subscribers
-                    .iter()
-                    .map(|s| s.cursor.load(Ordering::Acquire))
-                    .min()
-                    .unwrap_or_else(|| log.head());
-                let keep_from = read_by_all.max(log.head().saturating_sub(window as u64));
-                let drop = keep_from
-                    .saturating_sub(log.base)
-                    .min(log.changes.len() as u64);
-                log.changes.drain(..drop as usize);
-                log.base += drop;
-            }
+    /// Stops `subscription` reading this feed; returns how many still do.
+    pub(crate) fn remove(&self, subscription: &Arc<Subscription>) -> usize {
+        let mut subscribers = lock(&self.subscribers);
+        subscribers.retain(|s| !Arc::ptr_eq(s, subscription));
+        subscribers.len()
+    }
+
+    /// Appends a change (O(1), no serialization: call under the hub lock, so the
+    /// feed's order is the hub's). `room_len` is the room's number of entries, which
+    /// sizes the window. Subscribers are woken by [`Feed::wake`], after the lock.
+    pub(crate) fn publish(&self, published: Arc<Published>, room_len: usize) {
+        let mut log = lock(&self.log);
+        log.changes.push_back(published);
+        let window = (2 * room_len).clamp(MIN_WINDOW, MAX_WINDOW);
+        if log.changes.len() > TRIM_AFTER.min(window) {
+            // Drop what everyone has read; past the window, drop regardless.
+            let read_by_all = lock(&self.subscribers)
+                .iter()
+                .map(|s| s.cursor.load(Ordering::Acquire))
+                .min()
+                .unwrap_or_else(|| log.head());
+            let keep_from = read_by_all.max(log.head().saturating_sub(window as u64));
+            let drop = keep_from
+                .saturating_sub(log.base)
+                .min(log.changes.len() as u64);
+            log.changes.drain(..drop as usize);
+            log.base += drop;
         }
-        for subscription in subscribers {
+    }
+
+    /// Wakes the subscribers that were idle; returns how many read this feed.
+    pub(crate) fn wake(&self) -> usize {
+        let subscribers = lock(&self.subscribers);
+        for subscription in subscribers.iter() {
             subscription.wake();
         }
+        subscribers.len()
     }
 }
 
@@ -123,6 +192,11 @@ pub struct Subscription {
     /// Sequence number of the next change to send.
     cursor: AtomicU64,
     snapshot: Mutex<Option<String>>,
+    /// Paced subscriptions: the shortest time between two reads of the feed (zero:
+    /// read whenever the writer drains).
+    interval: Duration,
+    /// Paced subscriptions: when the feed may be read next.
+    next_read: Mutex<Option<Instant>>,
 }
 
 impl Subscription {
@@ -148,6 +222,23 @@ impl Subscription {
     pub fn feed(&self) -> &Arc<Feed> {
         &self.feed
     }
+
+    /// The pacing interval asked for in `subscribe` (zero: none).
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// Whether the feed may be read at `at`; a paced subscription that may not gives
+    /// the instant it may.
+    fn due(&self, at: Instant) -> Result<(), Instant> {
+        if self.interval.is_zero() {
+            return Ok(());
+        }
+        match *lock(&self.next_read) {
+            Some(next) if next > at => Err(next),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -166,8 +257,17 @@ struct State {
     subscriptions: Vec<Option<Arc<Subscription>>>,
     free: Vec<Slot>,
     dirty: Vec<Slot>,
+    /// Paced subscriptions with news that are not due yet, and the earliest instant
+    /// one is.
+    deferred: Vec<Arc<Subscription>>,
+    next_due: Option<Instant>,
     control: VecDeque<String>,
     acks: VecDeque<PendingAck>,
+    /// A reply (pong, error) is queued: write without waiting for the pacer.
+    urgent: bool,
+    /// While a [`Hold`] is alive, wake-ups wait for it to end.
+    held: usize,
+    wake_owed: bool,
 }
 
 /// What a subscriber's writer has to send.
@@ -182,7 +282,7 @@ pub struct Outbox {
 #[derive(Debug, Default)]
 pub struct Drained {
     /// Text frames in the order to send them.
-    pub frames: Vec<String>,
+    pub frames: Vec<Frame>,
     /// Changes in those frames.
     pub changes: usize,
     /// Subscriptions that fell out of their feed's window: send them a snapshot.
@@ -227,8 +327,14 @@ impl Outbox {
         }
     }
 
-    /// Creates a subscription to `room`'s `feed` (starting at its head).
-    pub fn subscribe(self: &Arc<Self>, room: Arc<str>, feed: Arc<Feed>) -> Arc<Subscription> {
+    /// Creates a subscription to `room`'s `feed` (starting at its head), read at most
+    /// once per `interval` (zero: whenever the writer drains).
+    pub fn subscribe(
+        self: &Arc<Self>,
+        room: Arc<str>,
+        feed: Arc<Feed>,
+        interval: Duration,
+    ) -> Arc<Subscription> {
         let mut state = lock(&self.state);
         let slot = match state.free.pop() {
             Some(slot) => slot,
@@ -247,8 +353,12 @@ impl Outbox {
             dirty: AtomicBool::new(false),
             cursor: AtomicU64::new(cursor),
             snapshot: Mutex::new(None),
+            interval,
+            next_read: Mutex::new(None),
         });
         state.subscriptions[slot as usize] = Some(subscription.clone());
+        drop(state);
+        lock(&subscription.feed.subscribers).push(subscription.clone());
         subscription
     }
 
@@ -267,17 +377,53 @@ impl Outbox {
         let mut state = lock(&self.state);
         let was_idle = state.dirty.is_empty();
         state.dirty.push(slot);
-        drop(state);
         // Waking an already woken writer is wasted work under load: skip it.
         if was_idle {
-            self.wake.notify_one();
+            self.wake_locked(state);
         }
     }
 
-    /// Queues a control message (ack, error, pong).
-    pub fn push_control(&self, message: String) {
-        lock(&self.state).control.push_back(message);
+    /// Wakes the writer, or leaves the wake-up to the [`Hold`] in force.
+    fn wake_locked(&self, mut state: MutexGuard<'_, State>) {
+        if state.held > 0 {
+            state.wake_owed = true;
+            return;
+        }
+        drop(state);
         self.wake.notify_one();
+    }
+
+    /// Holds the writer's wake-ups until the guard drops: what is queued meanwhile (a
+    /// heartbeat's own change and its ack) goes out in one write.
+    pub fn hold(&self) -> Hold<'_> {
+        lock(&self.state).held += 1;
+        Hold { outbox: self }
+    }
+
+    /// Queues a control message (an ack); it goes out with the next paced write.
+    pub fn push_control(&self, message: String) {
+        let mut state = lock(&self.state);
+        state.control.push_back(message);
+        self.wake_locked(state);
+    }
+
+    /// Queues the answer to a request that waits for it (a pong, an error): it goes out
+    /// at once, not at the next paced write, with whatever else is queued.
+    pub fn push_reply(&self, message: String) {
+        let mut state = lock(&self.state);
+        state.control.push_back(message);
+        state.urgent = true;
+        self.wake_locked(state);
+    }
+
+    /// Whether a reply is waiting that must not wait for the pacing interval.
+    pub fn urgent(&self) -> bool {
+        lock(&self.state).urgent
+    }
+
+    /// When a paced subscription with news is due next, if one is waiting.
+    pub fn next_due(&self) -> Option<Instant> {
+        lock(&self.state).next_due
     }
 
     /// Queues the ack of a write; it is sent once the log's durable watermark reaches
@@ -289,14 +435,15 @@ impl Outbox {
         reference: u64,
         message: String,
     ) {
-        lock(&self.state).acks.push_back(PendingAck {
+        let mut state = lock(&self.state);
+        state.acks.push_back(PendingAck {
             ticket,
             deadline,
             reference,
             message,
             claims_write: true,
         });
-        self.wake.notify_one();
+        self.wake_locked(state);
     }
 
     /// Queues the ack of a request that wrote nothing, in order: behind the acks still
@@ -316,8 +463,7 @@ impl Outbox {
             }
             None => state.control.push_back(message),
         }
-        drop(state);
-        self.wake.notify_one();
+        self.wake_locked(state);
     }
 
     /// Control messages and acks waiting to be written.
@@ -336,17 +482,19 @@ impl Outbox {
         !lock(&self.state).acks.is_empty()
     }
 
-    /// Takes everything sendable: for each room with news, its snapshot and/or one
-    /// `changes` frame; then control messages; then acks that are durable (or timed
-    /// out).
+    /// Takes everything sendable at `at`: for each room with news, its snapshot and/or
+    /// one `changes` frame (a paced subscription only once its interval has passed);
+    /// then control messages; then acks that are durable (or timed out).
     pub fn drain(&self, durable: Ticket, now: UnixMs, at: Instant, out: &mut Drained) {
-        let had_backlog = {
+        let mut deferred = {
             let mut state = lock(&self.state);
             let State {
                 subscriptions,
                 dirty,
+                deferred,
+                next_due,
                 control,
-                acks,
+                urgent,
                 ..
             } = &mut *state;
             out.dirty.extend(
@@ -354,43 +502,80 @@ impl Outbox {
                     .drain(..)
                     .filter_map(|slot| subscriptions.get(slot as usize).cloned().flatten()),
             );
-            let had_backlog = !control.is_empty() || !acks.is_empty();
-            out.frames.extend(control.drain(..));
-            had_backlog
+            if next_due.is_some_and(|due| due <= at) {
+                *next_due = None;
+                // Still subscribed (the slot holds this very subscription): read it.
+                out.dirty.extend(deferred.drain(..).filter(|s| {
+                    subscriptions
+                        .get(s.slot as usize)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|held| Arc::ptr_eq(held, s))
+                }));
+            }
+            out.frames.extend(control.drain(..).map(Frame::from));
+            *urgent = false;
+            std::mem::take(deferred)
         };
+        let had_backlog = !out.frames.is_empty();
         let control_frames = out.frames.len();
         let mut dirty = std::mem::take(&mut out.dirty);
+        let mut next_due = None::<Instant>;
         for subscription in dirty.drain(..) {
+            let snapshot = lock(&subscription.snapshot).take();
+            if snapshot.is_none() {
+                if let Err(due) = subscription.due(at) {
+                    // Not yet: it stays dirty (publishers need not flag it again).
+                    next_due = Some(next_due.map_or(due, |d| d.min(due)));
+                    deferred.push(subscription);
+                    continue;
+                }
+            }
             // Clear first: a change published after the read below sets it again.
             subscription.dirty.store(false, Ordering::Release);
-            if let Some(snapshot) = lock(&subscription.snapshot).take() {
-                out.frames.push(snapshot);
+            let mut sent = false;
+            if let Some(snapshot) = snapshot {
+                out.frames.push(snapshot.into());
+                sent = true;
             }
-            Self::read_feed(&subscription, now, out);
+            sent |= Self::read_feed(&subscription, now, out);
+            if sent && !subscription.interval.is_zero() {
+                *lock(&subscription.next_read) = Some(at + subscription.interval);
+            }
         }
         out.dirty = dirty;
         // Control messages queued before the drain go after the room frames, so a
         // subscribe's ack follows its snapshot.
         out.frames.rotate_left(control_frames);
         let mut state = lock(&self.state);
+        if !deferred.is_empty() {
+            state.deferred.append(&mut deferred);
+            state.next_due = match (state.next_due, next_due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        let had_backlog = had_backlog || !state.acks.is_empty();
         while let Some(ack) = state.acks.front() {
             if ack.ticket <= durable {
                 let ack = state.acks.pop_front().expect("front exists");
-                out.frames.push(ack.message);
+                out.frames.push(ack.message.into());
             } else if ack.deadline <= at {
                 let ack = state.acks.pop_front().expect("front exists");
                 if !ack.claims_write {
-                    out.frames.push(ack.message);
+                    out.frames.push(ack.message.into());
                     continue;
                 }
-                out.frames.push(protocol::error(&Rejection {
-                    code: ErrorCode::StorageUnavailable,
-                    message: "the log could not make this write durable in time; it is held in \
-                              memory and will be written when the disk recovers"
-                        .into(),
-                    reference: Some(ack.reference),
-                    room: None,
-                }));
+                out.frames.push(
+                    protocol::error(&Rejection {
+                        code: ErrorCode::StorageUnavailable,
+                        message: "the log could not make this write durable in time; it is \
+                                  held in memory and will be written when the disk recovers"
+                            .into(),
+                        reference: Some(ack.reference),
+                        room: None,
+                    })
+                    .into(),
+                );
             } else {
                 break;
             }
@@ -401,29 +586,42 @@ impl Outbox {
         }
     }
 
-    /// Appends one `changes` frame with what `subscription` has not seen yet.
-    fn read_feed(subscription: &Arc<Subscription>, now: UnixMs, out: &mut Drained) {
-        let log = lock(&subscription.feed.log);
+    /// Appends one `changes` frame with what `subscription` has not seen yet; returns
+    /// whether there was anything. A frame of the same span as the last reader's is
+    /// shared, not rebuilt.
+    fn read_feed(subscription: &Arc<Subscription>, now: UnixMs, out: &mut Drained) -> bool {
+        let mut log = lock(&subscription.feed.log);
         let cursor = subscription.cursor.load(Ordering::Acquire);
         let head = log.head();
         if cursor < log.base {
             // Fell out of the window: the current state replaces what was missed.
             out.resync.push(subscription.clone());
-            return;
+            return false;
         }
         if cursor >= head {
-            return;
+            return false;
+        }
+        // A paced subscription wants the latest state per client, never the steps.
+        let conflated = head - cursor > CONFLATE_AFTER || !subscription.interval.is_zero();
+        if let Some(shared) = log.shared.as_ref().filter(|shared| {
+            shared.from == cursor && shared.to == head && shared.conflated == conflated
+        }) {
+            out.frames.push(shared.frame.clone());
+            out.changes += shared.changes;
+            subscription.cursor.store(head, Ordering::Release);
+            return true;
         }
         let unread = log.changes.range((cursor - log.base) as usize..);
         let mut frame = String::new();
         protocol::changes_prefix(&mut frame, &subscription.room, now);
-        if head - cursor > CONFLATE_AFTER {
-            // Conflate: the latest change per client, newest first.
+        let mut changes = 0;
+        if conflated {
+            // Conflate: the latest change per client, in the order of those changes.
             out.seen.clear();
             out.picked.clear();
-            for (client, fragment) in unread.rev() {
-                if out.seen.insert(*client) {
-                    out.picked.push(fragment.clone());
+            for published in unread.rev() {
+                if out.seen.insert(published.client) {
+                    out.picked.push(published.fragment().clone());
                 }
             }
             for (i, fragment) in out.picked.drain(..).rev().enumerate() {
@@ -431,21 +629,104 @@ impl Outbox {
                     frame.push(',');
                 }
                 frame.push_str(&fragment);
-                out.changes += 1;
+                changes += 1;
             }
         } else {
-            for (i, (_, fragment)) in unread.enumerate() {
+            for (i, published) in unread.enumerate() {
                 if i > 0 {
                     frame.push(',');
                 }
-                frame.push_str(fragment);
-                out.changes += 1;
+                frame.push_str(published.fragment());
+                changes += 1;
             }
         }
-        drop(log);
         frame.push_str(protocol::CHANGES_SUFFIX);
+        let frame = Frame::from(frame);
+        log.shared = Some(SharedFrame {
+            from: cursor,
+            to: head,
+            conflated,
+            frame: frame.clone(),
+            changes,
+        });
+        drop(log);
         out.frames.push(frame);
+        out.changes += changes;
         subscription.cursor.store(head, Ordering::Release);
+        true
+    }
+}
+
+/// Paces one connection's writes, as a token bucket: a connection may write at once
+/// while it has written less than one write per `interval` on average (with a burst
+/// of [`PACER_BURST`] after a quiet spell); past that, each write waits for the next
+/// token and carries everything that arrived meanwhile. So light traffic is never
+/// delayed, and a busy connection gets one write per interval.
+#[derive(Debug)]
+pub(crate) struct Pacer {
+    interval: Duration,
+    /// Writes allowed now (up to the burst), as of `at`.
+    tokens: f64,
+    at: Option<Instant>,
+}
+
+/// Writes a connection may make at once after a quiet spell.
+pub(crate) const PACER_BURST: f64 = 4.0;
+
+impl Pacer {
+    /// A pacer with this interval (zero: never waits).
+    pub(crate) fn new(interval: Duration) -> Pacer {
+        Pacer {
+            interval,
+            tokens: PACER_BURST,
+            at: None,
+        }
+    }
+
+    fn tokens(&self, now: Instant) -> f64 {
+        match self.at {
+            None => PACER_BURST,
+            Some(at) => {
+                let earned =
+                    now.saturating_duration_since(at).as_secs_f64() / self.interval.as_secs_f64();
+                (self.tokens + earned).min(PACER_BURST)
+            }
+        }
+    }
+
+    /// When the writer may write next, if not at `now`.
+    pub(crate) fn wait_until(&self, now: Instant) -> Option<Instant> {
+        if self.interval.is_zero() {
+            return None;
+        }
+        let tokens = self.tokens(now);
+        (tokens < 1.0).then(|| now + self.interval.mul_f64(1.0 - tokens))
+    }
+
+    /// A write went out at `at`.
+    pub(crate) fn wrote(&mut self, at: Instant) {
+        if self.interval.is_zero() {
+            return;
+        }
+        self.tokens = (self.tokens(at) - 1.0).max(0.0);
+        self.at = Some(at);
+    }
+}
+
+/// Holds an outbox's wake-ups (see [`Outbox::hold`]).
+#[derive(Debug)]
+pub struct Hold<'a> {
+    outbox: &'a Outbox,
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.outbox.state);
+        state.held -= 1;
+        if state.held == 0 && std::mem::take(&mut state.wake_owed) {
+            drop(state);
+            self.outbox.wake.notify_one();
+        }
     }
 }
 
@@ -459,6 +740,11 @@ mod tests {
         let mut out = Drained::default();
         outbox.drain(Ticket(durable), UnixMs(1), Instant::now(), &mut out);
         out
+    }
+
+    fn publish(feed: &Feed, client: ClientId, fragment: Arc<str>, room_len: usize) {
+        feed.publish(Published::serialized(client, fragment), room_len);
+        feed.wake();
     }
 
     fn fragment(client: u64, version: u64) -> Arc<str> {
@@ -481,10 +767,10 @@ mod tests {
     fn a_few_changes_go_out_in_order_as_one_frame() {
         let outbox = Arc::new(Outbox::new());
         let feed = Feed::new();
-        let sub = outbox.subscribe("r".into(), feed.clone());
-        let subs = vec![sub.clone()];
+        let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
+        let _subs = [sub.clone()];
         for v in 0..5 {
-            feed.publish(ClientId(1), fragment(1, v), &subs, 1);
+            publish(&feed, ClientId(1), fragment(1, v), 1);
         }
         let out = drain(&outbox, 0);
         assert_eq!(out.frames.len(), 1);
@@ -500,10 +786,10 @@ mod tests {
     fn a_lagging_reader_gets_the_latest_change_per_client() {
         let outbox = Arc::new(Outbox::new());
         let feed = Feed::new();
-        let sub = outbox.subscribe("r".into(), feed.clone());
-        let subs = vec![sub];
+        let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
+        let _subs = [sub];
         for v in 0..1_000 {
-            feed.publish(ClientId(v % 3 + 1), fragment(v % 3 + 1, v), &subs, 3_000);
+            publish(&feed, ClientId(v % 3 + 1), fragment(v % 3 + 1, v), 3_000);
         }
         let out = drain(&outbox, 0);
         assert_eq!(out.frames.len(), 1);
@@ -515,10 +801,10 @@ mod tests {
     fn a_reader_out_of_the_window_is_resynced() {
         let outbox = Arc::new(Outbox::new());
         let feed = Feed::new();
-        let sub = outbox.subscribe("r".into(), feed.clone());
-        let subs = vec![sub.clone()];
+        let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
+        let _subs = [sub.clone()];
         for v in 0..(MAX_WINDOW as u64 + 10) {
-            feed.publish(ClientId(1), fragment(1, v), &subs, 10_000);
+            publish(&feed, ClientId(1), fragment(1, v), 10_000);
         }
         let out = drain(&outbox, 0);
         assert!(out.frames.is_empty());
@@ -527,14 +813,9 @@ mod tests {
         assert!(lock(&feed.log).changes.len() <= MAX_WINDOW);
         // A small room keeps a small window.
         let small = Feed::new();
-        let lagging = outbox.subscribe("s".into(), small.clone());
+        let _lagging = outbox.subscribe("s".into(), small.clone(), Duration::ZERO);
         for v in 0..1_000 {
-            small.publish(
-                ClientId(1),
-                fragment(1, v),
-                std::slice::from_ref(&lagging),
-                3,
-            );
+            publish(&small, ClientId(1), fragment(1, v), 3);
         }
         assert!(lock(&small.log).changes.len() <= MIN_WINDOW);
         sub.reset("SNAPSHOT".into(), feed.head());
@@ -547,12 +828,12 @@ mod tests {
         let a = Arc::new(Outbox::new());
         let b = Arc::new(Outbox::new());
         let feed = Feed::new();
-        let subs = vec![
-            a.subscribe("r".into(), feed.clone()),
-            b.subscribe("r".into(), feed.clone()),
+        let _subs = [
+            a.subscribe("r".into(), feed.clone(), Duration::ZERO),
+            b.subscribe("r".into(), feed.clone(), Duration::ZERO),
         ];
         for v in 0..100 {
-            feed.publish(ClientId(1), fragment(1, v), &subs, 1);
+            publish(&feed, ClientId(1), fragment(1, v), 1);
             drain(&a, 0);
             drain(&b, 0);
         }
@@ -563,12 +844,12 @@ mod tests {
     fn snapshot_comes_before_later_changes_and_control_after_rooms() {
         let outbox = Arc::new(Outbox::new());
         let feed = Feed::new();
-        let sub = outbox.subscribe("r".into(), feed.clone());
-        let subs = vec![sub.clone()];
-        feed.publish(ClientId(1), fragment(1, 0), &subs, 2);
+        let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
+        let _subs = [sub.clone()];
+        publish(&feed, ClientId(1), fragment(1, 0), 2);
         sub.reset("SNAPSHOT".into(), feed.head());
         outbox.push_control("ACK".into());
-        feed.publish(ClientId(2), fragment(2, 1), &subs, 2);
+        publish(&feed, ClientId(2), fragment(2, 1), 2);
         let out = drain(&outbox, 0);
         assert_eq!(out.frames.len(), 3, "{:?}", out.frames);
         assert_eq!(out.frames[0], "SNAPSHOT");
@@ -580,11 +861,11 @@ mod tests {
     fn unsubscribed_rooms_stop() {
         let outbox = Arc::new(Outbox::new());
         let feed = Feed::new();
-        let sub = outbox.subscribe("r".into(), feed.clone());
-        feed.publish(ClientId(1), fragment(1, 0), std::slice::from_ref(&sub), 1);
+        let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
+        publish(&feed, ClientId(1), fragment(1, 0), 1);
         outbox.unsubscribe(&sub);
         assert!(drain(&outbox, 0).frames.is_empty());
-        let again = outbox.subscribe("s".into(), feed);
+        let again = outbox.subscribe("s".into(), feed, Duration::ZERO);
         assert_eq!(again.slot, sub.slot, "slots are reused");
     }
 
@@ -627,5 +908,166 @@ mod tests {
         outbox.drain(Ticket(5), UnixMs(1), soon, &mut out);
         assert!(out.frames[0].contains("storage_unavailable"));
         assert_eq!(out.frames[1], "ACK5");
+    }
+
+    #[test]
+    fn pacing_quiet_goes_at_once_busy_waits_for_the_interval() {
+        let interval = Duration::from_millis(10);
+        let mut pacer = Pacer::new(interval);
+        let t0 = Instant::now();
+        // After a quiet spell, a burst goes at once.
+        for _ in 0..PACER_BURST as u32 {
+            assert_eq!(pacer.wait_until(t0), None);
+            pacer.wrote(t0);
+        }
+        // Then one write per interval.
+        let busy = t0 + Duration::from_millis(3);
+        assert_eq!(pacer.wait_until(busy), Some(t0 + interval));
+        assert_eq!(pacer.wait_until(t0 + interval), None);
+        pacer.wrote(t0 + interval);
+        assert_eq!(pacer.wait_until(t0 + interval), Some(t0 + interval * 2));
+        // Writing no faster than once per interval is never delayed.
+        let mut steady = Pacer::new(interval);
+        for i in 0..100 {
+            let at = t0 + interval * i;
+            assert_eq!(steady.wait_until(at), None, "write {i}");
+            steady.wrote(at);
+        }
+        // After a quiet spell: at once again.
+        assert_eq!(pacer.wait_until(t0 + Duration::from_secs(1)), None);
+        // Zero never waits.
+        let mut off = Pacer::new(Duration::ZERO);
+        for _ in 0..10 {
+            off.wrote(t0);
+        }
+        assert_eq!(off.wait_until(t0), None);
+    }
+
+    #[test]
+    fn a_busy_connection_gets_one_write_per_interval() {
+        // A writer that follows the pacer, fed a change every millisecond for 100 ms:
+        // the burst goes at once, then one write per 10 ms carries the rest.
+        let interval = Duration::from_millis(10);
+        let mut pacer = Pacer::new(interval);
+        let outbox = Arc::new(Outbox::new());
+        let feed = Feed::new();
+        let _sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
+        let t0 = Instant::now();
+        let mut writes = Vec::new();
+        let mut delivered = 0;
+        for ms in 0..100u64 {
+            let at = t0 + Duration::from_millis(ms);
+            publish(&feed, ClientId(ms % 7), fragment(ms % 7, ms), 7);
+            if pacer.wait_until(at).is_none() {
+                let mut out = Drained::default();
+                outbox.drain(Ticket(0), UnixMs(1), at, &mut out);
+                assert_eq!(out.frames.len(), 1);
+                delivered += out.changes;
+                pacer.wrote(at);
+                writes.push(ms);
+            }
+        }
+        let burst = PACER_BURST as u64;
+        let expected: Vec<u64> = (0..burst)
+            .chain((burst..100).filter(|ms| ms % 10 == 0))
+            .collect();
+        assert_eq!(writes, expected);
+        assert_eq!(
+            delivered as u64, 91,
+            "nothing lost, nothing conflated below 64"
+        );
+    }
+
+    #[test]
+    fn a_paced_subscription_sees_the_latest_state_once_per_interval() {
+        let interval = Duration::from_millis(50);
+        let outbox = Arc::new(Outbox::new());
+        let feed = Feed::new();
+        let paced = outbox.subscribe("r".into(), feed.clone(), interval);
+        let _subs = [paced];
+        let t0 = Instant::now();
+        let read = |at: Instant| {
+            let mut out = Drained::default();
+            outbox.drain(Ticket(0), UnixMs(1), at, &mut out);
+            out
+        };
+        publish(&feed, ClientId(1), fragment(1, 0), 2);
+        let first = read(t0);
+        assert_eq!(versions(&first.frames[0]), vec![(1, 0)], "quiet: at once");
+        for v in 1..=20 {
+            publish(&feed, ClientId(v % 2 + 1), fragment(v % 2 + 1, v), 2);
+        }
+        // Within the interval nothing is read, and the writer knows when to come back.
+        assert!(read(t0 + Duration::from_millis(10)).frames.is_empty());
+        assert_eq!(outbox.next_due(), Some(t0 + interval));
+        let later = read(t0 + interval);
+        assert_eq!(later.frames.len(), 1);
+        assert_eq!(later.changes, 2, "one change per client: the latest");
+        assert_eq!(versions(&later.frames[0]), vec![(1, 20), (2, 19)]);
+        assert_eq!(outbox.next_due(), None);
+        // Changes published while deferred are not lost when it is read.
+        publish(&feed, ClientId(1), fragment(1, 21), 2);
+        assert!(
+            read(t0 + interval + Duration::from_millis(1))
+                .frames
+                .is_empty()
+        );
+        let last = read(t0 + interval * 2);
+        assert_eq!(versions(&last.frames[0]), vec![(1, 21)]);
+    }
+
+    #[test]
+    fn a_held_outbox_wakes_once_for_a_change_and_its_ack() {
+        let outbox = Arc::new(Outbox::new());
+        let feed = Feed::new();
+        let _sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
+        let hold = outbox.hold();
+        publish(&feed, ClientId(1), fragment(1, 0), 1);
+        outbox.push_control("ACK".into());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        // Held: the writer is not woken yet.
+        let woken = runtime.block_on(async {
+            tokio::time::timeout(Duration::ZERO, outbox.ready())
+                .await
+                .is_ok()
+        });
+        assert!(!woken);
+        drop(hold);
+        runtime.block_on(outbox.ready());
+        let out = drain(&outbox, 0);
+        assert_eq!(out.frames.len(), 2, "the change and the ack, one write");
+        assert_eq!(versions(&out.frames[0]), vec![(1, 0)]);
+        assert_eq!(out.frames[1], "ACK");
+    }
+
+    #[test]
+    fn subscribers_in_step_share_one_frame() {
+        let feed = Feed::new();
+        let outboxes: Vec<Arc<Outbox>> = (0..3).map(|_| Arc::new(Outbox::new())).collect();
+        let _subs: Vec<Arc<Subscription>> = outboxes
+            .iter()
+            .map(|o| o.subscribe("r".into(), feed.clone(), Duration::ZERO))
+            .collect();
+        publish(&feed, ClientId(1), fragment(1, 0), 2);
+        publish(&feed, ClientId(2), fragment(2, 1), 2);
+        let frames: Vec<Frame> = outboxes
+            .iter()
+            .map(|o| drain(o, 0).frames.remove(0))
+            .collect();
+        assert_eq!(versions(&frames[0]), vec![(1, 0), (2, 1)]);
+        for frame in &frames[1..] {
+            assert_eq!(
+                frame.as_str().as_ptr(),
+                frames[0].as_str().as_ptr(),
+                "shared"
+            );
+        }
+        // One reader further along gets its own frame, with only what it has not seen.
+        publish(&feed, ClientId(1), fragment(1, 2), 2);
+        let ahead = drain(&outboxes[0], 0).frames.remove(0);
+        assert_eq!(versions(&ahead), vec![(1, 2)]);
     }
 }

@@ -504,6 +504,7 @@ async fn upgrade(
         requests_per_second: config.requests_per_second,
         control_frames_per_second: config.control_frames_per_second,
         auth: config.auth.clone(),
+        fanout_interval: config.fanout_interval,
     };
     let shutdown = state.inner.shutdown.clone();
     let sessions = state.inner.sessions.clone();

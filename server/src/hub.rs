@@ -7,6 +7,7 @@
 
 use std::hash::RandomState;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use bytes::Bytes;
 use hashbrown::HashMap;
@@ -16,19 +17,21 @@ use rollcall_engine::{
 };
 use tokio::sync::{Notify, watch};
 
+use crate::cluster::merge::{Merge, Origin, Removal, Upsert};
 use crate::cluster::{Links, Outgoing, RemoteChange, RemoteKind, RoomCommand, SyncReply};
 use crate::error::Result;
-use crate::fanout::{Feed, Outbox, Subscription};
+use crate::fanout::{Feed, Outbox, Published, Subscription};
 use crate::identity::Identity;
 use crate::limits::Limits;
+use crate::listing::{RoomCounts, RoomsPage};
 use crate::metrics::Metrics;
 use crate::protocol::{self, ErrorCode, Rejection};
 
 /// A room with subscribers: its feed and who reads it.
 #[derive(Debug)]
 struct RoomFeed {
+    /// The room's changes and subscribers, behind the room's own locks.
     feed: Arc<Feed>,
-    subscriptions: Vec<Arc<Subscription>>,
     /// Cluster mode, until the room's first sync is done: the subscriptions waiting
     /// for their snapshot, with their outbox and the reference to acknowledge. Nothing
     /// is published on the feed meanwhile (nobody has a snapshot yet).
@@ -42,34 +45,15 @@ struct Waiting {
     reference: Option<u64>,
 }
 
-/// Cluster mode: who owns the remote entries of a followed room.
-#[derive(Debug, Default)]
-struct RemoteRoom {
-    generation: u64,
-    /// Entries of other nodes: which node, and the sequence number of the message
-    /// that last set them. Every other entry of the room is this node's own.
-    origins: HashMap<ClientId, Origin>,
-    /// While a sync is under way: removals seen since it started, so a reply taken
-    /// before a removal cannot bring the entry back.
-    tombstones: Option<HashMap<ClientId, Origin>>,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Origin {
-    node: u16,
-    seq: u64,
-}
-
 /// Cluster mode: this node's side of the bus.
 #[derive(Debug)]
 struct Cluster {
-    node: u16,
     links: Links,
     /// The last sequence number used. Starts from the clock, so it keeps growing
     /// across restarts.
     seq: u64,
-    rooms: HashMap<Arc<str>, RemoteRoom, RandomState>,
-    next_generation: u64,
+    /// Who owns which entry of the rooms this node follows.
+    merge: Merge,
 }
 
 impl Cluster {
@@ -78,29 +62,17 @@ impl Cluster {
         self.seq
     }
 
-    fn is_remote(&self, room: &str, client: ClientId) -> bool {
-        self.rooms
-            .get(room)
-            .is_some_and(|r| r.origins.contains_key(&client))
-    }
-
     /// A heartbeat or leave of a local client: the entry is this node's now, even if it
     /// was another node's before, and the other nodes hear of it.
     fn own(&mut self, change: &Change, metrics: &Metrics) {
-        if let Some(remote) = self.rooms.get_mut(&*change.room) {
-            remote.origins.remove(&change.entry.client);
-        }
+        self.merge.owned(&change.room, change.entry.client);
         self.publish(change, metrics);
     }
 
     /// An expiry. Another node's entry expires here by its own TTL, like everywhere;
     /// only this node's expiries are published.
     fn expired(&mut self, change: &Change, metrics: &Metrics) {
-        let remote = self
-            .rooms
-            .get_mut(&*change.room)
-            .and_then(|r| r.origins.remove(&change.entry.client));
-        if remote.is_none() {
+        if self.merge.expired(&change.room, change.entry.client) {
             self.publish(change, metrics);
         }
     }
@@ -131,12 +103,60 @@ struct Session {
 
 struct Inner {
     engine: Engine,
+    /// Changes published under this lock: serialized and their subscribers woken once
+    /// it is released (see [`Locked`]).
+    published: Vec<(Arc<Feed>, Arc<Published>)>,
+    /// Entries per room, for listings that do not take this lock.
+    counts: Arc<RoomCounts>,
     identity: Identity,
     subscribers: Subscribers,
     sessions: HashMap<ClientId, Session>,
     next_connection: u64,
     scratch: Vec<Change>,
     cluster: Option<Cluster>,
+}
+
+/// The hub lock, held. Releasing it records how long it was held, so a serialized
+/// hub shows up in `/metrics` (`rollcall_hub_lock_hold_microseconds`), and then, with
+/// the lock released, serializes the changes published meanwhile and wakes their
+/// rooms' subscribers: that work is per room, under the rooms' own locks.
+struct Locked<'a> {
+    /// `Some` until dropped.
+    guard: Option<MutexGuard<'a, Inner>>,
+    since: Instant,
+    metrics: &'a Metrics,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        self.guard.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Inner {
+        self.guard.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let Some(mut guard) = self.guard.take() else {
+            return;
+        };
+        let published = std::mem::take(&mut guard.published);
+        drop(guard);
+        self.metrics
+            .hub_lock_hold
+            .record(self.since.elapsed().as_secs_f64() * 1_000_000.0);
+        for (feed, change) in published {
+            change.fragment();
+            let subscribers = feed.wake();
+            self.metrics.fanout_changes.increment(subscribers as u64);
+        }
+    }
 }
 
 /// What a new session gets.
@@ -159,19 +179,11 @@ pub struct Admitted {
 /// The server's shared state.
 pub struct Hub {
     inner: Mutex<Inner>,
+    counts: Arc<RoomCounts>,
     limits: Limits,
     durability: Durability,
     durable: watch::Receiver<Ticket>,
     metrics: Metrics,
-}
-
-/// A page of `GET /v1/rooms`.
-#[derive(Debug)]
-pub struct RoomsPage {
-    /// Rooms with their live-entry counts, sorted by name.
-    pub rooms: Vec<(String, usize)>,
-    /// The cursor for the next page.
-    pub next: Option<String>,
 }
 
 impl Hub {
@@ -187,8 +199,14 @@ impl Hub {
     ) -> Result<Hub> {
         let identity = Identity::load(&mut engine, node, resume_secret)?;
         let durability = engine.durability();
+        let counts = Arc::new(RoomCounts::from_rooms(
+            engine.materializer().rooms(UnixMs::now()),
+        ));
         Ok(Hub {
+            counts: counts.clone(),
             inner: Mutex::new(Inner {
+                counts,
+                published: Vec::new(),
                 engine,
                 identity,
                 subscribers: HashMap::default(),
@@ -204,8 +222,14 @@ impl Hub {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Takes the hub lock. What needs it takes `&Inner` or `&mut Inner`, which only a
+    /// [`Locked`] hands out.
+    fn lock(&self) -> Locked<'_> {
+        Locked {
+            guard: Some(self.inner.lock().unwrap_or_else(PoisonError::into_inner)),
+            since: Instant::now(),
+            metrics: &self.metrics,
+        }
     }
 
     /// The limits clients must respect.
@@ -226,11 +250,6 @@ impl Hub {
     /// A receiver of the log's durable watermark.
     pub fn durable(&self) -> watch::Receiver<Ticket> {
         self.durable.clone()
-    }
-
-    /// The durable watermark now.
-    pub fn durable_now(&self) -> Ticket {
-        *self.durable.borrow()
     }
 
     /// Starts a session: resumes the client id of a valid `resume` token (closing any
@@ -319,8 +338,9 @@ impl Hub {
         }
     }
 
-    /// Subscribes `outbox` to `room`, queues the room's snapshot and then the ack of
-    /// `reference`. Pass an existing subscription to re-send the snapshot. In cluster
+    /// Subscribes `outbox` to `room` (its changes paced to one read per `interval`, if
+    /// not zero), queues the room's snapshot and then the ack of `reference`. Pass an
+    /// existing subscription to re-send the snapshot. In cluster
     /// mode a room's first subscribers get their snapshot (and ack) once the other
     /// nodes' entries are in.
     pub fn subscribe(
@@ -329,6 +349,7 @@ impl Hub {
         outbox: &Arc<Outbox>,
         existing: Option<&Arc<Subscription>>,
         reference: Option<u64>,
+        interval: std::time::Duration,
     ) -> Arc<Subscription> {
         let now = UnixMs::now();
         let mut guard = self.lock();
@@ -337,15 +358,7 @@ impl Hub {
             hashbrown::hash_map::Entry::Occupied(occupied) => occupied.into_mut(),
             hashbrown::hash_map::Entry::Vacant(vacant) => {
                 let waiting = inner.cluster.as_mut().map(|cluster| {
-                    cluster.next_generation += 1;
-                    let generation = cluster.next_generation;
-                    cluster.rooms.insert(
-                        room.clone(),
-                        RemoteRoom {
-                            generation,
-                            ..RemoteRoom::default()
-                        },
-                    );
+                    let generation = cluster.merge.follow(room.clone());
                     let _ = cluster.links.rooms.send(RoomCommand::Join {
                         room: room.clone(),
                         generation,
@@ -354,18 +367,13 @@ impl Hub {
                 });
                 vacant.insert(RoomFeed {
                     feed: Feed::new(),
-                    subscriptions: Vec::new(),
                     waiting,
                 })
             }
         };
         let subscription = match existing {
             Some(subscription) => subscription.clone(),
-            None => {
-                let subscription = outbox.subscribe(room.clone(), room_feed.feed.clone());
-                room_feed.subscriptions.push(subscription.clone());
-                subscription
-            }
+            None => outbox.subscribe(room.clone(), room_feed.feed.clone(), interval),
         };
         if let Some(waiting) = &mut room_feed.waiting {
             waiting.push(Waiting {
@@ -375,14 +383,10 @@ impl Hub {
             });
             return subscription;
         }
-        let snapshot = room_snapshot(inner.engine.materializer(), room, now);
-        start(
-            &subscription,
-            outbox,
-            reference,
-            snapshot,
-            room_feed.feed.head(),
-        );
+        let feed = room_feed.feed.clone();
+        let view = RoomView::take(inner, room, &feed, now);
+        drop(guard);
+        start(&subscription, outbox, reference, view.snapshot(), view.head);
         subscription
     }
 
@@ -390,8 +394,9 @@ impl Hub {
     pub fn resync(&self, subscription: &Subscription) {
         let now = UnixMs::now();
         let inner = self.lock();
-        let snapshot = room_snapshot(inner.engine.materializer(), &subscription.room, now);
-        subscription.reset(snapshot, subscription.feed().head());
+        let view = RoomView::take(&inner, &subscription.room, subscription.feed(), now);
+        drop(inner);
+        subscription.reset(view.snapshot(), view.head);
     }
 
     /// Stops a subscription.
@@ -439,7 +444,8 @@ impl Hub {
         });
         let expires_at = change.entry.expires_at;
         self.metrics.heartbeats.increment(1);
-        inner.fan_out(&change, &self.metrics);
+        inner.counts.apply(&change);
+        inner.fan_out(&change);
         if let Some(cluster) = &mut inner.cluster {
             cluster.own(&change, &self.metrics);
         }
@@ -461,7 +467,8 @@ impl Hub {
             return (latest > *self.durable.borrow()).then_some(latest);
         };
         self.metrics.leaves.increment(1);
-        inner.fan_out(&change, &self.metrics);
+        inner.counts.apply(&change);
+        inner.fan_out(&change);
         if let Some(cluster) = &mut inner.cluster {
             cluster.own(&change, &self.metrics);
         }
@@ -493,12 +500,15 @@ impl Hub {
             subscribers,
             scratch,
             cluster,
+            counts,
+            published,
             ..
         } = &mut *inner;
         scratch.clear();
         let expired = engine.sweep(now, scratch);
         for change in scratch.drain(..) {
-            fan_out(subscribers, &change, engine.materializer(), &self.metrics);
+            counts.apply(&change);
+            fan_out(subscribers, published, &change, engine.materializer());
             if let Some(cluster) = cluster {
                 cluster.expired(&change, &self.metrics);
             }
@@ -514,22 +524,10 @@ impl Hub {
         protocol::entries_json(inner.engine.materializer().entries(room, now))
     }
 
-    /// Rooms with live entries, sorted by name, after `after`, at most `limit`.
+    /// Rooms with entries, sorted by name, after `after`, at most `limit`. Does not
+    /// take the hub lock.
     pub fn rooms_page(&self, after: Option<&str>, limit: usize) -> RoomsPage {
-        let now = UnixMs::now();
-        let inner = self.lock();
-        let mut rooms: Vec<(String, usize)> = inner
-            .engine
-            .materializer()
-            .rooms(now)
-            .filter(|(name, _)| after.is_none_or(|after| &***name > after))
-            .map(|(name, live)| (name.to_string(), live))
-            .collect();
-        drop(inner);
-        rooms.sort_unstable();
-        let next = (rooms.len() > limit).then(|| rooms[limit - 1].0.clone());
-        rooms.truncate(limit);
-        RoomsPage { rooms, next }
+        self.counts.page(after, limit)
     }
 
     /// Publishes gauges: rooms, entries, log size.
@@ -544,9 +542,13 @@ impl Hub {
         self.metrics
             .log_failing
             .set(if inner.engine.log_failing() { 1.0 } else { 0.0 });
+        self.metrics
+            .log_stalled
+            .set(inner.engine.log_stalled_for().as_secs_f64());
         if let Some(cluster) = &inner.cluster {
-            let remote: usize = cluster.rooms.values().map(|r| r.origins.len()).sum();
-            self.metrics.cluster_remote_entries.set(remote as f64);
+            self.metrics
+                .cluster_remote_entries
+                .set(cluster.merge.remote_entries() as f64);
         }
     }
 
@@ -593,11 +595,11 @@ impl Inner {
         let Some(room) = self.subscribers.get_mut(&*subscription.room) else {
             return;
         };
-        room.subscriptions.retain(|s| !Arc::ptr_eq(s, subscription));
+        let remaining = room.feed.remove(subscription);
         if let Some(waiting) = &mut room.waiting {
             waiting.retain(|w| !Arc::ptr_eq(&w.subscription, subscription));
         }
-        if !room.subscriptions.is_empty() {
+        if remaining > 0 {
             return;
         }
         let (name, _) = self
@@ -608,13 +610,13 @@ impl Inner {
             return;
         };
         // Nobody here follows the room any more: forget the other nodes' entries.
-        if let Some(remote) = cluster.rooms.remove(&name) {
-            for client in remote.origins.keys() {
-                self.engine.fold_unlogged(&Event::Leave(Leave {
-                    room: name.clone(),
-                    client: *client,
-                    at: UnixMs::now(),
-                }));
+        for client in cluster.merge.unfollow(&name) {
+            if let Some(change) = self.engine.fold_unlogged(&Event::Leave(Leave {
+                room: name.clone(),
+                client,
+                at: UnixMs::now(),
+            })) {
+                self.counts.apply(&change);
             }
         }
         let _ = cluster.links.rooms.send(RoomCommand::Part { room: name });
@@ -628,48 +630,38 @@ impl Inner {
         entry: Entry,
         now: UnixMs,
     ) -> Option<Change> {
-        if entry.expires_at < now {
-            return None;
-        }
-        let cluster = self.cluster.as_mut()?;
-        let remote = cluster.rooms.get_mut(room)?;
-        let stale = |seen: Option<&Origin>| {
-            seen.is_some_and(|seen| seen.node == origin.node && seen.seq > origin.seq)
+        let merge = &mut self.cluster.as_mut()?.merge;
+        let own_expiry = if merge.is_remote(room, entry.client) {
+            None
+        } else {
+            self.engine
+                .materializer()
+                .get(room, entry.client, now)
+                .map(|own| own.expires_at)
         };
-        if stale(remote.origins.get(&entry.client))
-            || stale(
-                remote
-                    .tombstones
-                    .as_ref()
-                    .and_then(|t| t.get(&entry.client)),
-            )
-        {
-            return None;
-        }
-        if !remote.origins.contains_key(&entry.client) {
-            if let Some(own) = self.engine.materializer().get(room, entry.client, now) {
-                // The client moved to another node. Keep the later of the two; drop
-                // ours from the log so a restart does not bring it back.
-                if own.expires_at > entry.expires_at {
-                    return None;
-                }
-                self.engine.leave(Leave {
+        match merge.upsert(room, origin, &entry, own_expiry, now)? {
+            Upsert::Fold => {}
+            Upsert::TakeOver => {
+                if let Some((change, _)) = self.engine.leave(Leave {
                     room: room.clone(),
                     client: entry.client,
                     at: now,
-                });
+                }) {
+                    self.counts.apply(&change);
+                }
             }
         }
-        remote.origins.insert(entry.client, origin);
         // `at + ttl` is the owner's expiry, to the millisecond.
-        self.engine.fold_unlogged(&Event::Heartbeat(Heartbeat {
+        let change = self.engine.fold_unlogged(&Event::Heartbeat(Heartbeat {
             room: room.clone(),
             client: entry.client,
             user: entry.user,
             data: entry.data,
             ttl: Ttl(0),
             at: entry.expires_at,
-        }))
+        }))?;
+        self.counts.apply(&change);
+        Some(change)
     }
 
     /// Removes another node's entry (kind `Leave` or `Expire`).
@@ -681,45 +673,66 @@ impl Inner {
         kind: ChangeKind,
         now: UnixMs,
     ) -> Option<Change> {
-        let cluster = self.cluster.as_mut()?;
-        let remote = cluster.rooms.get_mut(room)?;
-        if let Some(tombstones) = &mut remote.tombstones {
-            tombstones.insert(client, origin);
-        }
-        match remote.origins.get(&client) {
-            Some(seen) if seen.node != origin.node || seen.seq > origin.seq => return None,
-            Some(_) => {
-                remote.origins.remove(&client);
-            }
-            // A leave for an entry this node holds as its own: the client left through
-            // another node before this one saw it move. It is gone everywhere.
-            None if kind == ChangeKind::Leave => {
-                self.engine.materializer().get(room, client, now)?;
-                let (change, _) = self.engine.leave(Leave {
-                    room: room.clone(),
-                    client,
-                    at: now,
-                })?;
-                return Some(change);
-            }
-            None => return None,
-        }
-        let mut change = self.engine.fold_unlogged(&Event::Leave(Leave {
+        let merge = &mut self.cluster.as_mut()?.merge;
+        let holds_own = !merge.is_remote(room, client)
+            && self.engine.materializer().get(room, client, now).is_some();
+        let leave = Leave {
             room: room.clone(),
             client,
             at: now,
-        }))?;
-        change.kind = kind;
+        };
+        let change = match merge.remove(room, origin, client, kind, holds_own)? {
+            Removal::Own => self.engine.leave(leave).map(|(change, _)| change)?,
+            Removal::Remote(kind) => {
+                let mut change = self.engine.fold_unlogged(&Event::Leave(leave))?;
+                change.kind = kind;
+                change
+            }
+        };
+        self.counts.apply(&change);
         Some(change)
     }
 
-    fn fan_out(&self, change: &Change, metrics: &Metrics) {
+    fn fan_out(&mut self, change: &Change) {
         fan_out(
             &self.subscribers,
+            &mut self.published,
             change,
             self.engine.materializer(),
-            metrics,
         );
+    }
+}
+
+impl crate::cluster::LocalState for Hub {
+    fn metrics(&self) -> &Metrics {
+        Hub::metrics(self)
+    }
+
+    fn owned_live(&self, now: UnixMs) -> Vec<Outgoing> {
+        Hub::owned_live(self, now)
+    }
+
+    fn owned_entries(&self, room: &str, now: UnixMs) -> (u64, String) {
+        Hub::owned_entries(self, room, now)
+    }
+
+    fn apply_remote(&self, room: &Arc<str>, generation: u64, payload: &[u8], now: UnixMs) {
+        Hub::apply_remote(self, room, generation, payload, now);
+    }
+
+    fn sync_started(&self, room: &str, generation: u64) {
+        Hub::sync_started(self, room, generation);
+    }
+
+    fn sync_finished(
+        &self,
+        room: &Arc<str>,
+        generation: u64,
+        replies: Vec<SyncReply>,
+        first: bool,
+        now: UnixMs,
+    ) {
+        Hub::sync_finished(self, room, generation, replies, first, now);
     }
 }
 
@@ -728,11 +741,9 @@ impl Hub {
     /// Turns cluster mode on: changes of this node's entries go out through `links`.
     pub fn enable_cluster(&self, node: u16, links: Links) {
         self.lock().cluster = Some(Cluster {
-            node,
             links,
             seq: UnixMs::now().0.saturating_mul(1_000_000),
-            rooms: HashMap::default(),
-            next_generation: 0,
+            merge: Merge::new(node),
         });
     }
 
@@ -744,14 +755,10 @@ impl Hub {
         };
         self.metrics.cluster_received.increment(1);
         let mut inner = self.lock();
-        let Some(cluster) = &inner.cluster else {
-            return;
-        };
-        if remote.node == cluster.node
-            || cluster
-                .rooms
-                .get(room)
-                .is_none_or(|r| r.generation != generation)
+        if !inner
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.merge.accepts(room, generation, remote.node))
         {
             return;
         }
@@ -770,20 +777,14 @@ impl Hub {
             }
         };
         if let Some(change) = change {
-            inner.fan_out(&change, &self.metrics);
+            inner.fan_out(&change);
         }
     }
 
     /// A sync of `room` begins: removals are remembered until it ends.
     pub fn sync_started(&self, room: &str, generation: u64) {
-        let mut inner = self.lock();
-        if let Some(remote) = inner
-            .cluster
-            .as_mut()
-            .and_then(|c| c.rooms.get_mut(room))
-            .filter(|r| r.generation == generation)
-        {
-            remote.tombstones = Some(HashMap::new());
+        if let Some(cluster) = &mut self.lock().cluster {
+            cluster.merge.sync_started(room, generation);
         }
     }
 
@@ -799,83 +800,69 @@ impl Hub {
         now: UnixMs,
     ) {
         let mut inner = self.lock();
-        let Some(cluster) = &inner.cluster else {
-            return;
-        };
-        let me = cluster.node;
-        if cluster
-            .rooms
-            .get(room)
-            .is_none_or(|r| r.generation != generation)
+        if !inner
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.merge.follows(room, generation))
         {
             return;
         }
         for reply in replies {
-            if reply.node == me {
-                continue;
-            }
             let origin = Origin {
                 node: reply.node,
                 seq: reply.seq,
             };
+            if !inner
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.merge.accepts(room, generation, reply.node))
+            {
+                continue;
+            }
             let mut listed = hashbrown::HashSet::with_capacity(reply.entries.len());
             for entry in reply.entries {
                 listed.insert(entry.client);
                 if let Some(change) = inner.upsert_remote(room, origin, entry, now) {
-                    inner.fan_out(&change, &self.metrics);
+                    inner.fan_out(&change);
                 }
             }
-            let gone: Vec<ClientId> = inner
+            let gone = inner
                 .cluster
                 .as_ref()
-                .and_then(|c| c.rooms.get(room))
-                .map(|r| {
-                    r.origins
-                        .iter()
-                        .filter(|(client, seen)| {
-                            seen.node == origin.node
-                                && seen.seq <= origin.seq
-                                && !listed.contains(*client)
-                        })
-                        .map(|(client, _)| *client)
-                        .collect()
-                })
+                .map(|c| c.merge.unlisted(room, origin, &listed))
                 .unwrap_or_default();
             for client in gone {
                 if let Some(change) =
                     inner.remove_remote(room, origin, client, ChangeKind::Leave, now)
                 {
-                    inner.fan_out(&change, &self.metrics);
+                    inner.fan_out(&change);
                 }
             }
         }
-        if let Some(remote) = inner.cluster.as_mut().and_then(|c| c.rooms.get_mut(room)) {
-            remote.tombstones = None;
+        if let Some(cluster) = &mut inner.cluster {
+            cluster.merge.sync_ended(room);
         }
         if !first {
             return;
         }
-        let Inner {
-            engine,
-            subscribers,
-            ..
-        } = &mut *inner;
-        let Some(room_feed) = subscribers.get_mut(room) else {
+        let Some(room_feed) = inner.subscribers.get_mut(room) else {
             return;
         };
         let Some(waiting) = room_feed.waiting.take() else {
             return;
         };
-        // One snapshot for every waiting subscriber: nothing changes under the lock.
-        let snapshot = room_snapshot(engine.materializer(), room, now);
-        let head = room_feed.feed.head();
+        let feed = room_feed.feed.clone();
+        let view = RoomView::take(&inner, room, &feed, now);
+        drop(inner);
+        // One snapshot for every waiting subscriber.
+        let snapshot = view.snapshot();
         for w in waiting {
             start(
                 &w.subscription,
                 &w.outbox,
                 w.reference,
                 snapshot.clone(),
-                head,
+                view.head,
             );
         }
     }
@@ -892,7 +879,7 @@ impl Hub {
                 .engine
                 .materializer()
                 .entries(room, now)
-                .filter(|e| !cluster.is_remote(room, e.client)),
+                .filter(|e| !cluster.merge.is_remote(room, e.client)),
         );
         (cluster.seq, entries)
     }
@@ -914,7 +901,7 @@ impl Hub {
         let mut owned = Vec::new();
         for room in rooms {
             for entry in materializer.entries(&room, now) {
-                if cluster.is_remote(&room, entry.client) {
+                if cluster.merge.is_remote(&room, entry.client) {
                     continue;
                 }
                 let seq = cluster.next_seq();
@@ -932,14 +919,42 @@ impl Hub {
     }
 }
 
-/// The `snapshot` message of `room` at `now`.
-fn room_snapshot(materializer: &Materializer, room: &str, now: UnixMs) -> String {
-    protocol::snapshot(room, now, materializer.entries(room, now))
+/// A room's live entries, copied under the hub lock together with its feed's head:
+/// nothing was published between the two. Serializing it (O(entries)) happens after
+/// the lock is released.
+#[derive(Debug)]
+struct RoomView {
+    room: Arc<str>,
+    now: UnixMs,
+    entries: Vec<Entry>,
+    head: u64,
 }
 
-/// Queues a subscription's snapshot, then the ack of its `subscribe`. Call under the
-/// hub lock, with the feed's head taken under it too: nothing is published between
-/// the snapshot and the head.
+impl RoomView {
+    /// Copies `room`'s entries (each a few reference counts) and takes `feed`'s head.
+    /// Taking `&Inner` means taking it under the lock.
+    fn take(inner: &Inner, room: &Arc<str>, feed: &Feed, now: UnixMs) -> RoomView {
+        RoomView {
+            room: room.clone(),
+            now,
+            entries: inner
+                .engine
+                .materializer()
+                .entries(room, now)
+                .cloned()
+                .collect(),
+            head: feed.head(),
+        }
+    }
+
+    /// The `snapshot` message.
+    fn snapshot(&self) -> String {
+        protocol::snapshot(&self.room, self.now, &self.entries)
+    }
+}
+
+/// Queues a subscription's snapshot (taken with the feed's head) and then the ack of
+/// its `subscribe`.
 fn start(
     subscription: &Subscription,
     outbox: &Outbox,
@@ -953,13 +968,14 @@ fn start(
     }
 }
 
-/// Serializes a change once and publishes it on its room's feed (sized by the room's
-/// entries, looked up only for a room with subscribers).
+/// Publishes a change on its room's feed, if the room has subscribers (sized by the
+/// room's entries, looked up only then). O(1): serializing it and waking the
+/// subscribers happen once the lock is released.
 fn fan_out(
     subscribers: &Subscribers,
+    published: &mut Vec<(Arc<Feed>, Arc<Published>)>,
     change: &Change,
     materializer: &Materializer,
-    metrics: &Metrics,
 ) {
     let Some(room) = subscribers.get(&*change.room) else {
         return;
@@ -968,18 +984,15 @@ fn fan_out(
         // Its subscribers get the state after the sync, in their snapshots.
         return;
     }
-    let fragment: Arc<str> = protocol::change_fragment(change).into();
     let room_len = materializer.room_len(&change.room);
-    room.feed
-        .publish(change.entry.client, fragment, &room.subscriptions, room_len);
-    metrics
-        .fanout_changes
-        .increment(room.subscriptions.len() as u64);
+    let change = Published::new(change.clone());
+    room.feed.publish(change.clone(), room_len);
+    published.push((room.feed.clone(), change));
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use rollcall_engine::Engine;
 
@@ -1011,7 +1024,7 @@ mod tests {
     fn frames(outbox: &Outbox) -> Vec<String> {
         let mut out = Drained::default();
         outbox.drain(Ticket(u64::MAX), NOW, Instant::now(), &mut out);
-        out.frames
+        out.frames.iter().map(ToString::to_string).collect()
     }
 
     fn remote(node: u16, seq: u64, client: u64, kind: ChangeKind) -> Vec<u8> {
@@ -1045,7 +1058,7 @@ mod tests {
         let (hub, _changes) = clustered();
         let room: Arc<str> = ROOM.into();
         let outbox = Arc::new(Outbox::new());
-        hub.subscribe(&room, &outbox, None, Some(7));
+        hub.subscribe(&room, &outbox, None, Some(7), Duration::ZERO);
         assert!(frames(&outbox).is_empty(), "no snapshot before the sync");
         let reply = SyncReply {
             node: 2,
@@ -1071,7 +1084,7 @@ mod tests {
         let (hub, _changes) = clustered();
         let room: Arc<str> = ROOM.into();
         let outbox = Arc::new(Outbox::new());
-        hub.subscribe(&room, &outbox, None, None);
+        hub.subscribe(&room, &outbox, None, None, Duration::ZERO);
         hub.sync_started(&room, 1);
         // During the sync: client 5 arrives (seq 10) and client 6 leaves (seq 12).
         hub.apply_remote(&room, 1, &remote(2, 10, 5, ChangeKind::Insert), NOW);
@@ -1118,7 +1131,7 @@ mod tests {
         let (hub, mut changes) = clustered();
         let room: Arc<str> = ROOM.into();
         let outbox = Arc::new(Outbox::new());
-        hub.subscribe(&room, &outbox, None, None);
+        let subscription = hub.subscribe(&room, &outbox, None, None, Duration::ZERO);
         hub.sync_finished(&room, 1, Vec::new(), true, NOW);
         hub.apply_remote(&room, 1, &remote(2, 10, 5, ChangeKind::Insert), NOW);
         let own = ClientId(1 << 40 | 1);
@@ -1139,8 +1152,79 @@ mod tests {
         assert!(changes.try_recv().is_err());
         // The last subscriber leaving forgets the other nodes' entries.
         hub.apply_remote(&room, 1, &remote(2, 11, 5, ChangeKind::Insert), NOW);
-        let subscription = hub.lock().subscribers[ROOM].subscriptions[0].clone();
         hub.unsubscribe(&outbox, &subscription);
         assert!(clients(&hub).is_empty());
+    }
+
+    #[test]
+    fn room_listing_follows_every_change_without_the_hub_lock() {
+        let (_, durable) = watch::channel(Ticket(0));
+        let hub = Arc::new(
+            Hub::new(
+                Engine::memory(),
+                0,
+                None,
+                Limits::default(),
+                durable,
+                Metrics::new(),
+            )
+            .unwrap(),
+        );
+        let rooms: Vec<Arc<str>> = (0..7).map(|r| format!("r{r}").into()).collect();
+        // A fixed pseudo-random walk of heartbeats (short and long TTLs), leaves and
+        // sweeps over 7 rooms and 9 clients.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for step in 0..3_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let room = &rooms[(x % 7) as usize];
+            let client = ClientId((x >> 8) % 9 + 1);
+            match (x >> 16) % 4 {
+                0 | 1 => {
+                    let ttl = if (x >> 20) % 2 == 0 { 1 } else { 60_000 };
+                    hub.heartbeat(room, client, None, Bytes::from_static(b"1"), Ttl(ttl))
+                        .unwrap();
+                }
+                2 => {
+                    hub.leave(room, client);
+                }
+                _ => {
+                    hub.sweep(UnixMs::now());
+                }
+            }
+            if step % 100 == 0 {
+                let inner = hub.lock();
+                let materializer = inner.engine.materializer();
+                let mut expected: Vec<(String, usize)> = rooms
+                    .iter()
+                    .map(|r| (r.to_string(), materializer.room_len(r)))
+                    .filter(|(_, n)| *n > 0)
+                    .collect();
+                expected.sort();
+                drop(inner);
+                assert_eq!(hub.rooms_page(None, 100).rooms, expected, "step {step}");
+                // Pages cover the same list.
+                let first = hub.rooms_page(None, 3);
+                if expected.len() > 3 {
+                    let next = first.next.clone().unwrap();
+                    assert_eq!(next, expected[2].0);
+                    let rest = hub.rooms_page(Some(&next), 100);
+                    assert_eq!(rest.rooms, expected[3..]);
+                    assert_eq!(rest.next, None);
+                } else {
+                    assert_eq!(first.next, None);
+                }
+            }
+        }
+        // Listing while the hub lock is held: it does not wait for it.
+        let held = hub.lock();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let lister = hub.clone();
+        let thread = std::thread::spawn(move || tx.send(lister.rooms_page(None, 100)));
+        let page = rx.recv_timeout(Duration::from_secs(30));
+        drop(held);
+        thread.join().unwrap().ok();
+        assert!(page.is_ok(), "rooms_page waited for the hub lock");
     }
 }

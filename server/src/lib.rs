@@ -24,24 +24,28 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod auth;
+#[doc(hidden)]
+pub mod bench;
 pub mod cli;
-pub mod cluster;
+pub(crate) mod cluster;
 pub mod config;
-pub mod connection;
+pub(crate) mod connection;
 mod datadir;
 pub mod error;
-pub mod fanout;
-pub mod http;
-pub mod hub;
-pub mod identity;
+pub(crate) mod fanout;
+pub(crate) mod http;
+pub(crate) mod hub;
+pub(crate) mod identity;
 pub mod limits;
 pub mod listener;
-pub mod metrics;
-pub mod pages;
-pub mod protocol;
+pub(crate) mod listing;
+pub(crate) mod metrics;
+pub(crate) mod pages;
+pub(crate) mod protocol;
+pub(crate) mod rejection;
 mod server;
-pub mod session;
-pub mod shutdown;
+pub(crate) mod session;
+pub(crate) mod shutdown;
 pub mod tls;
 
 pub use config::ServerConfig;

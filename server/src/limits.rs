@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::protocol::{ErrorCode, Rejection};
+use crate::rejection::{ErrorCode, Rejection};
 
 /// Limits on client input, each with the default of SPEC §3.
 #[derive(Clone, Debug, PartialEq, Eq)]

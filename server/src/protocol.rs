@@ -14,112 +14,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::limits::Limits;
-
-/// Error codes sent to clients (`error.code`, HTTP `error`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ErrorCode {
-    /// Not JSON, unknown type, wrong field types.
-    BadRequest,
-    /// Room name empty, too long or with control characters.
-    InvalidRoom,
-    /// `ttlMs` missing, not an integer, or out of range.
-    InvalidTtl,
-    /// `data` larger than the limit.
-    DataTooLarge,
-    /// `data` that not every JSON parser reads the same: a lone surrogate escape, a
-    /// number out of the range of a double, or nesting deeper than the limit.
-    InvalidData,
-    /// The connection uses too many rooms.
-    TooManyRooms,
-    /// The room has too many entries.
-    RoomFull,
-    /// Too many heartbeats.
-    RateLimited,
-    /// The resume token is not valid for this user.
-    InvalidResume,
-    /// The log could not make a write durable in time.
-    StorageUnavailable,
-    /// No token where one is required.
-    Unauthorized,
-    /// The token is malformed or its signature does not verify.
-    InvalidToken,
-    /// The token has expired.
-    TokenExpired,
-    /// The token's `nbf` (not before) is still in the future.
-    TokenNotYetValid,
-    /// The token does not grant this room or operation.
-    Forbidden,
-    /// HTTP only: no such route or resource.
-    NotFound,
-    /// The server is starting (replaying its log).
-    Starting,
-    /// Something unexpected failed on the server.
-    Internal,
-    /// HTTP only: the request body did not arrive in time.
-    RequestTimeout,
-    /// HTTP only: a request body that is not `application/json`.
-    UnsupportedMediaType,
-}
-
-impl ErrorCode {
-    /// The code as it appears on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BadRequest => "bad_request",
-            ErrorCode::InvalidRoom => "invalid_room",
-            ErrorCode::InvalidTtl => "invalid_ttl",
-            ErrorCode::DataTooLarge => "data_too_large",
-            ErrorCode::InvalidData => "invalid_data",
-            ErrorCode::TooManyRooms => "too_many_rooms",
-            ErrorCode::RoomFull => "room_full",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::InvalidResume => "invalid_resume",
-            ErrorCode::StorageUnavailable => "storage_unavailable",
-            ErrorCode::Unauthorized => "unauthorized",
-            ErrorCode::InvalidToken => "invalid_token",
-            ErrorCode::TokenExpired => "token_expired",
-            ErrorCode::TokenNotYetValid => "token_not_yet_valid",
-            ErrorCode::Forbidden => "forbidden",
-            ErrorCode::NotFound => "not_found",
-            ErrorCode::Starting => "starting",
-            ErrorCode::Internal => "internal",
-            ErrorCode::RequestTimeout => "request_timeout",
-            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
-        }
-    }
-
-    /// The HTTP status the REST API answers with.
-    pub fn http_status(self) -> u16 {
-        match self {
-            ErrorCode::BadRequest
-            | ErrorCode::InvalidRoom
-            | ErrorCode::InvalidTtl
-            | ErrorCode::InvalidData
-            | ErrorCode::TooManyRooms
-            | ErrorCode::InvalidResume => 400,
-            ErrorCode::Unauthorized
-            | ErrorCode::InvalidToken
-            | ErrorCode::TokenExpired
-            | ErrorCode::TokenNotYetValid => 401,
-            ErrorCode::Forbidden => 403,
-            ErrorCode::NotFound => 404,
-            ErrorCode::RequestTimeout => 408,
-            ErrorCode::RoomFull => 409,
-            ErrorCode::DataTooLarge => 413,
-            ErrorCode::UnsupportedMediaType => 415,
-            ErrorCode::RateLimited => 429,
-            ErrorCode::Internal => 500,
-            ErrorCode::StorageUnavailable | ErrorCode::Starting => 503,
-        }
-    }
-}
-
-impl std::fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::rejection::{ErrorCode, Rejection};
 
 /// WebSocket close codes (see `docs/protocol.md`).
 pub mod close {
@@ -152,37 +47,6 @@ pub mod close {
     pub const IDLE: u16 = 4008;
 }
 
-/// A request that failed validation, answered with an `error` message.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rejection {
-    /// What went wrong.
-    pub code: ErrorCode,
-    /// A human-readable explanation.
-    pub message: String,
-    /// The request's `ref`, if it had one.
-    pub reference: Option<u64>,
-    /// The request's room, if it had a valid one.
-    pub room: Option<String>,
-}
-
-impl Rejection {
-    /// A rejection without `ref` or room.
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Rejection {
-        Rejection {
-            code,
-            message: message.into(),
-            reference: None,
-            room: None,
-        }
-    }
-
-    fn with(mut self, reference: Option<u64>, room: Option<&str>) -> Rejection {
-        self.reference = reference;
-        self.room = room.map(str::to_owned);
-        self
-    }
-}
-
 /// A parsed, validated client request.
 #[derive(Debug)]
 pub enum Request<'a> {
@@ -199,6 +63,9 @@ pub enum Request<'a> {
         room: Cow<'a, str>,
         /// Correlation id.
         reference: Option<u64>,
+        /// `intervalMs`: changes at most once per this many milliseconds, conflated to
+        /// the latest state per client (zero: as they come).
+        interval_ms: u64,
     },
     /// Stop receiving a room's changes.
     Unsubscribe {
@@ -265,6 +132,8 @@ struct Raw<'a> {
     data: Option<&'a RawValue>,
     #[serde(rename = "ttlMs", borrow)]
     ttl_ms: Option<&'a RawValue>,
+    #[serde(rename = "intervalMs", borrow)]
+    interval_ms: Option<&'a RawValue>,
     #[serde(rename = "ref", borrow)]
     reference: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -318,10 +187,16 @@ pub fn parse<'a>(text: &'a str, limits: &Limits) -> Result<Request<'a>, Rejectio
             token: raw.token,
             resume: raw.resume,
         }),
-        "subscribe" => Ok(Request::Subscribe {
-            room: room(raw.room)?,
-            reference,
-        }),
+        "subscribe" => {
+            let room = room(raw.room)?;
+            let interval_ms =
+                parse_interval(raw.interval_ms).map_err(|r| r.with(reference, Some(&room)))?;
+            Ok(Request::Subscribe {
+                room,
+                reference,
+                interval_ms,
+            })
+        }
         "unsubscribe" => Ok(Request::Unsubscribe {
             room: room(raw.room)?,
             reference,
@@ -453,6 +328,28 @@ fn truncate(text: &str) -> &str {
     text.char_indices()
         .nth(32)
         .map_or(text, |(at, _)| &text[..at])
+}
+
+/// The longest pacing interval a subscription may ask for.
+pub const MAX_INTERVAL_MS: u64 = 60_000;
+
+/// Validates `intervalMs` of `subscribe`: absent (zero) or an integer in
+/// `[0, MAX_INTERVAL_MS]`.
+pub fn parse_interval(raw: Option<&RawValue>) -> Result<u64, Rejection> {
+    let Some(value) = raw else {
+        return Ok(0);
+    };
+    value
+        .get()
+        .parse::<u64>()
+        .ok()
+        .filter(|ms| *ms <= MAX_INTERVAL_MS)
+        .ok_or_else(|| {
+            Rejection::new(
+                ErrorCode::BadRequest,
+                format!("intervalMs must be an integer in [0, {MAX_INTERVAL_MS}]"),
+            )
+        })
 }
 
 /// Validates `ttlMs`: an integer in `[1, max_ttl_ms]`.
@@ -687,6 +584,30 @@ mod tests {
     fn missing_data_is_null() {
         let request = parse(r#"{"type":"heartbeat","room":"r","ttlMs":1}"#, &limits()).unwrap();
         assert!(matches!(request, Request::Heartbeat { data: "null", .. }));
+    }
+
+    #[test]
+    fn subscribe_takes_an_optional_interval() {
+        let parsed = parse(r#"{"type":"subscribe","room":"r","ref":1}"#, &limits()).unwrap();
+        assert!(matches!(parsed, Request::Subscribe { interval_ms: 0, .. }));
+        let parsed = parse(
+            r#"{"type":"subscribe","room":"r","intervalMs":50}"#,
+            &limits(),
+        )
+        .unwrap();
+        assert!(matches!(
+            parsed,
+            Request::Subscribe {
+                interval_ms: 50,
+                ..
+            }
+        ));
+        for bad in ["-1", "1.5", "\"50\"", "60001"] {
+            let text = format!(r#"{{"type":"subscribe","room":"r","intervalMs":{bad},"ref":2}}"#);
+            let rejection = parse(&text, &limits()).unwrap_err();
+            assert_eq!(rejection.code, ErrorCode::BadRequest, "{bad}");
+            assert_eq!(rejection.reference, Some(2));
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::time::{MissedTickBehavior, sleep_until, timeout};
 
 use crate::auth::{Auth, Grant};
 use crate::connection::{Connection, Inbound, Reader, TOO_BIG, Writer};
-use crate::fanout::{CONTROL_CAPACITY, Drained, Outbox, Subscription};
+use crate::fanout::{CONTROL_CAPACITY, Drained, Outbox, Pacer, Subscription};
 use crate::hub::{Admitted, Hub};
 use crate::limits::TokenBucket;
 use crate::protocol::{self, ErrorCode, Rejection, Request, close};
@@ -45,6 +45,9 @@ pub struct SessionConfig {
     pub control_frames_per_second: u32,
     /// Token verification, when auth is on.
     pub auth: Option<Arc<Auth>>,
+    /// Fan-out pacing (see [`Pacer`]): a client averaging under one write per this
+    /// interval is written to at once, a busier one once per interval.
+    pub fanout_interval: Duration,
 }
 
 /// How a session ended.
@@ -67,6 +70,13 @@ async fn read_hello(connection: &mut Connection) -> Inbound {
     }
 }
 
+/// A session past its handshake: admitted and welcomed.
+struct Welcomed {
+    admitted: Admitted,
+    grant: Option<Grant>,
+    outbox: Arc<Outbox>,
+}
+
 /// Runs a session to completion.
 pub async fn serve(
     socket: crate::connection::WebSocket,
@@ -74,14 +84,28 @@ pub async fn serve(
     mut shutdown: Shutdown,
     config: SessionConfig,
 ) {
-    let mut connection = Connection::new(socket);
+    let connection = Connection::new(socket);
     let config = Arc::new(config);
+    let Some((connection, welcomed)) = handshake(connection, &hub, &mut shutdown, &config).await
+    else {
+        return;
+    };
+    run(connection, hub, shutdown, config, welcomed).await;
+}
 
+/// The handshake: `hello` within the timeout, its token verified (auth on), a client
+/// id admitted and `welcome` sent. `None` when the connection was closed instead.
+async fn handshake(
+    mut connection: Connection,
+    hub: &Hub,
+    shutdown: &mut Shutdown,
+    config: &SessionConfig,
+) -> Option<(Connection, Welcomed)> {
     let hello = tokio::select! {
         read = timeout(config.hello_timeout, read_hello(&mut connection)) => read,
         () = shutdown.recv() => {
             connection.close(close::GOING_AWAY, "server shutting down").await;
-            return;
+            return None;
         }
     };
     let (resume, token) = match hello {
@@ -89,7 +113,7 @@ pub async fn serve(
             connection
                 .close(close::HELLO_TIMEOUT, "no hello in time")
                 .await;
-            return;
+            return None;
         }
         Ok(Inbound::Text(text)) => match protocol::parse(&text, hub.limits()) {
             Ok(Request::Hello { resume, token }) => (
@@ -100,24 +124,24 @@ pub async fn serve(
                 connection
                     .close(close::BAD_HELLO, "the first message must be hello")
                     .await;
-                return;
+                return None;
             }
         },
         Ok(Inbound::TooBig) => {
             connection.close(TOO_BIG.0, TOO_BIG.1).await;
-            return;
+            return None;
         }
         Ok(Inbound::Violation(code, reason)) => {
             connection.close(code, reason).await;
-            return;
+            return None;
         }
         Ok(Inbound::Binary) => {
             connection
                 .close(close::BAD_HELLO, "the first message must be hello")
                 .await;
-            return;
+            return None;
         }
-        Ok(Inbound::Closed | Inbound::Control) => return,
+        Ok(Inbound::Closed | Inbound::Control) => return None,
     };
 
     let grant = match (&config.auth, token) {
@@ -142,7 +166,7 @@ pub async fn serve(
                         _ => "invalid token",
                     };
                     connection.close(close::UNAUTHORIZED, reason).await;
-                    return;
+                    return None;
                 }
             }
         }
@@ -154,7 +178,7 @@ pub async fn serve(
         Err(error) => {
             tracing::error!(%error, "could not admit a session");
             connection.close(close::INTERNAL, "internal error").await;
-            return;
+            return None;
         }
     };
     let welcome = protocol::welcome(
@@ -171,14 +195,39 @@ pub async fn serve(
             "the resume token is not valid here; a new client id was assigned",
         );
         hub.metrics().error(rejection.code);
-        outbox.push_control(protocol::error(&rejection));
+        outbox.push_reply(protocol::error(&rejection));
     }
     if !connection.send(welcome).await {
         hub.depart(admitted.client, admitted.connection, &[]);
-        return;
+        return None;
     }
+    Some((
+        connection,
+        Welcomed {
+            admitted,
+            grant,
+            outbox,
+        },
+    ))
+}
+
+/// Runs an admitted session: the reader here, the writer as its own task, until
+/// either ends; then the lingering close and the departure.
+async fn run(
+    connection: Connection,
+    hub: Arc<Hub>,
+    shutdown: Shutdown,
+    config: Arc<SessionConfig>,
+    welcomed: Welcomed,
+) {
+    let Welcomed {
+        admitted,
+        grant,
+        outbox,
+    } = welcomed;
     hub.metrics().connections.increment(1.0);
     tracing::debug!(client = %admitted.client, resumed = admitted.resumed, "session started");
+    let user = grant.as_ref().map(|g| g.user.clone());
 
     let Admitted {
         client,
@@ -209,16 +258,17 @@ pub async fn serve(
     // Reading and writing run as two tasks: a wake-up for one (a heartbeat in, a
     // frame out) then polls only its own half.
     let (stop_writer, stop) = oneshot::channel();
-    let mut writing = tokio::spawn(write_loop(
+    let writing = WriteTask {
         writer,
-        hub.clone(),
-        outbox.clone(),
+        hub: hub.clone(),
+        outbox: outbox.clone(),
         kick,
         shutdown,
-        expiry_rx,
-        config.clone(),
-        stop,
-    ));
+        token_expiry: expiry_rx,
+        config: config.clone(),
+        pacer: Pacer::new(config.fanout_interval),
+    };
+    let mut writing = tokio::spawn(writing.run(stop));
     let closed = tokio::select! {
         exit = session.read_loop(&mut reader) => {
             // The reader is done: the writer sends the close frame (if any) and stops.
@@ -290,6 +340,9 @@ impl Session {
             }
             match reader.read().await {
                 Inbound::Text(text) => {
+                    // A heartbeat's own change and its ack go out in one write.
+                    let hold = self.outbox.clone();
+                    let _hold = hold.hold();
                     let result = match protocol::parse(&text, self.hub.limits()) {
                         Ok(request) => self.handle(request),
                         Err(rejection) => Err(self.charge(rejection)),
@@ -352,7 +405,7 @@ impl Session {
 
     fn reject(&self, rejection: &Rejection) {
         self.hub.metrics().error(rejection.code);
-        self.outbox.push_control(protocol::error(rejection));
+        self.outbox.push_reply(protocol::error(rejection));
     }
 
     fn handle(&mut self, request: Request<'_>) -> Result<(), Rejection> {
@@ -378,24 +431,33 @@ impl Session {
             }),
             Request::Ping { reference } => {
                 self.outbox
-                    .push_control(protocol::pong(reference, UnixMs::now()));
+                    .push_reply(protocol::pong(reference, UnixMs::now()));
                 Ok(())
             }
             Request::Auth { token, reference } => self.reauthenticate(&token, reference),
-            Request::Subscribe { room, reference } => {
+            Request::Subscribe {
+                room,
+                reference,
+                interval_ms,
+            } => {
                 if self.grant.as_ref().is_some_and(|g| !g.can_read(&room)) {
                     return Err(reject(forbidden(), &room));
                 }
                 let name = self.use_room(&room).map_err(|r| reject(r, &room))?;
-                let existing = self
+                let interval = Duration::from_millis(interval_ms);
+                let mut existing = self
                     .rooms
                     .get(&*name)
                     .and_then(|usage| usage.subscription.clone());
+                if let Some(old) = existing.take_if(|s| s.interval() != interval) {
+                    // Another pace: a new subscription replaces the old one.
+                    self.hub.unsubscribe(&self.outbox, &old);
+                }
                 // The hub acks after the snapshot (which, in a cluster, may wait for
                 // the room's first sync).
                 let subscription =
                     self.hub
-                        .subscribe(&name, &self.outbox, existing.as_ref(), reference);
+                        .subscribe(&name, &self.outbox, existing.as_ref(), reference, interval);
                 if let Some(usage) = self.rooms.get_mut(&*name) {
                     usage.subscription = Some(subscription);
                 }
@@ -587,126 +649,168 @@ fn instant_of(at: UnixMs) -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_millis(wait)
 }
 
-/// Writes until the connection ends; returns whether a close frame was sent.
-#[allow(clippy::too_many_arguments, reason = "everything a writer task owns")]
-async fn write_loop(
-    mut writer: Writer,
+/// A session's writer task: drains the outbox into the socket, paced, and watches
+/// what ends a session from the writing side (shutdown, a resumed client id, token
+/// expiry, an idle or slow client).
+struct WriteTask {
+    writer: Writer,
     hub: Arc<Hub>,
     outbox: Arc<Outbox>,
     kick: Arc<Notify>,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
     token_expiry: watch::Receiver<Option<UnixMs>>,
     config: Arc<SessionConfig>,
-    stop: oneshot::Receiver<Exit>,
-) -> bool {
-    let exit = write_until_done(
-        &mut writer,
-        &hub,
-        &outbox,
-        &kick,
-        &mut shutdown,
-        token_expiry,
-        &config,
-        stop,
-    )
-    .await;
-    match exit {
-        Exit::Close(code, reason) => {
-            // A slow consumer's socket may accept nothing: do not wait on it for long.
-            let _ = timeout(Duration::from_secs(1), writer.close(code, reason)).await;
-            true
-        }
-        Exit::Gone => false,
-    }
+    /// Writes at once while the connection is not busy, else once per
+    /// `fanout_interval`.
+    pacer: Pacer,
 }
 
-#[allow(clippy::too_many_arguments, reason = "everything a writer task owns")]
-async fn write_until_done(
-    writer: &mut Writer,
-    hub: &Hub,
-    outbox: &Outbox,
-    kick: &Notify,
-    shutdown: &mut Shutdown,
-    mut token_expiry: watch::Receiver<Option<UnixMs>>,
-    config: &SessionConfig,
-    stop: oneshot::Receiver<Exit>,
-) -> Exit {
-    let mut durable = hub.durable();
-    let mut ping = tokio::time::interval(config.ping_interval);
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    ping.reset();
-    let mut drained = Drained::default();
-    let metrics = hub.metrics();
-    // Futures that live as long as the loop are made once, not on every wake-up.
-    let shutting_down = shutdown.recv();
-    let kicked = kick.notified();
-    tokio::pin!(shutting_down, kicked, stop);
-    loop {
-        let awaiting = outbox.awaits_durability();
-        let ack_deadline = outbox.next_ack_deadline();
-        let expires_at = *token_expiry.borrow_and_update();
-        tokio::select! {
-            biased;
-            () = &mut shutting_down => return Exit::Close(close::GOING_AWAY, "server shutting down"),
-            () = &mut kicked => return Exit::Close(close::REPLACED, "another connection resumed this client"),
-            exit = &mut stop => return exit.unwrap_or(Exit::Gone),
-            () = outbox.ready() => {}
-            changed = durable.changed(), if awaiting => {
-                if changed.is_err() {
-                    return Exit::Close(close::INTERNAL, "the log stopped");
+/// What woke the writer.
+enum Wake {
+    /// Something to send may be waiting.
+    Work,
+    /// A pacing interval ended: send what gathered meanwhile.
+    Paced,
+}
+
+impl WriteTask {
+    /// Writes until the connection ends; returns whether a close frame was sent.
+    async fn run(mut self, stop: oneshot::Receiver<Exit>) -> bool {
+        match self.write_until_done(stop).await {
+            Exit::Close(code, reason) => {
+                // A slow consumer's socket may accept nothing: do not wait on it for long.
+                let _ = timeout(Duration::from_secs(1), self.writer.close(code, reason)).await;
+                true
+            }
+            Exit::Gone => false,
+        }
+    }
+
+    async fn write_until_done(&mut self, stop: oneshot::Receiver<Exit>) -> Exit {
+        let mut durable = self.hub.durable();
+        let mut ping = tokio::time::interval(self.config.ping_interval);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ping.reset();
+        let mut drained = Drained::default();
+        let mut paced_until: Option<tokio::time::Instant> = None;
+        // Futures that live as long as the loop are made once, not on every wake-up.
+        let outbox = self.outbox.clone();
+        let kick = self.kick.clone();
+        let mut shutdown = self.shutdown.clone();
+        let shutting_down = shutdown.recv();
+        let kicked = kick.notified();
+        tokio::pin!(shutting_down, kicked, stop);
+        loop {
+            let awaiting = outbox.awaits_durability();
+            let ack_deadline = outbox.next_ack_deadline();
+            let next_due = outbox.next_due();
+            let expires_at = *self.token_expiry.borrow_and_update();
+            let wake = tokio::select! {
+                biased;
+                () = &mut shutting_down => return Exit::Close(close::GOING_AWAY, "server shutting down"),
+                () = &mut kicked => return Exit::Close(close::REPLACED, "another connection resumed this client"),
+                exit = &mut stop => return exit.unwrap_or(Exit::Gone),
+                () = sleep_until(paced_until.unwrap_or_else(tokio::time::Instant::now)), if paced_until.is_some() => Wake::Paced,
+                // While pacing, only a reply (pong, error) cuts the wait short.
+                () = outbox.ready() => Wake::Work,
+                changed = durable.changed(), if awaiting && paced_until.is_none() => {
+                    if changed.is_err() {
+                        return Exit::Close(close::INTERNAL, "the log stopped");
+                    }
+                    Wake::Work
+                }
+                () = sleep_until(ack_deadline.map_or_else(tokio::time::Instant::now, Into::into)), if ack_deadline.is_some() && paced_until.is_none() => Wake::Work,
+                () = sleep_until(next_due.map_or_else(tokio::time::Instant::now, Into::into)), if next_due.is_some() && paced_until.is_none() => Wake::Work,
+                // `now > exp` is expired: wait one millisecond past it.
+                () = sleep_until(instant_of(UnixMs(expires_at.map_or(0, |at| at.0 + 1)))), if expires_at.is_some() => {
+                    if self.token_expiry.borrow().is_some_and(|at| UnixMs::now() > at) {
+                        return Exit::Close(close::TOKEN_EXPIRED, "token expired");
+                    }
+                    continue;
+                }
+                _ = self.token_expiry.changed(), if self.config.auth.is_some() => continue,
+                _ = ping.tick() => {
+                    if let Some(exit) = self.ping().await {
+                        return exit;
+                    }
+                    continue;
+                }
+            };
+            match wake {
+                Wake::Paced => paced_until = None,
+                Wake::Work => {
+                    // Under one write per interval on average: at once; busier:
+                    // gather until the pacer's next token.
+                    let now = Instant::now();
+                    if let Some(until) = self.pacer.wait_until(now).filter(|_| !outbox.urgent()) {
+                        paced_until = Some(until.into());
+                        continue;
+                    }
+                    paced_until = None;
                 }
             }
-            () = sleep_until(ack_deadline.map_or_else(tokio::time::Instant::now, Into::into)), if ack_deadline.is_some() => {}
-            // `now > exp` is expired: wait one millisecond past it.
-            () = sleep_until(instant_of(UnixMs(expires_at.map_or(0, |at| at.0 + 1)))), if expires_at.is_some() => {
-                if token_expiry.borrow().is_some_and(|at| UnixMs::now() > at) {
-                    return Exit::Close(close::TOKEN_EXPIRED, "token expired");
-                }
-                continue;
-            }
-            _ = token_expiry.changed(), if config.auth.is_some() => continue,
-            _ = ping.tick() => {
-                if writer.last_seen().elapsed() >= config.idle_timeout {
-                    return Exit::Close(close::IDLE, "idle timeout");
-                }
-                match timeout(config.slow_consumer_timeout, writer.ping()).await {
-                    Ok(true) => {}
-                    Ok(false) => return Exit::Gone,
-                    Err(_) => return Exit::Close(close::SLOW_CONSUMER, "the client stopped reading"),
-                }
-                continue;
+            // Let every task that is already runnable (readers applying heartbeats) go
+            // first: under load this session then drains them all in one frame per room
+            // instead of one frame per change; when idle the yield returns at once.
+            tokio::task::yield_now().await;
+            let durable_now = *durable.borrow_and_update();
+            if let Err(exit) = self.flush(durable_now, &mut drained).await {
+                return exit;
             }
         }
-        // Let every task that is already runnable (readers applying heartbeats) go first:
-        // under load this session then drains them all in one frame per room instead
-        // of one frame per change; when idle the yield returns at once.
-        tokio::task::yield_now().await;
-        let durable_now = *durable.borrow_and_update();
-        outbox.drain(durable_now, UnixMs::now(), Instant::now(), &mut drained);
+    }
+
+    /// Pings the client, closing an idle one or one whose socket takes nothing.
+    async fn ping(&mut self) -> Option<Exit> {
+        if self.writer.last_seen().elapsed() >= self.config.idle_timeout {
+            return Some(Exit::Close(close::IDLE, "idle timeout"));
+        }
+        match timeout(self.config.slow_consumer_timeout, self.writer.ping()).await {
+            Ok(true) => None,
+            Ok(false) => Some(Exit::Gone),
+            Err(_) => Some(Exit::Close(
+                close::SLOW_CONSUMER,
+                "the client stopped reading",
+            )),
+        }
+    }
+
+    /// Drains the outbox and writes what it held as one batch.
+    async fn flush(&mut self, durable: Ticket, drained: &mut Drained) -> Result<(), Exit> {
+        self.outbox
+            .drain(durable, UnixMs::now(), Instant::now(), drained);
         for subscription in drained.resync.drain(..) {
             // Fell behind its room's window: the current state replaces what was missed.
-            hub.resync(&subscription);
+            self.hub.resync(&subscription);
         }
         if drained.frames.is_empty() {
-            continue;
+            return Ok(());
         }
         let frames = drained.frames.len() as u64;
         let changes = drained.changes as u64;
         drained.changes = 0;
+        self.pacer.wrote(Instant::now());
         // Only a write that cannot complete at once needs the slow-consumer timer.
-        let mut send = std::pin::pin!(writer.send_batch(&mut drained.frames));
+        let mut send = std::pin::pin!(self.writer.send_batch(&mut drained.frames));
         let sent = match std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
             Poll::Ready(sent) => sent,
-            Poll::Pending => match timeout(config.slow_consumer_timeout, send).await {
+            Poll::Pending => match timeout(self.config.slow_consumer_timeout, send).await {
                 Ok(sent) => sent,
-                Err(_) => return Exit::Close(close::SLOW_CONSUMER, "the client stopped reading"),
+                Err(_) => {
+                    return Err(Exit::Close(
+                        close::SLOW_CONSUMER,
+                        "the client stopped reading",
+                    ));
+                }
             },
         };
         let Some(bytes) = sent else {
-            return Exit::Gone;
+            return Err(Exit::Gone);
         };
+        let metrics = self.hub.metrics();
         metrics.fanout_frames.increment(frames);
         metrics.fanout_delivered.increment(changes);
         metrics.fanout_bytes.increment(bytes as u64);
+        Ok(())
     }
 }

@@ -91,6 +91,10 @@ struct Args {
     /// Worker threads of the load generator.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Rollcall: the `intervalMs` of every subscription (0: none), for the latest state
+    /// per client at that rate instead of every change.
+    #[arg(long, default_value_t = 0)]
+    interval_ms: u64,
     /// Room name prefix.
     #[arg(long, default_value = "load")]
     room_prefix: String,
@@ -551,7 +555,12 @@ async fn client(plan: Arc<Plan>, stats: Arc<Stats>, slot: Arc<ClientSlot>, index
                     break;
                 }
             }
-            let subscribe = json!({"type": "subscribe", "room": room}).to_string();
+            let subscribe = if args.interval_ms > 0 {
+                json!({"type": "subscribe", "room": room, "intervalMs": args.interval_ms})
+            } else {
+                json!({"type": "subscribe", "room": room})
+            }
+            .to_string();
             if ws.send(TEXT, subscribe.as_bytes()).await.is_err() {
                 continue;
             }

@@ -30,8 +30,10 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+pub(crate) mod merge;
+
 use crate::config::ClusterConfig;
-use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::protocol;
 use crate::shutdown::Shutdown;
 
@@ -283,11 +285,36 @@ pub fn links() -> (
     (Links { changes, rooms }, changes_rx, rooms_rx)
 }
 
+/// The node's presence state, as the bus tasks use it (the hub is one). The bus
+/// depends on this trait, not on the hub, so the hub can depend on the bus's types.
+pub(crate) trait LocalState: Send + Sync + 'static {
+    /// The server's metrics handles.
+    fn metrics(&self) -> &Metrics;
+    /// Every live entry this node owns, as upserts with fresh sequence numbers.
+    fn owned_live(&self, now: UnixMs) -> Vec<Outgoing>;
+    /// This node's own live entries of `room` as a JSON array, and the last sequence
+    /// number it used.
+    fn owned_entries(&self, room: &str, now: UnixMs) -> (u64, String);
+    /// Folds a change another node published in `room`.
+    fn apply_remote(&self, room: &Arc<str>, generation: u64, payload: &[u8], now: UnixMs);
+    /// A sync of `room` begins.
+    fn sync_started(&self, room: &str, generation: u64);
+    /// Folds the other nodes' answers to a sync of `room`.
+    fn sync_finished(
+        &self,
+        room: &Arc<str>,
+        generation: u64,
+        replies: Vec<SyncReply>,
+        first: bool,
+        now: UnixMs,
+    );
+}
+
 /// Everything the cluster tasks share.
 struct Node {
     id: u16,
     client: Client,
-    hub: Arc<Hub>,
+    hub: Arc<dyn LocalState>,
     sync_timeout: Duration,
     /// Bumped at every (re)connection: rooms resync when it changes.
     epoch: watch::Sender<u64>,
@@ -296,7 +323,7 @@ struct Node {
 /// Connects to NATS (in the background: a node starts even when NATS is down) and
 /// runs the cluster tasks until `shutdown`.
 pub async fn start(
-    hub: Arc<Hub>,
+    hub: Arc<dyn LocalState>,
     config: &ClusterConfig,
     node: u16,
     changes: mpsc::Receiver<Outgoing>,
