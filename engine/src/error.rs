@@ -48,6 +48,16 @@ pub enum Error {
         /// The marker file.
         path: std::path::PathBuf,
     },
+    /// sled cannot open its own files: `file` (its log `db` or its configuration
+    /// `conf`) is damaged. Nothing can be read past this, so
+    /// [`Recovery::SkipCorrupt`](crate::Recovery::SkipCorrupt) does not help either.
+    #[error("sled cannot open its file {}: {detail}", file.display())]
+    Damaged {
+        /// The damaged file.
+        file: std::path::PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// Another process (or another engine in this one) has the data directory open.
     #[error("the data directory {} is in use by another process", path.display())]
     Locked {
@@ -66,6 +76,17 @@ pub enum Error {
     /// Spawning the writer thread failed.
     #[error("could not start the log writer thread: {0}")]
     Spawn(#[source] io::Error),
+}
+
+impl Error {
+    /// The kind of the I/O error underneath, if the storage failed with one (e.g.
+    /// [`io::ErrorKind::PermissionDenied`]).
+    pub fn io_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            Error::Storage(sled::Error::Io(error)) | Error::Spawn(error) => Some(error.kind()),
+            _ => None,
+        }
+    }
 }
 
 /// Writes that sled had made durable and no longer holds, found by comparing the

@@ -67,5 +67,5 @@ pub use event::{Event, Heartbeat, Leave};
 pub use log::LogStats;
 pub use materializer::{Change, ChangeKind, Entry, Materializer};
 pub use record::DecodeError;
-pub use replay::{ReplayProgress, ReplayReport};
+pub use replay::{CLIENT_SPACE_SHIFT, ReplayProgress, ReplayReport};
 pub use types::{ClientId, Seq, Ticket, Ttl, UnixMs};

@@ -1,5 +1,6 @@
 //! Opening a log: fold every record in sequence order, then drop what has expired.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::compaction::{Index, Indexed, Key};
@@ -9,9 +10,13 @@ use crate::event::Event;
 use crate::materializer::Materializer;
 use crate::record::{self, DecodeError};
 use crate::store::Store;
-use crate::types::{Seq, UnixMs};
+use crate::types::{ClientId, Seq, UnixMs};
 
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Client ids are grouped by their bits from here up in
+/// [`ReplayReport::highest_clients`].
+pub const CLIENT_SPACE_SHIFT: u32 = 40;
 
 /// How far a replay has come.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +51,11 @@ pub struct ReplayReport {
     /// The durability marker was damaged and a new one was started under
     /// [`Recovery::SkipCorrupt`]: lost writes, if any, could not be detected.
     pub marker_rebuilt: bool,
+    /// The highest client id of any event replayed (live, left or expired), for each
+    /// value of the id's bits from [`CLIENT_SPACE_SHIFT`] up (how a cluster splits ids
+    /// between nodes). An id allocator starts above these, even if writes that
+    /// reserved ids were lost.
+    pub highest_clients: BTreeMap<u64, ClientId>,
     /// Bytes of log records after the replay.
     pub log_bytes: u64,
     /// How long the replay took.
@@ -157,6 +167,12 @@ fn fold_record(
     let size = u32::try_from(bytes / events.len().max(1)).unwrap_or(u32::MAX);
     let mut indexed = Vec::with_capacity(events.len());
     for event in events {
+        let client = event.client();
+        let highest = report
+            .highest_clients
+            .entry(client.0 >> CLIENT_SPACE_SHIFT)
+            .or_insert(client);
+        *highest = (*highest).max(client);
         materializer.fold(&event);
         indexed.push(Indexed {
             key: Key::of(&event),

@@ -74,11 +74,11 @@ fn open_sled(path: &Path, cache_capacity: u64) -> Result<Open> {
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            Err(error) => return Err(error.into()),
+            Err(error) => return Err(damaged(path, error)),
         }
     };
-    let log = db.open_tree(LOG_TREE)?;
-    let meta = db.open_tree(META_TREE)?;
+    let log = db.open_tree(LOG_TREE).map_err(|e| damaged(path, e))?;
+    let meta = db.open_tree(META_TREE).map_err(|e| damaged(path, e))?;
     let data_file = File::open(path.join(DATA_FILE)).map_err(sled::Error::Io)?;
     Ok(Open {
         db,
@@ -86,6 +86,56 @@ fn open_sled(path: &Path, cache_capacity: u64) -> Result<Open> {
         meta,
         data_file,
     })
+}
+
+/// sled's configuration file in the data directory.
+const CONF_FILE: &str = "conf";
+
+/// Names the file behind a sled error that means its files cannot be read (a failed
+/// checksum in its log, a configuration it cannot parse); other errors pass through.
+fn damaged(path: &Path, error: sled::Error) -> Error {
+    match error {
+        sled::Error::Corruption { at, .. } => Error::Damaged {
+            file: path.join(DATA_FILE),
+            // `at` is sled's own pointer type; its Debug form holds the offset.
+            detail: match format!("{at:?}")
+                .split(|c: char| !c.is_ascii_digit())
+                .find(|digits| !digits.is_empty())
+            {
+                Some(offset) => format!("a checksum fails at byte {offset}"),
+                None => "a checksum fails".to_owned(),
+            },
+        },
+        sled::Error::Unsupported(why) | sled::Error::ReportableBug(why) => {
+            if conf_checksum_fails(path) {
+                Error::Damaged {
+                    file: path.join(CONF_FILE),
+                    detail: "its checksum fails".to_owned(),
+                }
+            } else {
+                Error::Damaged {
+                    file: path.to_path_buf(),
+                    detail: why,
+                }
+            }
+        }
+        other => Error::Storage(other),
+    }
+}
+
+/// Whether sled's configuration file exists and its trailing CRC-32 does not match
+/// (sled itself only warns about that, then fails to parse the file).
+fn conf_checksum_fails(path: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(path.join(CONF_FILE)) else {
+        return false;
+    };
+    let Some(split) = bytes.len().checked_sub(4) else {
+        return false;
+    };
+    let (body, crc) = bytes.split_at(split);
+    let mut expected = [0; 4];
+    expected.copy_from_slice(crc);
+    crc32fast::hash(body) != u32::from_le_bytes(expected)
 }
 
 impl Store {
@@ -229,8 +279,9 @@ impl Store {
     /// before any `reopen`.
     pub(crate) fn records(&self) -> Result<impl Iterator<Item = Result<(Seq, sled::IVec)>>> {
         let tree = self.with(|open| Ok(open.log.clone()))?;
-        Ok(tree.iter().map(|item| {
-            let (key, value) = item?;
+        let path = self.path.clone();
+        Ok(tree.iter().map(move |item| {
+            let (key, value) = item.map_err(|e| damaged(&path, e))?;
             let seq = Seq::from_key(&key).ok_or_else(|| Error::CorruptKey { key: key.to_vec() })?;
             Ok((seq, value))
         }))
@@ -267,5 +318,49 @@ impl Store {
     /// Bytes the database occupies on disk, as sled reports it.
     pub(crate) fn size_on_disk(&self) -> Result<u64> {
         self.with(|open| Ok(open.db.size_on_disk()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sled_corruption_names_the_damaged_file_and_offset() {
+        let dir = Path::new("/data");
+        let error = damaged(
+            dir,
+            sled::Error::Corruption {
+                at: Some(sled::DiskPtr::Inline(194)),
+                bt: (),
+            },
+        );
+        assert_eq!(
+            error.to_string(),
+            "sled cannot open its file /data/db: a checksum fails at byte 194"
+        );
+        let error = damaged(dir, sled::Error::Corruption { at: None, bt: () });
+        assert_eq!(
+            error.to_string(),
+            "sled cannot open its file /data/db: a checksum fails"
+        );
+    }
+
+    #[test]
+    fn a_conf_with_a_bad_checksum_is_named() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            temp.path().join(CONF_FILE),
+            b"segment_size: 8\x00\x00\x00\x00",
+        )
+        .expect("write");
+        let error = damaged(
+            temp.path(),
+            sled::Error::Unsupported("earlier than 0.29".to_owned()),
+        );
+        assert!(
+            matches!(&error, Error::Damaged { file, .. } if file.ends_with(CONF_FILE)),
+            "{error}"
+        );
     }
 }

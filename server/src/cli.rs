@@ -134,7 +134,9 @@ pub struct ServeArgs {
     )]
     pub tls_key: Option<PathBuf>,
 
-    /// Data directory of the embedded sled log.
+    /// Data directory of the embedded sled log. Created if missing (its parent must
+    /// exist); an existing one must be empty or Rollcall's: another program's is refused
+    /// untouched.
     #[arg(long, env = "ROLLCALL_DATA", default_value = "./rollcall-data")]
     pub data: PathBuf,
 
@@ -167,7 +169,9 @@ pub struct ServeArgs {
     /// What to do with an unreadable record in the middle of the log, or with writes
     /// that had been made durable and are missing (damage sled's crash recovery read
     /// as a torn tail): refuse to start (strict) or start without them and report the
-    /// loss (skip-corrupt).
+    /// loss (skip-corrupt). It cannot help where sled itself cannot open its files (a
+    /// damaged `conf`, a log it cannot parse, or a directory without the durability
+    /// marker that sled reads as empty): only --on-corrupt-data=move-aside does.
     #[arg(long, env = "ROLLCALL_RECOVERY", value_enum, default_value_t = RecoveryArg::Strict)]
     pub recovery: RecoveryArg,
 
@@ -283,8 +287,10 @@ pub struct ServeArgs {
     )]
     pub allowed_origins: Vec<String>,
 
-    /// A data directory that cannot be opened: fail (exit non-zero) or move-aside
-    /// (rename it, log an error, start empty; presence is soft state).
+    /// A data directory whose content is damaged: fail (exit non-zero) or move-aside
+    /// (rename it to `<dir>.corrupt-<unix ms>`, log an error, start empty; presence is
+    /// soft state). Only a directory recognised as Rollcall's is ever renamed; a
+    /// permission problem, a file, or another program's directory always fails.
     #[arg(long, env = "ROLLCALL_ON_CORRUPT_DATA", value_enum, default_value_t = CorruptDataArg::Fail)]
     pub on_corrupt_data: CorruptDataArg,
 

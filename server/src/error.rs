@@ -9,31 +9,16 @@ pub enum Error {
     /// The engine failed.
     #[error(transparent)]
     Engine(#[from] rollcall_engine::Error),
-    /// The data directory cannot be opened: sled refuses it or the log is unreadable.
-    #[error(
-        "cannot open the data directory {}: {source}. Presence is soft state: start with \
-         --on-corrupt-data=move-aside to move it aside and start empty, or \
-         --recovery=skip-corrupt to start without only the damaged part (unreadable log \
-         records, lost writes; reported in the log and /metrics)",
-        path.display()
-    )]
+    /// The data directory cannot be used. `reason` says why and what to do, in one
+    /// sentence (no cause chain follows it).
+    #[error("cannot open the data directory {}: {reason}", path.display())]
     DataDirectory {
         /// The directory.
         path: std::path::PathBuf,
-        /// Why it failed.
-        source: rollcall_engine::Error,
-    },
-    /// The data directory holds files from an earlier run, but nothing could be read
-    /// from them (sled reads damaged files as an empty database).
-    #[error(
-        "cannot open the data directory {}: it holds files from an earlier run but no \
-         data could be read from them (damaged or truncated). Presence is soft state: start \
-         with --on-corrupt-data=move-aside to move it aside and start empty",
-        path.display()
-    )]
-    DataDirectoryEmptied {
-        /// The directory.
-        path: std::path::PathBuf,
+        /// What is wrong, for callers that act on it.
+        kind: DataDirProblem,
+        /// The cause and its remedy.
+        reason: String,
     },
     /// Binding, accepting or serving failed.
     #[error("I/O error: {0}")]
@@ -50,6 +35,40 @@ pub enum Error {
     /// The configuration is inconsistent.
     #[error("invalid configuration: {0}")]
     Config(String),
+}
+
+/// Why a data directory could not be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DataDirProblem {
+    /// The server's user may not read or write it (or create it).
+    Permission,
+    /// It is on a read-only file system.
+    ReadOnly,
+    /// Neither it nor its parent exists.
+    Missing,
+    /// The path is a file.
+    NotADirectory,
+    /// A non-empty directory that is not a Rollcall data directory.
+    Foreign,
+    /// Another process has it open.
+    Locked,
+    /// sled cannot open its files (a damaged log or configuration): only moving the
+    /// directory aside helps.
+    Damaged,
+    /// sled opened it, but the log is damaged (unreadable records, lost writes, a
+    /// damaged durability marker): `--recovery=skip-corrupt` starts without the damage.
+    Corrupt,
+    /// Any other I/O error.
+    Io,
+}
+
+impl DataDirProblem {
+    /// Whether the directory's content is damaged, so moving it aside (where asked
+    /// to) lets the server start.
+    pub fn is_damage(self) -> bool {
+        matches!(self, DataDirProblem::Damaged | DataDirProblem::Corrupt)
+    }
 }
 
 /// Result with the server's [`Error`].

@@ -75,6 +75,28 @@ impl Identity {
         })
     }
 
+    /// Moves node `node`'s persisted id counter above `highest`, an id found in the
+    /// log: writes that reserved a block of ids may have been lost (and reported)
+    /// while entries with ids from that block survived, and those ids must not be
+    /// handed out again. Returns whether the counter moved. Call before [`Identity::load`].
+    pub fn raise_counter(engine: &mut Engine, node: u16, highest: ClientId) -> Result<bool> {
+        if highest.0 >> NODE_SHIFT != u64::from(node) {
+            return Ok(false);
+        }
+        let above = (highest.0 & ((1 << NODE_SHIFT) - 1)) + 1;
+        let stored = match engine.meta_get(NEXT_ID_KEY)? {
+            Some(bytes) if bytes.len() == 8 => {
+                u64::from_be_bytes(bytes.try_into().unwrap_or([0; 8]))
+            }
+            _ => 0,
+        };
+        if stored >= above {
+            return Ok(false);
+        }
+        engine.meta_put(NEXT_ID_KEY, &above.to_be_bytes())?;
+        Ok(true)
+    }
+
     /// A fresh client id, never handed out before.
     pub fn allocate(&mut self, engine: &mut Engine) -> Result<ClientId> {
         if self.next >= self.ceiling {
@@ -172,6 +194,26 @@ mod tests {
     use rollcall_engine::Config;
 
     use super::*;
+
+    #[test]
+    fn the_counter_moves_past_ids_found_in_the_log_of_its_own_node_only() {
+        let mut engine = Engine::memory();
+        // Node 2's space: an id of node 3 or below the counter changes nothing.
+        let node = 2;
+        let base = u64::from(node) << NODE_SHIFT;
+        assert!(Identity::raise_counter(&mut engine, node, ClientId(base + 40)).unwrap());
+        assert!(!Identity::raise_counter(&mut engine, node, ClientId(base + 7)).unwrap());
+        assert!(
+            !Identity::raise_counter(&mut engine, node, ClientId((3 << NODE_SHIFT) + 90)).unwrap()
+        );
+        let mut identity = Identity::load(&mut engine, node, None).unwrap();
+        assert_eq!(identity.allocate(&mut engine).unwrap(), ClientId(base + 41));
+        // A counter already past the id stays where it is.
+        let mut engine = Engine::memory();
+        let mut identity = Identity::load(&mut engine, 0, None).unwrap();
+        let first = identity.allocate(&mut engine).unwrap();
+        assert!(!Identity::raise_counter(&mut engine, 0, first).unwrap());
+    }
 
     #[test]
     fn tokens_verify_only_for_their_user() {

@@ -30,6 +30,7 @@ pub mod cli;
 pub(crate) mod cluster;
 pub mod config;
 pub(crate) mod connection;
+mod datadir;
 pub mod error;
 pub(crate) mod fanout;
 pub(crate) mod http;
@@ -48,6 +49,6 @@ pub(crate) mod shutdown;
 pub mod tls;
 
 pub use config::ServerConfig;
-pub use error::{Error, Result};
+pub use error::{DataDirProblem, Error, Result};
 pub use limits::Limits;
 pub use server::{run, run_notify};

@@ -37,8 +37,17 @@ fn serve_blocking(args: &ServeArgs) -> anyhow::Result<()> {
 /// Text logs (coloured only when stderr is a terminal and `NO_COLOR` is unset) or one
 /// JSON object per line.
 fn init_logs(args: &ServeArgs) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .with_context(|| format!("--log {:?} is not a valid log filter", args.log))?;
+    if !args.log.contains("sled") {
+        // sled logs a damaged `conf` as one from "a sled version earlier than 0.29";
+        // the server's own error names the damaged file instead.
+        filter = filter.add_directive(
+            "sled::config=off"
+                .parse()
+                .context("the built-in log filter")?,
+        );
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -75,7 +84,11 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         let _ = std::io::stdout().flush();
     })
     .await
-    .context("the server stopped")
+    .map_err(|error| match error {
+        // Says what is wrong with the directory and what to do: one sentence, as is.
+        error @ rollcall_server::Error::DataDirectory { .. } => anyhow::Error::new(error),
+        error => anyhow::Error::new(error).context("the server stopped"),
+    })
 }
 
 /// Binds the first address `listen` names that can be bound (a host name may resolve

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,7 +14,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster;
 use crate::config::{CorruptDataPolicy, ServerConfig};
-use crate::error::{Error, Result};
+use crate::datadir;
+use crate::error::{DataDirProblem, Error, Result};
 use crate::http::{self, AppState};
 use crate::hub::Hub;
 use crate::identity;
@@ -155,41 +156,71 @@ pub async fn run_notify(
     Ok(())
 }
 
-/// Whether an engine error means the directory's content is bad (rather than, say,
-/// held by another process).
-fn is_unreadable(error: &rollcall_engine::Error) -> bool {
-    matches!(
-        error,
-        rollcall_engine::Error::Storage(_)
-            | rollcall_engine::Error::CorruptRecord { .. }
-            | rollcall_engine::Error::CorruptKey { .. }
-            | rollcall_engine::Error::LostWrites(_)
-            | rollcall_engine::Error::CorruptMarker { .. }
-    )
-}
+/// Presence is soft state: what to do when the directory's content is damaged.
+const MOVE_ASIDE: &str = "presence is soft state: start with --on-corrupt-data=move-aside to \
+     move the directory aside and start empty";
 
-/// Why a data directory could not be used.
-enum Unreadable {
-    /// The engine refused its content.
-    Engine(rollcall_engine::Error),
-    /// It held files, yet opened as an empty database.
-    Emptied,
-    /// Anything else (not the directory's content): fail whatever the policy.
-    Other(Error),
-}
-
-impl Unreadable {
-    fn into_error(self, path: &std::path::Path) -> Error {
-        match self {
-            Unreadable::Engine(source) => Error::DataDirectory {
-                path: path.to_path_buf(),
-                source,
-            },
-            Unreadable::Emptied => Error::DataDirectoryEmptied {
-                path: path.to_path_buf(),
-            },
-            Unreadable::Other(error) => error,
+/// The engine's refusal as a data directory error with its one remedy.
+fn engine_problem(path: &Path, error: rollcall_engine::Error) -> Error {
+    use rollcall_engine::Error as E;
+    let (kind, reason) = match error {
+        E::Damaged { file, detail } => (
+            DataDirProblem::Damaged,
+            format!(
+                "sled cannot open its file {}: {detail}. --recovery=skip-corrupt cannot help \
+                 when sled cannot open its files; {MOVE_ASIDE}",
+                file.display()
+            ),
+        ),
+        E::Locked { .. } => (
+            DataDirProblem::Locked,
+            "another process has it open (another rollcall?): stop that process or choose \
+             another --data"
+                .to_owned(),
+        ),
+        error @ (E::CorruptRecord { .. }
+        | E::LostWrites(_)
+        | E::CorruptMarker { .. }
+        | E::CorruptKey { .. }) => {
+            let what = match error {
+                E::CorruptRecord { seq, source } => {
+                    format!("log record {seq} is corrupt ({source})")
+                }
+                E::LostWrites(lost) => format!(
+                    "the log lost writes that had been made durable: {lost}; sled stopped \
+                     reading its log at a damaged message and discarded the rest (corruption, \
+                     not a write torn by a crash)"
+                ),
+                E::CorruptMarker { path } => format!(
+                    "the durability marker {} is damaged, so the log cannot be checked for \
+                     lost writes",
+                    path.display()
+                ),
+                other => other.to_string(),
+            };
+            (
+                DataDirProblem::Corrupt,
+                format!(
+                    "{what}. Start with --recovery=skip-corrupt to start without the damaged \
+                     part (reported in the log and /metrics), or with \
+                     --on-corrupt-data=move-aside to move the directory aside and start empty"
+                ),
+            )
         }
+        error if error.io_kind() == Some(std::io::ErrorKind::PermissionDenied) => {
+            return datadir::permission_denied(path, path, "sled cannot open its files");
+        }
+        error if error.io_kind() == Some(std::io::ErrorKind::ReadOnlyFilesystem) => (
+            DataDirProblem::ReadOnly,
+            "it is on a read-only file system: mount it read-write or choose another --data"
+                .to_owned(),
+        ),
+        error => (DataDirProblem::Io, error.to_string()),
+    };
+    Error::DataDirectory {
+        path: path.to_path_buf(),
+        kind,
+        reason,
     }
 }
 
@@ -224,51 +255,82 @@ fn open(config: &ServerConfig, metrics: Metrics) -> Result<Hub> {
     } else {
         tracing::info!(data = %config.data_dir.display(), durability = ?config.durability, "opening the log");
     }
+    // Classified before sled touches it: sled would create files in any directory.
+    let found = if config.durability == Durability::Memory {
+        None
+    } else {
+        Some(datadir::prepare(&config.data_dir)?)
+    };
     // sled reads a damaged or truncated file as an empty database: tell that apart
     // from a first start by the resume secret every earlier run wrote.
-    let had_files = config.durability != Durability::Memory
-        && std::fs::read_dir(&config.data_dir).is_ok_and(|mut entries| entries.next().is_some());
-    let open_checked = || -> Result<_, Unreadable> {
-        let (engine, report) = Engine::open(engine_config()).map_err(|error| {
-            if is_unreadable(&error) {
-                Unreadable::Engine(error)
-            } else {
-                Unreadable::Other(error.into())
-            }
-        })?;
+    let had_files = found == Some(datadir::Found::Rollcall);
+    let path = config.data_dir.as_path();
+    let open_checked = || -> Result<_> {
+        let (engine, report) =
+            Engine::open(engine_config()).map_err(|error| engine_problem(path, error))?;
         let secret = engine
             .meta_get(identity::SECRET_KEY)
-            .map_err(|e| Unreadable::Other(e.into()))?;
+            .map_err(|error| engine_problem(path, error))?;
         // Under skip-corrupt, writes sled lost were reported by the replay: starting
         // without them (even without all of them) is what was asked for.
         if had_files && secret.is_none() && report.lost.is_none() {
-            return Err(Unreadable::Emptied);
+            return Err(Error::DataDirectory {
+                path: path.to_path_buf(),
+                kind: DataDirProblem::Damaged,
+                reason: format!(
+                    "it holds Rollcall's files but sled read no data from them (damaged or \
+                     truncated). --recovery=skip-corrupt cannot help when sled cannot read \
+                     its files; {MOVE_ASIDE}"
+                ),
+            });
         }
         Ok((engine, report))
     };
-    let (engine, report) = match open_checked() {
+    let is_damage =
+        |error: &Error| matches!(error, Error::DataDirectory { kind, .. } if kind.is_damage());
+    let (mut engine, report) = match open_checked() {
         Ok(opened) => opened,
-        Err(Unreadable::Other(error)) => return Err(error),
-        Err(problem) if config.on_corrupt_data == CorruptDataPolicy::MoveAside => {
+        // Only a directory recognised as Rollcall's is ever renamed.
+        Err(error)
+            if is_damage(&error)
+                && had_files
+                && config.on_corrupt_data == CorruptDataPolicy::MoveAside =>
+        {
             let aside = PathBuf::from(format!(
                 "{}.corrupt-{}",
                 config.data_dir.display(),
                 UnixMs::now().0
             ));
-            std::fs::rename(&config.data_dir, &aside)?;
+            std::fs::rename(&config.data_dir, &aside).map_err(|e| Error::DataDirectory {
+                path: path.to_path_buf(),
+                kind: DataDirProblem::Io,
+                reason: format!(
+                    "it is damaged and could not be moved aside to {}: {e}",
+                    aside.display()
+                ),
+            })?;
             tracing::error!(
-                error = %problem.into_error(&config.data_dir),
+                %error,
                 moved_to = %aside.display(),
                 "the data directory could not be opened; moved it aside and starting empty"
             );
             ::metrics::counter!("rollcall_data_moved_aside_total").increment(1);
-            Engine::open(engine_config()).map_err(|source| Error::DataDirectory {
-                path: config.data_dir.clone(),
-                source,
-            })?
+            Engine::open(engine_config()).map_err(|error| engine_problem(path, error))?
         }
-        Err(problem) => return Err(problem.into_error(&config.data_dir)),
+        Err(error) => return Err(error),
     };
+    // Ids are never handed out twice, even if the writes that reserved them were lost
+    // while entries holding them survived.
+    let space = u64::from(config.node_id);
+    if let Some(highest) = report.highest_clients.get(&space) {
+        if identity::Identity::raise_counter(&mut engine, config.node_id, *highest)? {
+            tracing::warn!(
+                highest = highest.0,
+                "the client id counter was behind ids in the log (its reservation was \
+                 lost): moved it past them"
+            );
+        }
+    }
     metrics.replay_seconds.set(started.elapsed().as_secs_f64());
     metrics.replay_entries.set(report.live_entries as f64);
     if !report.torn.is_empty() {
