@@ -26,9 +26,29 @@ fn clock_at(start: u64) -> (Arc<AtomicU64>, impl Fn() -> UnixMs + Send + Sync + 
     (clock, move || UnixMs(read.load(Ordering::SeqCst)))
 }
 
+/// Opens the log's sled database directly. sled releases its directory lock from a
+/// background thread shortly after the last handle drops, so right after
+/// `Engine::close` the lock can still be held for a moment (this made
+/// `corrupt_record_in_the_middle_is_named` fail once in CI): wait for it, bounded.
+fn open_raw(path: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(sled::Error::Io(error))
+                if error.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(error) => panic!("opening {} with sled: {error}", path.display()),
+        }
+    }
+}
+
 /// Raw records of a closed log, in key order.
 fn raw_records(path: &std::path::Path) -> Vec<(u64, Vec<u8>)> {
-    let db = sled::open(path).unwrap();
+    let db = open_raw(path);
     let tree = db.open_tree("log").unwrap();
     tree.iter()
         .map(|kv| {
@@ -42,7 +62,7 @@ fn raw_records(path: &std::path::Path) -> Vec<(u64, Vec<u8>)> {
 }
 
 fn write_raw(path: &std::path::Path, seq: u64, value: &[u8]) {
-    let db = sled::open(path).unwrap();
+    let db = open_raw(path);
     db.open_tree("log")
         .unwrap()
         .insert(seq.to_be_bytes(), value)
