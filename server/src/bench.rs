@@ -5,13 +5,10 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rollcall_engine::{ClientId, Engine, Ticket, Ttl};
-use tokio::sync::watch;
+use rollcall_engine::{ClientId, Ttl};
 
 use crate::fanout::Outbox;
 use crate::hub::Hub;
-use crate::limits::Limits;
-use crate::metrics::Metrics;
 
 /// Rooms each thread heartbeats into, and subscribers per room.
 const ROOMS_PER_THREAD: usize = 20;
@@ -30,18 +27,7 @@ pub struct RoomLoad {
 impl RoomLoad {
     /// Sets up the rooms of `threads` threads.
     pub fn new(threads: usize) -> RoomLoad {
-        let (_, durable) = watch::channel(Ticket(0));
-        let hub = Arc::new(
-            Hub::new(
-                Engine::memory(),
-                0,
-                None,
-                Limits::default(),
-                durable,
-                Metrics::new(),
-            )
-            .expect("a memory hub opens"),
-        );
+        let hub = Arc::new(Hub::in_memory(0).expect("a memory hub opens"));
         let mut outboxes = Vec::new();
         let rooms: Vec<Vec<Arc<str>>> = (0..threads)
             .map(|t| {

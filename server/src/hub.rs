@@ -187,6 +187,19 @@ pub struct Hub {
 }
 
 impl Hub {
+    /// A hub over an in-memory engine with default limits and no log (benches, tests).
+    pub(crate) fn in_memory(node: u16) -> Result<Hub> {
+        let (_, durable) = watch::channel(Ticket(0));
+        Hub::new(
+            Engine::memory(),
+            node,
+            None,
+            Limits::default(),
+            durable,
+            Metrics::new(),
+        )
+    }
+
     /// Wraps an opened engine. `durable` follows the engine's durable watermark;
     /// `resume_secret` (shared by a cluster's nodes) signs resume tokens if given.
     pub fn new(
@@ -994,8 +1007,6 @@ fn fan_out(
 mod tests {
     use std::time::{Duration, Instant};
 
-    use rollcall_engine::Engine;
-
     use super::*;
     use crate::cluster::{self, encode_change};
     use crate::fanout::Drained;
@@ -1004,16 +1015,7 @@ mod tests {
     const NOW: UnixMs = UnixMs(1_000_000);
 
     fn clustered() -> (Hub, tokio::sync::mpsc::Receiver<Outgoing>) {
-        let (_, durable) = watch::channel(Ticket(0));
-        let hub = Hub::new(
-            Engine::memory(),
-            1,
-            None,
-            Limits::default(),
-            durable,
-            Metrics::new(),
-        )
-        .unwrap();
+        let hub = Hub::in_memory(1).unwrap();
         let (links, changes, rooms) = cluster::links();
         // Joins and parts are not followed here: the tests play the cluster task.
         drop(rooms);
@@ -1158,18 +1160,7 @@ mod tests {
 
     #[test]
     fn room_listing_follows_every_change_without_the_hub_lock() {
-        let (_, durable) = watch::channel(Ticket(0));
-        let hub = Arc::new(
-            Hub::new(
-                Engine::memory(),
-                0,
-                None,
-                Limits::default(),
-                durable,
-                Metrics::new(),
-            )
-            .unwrap(),
-        );
+        let hub = Arc::new(Hub::in_memory(0).unwrap());
         let rooms: Vec<Arc<str>> = (0..7).map(|r| format!("r{r}").into()).collect();
         // A fixed pseudo-random walk of heartbeats (short and long TTLs), leaves and
         // sweeps over 7 rooms and 9 clients.
