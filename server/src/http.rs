@@ -204,7 +204,8 @@ fn json(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// Every route.
+/// Every route. Every error answer is JSON with a code, including the ones axum
+/// produces itself (no such route, wrong method, bad query or path).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/ws", get(upgrade))
@@ -214,15 +215,93 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/rooms/{room}", get(room))
         .route("/v1/rooms/{room}/heartbeat", post(heartbeat))
         .route("/v1/rooms/{room}/entries/{client}", delete(remove_entry))
+        .route("/v1/openapi.json", get(openapi_json))
         .merge(crate::pages::routes())
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "this route does not take this method",
+            )
+        })
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// Turns an error answer that is not JSON (axum's own rejections: a bad query string
+/// or path parameter, a body over a limit) into `{"error": code, "message": …}`,
+/// keeping its status and headers (such as `Allow`) and its text as the message.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let code = match status.as_u16() {
+        401 => ErrorCode::Unauthorized,
+        403 => ErrorCode::Forbidden,
+        404 => ErrorCode::NotFound,
+        405 => ErrorCode::MethodNotAllowed,
+        408 => ErrorCode::RequestTimeout,
+        413 => ErrorCode::DataTooLarge,
+        415 => ErrorCode::UnsupportedMediaType,
+        429 => ErrorCode::RateLimited,
+        503 => ErrorCode::Starting,
+        500..=599 => ErrorCode::Internal,
+        _ => ErrorCode::BadRequest,
+    };
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4_096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let message = match text.trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_owned(),
+        text => text.to_owned(),
+    };
+    let body = serde_json::json!({"error": code.as_str(), "message": message}).to_string();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(body))
+}
+
+/// The OpenAPI 3.1 description of this API.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object, content_type = "application/json")),
+)]
+pub(crate) async fn openapi_json() -> Response {
+    static DOCUMENT: OnceLock<String> = OnceLock::new();
+    json(
+        StatusCode::OK,
+        DOCUMENT.get_or_init(crate::openapi::document).clone(),
+    )
 }
 
 /// A log writer stuck this long in one storage call makes the node unhealthy.
 const STALL_LIMIT: Duration = Duration::from_secs(10);
 
-async fn healthz(State(state): State<AppState>) -> Response {
+/// Whether the server is ready.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "meta",
+    responses(
+        (status = 200, description = "Ready", body = crate::openapi::Health),
+        (status = 503, description = "Replaying the log, or the log writer is stuck", body = crate::openapi::Health),
+    ),
+)]
+pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
     if let Some(hub) = state.inner.hub.get() {
         if hub.log_stalled_for() > STALL_LIMIT {
             return json(
@@ -261,13 +340,31 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-#[derive(Deserialize)]
-struct Page {
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct Page {
+    /// Rooms per page, 1 to 1000 (default 100).
     limit: Option<usize>,
+    /// The `next` of the previous page.
     after: Option<String>,
 }
 
-async fn rooms(
+/// Rooms with live entries, sorted by name, a page at a time (an admin read).
+#[utoipa::path(
+    get,
+    path = "/v1/rooms",
+    tag = "rooms",
+    params(Page),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of rooms", body = crate::openapi::RoomsPage),
+        (status = 400, description = "A bad query string", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Auth on and no valid token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "The token is not an admin token", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Starting", body = crate::openapi::ErrorBody),
+    ),
+)]
+pub(crate) async fn rooms(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(page): Query<Page>,
@@ -277,16 +374,36 @@ async fn rooms(
     state.authorize(&headers, |grant| grant.admin)?;
     let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let page = hub.rooms_page(page.after.as_deref(), limit);
-    let rooms: Vec<_> = page
-        .rooms
-        .into_iter()
-        .map(|(room, entries)| serde_json::json!({"room": room, "entries": entries}))
-        .collect();
-    let body = serde_json::json!({"rooms": rooms, "next": page.next});
-    Ok(json(StatusCode::OK, body.to_string()))
+    let body = crate::openapi::RoomsPage {
+        rooms: page
+            .rooms
+            .into_iter()
+            .map(|(room, entries)| crate::openapi::RoomCount {
+                room,
+                entries: entries as u64,
+            })
+            .collect(),
+        next: page.next,
+    };
+    Ok(axum::Json(body).into_response())
 }
 
-async fn room(
+/// One room's live entries (a room without entries answers with none).
+#[utoipa::path(
+    get,
+    path = "/v1/rooms/{room}",
+    tag = "rooms",
+    params(("room" = String, Path, description = "The room's name, percent-encoded")),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The room", body = crate::openapi::Room),
+        (status = 400, description = "An invalid room name", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Auth on and no valid token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "The token cannot read this room", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Starting", body = crate::openapi::ErrorBody),
+    ),
+)]
+pub(crate) async fn room(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(room): Path<String>,
@@ -386,7 +503,27 @@ async fn read_body(
     })?
 }
 
-async fn heartbeat(
+/// Creates or refreshes an entry (an admin write), answered once durable.
+#[utoipa::path(
+    post,
+    path = "/v1/rooms/{room}/heartbeat",
+    tag = "rooms",
+    params(("room" = String, Path, description = "The room's name, percent-encoded")),
+    request_body = crate::openapi::HeartbeatRequest,
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The entry is live (and durable)", body = crate::openapi::HeartbeatAnswer),
+        (status = 400, description = "Bad input: bad_request, invalid_room, invalid_ttl, invalid_data", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Auth on and no valid token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Not an admin token, or a foreign Origin", body = crate::openapi::ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = crate::openapi::ErrorBody),
+        (status = 409, description = "The room is full", body = crate::openapi::ErrorBody),
+        (status = 413, description = "The body is too large", body = crate::openapi::ErrorBody),
+        (status = 415, description = "The body is not application/json", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Starting, or storage unavailable", body = crate::openapi::ErrorBody),
+    ),
+)]
+pub(crate) async fn heartbeat(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(room): Path<String>,
@@ -441,11 +578,32 @@ async fn heartbeat(
         ttl,
     )?;
     wait_durable(hub, ticket).await?;
-    let body = serde_json::json!({"clientId": client.0, "expiresAtMs": expires_at.0});
-    Ok(json(StatusCode::OK, body.to_string()))
+    Ok(axum::Json(crate::openapi::HeartbeatAnswer {
+        client_id: client.0,
+        expires_at_ms: expires_at.0,
+    })
+    .into_response())
 }
 
-async fn remove_entry(
+/// Removes an entry (an admin write); 204 whether or not it existed.
+#[utoipa::path(
+    delete,
+    path = "/v1/rooms/{room}/entries/{clientId}",
+    tag = "rooms",
+    params(
+        ("room" = String, Path, description = "The room's name, percent-encoded"),
+        ("clientId" = u64, Path, description = "The entry's client id"),
+    ),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 204, description = "The entry is gone"),
+        (status = 400, description = "An invalid room name or client id", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Auth on and no valid token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Not an admin token, or a foreign Origin", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Starting, or storage unavailable", body = crate::openapi::ErrorBody),
+    ),
+)]
+pub(crate) async fn remove_entry(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path((room, client)): Path<(String, String)>,

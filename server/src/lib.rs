@@ -40,6 +40,7 @@ pub mod limits;
 pub mod listener;
 pub(crate) mod listing;
 pub(crate) mod metrics;
+pub(crate) mod openapi;
 pub(crate) mod pages;
 pub(crate) mod protocol;
 pub(crate) mod rejection;

@@ -47,6 +47,8 @@ pub enum ErrorCode {
     RequestTimeout,
     /// HTTP only: a request body that is not `application/json`.
     UnsupportedMediaType,
+    /// HTTP only: the route exists but not with this method.
+    MethodNotAllowed,
 }
 
 impl ErrorCode {
@@ -73,6 +75,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
         }
     }
 
@@ -91,6 +94,7 @@ impl ErrorCode {
             | ErrorCode::TokenNotYetValid => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
             ErrorCode::RequestTimeout => 408,
             ErrorCode::RoomFull => 409,
             ErrorCode::DataTooLarge => 413,
