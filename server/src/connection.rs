@@ -359,8 +359,11 @@ pub enum Inbound {
     Text(Utf8Bytes),
     /// A binary message (v1 speaks text only).
     Binary,
-    /// The peer closed, the socket failed, or the stream ended.
+    /// The socket failed or the stream ended.
     Closed,
+    /// The peer sent a close frame. Its answer (the same code, as RFC 6455 asks) is
+    /// queued: [`Writer::answer_close`] (or [`Connection::answer_close`]) sends it.
+    CloseFrame,
     /// The message exceeded the size limit: close with 1009.
     TooBig,
     /// The client broke the protocol (or sent invalid UTF-8 as text): close with this
@@ -429,6 +432,12 @@ impl Connection {
         let _ = SinkExt::close(&mut self.socket).await;
     }
 
+    /// Sends the answer to the peer's close frame (queued when it was read) and shuts
+    /// the socket down.
+    pub async fn answer_close(mut self) {
+        let _ = SinkExt::close(&mut self.socket).await;
+    }
+
     /// Splits into independent halves.
     pub fn split(self) -> (Reader, Writer) {
         let (sink, stream) = self.socket.split();
@@ -465,7 +474,7 @@ where
         Ok(Message::Binary(_)) => Inbound::Binary,
         // (`Frame` is never produced when reading.)
         Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => Inbound::Control,
-        Ok(Message::Close(_)) => Inbound::Closed,
+        Ok(Message::Close(_)) => Inbound::CloseFrame,
         Err(error) => inbound_error(&error),
     }
 }
@@ -546,6 +555,12 @@ impl Writer {
     /// Sends a close frame and shuts the socket down.
     pub async fn close(&mut self, code: u16, reason: &'static str) {
         let _ = self.sink.send(close_message(code, reason)).await;
+        let _ = self.sink.close().await;
+    }
+
+    /// Sends the answer to the peer's close frame (tungstenite queued it, with the
+    /// peer's code, when the frame was read) and shuts the socket down.
+    pub async fn answer_close(&mut self) {
         let _ = self.sink.close().await;
     }
 }

@@ -55,6 +55,8 @@ pub struct SessionConfig {
 enum Exit {
     /// Send this close frame.
     Close(u16, &'static str),
+    /// The client sent a close frame: answer it with the same code.
+    Answer,
     /// The socket is gone.
     Gone,
 }
@@ -139,6 +141,10 @@ async fn handshake(
             connection
                 .close(close::BAD_HELLO, "the first message must be hello")
                 .await;
+            return None;
+        }
+        Ok(Inbound::CloseFrame) => {
+            connection.answer_close().await;
             return None;
         }
         Ok(Inbound::Closed | Inbound::Control) => return None,
@@ -284,7 +290,7 @@ async fn run(
         let _ = timeout(LINGER, async {
             while !matches!(
                 reader.read().await,
-                Inbound::Closed | Inbound::TooBig | Inbound::Violation(..)
+                Inbound::Closed | Inbound::CloseFrame | Inbound::TooBig | Inbound::Violation(..)
             ) {
                 tokio::task::consume_budget().await;
             }
@@ -373,6 +379,7 @@ impl Session {
                 }
                 Inbound::TooBig => return Exit::Close(TOO_BIG.0, TOO_BIG.1),
                 Inbound::Violation(code, reason) => return Exit::Close(code, reason),
+                Inbound::CloseFrame => return Exit::Answer,
                 Inbound::Closed => return Exit::Gone,
             }
         }
@@ -681,6 +688,11 @@ impl WriteTask {
                 // A slow consumer's socket may accept nothing: do not wait on it for long.
                 let _ = timeout(Duration::from_secs(1), self.writer.close(code, reason)).await;
                 true
+            }
+            Exit::Answer => {
+                // The client has closed its side: nothing to linger for.
+                let _ = timeout(Duration::from_secs(1), self.writer.answer_close()).await;
+                false
             }
             Exit::Gone => false,
         }

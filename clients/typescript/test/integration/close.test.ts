@@ -5,6 +5,7 @@ import { writeFileSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import WebSocket from "ws";
 import { harness } from "../helpers/harness.js";
 import { PACKAGE_ROOT } from "../helpers/server.js";
 import { waitFor } from "../helpers/util.js";
@@ -29,6 +30,23 @@ describe("close()", () => {
     for (const r of rooms) assert.equal((await h.server.roomEntries(r)).some((e) => e.clientId === idA), false, r);
     await waitFor(() => views.every((v) => !v.value().has(idA)), "b sees a leave every room");
     assert.equal(a.state, "closed");
+  });
+
+  it("the server answers close() with the same code: a clean close, not 1006", async () => {
+    const codes: number[] = [];
+    class Recording extends WebSocket {
+      constructor(url: string | URL, protocols?: string | string[]) {
+        super(url, protocols);
+        this.addEventListener("close", (ev) => codes.push(ev.code));
+      }
+    }
+    const c = h.client({ WebSocket: Recording });
+    await c.waitForConnected();
+    c.presence("pr:clean").heartbeat(1, 60_000);
+    await waitFor(async () => (await h.server.roomEntries("pr:clean")).length === 1, "the entry is live");
+    await c.close();
+    await waitFor(() => codes.length === 1, "the socket closed");
+    assert.deepEqual(codes, [1000]);
   });
 
   it("a Node script that uses the SDK and closes exits by itself", async () => {
