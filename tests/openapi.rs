@@ -222,6 +222,13 @@ fn the_openapi_document_matches_the_real_answers() {
         "invalid_room"
     );
 
+    // (The event stream's 200 is read in tests/sse.rs; here its documented errors.)
+    let long_events = format!("/v1/rooms/{}/events", "r".repeat(300));
+    assert_eq!(
+        checked.call(&open, &doc, ("GET", &long_events, None), none, 400)["error"],
+        "invalid_room"
+    );
+
     // Auth errors on a server with auth on.
     let unauthorized = checked.call(&guarded, &doc, ("GET", "/v1/rooms", None), none, 401);
     assert_eq!(unauthorized["error"], "unauthorized");

@@ -214,6 +214,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/rooms", get(rooms))
         .route("/v1/rooms/{room}", get(room))
         .route("/v1/rooms/{room}/heartbeat", post(heartbeat))
+        .route("/v1/rooms/{room}/events", get(events))
         .route("/v1/rooms/{room}/entries/{client}", delete(remove_entry))
         .route("/v1/openapi.json", get(openapi_json))
         .merge(crate::pages::routes())
@@ -501,6 +502,47 @@ async fn read_body(
             ),
         )
     })?
+}
+
+/// The room's presence as Server-Sent Events: a `snapshot` event, then `changes`
+/// events (the WebSocket protocol's messages), `: keep-alive` comments while quiet.
+#[utoipa::path(
+    get,
+    path = "/v1/rooms/{room}/events",
+    tag = "rooms",
+    params(("room" = String, Path, description = "The room's name, percent-encoded")),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "An event stream: `event: snapshot` then `event: changes`, each `data:` line one JSON message", content_type = "text/event-stream", body = String),
+        (status = 400, description = "An invalid room name", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Auth on and no valid token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "The token cannot read this room", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Starting", body = crate::openapi::ErrorBody),
+    ),
+)]
+pub(crate) async fn events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(room): Path<String>,
+) -> Result<Response, ApiError> {
+    let hub = state.hub()?;
+    hub.limits().check_room(&room)?;
+    // The same check as reading the room once.
+    let grant = state.authorize(&headers, |grant| grant.can_read(&room))?;
+    let config = &state.inner.config;
+    let stream = crate::sse::StreamConfig {
+        keep_alive: config.ping_interval,
+        slow_consumer_timeout: config.slow_consumer_timeout,
+        fanout_interval: config.fanout_interval,
+        expires_at: grant.map(|g| g.expires_at),
+    };
+    Ok(crate::sse::stream(
+        hub.clone(),
+        room.into(),
+        state.inner.shutdown.clone(),
+        stream,
+        &state.inner.sessions,
+    ))
 }
 
 /// Creates or refreshes an entry (an admin write), answered once durable.

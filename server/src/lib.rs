@@ -47,6 +47,7 @@ pub(crate) mod rejection;
 mod server;
 pub(crate) mod session;
 pub(crate) mod shutdown;
+pub(crate) mod sse;
 pub mod tls;
 
 pub use config::ServerConfig;

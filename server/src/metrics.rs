@@ -222,6 +222,11 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         "Rooms with at least one entry.",
     ),
     (
+        "rollcall_sse_streams",
+        Kind::Gauge,
+        "Open Server-Sent Events streams (GET /v1/rooms/{room}/events).",
+    ),
+    (
         "rollcall_subscribed_rooms",
         Kind::Gauge,
         "Rooms with at least one subscriber.",
@@ -297,6 +302,8 @@ pub struct Metrics {
     pub connections: Gauge,
     /// Rooms with at least one entry.
     pub rooms: Gauge,
+    /// Open Server-Sent Events streams.
+    pub sse_streams: Gauge,
     /// Entries held (live, or expired and not yet swept).
     pub entries: Gauge,
     /// Rooms with at least one subscriber.
@@ -345,6 +352,7 @@ impl Metrics {
         Metrics {
             connections: gauge!("rollcall_connections"),
             rooms: gauge!("rollcall_rooms"),
+            sse_streams: gauge!("rollcall_sse_streams"),
             entries: gauge!("rollcall_live_entries"),
             subscribed_rooms: gauge!("rollcall_subscribed_rooms"),
             log_failing: gauge!("rollcall_log_failing"),

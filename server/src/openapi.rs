@@ -130,6 +130,7 @@ impl Modify for BearerAuth {
         crate::http::healthz,
         crate::http::rooms,
         crate::http::room,
+        crate::http::events,
         crate::http::heartbeat,
         crate::http::remove_entry,
         crate::http::openapi_json,
@@ -158,6 +159,7 @@ mod tests {
             "/v1/rooms",
             "/v1/rooms/{room}",
             "/v1/rooms/{room}/heartbeat",
+            "/v1/rooms/{room}/events",
             "/v1/rooms/{room}/entries/{clientId}",
             "/v1/openapi.json",
         ] {
