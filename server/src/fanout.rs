@@ -168,6 +168,23 @@ impl Feed {
         }
     }
 
+    /// Queues `message` (a broadcast) for every subscriber but the one of `except`;
+    /// a subscriber with a full backlog misses it. Returns (queued, missed).
+    pub(crate) fn broadcast(&self, message: &str, except: &Outbox) -> (usize, usize) {
+        let outboxes: Vec<Arc<Outbox>> = lock(&self.subscribers)
+            .iter()
+            .filter_map(|s| s.outbox.upgrade())
+            .filter(|outbox| !std::ptr::eq(Arc::as_ptr(outbox), except))
+            .collect();
+        let mut queued = 0;
+        for outbox in &outboxes {
+            if outbox.push_broadcast(message.to_owned()) {
+                queued += 1;
+            }
+        }
+        (queued, outboxes.len() - queued)
+    }
+
     /// Wakes the subscribers that were idle; returns how many read this feed.
     pub(crate) fn wake(&self) -> usize {
         let subscribers = lock(&self.subscribers);
@@ -405,6 +422,19 @@ impl Outbox {
         let mut state = lock(&self.state);
         state.control.push_back(message);
         self.wake_locked(state);
+    }
+
+    /// Queues a broadcast like a control message, unless this outbox already holds
+    /// [`CONTROL_CAPACITY`] unsent messages (its client is not reading): then it is
+    /// dropped, and false returned. Broadcasts are ephemeral; memory stays bounded.
+    pub fn push_broadcast(&self, message: String) -> bool {
+        let mut state = lock(&self.state);
+        if state.control.len() + state.acks.len() >= CONTROL_CAPACITY {
+            return false;
+        }
+        state.control.push_back(message);
+        self.wake_locked(state);
+        true
     }
 
     /// Queues the answer to a request that waits for it (a pong, an error): it goes out

@@ -64,6 +64,16 @@ pub enum Kind {
 /// Every metric the server and its engine export: name, kind and `# HELP` text.
 pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (
+        "rollcall_broadcasts_missed_total",
+        Kind::Counter,
+        "Broadcast deliveries dropped because the subscriber had 1,024 unsent messages.",
+    ),
+    (
+        "rollcall_broadcasts_total",
+        Kind::Counter,
+        "Broadcasts accepted (each goes to the room's current subscribers).",
+    ),
+    (
         "rollcall_cluster_connected",
         Kind::Gauge,
         "Cluster mode: 1 while connected to NATS.",
@@ -319,6 +329,10 @@ pub struct Metrics {
     pub heartbeats: Counter,
     /// Leaves accepted.
     pub leaves: Counter,
+    /// Broadcasts accepted.
+    pub broadcasts: Counter,
+    /// Broadcast deliveries dropped for subscribers that do not read.
+    pub broadcasts_missed: Counter,
     /// Entries expired by sweeps.
     pub expirations: Counter,
     /// Changes queued for subscribers (before conflation).
@@ -360,6 +374,8 @@ impl Metrics {
             hub_lock_hold: histogram!("rollcall_hub_lock_hold_microseconds"),
             heartbeats: counter!("rollcall_heartbeats_total"),
             leaves: counter!("rollcall_leaves_total"),
+            broadcasts: counter!("rollcall_broadcasts_total"),
+            broadcasts_missed: counter!("rollcall_broadcasts_missed_total"),
             expirations: counter!("rollcall_expirations_total"),
             fanout_changes: counter!("rollcall_fanout_changes_total"),
             fanout_delivered: counter!("rollcall_fanout_delivered_total"),

@@ -97,6 +97,15 @@ pub enum Request<'a> {
         /// Correlation id.
         reference: Option<u64>,
     },
+    /// An ephemeral message to the room's current subscribers.
+    Broadcast {
+        /// The room.
+        room: Cow<'a, str>,
+        /// The JSON value, verbatim.
+        data: &'a str,
+        /// Correlation id.
+        reference: Option<u64>,
+    },
     /// Replace the connection's token.
     Auth {
         /// The new JWT.
@@ -115,6 +124,7 @@ impl Request<'_> {
             | Request::Unsubscribe { reference, .. }
             | Request::Heartbeat { reference, .. }
             | Request::Leave { reference, .. }
+            | Request::Broadcast { reference, .. }
             | Request::Ping { reference }
             | Request::Auth { reference, .. } => *reference,
         }
@@ -222,6 +232,16 @@ pub fn parse<'a>(text: &'a str, limits: &Limits) -> Result<Request<'a>, Rejectio
                 room,
                 data,
                 ttl,
+                reference,
+            })
+        }
+        "broadcast" => {
+            let room = room(raw.room)?;
+            let data = raw.data.map_or("null", RawValue::get);
+            check_data(data, limits).map_err(|r| r.with(reference, Some(&room)))?;
+            Ok(Request::Broadcast {
+                room,
+                data,
                 reference,
             })
         }
@@ -524,6 +544,29 @@ pub fn ack(reference: u64, expires_at: Option<UnixMs>) -> String {
         ),
         None => format!("{{\"type\":\"ack\",\"ref\":{reference}}}"),
     }
+}
+
+/// A `broadcast` as its room's subscribers get it:
+/// `{"type":"broadcast","room":…,"clientId":…[,"userId":…],"data":…,"serverTimeMs":…}`.
+pub fn broadcast(
+    room: &str,
+    client: ClientId,
+    user: Option<&str>,
+    data: &str,
+    now: UnixMs,
+) -> String {
+    let mut out = String::with_capacity(data.len() + room.len() + 96);
+    out.push_str("{\"type\":\"broadcast\",\"room\":");
+    push_json_str(&mut out, room);
+    let _ = write!(out, ",\"clientId\":{}", client.0);
+    if let Some(user) = user {
+        out.push_str(",\"userId\":");
+        push_json_str(&mut out, user);
+    }
+    out.push_str(",\"data\":");
+    out.push_str(data);
+    let _ = write!(out, ",\"serverTimeMs\":{}}}", now.0);
+    out
 }
 
 /// A `pong` message.

@@ -27,6 +27,10 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing session keeps reading (and dropping) what its client still
 /// sends, so that its close frame is not lost to a reset.
 const LINGER: Duration = Duration::from_millis(250);
+/// Broadcasts a connection may send per second, and saved up at most.
+pub const BROADCASTS_PER_SECOND: u32 = 20;
+/// See [`BROADCASTS_PER_SECOND`].
+pub const BROADCAST_BURST: u32 = 40;
 
 /// Per-session settings.
 #[derive(Clone, Debug)]
@@ -253,6 +257,7 @@ async fn run(
         expiry: expiry_tx,
         rooms: HashMap::new(),
         heartbeats: TokenBucket::new(limits.heartbeats_per_second, limits.heartbeat_burst),
+        broadcasts: TokenBucket::new(BROADCASTS_PER_SECOND, BROADCAST_BURST),
         requests: TokenBucket::new(config.requests_per_second, config.requests_per_second * 2),
         control: TokenBucket::new(
             config.control_frames_per_second,
@@ -325,6 +330,7 @@ struct Session {
     expiry: watch::Sender<Option<UnixMs>>,
     rooms: HashMap<Arc<str>, RoomUse>,
     heartbeats: TokenBucket,
+    broadcasts: TokenBucket,
     requests: TokenBucket,
     control: TokenBucket,
     /// Requests answered `rate_limited`: a client that keeps sending far over its
@@ -518,6 +524,45 @@ impl Session {
                         Err(reject(rejection, &room))
                     }
                 }
+            }
+            Request::Broadcast {
+                room,
+                data,
+                reference,
+            } => {
+                if !self.broadcasts.take(Instant::now()) {
+                    return Err(reject(
+                        Rejection::new(
+                            ErrorCode::RateLimited,
+                            format!(
+                                "more than {BROADCASTS_PER_SECOND} broadcasts per second; this one was dropped"
+                            ),
+                        ),
+                        &room,
+                    ));
+                }
+                if self.grant.as_ref().is_some_and(|g| !g.can_write(&room)) {
+                    return Err(reject(forbidden(), &room));
+                }
+                // To the room's current subscribers on this node but the sender; never
+                // stored. Nobody subscribed: nobody gets it.
+                if let Some(feed) = self.hub.feed_of(&room) {
+                    let message = protocol::broadcast(
+                        &room,
+                        self.client,
+                        self.user.as_deref(),
+                        data,
+                        UnixMs::now(),
+                    );
+                    let (_, missed) = feed.broadcast(&message, &self.outbox);
+                    self.hub
+                        .metrics()
+                        .broadcasts_missed
+                        .increment(missed as u64);
+                }
+                self.hub.metrics().broadcasts.increment(1);
+                self.ack(reference, None, None);
+                Ok(())
             }
             Request::Leave { room, reference } => {
                 if self.grant.as_ref().is_some_and(|g| !g.can_write(&room)) {

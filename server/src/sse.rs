@@ -177,6 +177,8 @@ fn encode(message: &str) -> Bytes {
         "snapshot"
     } else if message.starts_with("{\"type\":\"changes\"") {
         "changes"
+    } else if message.starts_with("{\"type\":\"broadcast\"") {
+        "broadcast"
     } else {
         "message"
     };
