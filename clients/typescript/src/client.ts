@@ -4,6 +4,8 @@ import { RollcallError } from "./errors.js";
 import { DEFAULT_LIMITS, isClientId, PresenceView, Room, roomNameProblem, type Limits, type RoomHost, type WireEntry } from "./presence.js";
 import { errorMessage, makeCodec, type Codec } from "./schema.js";
 import type {
+  BroadcastInput,
+  BroadcastOutput,
   ClientOptions,
   ConnectionState,
   Presence,
@@ -153,22 +155,31 @@ class Client implements RollcallClient, RoomHost {
     return p;
   }
 
-  presence(room: string, schema?: undefined, options?: PresenceOptions): Presence<unknown>;
-  presence<S extends PresenceSchema>(room: string, schema: S, options?: PresenceOptions): Presence<SchemaOutput<S>, SchemaInput<S>>;
-  presence(room: string, schema?: PresenceSchema, options?: PresenceOptions): Presence<unknown, unknown> {
+  presence<BS extends PresenceSchema | undefined = undefined>(
+    room: string,
+    schema?: undefined,
+    options?: PresenceOptions<BS>,
+  ): Presence<unknown, unknown, BroadcastOutput<BS>, BroadcastInput<BS>>;
+  presence<S extends PresenceSchema, BS extends PresenceSchema | undefined = undefined>(
+    room: string,
+    schema: S,
+    options?: PresenceOptions<BS>,
+  ): Presence<SchemaOutput<S>, SchemaInput<S>, BroadcastOutput<BS>, BroadcastInput<BS>>;
+  presence(room: string, schema?: PresenceSchema, options?: PresenceOptions): Presence<unknown, unknown, unknown, unknown> {
     const problem = roomNameProblem(room);
     if (problem) throw new RangeError(`rollcall-client: presence(${JSON.stringify(room)}): ${problem}`);
     if (options !== undefined && (typeof options !== "object" || options === null)) throw new TypeError("presence(room, schema, options): options must be an object");
     const throttleMs = options?.heartbeatThrottleMs === undefined ? this.heartbeatThrottleMs : throttleOption(options.heartbeatThrottleMs, "presence(room, schema, { heartbeatThrottleMs })");
     let codec: Codec | null = null;
     if (schema !== undefined) codec = makeCodec(schema, this.opts.effectSchema);
+    const broadcastCodec = options?.broadcastSchema === undefined ? null : makeCodec(options.broadcastSchema, this.opts.effectSchema);
     let r = this.rooms.get(room);
     if (!r) {
       r = new Room(room, this);
       this.rooms.set(room, r);
       if (this.st === "connected") this.send(JSON.stringify({ type: "subscribe", room }));
     }
-    const view = new PresenceView<unknown, unknown>(r, this, codec, throttleMs);
+    const view = new PresenceView<unknown, unknown>(r, this, codec, throttleMs, broadcastCodec);
     r.views.add(view);
     return view;
   }
@@ -214,6 +225,17 @@ class Client implements RollcallClient, RoomHost {
       this.report(new RollcallError("connection", "send_failed", `send failed: ${errorMessage(e)}`, { cause: e }));
       return false;
     }
+  }
+
+  request(message: Record<string, unknown>): Promise<boolean> {
+    const ref = this.nextRef++;
+    return new Promise<boolean>((resolve) => {
+      this.acks.set(ref, resolve);
+      if (!this.send(JSON.stringify({ ...message, ref }))) {
+        this.acks.delete(ref);
+        resolve(false);
+      }
+    });
   }
 
   release(r: Room): void {
@@ -434,6 +456,11 @@ class Client implements RollcallClient, RoomHost {
       case "changes": {
         const room = typeof msg.room === "string" ? this.rooms.get(msg.room) : undefined;
         if (room && Array.isArray(msg.changes)) room.applyChanges(msg.changes);
+        break;
+      }
+      case "broadcast": {
+        const room = typeof msg.room === "string" ? this.rooms.get(msg.room) : undefined;
+        if (room && isClientId(msg.clientId)) room.applyBroadcast(msg);
         break;
       }
       case "ack": {

@@ -1,6 +1,9 @@
 export { createClient } from "./client.js";
 export { RollcallError } from "./errors.js";
 export type {
+  BroadcastInput,
+  BroadcastOutput,
+  BroadcastSender,
   ClientOptions,
   ConnectionState,
   EffectSchemaLike,

@@ -1,6 +1,6 @@
 import { RollcallError } from "./errors.js";
 import { describeIssues, errorMessage, failureError, type Codec, type CodecResult } from "./schema.js";
-import type { Presence, PresenceDiff, PresenceEntry, PresenceUser, UsersDiff } from "./types.js";
+import type { BroadcastSender, Presence, PresenceDiff, PresenceEntry, PresenceUser, UsersDiff } from "./types.js";
 
 /** Server limits announced in `welcome` (defaults from docs/protocol.md until then). */
 export interface Limits {
@@ -32,6 +32,8 @@ export interface RoomHost {
   readonly limits: Limits;
   readonly clockOffsetMs: number;
   send(message: string): boolean;
+  /** Sends `message` with a fresh `ref`; resolves true on its ack, false on an error or when it could not be sent. */
+  request(message: Record<string, unknown>): Promise<boolean>;
   report(error: RollcallError): void;
   /** The room's last view closed: leave it, unsubscribe and forget it. */
   release(room: Room): void;
@@ -328,6 +330,16 @@ export class Room {
   }
 
   /** Stops every timer (client closed). */
+  /** Another client's broadcast to this room: every view decodes and delivers it. */
+  applyBroadcast(msg: Record<string, unknown>): void {
+    const from: BroadcastSender = {
+      clientId: msg.clientId as number,
+      serverTimeMs: typeof msg.serverTimeMs === "number" ? msg.serverTimeMs : 0,
+    };
+    if (typeof msg.userId === "string") from.userId = msg.userId;
+    for (const view of this.views) view.deliverBroadcast(msg.data, from);
+  }
+
   dispose(): void {
     this.stopTracking();
     this.cancelPendingHeartbeat();
@@ -338,8 +350,9 @@ export class Room {
 }
 
 /** One `client.presence(room, schema?)`: a typed, decoded view of a room. */
-export class PresenceView<T, In> implements Presence<T, In> {
+export class PresenceView<T, In, B = unknown, BIn = B> implements Presence<T, In, B, BIn> {
   readonly room: string;
+  private readonly broadcastListeners = new Set<(data: B, from: BroadcastSender) => void>();
   private readonly entries = new Map<number, PresenceEntry<T>>();
   /** The raw entry each id was last decoded from (also when decoding failed). */
   private readonly source = new Map<number, RawEntry>();
@@ -370,6 +383,7 @@ export class PresenceView<T, In> implements Presence<T, In> {
     private readonly host: RoomHost,
     private readonly codec: Codec | null,
     private readonly throttleMs = 0,
+    private readonly broadcastCodec: Codec | null = null,
   ) {
     this.room = r.name;
     this.ready = !codec || codec.ready === null;
@@ -433,9 +447,117 @@ export class PresenceView<T, In> implements Presence<T, In> {
     return ready ? Promise.all([room, ready]).then(() => undefined) : room;
   }
 
+  broadcast(data: BIn): Promise<boolean> {
+    try {
+      const fail = (code: string, message: string, extra: Record<string, unknown> = {}) => {
+        this.host.report(new RollcallError("local", code, message, { room: this.room, ...extra }));
+        return Promise.resolve(false);
+      };
+      if (this.host.closed) return fail("not_connected", "the client is closed: broadcast not sent");
+      if (this.closed) return fail("presence_closed", "this presence view is closed: broadcast not sent");
+      const codec = this.broadcastCodec;
+      if (!codec) return this.sendBroadcast(data);
+      const run = (): Promise<boolean> => {
+        const res = codec.encode(data);
+        const finish = (r: CodecResult): Promise<boolean> => {
+          if (r.ok) return this.sendBroadcast(r.value);
+          if (r.failure) {
+            this.host.report(failureError(r.failure, { room: this.room }));
+            return Promise.resolve(false);
+          }
+          return fail("schema_mismatch", `broadcast data does not match the broadcast schema of ${JSON.stringify(this.room)}: ${describeIssues(r.issues)}`, {
+            issues: r.issues,
+          });
+        };
+        return res instanceof Promise ? res.then(finish) : finish(res);
+      };
+      return codec.ready ? codec.ready.then(run) : run();
+    } catch (e) {
+      this.host.report(new RollcallError("local", "internal", `broadcast failed: ${errorMessage(e)}`, { room: this.room, cause: e }));
+      return Promise.resolve(false);
+    }
+  }
+
+  private sendBroadcast(value: unknown): Promise<boolean> {
+    let json: string | undefined;
+    try {
+      json = JSON.stringify(value);
+    } catch (e) {
+      this.host.report(new RollcallError("local", "invalid_data", `broadcast data is not JSON-serializable: ${errorMessage(e)}`, { room: this.room, cause: e }));
+      return Promise.resolve(false);
+    }
+    const max = this.host.limits.maxDataBytes;
+    const size = utf8Length(json ?? "null");
+    if (size > max) {
+      this.host.report(new RollcallError("local", "data_too_large", `broadcast data is ${size} bytes of JSON; the limit is ${max}`, { room: this.room }));
+      return Promise.resolve(false);
+    }
+    if (!this.host.connected) {
+      // Ephemeral: nothing is kept for a reconnect.
+      this.host.report(new RollcallError("local", "not_connected", "not connected: broadcast not sent", { room: this.room }));
+      return Promise.resolve(false);
+    }
+    return this.host.request({ type: "broadcast", room: this.room, data: json === undefined ? null : JSON.parse(json) });
+  }
+
+  onBroadcast(fn: (data: B, from: BroadcastSender) => void): () => void {
+    if (typeof fn !== "function") throw new TypeError("onBroadcast expects a function");
+    if (this.closed) return () => {};
+    const wrapped = (d: B, f: BroadcastSender) => fn(d, f);
+    this.broadcastListeners.add(wrapped);
+    return () => {
+      this.broadcastListeners.delete(wrapped);
+    };
+  }
+
+  /** Decodes a broadcast (with the broadcast schema, if any) and calls the listeners. */
+  deliverBroadcast(data: unknown, from: BroadcastSender): void {
+    if (this.closed || this.broadcastListeners.size === 0) return;
+    const emit = (value: unknown) => {
+      for (const fn of [...this.broadcastListeners]) {
+        try {
+          fn(value as B, { ...from });
+        } catch (e) {
+          this.host.report(new RollcallError("local", "listener_error", `an onBroadcast listener threw: ${errorMessage(e)}`, { room: this.room, cause: e }));
+        }
+      }
+    };
+    const codec = this.broadcastCodec;
+    if (!codec) {
+      emit(data);
+      return;
+    }
+    const accept = (r: CodecResult) => {
+      if (this.closed) return;
+      if (r.ok) {
+        emit(r.value);
+        return;
+      }
+      if (r.failure) {
+        this.host.report(failureError(r.failure, { room: this.room, clientId: from.clientId }));
+        return;
+      }
+      this.host.report(
+        new RollcallError("local", "decode_failed", `a broadcast from client ${from.clientId} in ${JSON.stringify(this.room)} does not match the broadcast schema: ${describeIssues(r.issues)}`, {
+          room: this.room,
+          clientId: from.clientId,
+          issues: r.issues,
+        }),
+      );
+    };
+    const run = () => {
+      const res = codec.decode(data);
+      if (res instanceof Promise) void res.then(accept);
+      else accept(res);
+    };
+    if (codec.ready) void codec.ready.then(run);
+    else run();
+  }
+
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.broadcastListeners.clear();
     this.listeners.clear();
     this.usersListeners.clear();
     this.entries.clear();

@@ -48,16 +48,39 @@ export interface UsersDiff {
 }
 
 /** Options of one `client.presence(room, schema?, options)` view. */
-export interface PresenceOptions {
+export interface PresenceOptions<BS extends PresenceSchema | undefined = PresenceSchema | undefined> {
   /**
    * Overrides the client's `heartbeatThrottleMs` for heartbeats sent through this view
    * (0 turns throttling off for it).
    */
   heartbeatThrottleMs?: number;
+  /**
+   * Types and checks this view's broadcasts (`broadcast` and `onBroadcast`) with an
+   * Effect Schema or a Standard Schema, as `schema` does for presence data.
+   */
+  broadcastSchema?: BS;
 }
 
-/** A room's presence, typed by its schema. `In` is what `heartbeat` accepts. */
-export interface Presence<T, In = T> {
+/** Who sent a broadcast. */
+export interface BroadcastSender {
+  /** The sender's client id. */
+  clientId: number;
+  /** The sender's user (its token's `sub`), only when the server uses auth. */
+  userId?: string;
+  /** When the server relayed it (server clock, Unix milliseconds). */
+  serverTimeMs: number;
+}
+
+/** The type a `broadcastSchema` decodes to (`unknown` without one). */
+export type BroadcastOutput<BS> = [BS] extends [PresenceSchema] ? SchemaOutput<BS> : unknown;
+/** What `broadcast` accepts with this `broadcastSchema` (`unknown` without one). */
+export type BroadcastInput<BS> = [BS] extends [PresenceSchema] ? SchemaInput<BS> : unknown;
+
+/**
+ * A room's presence, typed by its schema. `In` is what `heartbeat` accepts; `B` and
+ * `BIn` are the types of its broadcasts (by `broadcastSchema`).
+ */
+export interface Presence<T, In = T, B = unknown, BIn = B> {
   /** The room name. */
   readonly room: string;
   /**
@@ -110,6 +133,21 @@ export interface Presence<T, In = T> {
    * the view or the client closes).
    */
   synced(): Promise<void>;
+  /**
+   * Sends `data` to the room's other subscribers: an ephemeral message (a reaction, a
+   * "said" bubble) that is never stored, so only those subscribed now get it. This
+   * client does not receive its own broadcast. Resolves `true` once the server
+   * accepted it, `false` when it was not sent or refused (schema refusal, too large,
+   * not connected, `forbidden`, `rate_limited`: reported through `client.onError`).
+   * Never rejects.
+   */
+  broadcast(data: BIn): Promise<boolean>;
+  /**
+   * Calls `fn` with every broadcast other clients send to the room (decoded by
+   * `broadcastSchema`, if given; one that does not match is reported as
+   * `decode_failed` and skipped) and its sender. Returns the unsubscribe function.
+   */
+  onBroadcast(fn: (data: B, from: BroadcastSender) => void): () => void;
   /**
    * Stops this view: its listeners are dropped and it no longer updates. When the
    * last view of the room closes, the client leaves the room (removing its entry and
@@ -317,10 +355,18 @@ export interface RollcallClient {
    * unhandled rejection by itself); a chain built on it (`.then(...)`) rejects too.
    */
   waitForConnected(): Promise<void>;
-  /** The presence of a room, untyped. */
-  presence(room: string, schema?: undefined, options?: PresenceOptions): Presence<unknown>;
+  /** The presence of a room, untyped (its broadcasts typed by `options.broadcastSchema`, if given). */
+  presence<BS extends PresenceSchema | undefined = undefined>(
+    room: string,
+    schema?: undefined,
+    options?: PresenceOptions<BS>,
+  ): Presence<unknown, unknown, BroadcastOutput<BS>, BroadcastInput<BS>>;
   /** The presence of a room, typed and checked by an Effect Schema or a Standard Schema. */
-  presence<S extends PresenceSchema>(room: string, schema: S, options?: PresenceOptions): Presence<SchemaOutput<S>, SchemaInput<S>>;
+  presence<S extends PresenceSchema, BS extends PresenceSchema | undefined = undefined>(
+    room: string,
+    schema: S,
+    options?: PresenceOptions<BS>,
+  ): Presence<SchemaOutput<S>, SchemaInput<S>, BroadcastOutput<BS>, BroadcastInput<BS>>;
   /** Observes server and local errors. Returns the unsubscribe function. */
   onError(fn: (error: RollcallErrorLike) => void): () => void;
   /** Observes connection state changes. Returns the unsubscribe function. */

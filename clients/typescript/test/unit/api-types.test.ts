@@ -47,6 +47,21 @@ export function apiTypes(): void {
   expectType<Equal<typeof fast, Presence<unknown>>>(true);
   const Cursor = Schema.Struct({ x: Schema.Number, y: Schema.Number });
   const cursors = client.presence("pr:cursors", Cursor, { heartbeatThrottleMs: 16 });
+  // Broadcasts typed by their own schema; untyped without one.
+  const reactions = client.presence("pr:reactions", undefined, { broadcastSchema: Cursor });
+  const sent: Promise<boolean> = reactions.broadcast({ x: 1, y: 2 });
+  void sent;
+  // @ts-expect-error: the broadcast schema wants numbers
+  void reactions.broadcast({ x: "1", y: 2 });
+  reactions.onBroadcast((point, from) => {
+    expectType<Equal<typeof point, { readonly x: number; readonly y: number }>>(true);
+    const id: number = from.clientId;
+    const user: string | undefined = from.userId;
+    void id;
+    void user;
+  });
+  room.onBroadcast((data) => expectType<Equal<typeof data, unknown>>(true));
+  void room.broadcast({ anything: [1, 2] });
 
   const offChange: () => void = room.onChange((entries, diff) => {
     expectType<Equal<typeof entries, Map<number, PresenceEntry<unknown>>>>(true);
