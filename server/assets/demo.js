@@ -2,12 +2,16 @@
 //
 // Everyone on /demo?room=NAME shares one presence room. Each visitor's entry is
 //
-//   { name, color, x, y, typing, said }
+//   { name, color, x, y, typing }
 //
 // with x and y as fractions (0 to 1) of the board, so that windows of any size
 // agree, or null while the pointer is off the board. A cursor moves when its
 // visitor's entry changes and disappears when the entry goes: at once when the
 // visitor leaves (close() on pagehide), or when its TTL runs out if the tab died.
+//
+// What a visitor says is not presence (it is not state, and nobody who arrives later
+// should see it): it goes to the others as a broadcast, { said }, shown by the
+// sender's cursor for a few seconds and never stored.
 import { createClient } from "/assets/rollcall-client.js";
 
 const TTL_MS = 4_000; // a cursor outlives its visitor's last heartbeat by this much
@@ -50,7 +54,7 @@ $("room-link").textContent = roomName;
 $("room-link").href = `/#${new URLSearchParams({ room: roomName })}`; // the inspector
 $("room").value = roomName;
 const room = client.presence(roomName);
-let mine = { name: me.name, color: me.color, x: null, y: null, typing: false, said: "" };
+let mine = { name: me.name, color: me.color, x: null, y: null, typing: false };
 room.track(mine, TTL_MS);
 
 /** Changes my entry; the server hears about it within SEND_EVERY_MS. */
@@ -101,16 +105,34 @@ $("message").addEventListener("blur", () => {
   if (mine.typing) update({ typing: false });
 });
 
-let saidTimer;
 $("say-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const said = $("message").value.trim();
   $("message").value = "";
   clearTimeout(typingTimer);
-  clearTimeout(saidTimer);
-  update({ typing: false, said });
-  saidTimer = setTimeout(() => update({ said: "" }), SAID_FOR_MS);
+  if (mine.typing) update({ typing: false });
+  // To everyone in the room now; the others show it by my cursor.
+  if (said !== "") void room.broadcast({ said: said.slice(0, 140) });
 });
+
+// What the others say: shown by their cursor for SAID_FOR_MS.
+const saying = new Map(); // client id → { text, timer }
+room.onBroadcast((data, from) => {
+  const said = typeof data === "object" && data !== null && typeof data.said === "string" ? data.said.slice(0, 140) : "";
+  if (said === "") return;
+  clearTimeout(saying.get(from.clientId)?.timer);
+  const timer = setTimeout(() => {
+    saying.delete(from.clientId);
+    showSaid(from.clientId);
+  }, SAID_FOR_MS);
+  saying.set(from.clientId, { text: said, timer });
+  showSaid(from.clientId);
+});
+
+function showSaid(id) {
+  const el = cursors.get(id);
+  if (el) el.querySelector(".said").textContent = saying.get(id)?.text ?? "";
+}
 
 // ---- 6. Everyone else ----------------------------------------------------------------------
 // onChange gets the room's live entries (a Map by client id, mine included) after
@@ -153,7 +175,6 @@ function visitor(id, data) {
     x: inside(d.x) && inside(d.y) ? d.x : null,
     y: inside(d.x) && inside(d.y) ? d.y : null,
     typing: d.typing === true,
-    said: typeof d.said === "string" ? d.said.slice(0, 140) : "",
   };
 }
 
@@ -176,7 +197,7 @@ function renderCursors(visitors) {
     el.style.setProperty("--color", v.color);
     el.querySelector(".name").textContent = v.name;
     el.querySelector(".typing").hidden = !v.typing;
-    el.querySelector(".said").textContent = v.said;
+    el.querySelector(".said").textContent = saying.get(v.id)?.text ?? "";
     place(el, v.x, v.y);
   }
   stage.querySelector(".stage-hint").hidden = cursors.size > 0;

@@ -202,6 +202,10 @@ test("demo: cursors and typing cross between two pages, and a closed page's curs
     await bob.locator(`#people li[data-client-id="${aliceId}"] .typing`, { hasText: "typing…" }).waitFor();
     await alice.locator("#message").press("Enter");
     await bob.locator(`.cursor[data-client-id="${aliceId}"] .said`, { hasText: "hello, Bob" }).waitFor();
+    // What was said went as a broadcast: it is in nobody's presence entry.
+    const stored = await fetch(`${server.base}/v1/rooms/t`).then((r) => r.json());
+    assert.equal(stored.entries.length, 2);
+    assert.ok(!JSON.stringify(stored).includes("hello, Bob"), JSON.stringify(stored));
     await bob.locator(`.cursor[data-client-id="${aliceId}"] .typing`).waitFor({ state: "hidden" });
     await bob.locator("#message").fill("hi");
     await alice.locator(`.cursor[data-client-id="${bobId}"] .typing`).waitFor();
