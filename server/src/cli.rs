@@ -294,6 +294,22 @@ pub struct ServeArgs {
     #[arg(long, env = "ROLLCALL_ON_CORRUPT_DATA", value_enum, default_value_t = CorruptDataArg::Fail)]
     pub on_corrupt_data: CorruptDataArg,
 
+    /// POST batches of room events (room.occupied, room.vacated, entry.joined,
+    /// entry.left) to this http:// URL (repeatable, or comma-separated in the env var).
+    /// Needs --webhook-secret-file.
+    #[arg(
+        long = "webhook-url",
+        env = "ROLLCALL_WEBHOOK_URLS",
+        value_delimiter = ',',
+        requires = "webhook_secret_file"
+    )]
+    pub webhook_urls: Vec<String>,
+
+    /// The key webhooks are signed with (HMAC-SHA256 over "<timestamp>.<body>"), from
+    /// this file (its text, trimmed).
+    #[arg(long, env = "ROLLCALL_WEBHOOK_SECRET_FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+
     /// Join a cluster through this NATS server, e.g. nats://127.0.0.1:4222. Without
     /// it the server runs alone.
     #[arg(long, env = "ROLLCALL_NATS", requires = "node_id")]
@@ -616,6 +632,18 @@ impl ServeArgs {
                 .as_deref()
                 .map(|path| crate::config::read_secret_file(path, "resume secret"))
                 .transpose()?,
+            webhooks: if self.webhook_urls.is_empty() {
+                None
+            } else {
+                crate::webhooks::validate(&self.webhook_urls).map_err(crate::Error::Config)?;
+                let path = self.webhook_secret_file.as_deref().ok_or_else(|| {
+                    crate::Error::Config("--webhook-url needs --webhook-secret-file".into())
+                })?;
+                Some(crate::webhooks::WebhookConfig {
+                    urls: self.webhook_urls.clone(),
+                    secret: crate::config::read_secret_file(path, "webhook secret")?,
+                })
+            },
             tls: match (&self.tls_cert, &self.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsConfig {
                     cert: cert.clone(),

@@ -65,6 +65,8 @@ pub struct ServerConfig {
     /// Serve HTTPS and `wss://` with this certificate and key; `None` serves plain
     /// HTTP.
     pub tls: Option<TlsConfig>,
+    /// POST room events to these receivers; `None` sends none.
+    pub webhooks: Option<crate::webhooks::WebhookConfig>,
 }
 
 /// Where the TLS certificate chain and its private key are (PEM files, read again on
@@ -123,6 +125,7 @@ impl Default for ServerConfig {
             cluster: None,
             resume_secret: None,
             tls: None,
+            webhooks: None,
         }
     }
 }

@@ -403,6 +403,11 @@ impl Hub {
         subscription
     }
 
+    /// Sends webhooks for every change of an entry from now on.
+    pub fn set_webhooks(&self, sink: Arc<crate::webhooks::Sink>) {
+        self.counts.set_webhooks(sink);
+    }
+
     /// The feed of `room` while it has subscribers (for messages that go to the room's
     /// current subscribers without touching its state: broadcasts).
     pub fn feed_of(&self, room: &str) -> Option<Arc<Feed>> {

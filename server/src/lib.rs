@@ -49,6 +49,7 @@ pub(crate) mod session;
 pub(crate) mod shutdown;
 pub(crate) mod sse;
 pub mod tls;
+pub mod webhooks;
 
 pub use config::ServerConfig;
 pub use error::{DataDirProblem, Error, Result};

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use rollcall_engine::{Change, ChangeKind};
 
@@ -24,6 +24,8 @@ pub(crate) struct RoomsPage {
 #[derive(Debug, Default)]
 pub(crate) struct RoomCounts {
     counts: Mutex<BTreeMap<Arc<str>, usize>>,
+    /// Webhooks: told of every change with the room's count after it.
+    webhooks: OnceLock<Arc<crate::webhooks::Sink>>,
 }
 
 impl RoomCounts {
@@ -37,24 +39,42 @@ impl RoomCounts {
                     .map(|(room, n)| (room.clone(), n))
                     .collect(),
             ),
+            webhooks: OnceLock::new(),
         }
+    }
+
+    /// Sends webhooks from now on.
+    pub(crate) fn set_webhooks(&self, sink: Arc<crate::webhooks::Sink>) {
+        let _ = self.webhooks.set(sink);
     }
 
     /// Folds a change of an entry: an insert adds one, a removal takes one.
     pub(crate) fn apply(&self, change: &Change) {
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        match change.kind {
-            ChangeKind::Insert => *counts.entry(change.room.clone()).or_default() += 1,
-            ChangeKind::Update => {}
-            ChangeKind::Leave | ChangeKind::Expire => {
-                if let Some(n) = counts.get_mut(&*change.room) {
-                    *n -= 1;
-                    if *n == 0 {
-                        counts.remove(&*change.room);
-                    }
-                }
+        let after = match change.kind {
+            ChangeKind::Insert => {
+                let n = counts.entry(change.room.clone()).or_default();
+                *n += 1;
+                *n
             }
+            ChangeKind::Update => return,
+            ChangeKind::Leave | ChangeKind::Expire => {
+                let Some(n) = counts.get_mut(&*change.room) else {
+                    return;
+                };
+                *n -= 1;
+                let after = *n;
+                if after == 0 {
+                    counts.remove(&*change.room);
+                }
+                after
+            }
+        };
+        // Under the counts' lock: events leave in the order the counts changed.
+        if let Some(webhooks) = self.webhooks.get() {
+            webhooks.change(change, after);
         }
+        drop(counts);
     }
 
     /// Rooms after `after` (by name), at most `limit` (at least one).

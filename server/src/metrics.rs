@@ -246,6 +246,26 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         Kind::Gauge,
         "Open TCP connections (HTTP and WebSocket).",
     ),
+    (
+        "rollcall_webhook_batches_dropped_total",
+        Kind::Counter,
+        "Webhook batches given up after every retry failed.",
+    ),
+    (
+        "rollcall_webhook_batches_sent_total",
+        Kind::Counter,
+        "Webhook batches a receiver accepted (2xx).",
+    ),
+    (
+        "rollcall_webhook_events_dropped_total",
+        Kind::Counter,
+        "Webhook events dropped because a receiver's queue (10,000 events) was full.",
+    ),
+    (
+        "rollcall_webhook_failures_total",
+        Kind::Counter,
+        "Webhook POSTs that failed (no connection, timeout, non-2xx); each is retried.",
+    ),
 ];
 
 /// Gives every metric of [`DESCRIPTIONS`] its help text.

@@ -115,6 +115,12 @@ pub async fn run_notify(
         }
         None => None,
     };
+    // After the replay: replayed entries are not news.
+    if let Some(webhooks) = &config.webhooks {
+        let sink = crate::webhooks::start(webhooks, config.node_id, &trigger.subscribe())
+            .map_err(Error::Config)?;
+        hub.set_webhooks(sink);
+    }
     state.set_hub(hub.clone());
     let sweeper = tokio::spawn(sweep(
         hub.clone(),

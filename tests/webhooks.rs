@@ -1,0 +1,312 @@
+//! Webhooks against a real local HTTP receiver: signed, retried, in order, and never
+//! in the way of heartbeats.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use rollcall_tests::{Raw, Server};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const SECRET: &str = "webhook-test-secret-of-at-least-32-bytes";
+
+/// One POST the receiver got.
+#[derive(Clone, Debug)]
+struct Received {
+    head: String,
+    body: String,
+    /// The status it was answered with.
+    status: u16,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_owned())
+        })
+    }
+}
+
+/// A minimal HTTP/1.1 receiver: answers the first `failures` requests 500, then 200.
+async fn receiver(failures: usize) -> (String, Arc<Mutex<Vec<Received>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let log = received.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buffer = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let split = loop {
+                let Ok(n) = stream.read(&mut chunk).await else {
+                    break None;
+                };
+                if n == 0 {
+                    break None;
+                }
+                buffer.extend_from_slice(&chunk[..n]);
+                if let Some(i) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break Some(i + 4);
+                }
+            };
+            let Some(split) = split else { continue };
+            let head = String::from_utf8_lossy(&buffer[..split]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            while buffer.len() < split + length {
+                let Ok(n) = stream.read(&mut chunk).await else {
+                    break;
+                };
+                if n == 0 {
+                    break;
+                }
+                buffer.extend_from_slice(&chunk[..n]);
+            }
+            let body = String::from_utf8_lossy(&buffer[split..]).into_owned();
+            let status = {
+                let mut log = log.lock().unwrap();
+                let status = if log.len() < failures { 500 } else { 200 };
+                log.push(Received { head, body, status });
+                status
+            };
+            let answer =
+                format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = stream.write_all(answer.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        }
+    });
+    (url, received)
+}
+
+fn secret_file() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("webhook-secret");
+    std::fs::write(&path, format!("{SECRET}\n")).unwrap();
+    let path = path.display().to_string();
+    (dir, path)
+}
+
+fn verifies(request: &Received) -> bool {
+    let (Some(timestamp), Some(signature)) = (
+        request.header("x-rollcall-timestamp"),
+        request.header("x-rollcall-signature"),
+    ) else {
+        return false;
+    };
+    let Some(hex) = signature.strip_prefix("sha256=") else {
+        return false;
+    };
+    let Ok(expected) = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
+        .collect::<Result<Vec<u8>, _>>()
+    else {
+        return false;
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(format!("{timestamp}.{}", request.body).as_bytes());
+    mac.verify_slice(&expected).is_ok()
+}
+
+/// Every event of every accepted (2xx) batch, in order.
+fn delivered(received: &Mutex<Vec<Received>>) -> Vec<Value> {
+    received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.status == 200)
+        .flat_map(|r| {
+            let body: Value = serde_json::from_str(&r.body).expect("a JSON body");
+            body["events"].as_array().cloned().unwrap_or_default()
+        })
+        .collect()
+}
+
+async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn events_are_signed_retried_after_a_500_and_in_order() {
+    let (url, received) = receiver(1).await;
+    let (_dir, secret) = secret_file();
+    let server = Server::launch()
+        .arg("--webhook-url")
+        .arg(&url)
+        .arg("--webhook-secret-file")
+        .arg(&secret)
+        .start();
+
+    let (status, body) = server.http(
+        "POST",
+        "/v1/rooms/wh%3Aa/heartbeat",
+        Some(r#"{"data":1,"ttlMs":30000}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let id = serde_json::from_str::<Value>(&body).unwrap()["clientId"]
+        .as_u64()
+        .unwrap();
+    // A refresh is not an event.
+    let refresh = format!(r#"{{"data":2,"ttlMs":30000,"clientId":{id}}}"#);
+    assert_eq!(
+        server
+            .http("POST", "/v1/rooms/wh%3Aa/heartbeat", Some(&refresh))
+            .0,
+        200
+    );
+    let (status, _) = server.http("DELETE", &format!("/v1/rooms/wh%3Aa/entries/{id}"), None);
+    assert_eq!(status, 204);
+
+    wait_for(|| delivered(&received).len() >= 4, "four events delivered").await;
+    let events = delivered(&received);
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "room.occupied",
+            "entry.joined",
+            "entry.left",
+            "room.vacated"
+        ],
+        "{events:?}"
+    );
+    for event in &events {
+        assert_eq!(event["room"], "wh:a");
+        assert!(
+            event["id"].is_string() && event["timestampMs"].is_u64(),
+            "{event}"
+        );
+    }
+    assert_eq!(events[1]["clientId"], id);
+    assert_eq!(events[2]["reason"], "leave");
+    let ids: std::collections::HashSet<&str> =
+        events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 4, "event ids are unique");
+
+    let requests = received.lock().unwrap().clone();
+    // The first POST was answered 500 and sent again, the same batch.
+    assert_eq!(requests[0].status, 500);
+    assert_eq!(requests[1].status, 200);
+    assert_eq!(requests[0].body, requests[1].body);
+    for request in &requests {
+        assert!(
+            request.head.starts_with("POST /hooks HTTP/1.1"),
+            "{}",
+            request.head
+        );
+        assert_eq!(
+            request.header("content-type").as_deref(),
+            Some("application/json")
+        );
+        assert!(
+            verifies(request),
+            "the signature does not verify: {request:?}"
+        );
+    }
+    // A wrong secret would not verify.
+    let mut forged = requests[1].clone();
+    forged.body.push(' ');
+    assert!(!verifies(&forged));
+    assert!(server.metric("rollcall_webhook_failures_total") >= 1.0);
+    assert!(server.metric("rollcall_webhook_batches_sent_total") >= 1.0);
+}
+
+#[tokio::test]
+async fn a_receiver_that_never_answers_does_not_slow_heartbeats() {
+    // Accepts connections and never answers: each POST waits for its 10 s timeout.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks", silent.local_addr().unwrap());
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = silent.accept().await {
+            keep.lock().unwrap().push(stream);
+        }
+    });
+    let (_dir, secret) = secret_file();
+    let server = Server::launch()
+        .arg("--webhook-url")
+        .arg(&url)
+        .arg("--webhook-secret-file")
+        .arg(&secret)
+        .start();
+
+    let (mut raw, _) = Raw::hello(&server.ws_url()).await;
+    // The first event's POST is now stuck at the silent receiver.
+    raw.send(r#"{"type":"heartbeat","room":"wh:0","data":0,"ttlMs":30000,"ref":0}"#)
+        .await;
+    raw.until("ack").await;
+    wait_for(
+        || !held.lock().unwrap().is_empty(),
+        "the POST to reach the receiver",
+    )
+    .await;
+
+    let started = Instant::now();
+    for i in 1..=200_u64 {
+        let room = format!("wh:{}", i % 50);
+        raw.send(
+            &json!({"type": "heartbeat", "room": room, "data": i, "ttlMs": 30000, "ref": i})
+                .to_string(),
+        )
+        .await;
+        let ack = raw.until("ack").await;
+        assert_eq!(ack["ref"], i);
+    }
+    let took = started.elapsed();
+    // The stuck POST times out after 10 s; the heartbeats never waited for it.
+    assert!(
+        took < Duration::from_secs(5),
+        "200 heartbeats took {took:?}"
+    );
+}
+
+#[test]
+fn a_webhook_url_needs_a_secret_and_http() {
+    let out = std::process::Command::new(rollcall_tests::binary())
+        .args(["serve", "--webhook-url", "http://127.0.0.1:9/x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("webhook-secret-file"));
+    let (_dir, secret) = secret_file();
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(rollcall_tests::binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--webhook-url",
+            "https://example.com/x",
+        ])
+        .args(["--webhook-secret-file", &secret])
+        .arg("--data")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only http://"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
