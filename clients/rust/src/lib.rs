@@ -1,38 +1,20 @@
-//! A tokio client for the Rollcall presence server.
-//!
-//! One [`Client`] holds one WebSocket. It resumes its client id across reconnects and
-//! server restarts, re-subscribes its rooms and re-sends each room's last heartbeat
-//! with the TTL that remains, so a [`Presence`]'s [`value`](Presence::value) is right
-//! again after a reconnect without any caller code.
-//!
-//! ```no_run
-//! use std::time::Duration;
-//!
-//! # async fn demo() -> Result<(), rollcall_client::Error> {
-//! let client = rollcall_client::Client::connect("ws://127.0.0.1:7700/ws").await?;
-//! let room = client.presence("pr:room-123");
-//! room.heartbeat(serde_json::json!({"status": "online"}), Duration::from_secs(30));
-//! room.wait_until(Duration::from_secs(5), |entries| !entries.is_empty()).await?;
-//! for (client_id, entry) in room.value() {
-//!     println!("{client_id}: {} until {}", entry.data, entry.expires_at_ms);
-//! }
-//! room.leave();
-//! client.close().await;
-//! # Ok(())
-//! # }
-//! ```
+#![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
 mod client;
+mod view;
 
-pub use client::{Client, Options, Presence, Session};
+pub use client::{Client, ConnectionState, Options, Presence, Session};
+pub use rollcall_protocol::{self as protocol, CloseCode, ErrorCode};
+pub use view::{Diff, DiffStream, OnChange};
 
 use serde_json::Value;
 
 /// One live entry of a room, as the server sent it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entry {
-    /// The client's JSON value.
+    /// The client's JSON value (`null` when this parser cannot read it, e.g. a lone
+    /// surrogate escape from a server that did not validate it).
     pub data: Value,
     /// When the entry expires, by the server's clock (ms since the Unix epoch).
     pub expires_at_ms: u64,
@@ -53,12 +35,64 @@ pub enum RoomEvent {
     Expire(u64),
 }
 
+/// Why the server closed a connection: its close code and reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloseReason {
+    /// The close code ([`CloseCode::is_final`]: the client does not reconnect after it).
+    pub code: CloseCode,
+    /// The reason text the server gave.
+    pub reason: String,
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.reason.is_empty() {
+            write!(f, "{}", self.code)
+        } else {
+            write!(f, "{}: {}", self.code, self.reason)
+        }
+    }
+}
+
+/// Everything a [`Client`] sees, typed (see [`Client::events`]).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A connection was opened and welcomed (also after every reconnect).
+    Connected(Session),
+    /// A room's complete state.
+    Snapshot {
+        /// The room.
+        room: String,
+        /// The server's clock when it was taken.
+        server_time_ms: u64,
+        /// Every live entry, by client id.
+        entries: Vec<(u64, Entry)>,
+    },
+    /// Changes in a subscribed room.
+    Changes {
+        /// The room.
+        room: String,
+        /// The server's clock when they were sent.
+        server_time_ms: u64,
+        /// The changes, in order per client.
+        changes: Vec<RoomEvent>,
+    },
+    /// The server refused a request.
+    Error(ServerError),
+    /// The connection dropped; the client reconnects (with its resume token).
+    Disconnected(Option<CloseReason>),
+    /// The client stopped for good: closed by [`Client::close`] (`None`) or by a
+    /// final close code from the server.
+    Closed(Option<CloseReason>),
+}
+
 /// An `error` message from the server.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ServerError {
-    /// The error code (`invalid_ttl`, `room_full`, …).
-    pub code: String,
+    /// The error code ([`ErrorCode::Unknown`] for a code this version does not know).
+    pub code: ErrorCode,
     /// The server's explanation.
     pub message: String,
     /// The `ref` of the request that failed.
@@ -77,14 +111,9 @@ pub enum Error {
     /// The server refused the request.
     #[error("server error {0}")]
     Server(ServerError),
-    /// The server closed the connection with this code.
-    #[error("closed by the server with code {code}: {reason}")]
-    Closed {
-        /// The close code.
-        code: u16,
-        /// The close reason.
-        reason: String,
-    },
+    /// The server closed the connection.
+    #[error("closed by the server: {0}")]
+    Closed(CloseReason),
     /// The connection dropped before the request was answered.
     #[error("disconnected before the request was answered")]
     Disconnected,
@@ -97,6 +126,31 @@ pub enum Error {
     /// The client was closed.
     #[error("the client is closed")]
     ClientClosed,
+    /// Options without any URL.
+    #[error("no URL to connect to")]
+    NoUrl,
+}
+
+impl Error {
+    /// The server's error code, for [`Error::Server`].
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Server(error) => Some(error.code),
+            _ => None,
+        }
+    }
+
+    /// Whether reconnecting cannot help: a final close code, or a refused upgrade
+    /// (403: the origin is not allowed).
+    pub fn is_final(&self) -> bool {
+        match self {
+            Error::Closed(reason) => reason.code.is_final(),
+            Error::WebSocket(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                response.status().as_u16() == 403
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Result with this crate's [`Error`].
