@@ -509,7 +509,7 @@ async fn upgrade(
     let shutdown = state.inner.shutdown.clone();
     let sessions = state.inner.sessions.clone();
     Ok(upgrade
-        .protocols(["rollcall.v1"])
+        .protocols([rollcall_protocol::SUBPROTOCOL])
         .max_message_size(limits.max_message_bytes)
         .max_frame_size(limits.max_message_bytes)
         // A small read buffer keeps idle connections cheap (it grows for big messages);
