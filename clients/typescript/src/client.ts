@@ -1,7 +1,7 @@
 import { ClockSync } from "./clock.js";
 import { loadWebSocket } from "./loaders.js";
 import { RollcallError } from "./errors.js";
-import { CLOSE } from "./protocol.gen.js";
+import { CLOSE, type ServerErrorCode } from "./protocol.gen.js";
 import { DEFAULT_LIMITS, isClientId, PresenceView, Room, roomNameProblem, type Limits, type RoomHost, type WireEntry } from "./presence.js";
 import { errorMessage, makeCodec, type Codec } from "./schema.js";
 import type {
@@ -35,7 +35,7 @@ const OPEN = 1;
 export const DEFAULT_HEARTBEAT_THROTTLE_MS = 50;
 
 /** Error codes the server sends before closing with 4003 (docs/protocol.md). */
-const AUTH_REFUSALS = new Set(["unauthorized", "invalid_token", "token_expired"]);
+const AUTH_REFUSALS = new Set<string>(["unauthorized", "invalid_token", "token_expired"] satisfies ServerErrorCode[]);
 
 /** Close codes after which the client must not reconnect (docs/protocol.md). */
 const TERMINAL_CLOSE: Record<number, { code: string; message: string }> = {
