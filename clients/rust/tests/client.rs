@@ -343,3 +343,27 @@ async fn a_final_close_is_not_reconnected() {
     );
     second.close().await;
 }
+
+#[tokio::test]
+async fn a_refused_token_is_final() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = dir.path().join("auth-secret");
+    std::fs::write(&secret, "an HS256 secret of at least thirty-two bytes").expect("write");
+    let server = Server::launch()
+        .arg("--auth-secret-file")
+        .arg(secret.to_string_lossy())
+        .start();
+    for token in [None, Some("not.a.jwt".to_owned())] {
+        let mut options = Options::new(server.ws_url());
+        options.token.clone_from(&token);
+        let refused = tokio::time::timeout(WAIT, Client::connect_with(options))
+            .await
+            .expect("answered in time")
+            .expect_err("refused");
+        assert!(refused.is_final(), "{token:?}: {refused}");
+        assert!(
+            matches!(&refused, Error::Closed(r) if r.code == CloseCode::Unauthorized),
+            "{token:?}: {refused}"
+        );
+    }
+}
