@@ -783,4 +783,105 @@ mod tests {
             r#"{"type":"error","code":"invalid_ttl","message":"ttlMs \"x\"","ref":2,"room":"r"}"#
         );
     }
+
+    #[test]
+    fn the_server_reads_every_typed_client_message() {
+        use rollcall_protocol::{ClientMessage, Json};
+        let data = Json::from_text(r#"{"s":"é\"\\"}"#).expect("JSON");
+        let messages = [
+            ClientMessage::Hello {
+                token: Some("t".into()),
+                resume: Some("r".into()),
+            },
+            ClientMessage::Subscribe {
+                room: "pr:a".into(),
+                interval_ms: Some(100),
+                reference: Some(1),
+            },
+            ClientMessage::Unsubscribe {
+                room: "pr:a".into(),
+                reference: None,
+            },
+            ClientMessage::Heartbeat {
+                room: "pr:a".into(),
+                data: data.clone(),
+                ttl_ms: 30_000,
+                reference: Some(2),
+            },
+            ClientMessage::Leave {
+                room: "pr:a".into(),
+                reference: Some(3),
+            },
+            ClientMessage::Auth {
+                token: "t2".into(),
+                reference: Some(4),
+            },
+            ClientMessage::Ping { reference: None },
+        ];
+        for message in messages {
+            let text = message.to_json();
+            let parsed = parse(&text, &limits()).expect(&text);
+            let same = match (&message, &parsed) {
+                (
+                    ClientMessage::Hello { token, resume },
+                    Request::Hello {
+                        token: t,
+                        resume: r,
+                    },
+                ) => token.as_deref() == t.as_deref() && resume.as_deref() == r.as_deref(),
+                (
+                    ClientMessage::Subscribe {
+                        room,
+                        interval_ms,
+                        reference,
+                    },
+                    Request::Subscribe {
+                        room: r,
+                        interval_ms: i,
+                        reference: f,
+                    },
+                ) => room == r && interval_ms.unwrap_or(0) == *i && reference == f,
+                (
+                    ClientMessage::Unsubscribe { room, reference },
+                    Request::Unsubscribe {
+                        room: r,
+                        reference: f,
+                    },
+                )
+                | (
+                    ClientMessage::Leave { room, reference },
+                    Request::Leave {
+                        room: r,
+                        reference: f,
+                    },
+                ) => room == r && reference == f,
+                (
+                    ClientMessage::Heartbeat {
+                        room,
+                        data,
+                        ttl_ms,
+                        reference,
+                    },
+                    Request::Heartbeat {
+                        room: r,
+                        data: d,
+                        ttl,
+                        reference: f,
+                    },
+                ) => room == r && data.as_str() == *d && Ttl(*ttl_ms) == *ttl && reference == f,
+                (
+                    ClientMessage::Auth { token, reference },
+                    Request::Auth {
+                        token: t,
+                        reference: f,
+                    },
+                ) => token == t && reference == f,
+                (ClientMessage::Ping { reference }, Request::Ping { reference: f }) => {
+                    reference == f
+                }
+                _ => false,
+            };
+            assert!(same, "{text} was read as {parsed:?}");
+        }
+    }
 }
