@@ -177,6 +177,10 @@ impl Shared {
         u64::try_from(local_now_ms() + offset).unwrap_or(0)
     }
 
+    pub(crate) fn is_closed(&self) -> bool {
+        *self.connection.borrow() == ConnectionState::Closed
+    }
+
     pub(crate) fn client_id(&self) -> Option<u64> {
         self.session.borrow().as_ref().map(|s| s.client_id)
     }
@@ -557,6 +561,9 @@ impl Presence {
                 .is_some_and(|room| room.synced);
             if synced {
                 return Ok(());
+            }
+            if self.client.shared.is_closed() {
+                return Err(Error::ClientClosed);
             }
             version.changed().await.map_err(|_| Error::ClientClosed)?;
         }

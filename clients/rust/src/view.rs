@@ -78,6 +78,9 @@ impl DiffStream {
         loop {
             let (value, wake) = {
                 let shared = self.shared.upgrade()?;
+                if shared.is_closed() {
+                    return None;
+                }
                 (
                     live_entries(&shared, &self.room),
                     next_expiry(&shared, &self.room),

@@ -263,6 +263,15 @@ async fn diffs_say_who_joined_changed_and_left() {
     drop(listener);
     alice.close().await;
     bob.close().await;
+    // Once the client is closed the stream ends.
+    let end = tokio::time::timeout(WAIT, diffs.next())
+        .await
+        .expect("ends in time");
+    assert!(end.is_none());
+    assert!(
+        matches!(watch.synced().await, Ok(())),
+        "synced before, stays so"
+    );
 }
 
 #[tokio::test]
