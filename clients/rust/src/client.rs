@@ -1,6 +1,6 @@
 //! The client's background task and its handles.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -130,6 +130,10 @@ pub(crate) struct Room {
     last_heartbeat: Option<LastHeartbeat>,
     /// Bumped by every `track` and `leave`: a track loop runs while it is unchanged.
     track_generation: u64,
+    /// `leave` was called and its message has not been sent on a connection yet (it
+    /// was called while disconnected): sent on reconnect, since the server keeps a
+    /// resumed client's entries.
+    pending_leave: bool,
 }
 
 impl Room {
@@ -142,6 +146,7 @@ impl Room {
             events: broadcast::channel(1_024).0,
             last_heartbeat: None,
             track_generation: 0,
+            pending_leave: false,
         }
     }
 
@@ -491,6 +496,7 @@ impl Presence {
         if let Some(room) = self.client.shared.lock().rooms.get_mut(&self.room) {
             room.last_heartbeat = None;
             room.track_generation += 1;
+            room.pending_leave = true;
         }
     }
 
@@ -717,6 +723,8 @@ async fn run(
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
     let mut socket = Some(socket);
+    // The first socket needs no restore: every command issued so far is still queued.
+    let mut restore = false;
     let mut attempt: u32 = 0;
     // The token of the latest session: kept apart from `shared.session`, which is
     // cleared while disconnected.
@@ -749,7 +757,9 @@ async fn run(
                 }
             },
         };
-        match connected(&shared, current, &mut commands, &options).await {
+        let ended = connected(&shared, current, &mut commands, &options, restore).await;
+        restore = true;
+        match ended {
             Ended::Closed => break None,
             Ended::Fatal(reason) => break Some(reason),
             Ended::Dropped(reason) => {
@@ -829,7 +839,7 @@ enum Ended {
     Dropped(Option<CloseReason>),
 }
 
-/// Sends `message`, with a fresh `ref` answered into `ack` when there is one.
+/// A fresh `ref` answered into `ack`, when there is one.
 fn with_ref(
     next_ref: &mut u64,
     pending: &mut Pending,
@@ -843,49 +853,161 @@ fn with_ref(
     })
 }
 
+/// What a command puts on the socket.
+enum Outgoing {
+    Message(ClientMessage),
+    Raw(String),
+    Close(oneshot::Sender<()>),
+}
+
+fn outgoing(
+    shared: &Shared,
+    command: Command,
+    next_ref: &mut u64,
+    pending: &mut Pending,
+) -> Outgoing {
+    Outgoing::Message(match command {
+        Command::Subscribe(room) => ClientMessage::Subscribe {
+            room,
+            interval_ms: None,
+            reference: None,
+        },
+        Command::Unsubscribe(room) => ClientMessage::Unsubscribe {
+            room,
+            reference: None,
+        },
+        Command::Heartbeat {
+            room,
+            data,
+            ttl_ms,
+            ack,
+        } => ClientMessage::Heartbeat {
+            room,
+            data,
+            ttl_ms,
+            reference: with_ref(next_ref, pending, ack),
+        },
+        Command::Leave { room, ack } => {
+            if let Some(state) = shared.lock().rooms.get_mut(&room) {
+                state.pending_leave = false;
+            }
+            ClientMessage::Leave {
+                room,
+                reference: with_ref(next_ref, pending, ack),
+            }
+        }
+        Command::Raw(text) => return Outgoing::Raw(text),
+        Command::Close(done) => return Outgoing::Close(done),
+    })
+}
+
+/// After a reconnect: the messages that bring the server up to the rooms' state
+/// (leaves made while disconnected, subscriptions, then each room's last heartbeat
+/// with what remains of its TTL, never a fresh one), and the queued commands still
+/// to send after them. Queued commands the room state already holds are dropped, so
+/// nothing goes out twice; those awaiting an ack (or raw, or close) are kept.
+fn restore(
+    shared: &Shared,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+) -> (Vec<ClientMessage>, Vec<Command>) {
+    let mut kept = Vec::new();
+    let mut acked_heartbeats = HashSet::new();
+    let mut acked_leaves = HashSet::new();
+    while let Ok(command) = commands.try_recv() {
+        match &command {
+            Command::Heartbeat {
+                room, ack: Some(_), ..
+            } => {
+                acked_heartbeats.insert(room.clone());
+            }
+            Command::Leave { room, ack: Some(_) } => {
+                acked_leaves.insert(room.clone());
+            }
+            Command::Raw(_) | Command::Close(_) => {}
+            // Recorded in the room's state, restored below.
+            _ => continue,
+        }
+        kept.push(command);
+    }
+    let mut messages = Vec::new();
+    let mut state = shared.lock();
+    for (name, room) in &mut state.rooms {
+        if room.pending_leave && !acked_leaves.contains(name) {
+            room.pending_leave = false;
+            messages.push(ClientMessage::Leave {
+                room: name.clone(),
+                reference: None,
+            });
+        }
+        if room.subscribed {
+            messages.push(ClientMessage::Subscribe {
+                room: name.clone(),
+                interval_ms: None,
+                reference: None,
+            });
+        }
+        if let Some(last) = &room.last_heartbeat {
+            let remaining = millis(last.ttl.saturating_sub(last.sent.elapsed()));
+            if remaining > 0 && !acked_heartbeats.contains(name) {
+                messages.push(ClientMessage::Heartbeat {
+                    room: name.clone(),
+                    data: last.data.clone(),
+                    ttl_ms: remaining,
+                    reference: None,
+                });
+            }
+        }
+    }
+    (messages, kept)
+}
+
+/// Sends one command's message; `Some` when the connection ends with it.
+async fn send_command(
+    shared: &Shared,
+    socket: &mut Socket,
+    command: Command,
+    next_ref: &mut u64,
+    pending: &mut Pending,
+    options: &Options,
+) -> Option<Ended> {
+    let text = match outgoing(shared, command, next_ref, pending) {
+        Outgoing::Message(message) => message.to_json(),
+        Outgoing::Raw(text) => text,
+        Outgoing::Close(done) => {
+            close_cleanly(shared, socket, next_ref, options.close_timeout).await;
+            let _ = done.send(());
+            return Some(Ended::Closed);
+        }
+    };
+    match socket.send(Message::Text(text.into())).await {
+        Ok(()) => None,
+        Err(_) => Some(Ended::Dropped(None)),
+    }
+}
+
 async fn connected(
     shared: &Shared,
     mut socket: Socket,
     commands: &mut mpsc::UnboundedReceiver<Command>,
     options: &Options,
+    reconnected: bool,
 ) -> Ended {
     let mut pending: Pending = HashMap::new();
     let mut next_ref: u64 = 1;
     let mut ping_sent: HashMap<u64, Instant> = HashMap::new();
 
-    // Restore: subscriptions, then each room's last heartbeat with what remains of
-    // its TTL (never a fresh one).
-    let mut restore = Vec::new();
-    {
-        let state = shared.lock();
-        for (name, room) in &state.rooms {
-            if room.subscribed {
-                restore.push(ClientMessage::Subscribe {
-                    room: name.clone(),
-                    interval_ms: None,
-                    reference: None,
-                });
-            }
-            if let Some(last) = &room.last_heartbeat {
-                let remaining = millis(last.ttl.saturating_sub(last.sent.elapsed()));
-                if remaining > 0 {
-                    restore.push(ClientMessage::Heartbeat {
-                        room: name.clone(),
-                        data: last.data.clone(),
-                        ttl_ms: remaining,
-                        reference: None,
-                    });
-                }
-            }
-        }
-    }
+    let (mut messages, kept) = if reconnected {
+        restore(shared, commands)
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let ping_ref = next_ref;
     next_ref += 1;
     ping_sent.insert(ping_ref, Instant::now());
-    restore.push(ClientMessage::Ping {
+    messages.push(ClientMessage::Ping {
         reference: Some(ping_ref),
     });
-    for message in restore {
+    for message in messages {
         if socket
             .feed(Message::Text(message.to_json().into()))
             .await
@@ -897,6 +1019,20 @@ async fn connected(
     if socket.flush().await.is_err() {
         return Ended::Dropped(None);
     }
+    for command in kept {
+        let ended = send_command(
+            shared,
+            &mut socket,
+            command,
+            &mut next_ref,
+            &mut pending,
+            options,
+        )
+        .await;
+        if let Some(ended) = ended {
+            return finish(ended, &mut pending);
+        }
+    }
 
     let mut ping = tokio::time::interval(options.ping_interval);
     ping.reset();
@@ -905,33 +1041,9 @@ async fn connected(
         tokio::select! {
             command = commands.recv() => {
                 let Some(command) = command else { break Ended::Closed };
-                let message = match command {
-                    Command::Subscribe(room) => ClientMessage::Subscribe { room, interval_ms: None, reference: None },
-                    Command::Unsubscribe(room) => ClientMessage::Unsubscribe { room, reference: None },
-                    Command::Heartbeat { room, data, ttl_ms, ack } => ClientMessage::Heartbeat {
-                        room,
-                        data,
-                        ttl_ms,
-                        reference: with_ref(&mut next_ref, &mut pending, ack),
-                    },
-                    Command::Leave { room, ack } => ClientMessage::Leave {
-                        room,
-                        reference: with_ref(&mut next_ref, &mut pending, ack),
-                    },
-                    Command::Raw(text) => {
-                        if socket.send(Message::Text(text.into())).await.is_err() {
-                            break Ended::Dropped(None);
-                        }
-                        continue;
-                    }
-                    Command::Close(done) => {
-                        close_cleanly(shared, &mut socket, &mut next_ref, options.close_timeout).await;
-                        let _ = done.send(());
-                        break Ended::Closed;
-                    }
-                };
-                if socket.send(Message::Text(message.to_json().into())).await.is_err() {
-                    break Ended::Dropped(None);
+                let ended = send_command(shared, &mut socket, command, &mut next_ref, &mut pending, options).await;
+                if let Some(ended) = ended {
+                    break ended;
                 }
             }
             message = socket.next() => {
@@ -965,6 +1077,11 @@ async fn connected(
             }
         }
     };
+    finish(ended, &mut pending)
+}
+
+/// Fails the requests still waiting for an answer.
+fn finish(ended: Ended, pending: &mut Pending) -> Ended {
     for (_, ack) in pending.drain() {
         let _ = ack.send(Err(Error::Disconnected));
     }

@@ -150,6 +150,7 @@ async fn refusals_are_typed_errors() {
     let server = Server::start();
     let client = Client::connect(&server.ws_url()).await.expect("connect");
     let mut errors = client.errors();
+    let mut events = client.events();
     let room = client.presence("pr:errors");
 
     let big = "x".repeat(5_000);
@@ -164,6 +165,21 @@ async fn refusals_are_typed_errors() {
         .expect("reported in time")
         .expect("an error");
     assert_eq!(reported.code, ErrorCode::DataTooLarge);
+    // The typed event stream saw the room's snapshot, then the error.
+    let mut seen = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        seen.push(event);
+    }
+    assert!(
+        matches!(
+            seen.as_slice(),
+            [
+                Event::Snapshot { room, entries, .. },
+                Event::Error(error),
+            ] if room == "pr:errors" && entries.is_empty() && error.code == ErrorCode::DataTooLarge
+        ),
+        "{seen:?}"
+    );
 
     let refused = room
         .heartbeat_acked(json!(1), Duration::ZERO)
@@ -375,4 +391,37 @@ async fn a_refused_token_is_final() {
             "{token:?}: {refused}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_leave_while_disconnected_is_sent_on_reconnect() {
+    let mut server = Server::start();
+    let mut options = Options::new(server.ws_url());
+    options.backoff_max = Duration::from_millis(200);
+    let alice = Client::connect_with(options).await.expect("connect");
+    let alice_id = alice.client_id().expect("id");
+    let room = alice.presence("pr:leave-offline");
+    room.heartbeat_acked(json!("here"), Duration::from_secs(60))
+        .await
+        .expect("heartbeat");
+
+    server.terminate();
+    wait_state(&alice, ConnectionState::Reconnecting).await;
+    room.leave();
+    server.restart();
+    // The restarted server replayed alice's entry; her reconnect removes it.
+    let watcher = Client::connect(&server.ws_url()).await.expect("connect");
+    let watch = watcher.presence("pr:leave-offline");
+    watch.synced().await.expect("synced");
+    watch
+        .wait_until(WAIT, |e| !e.contains_key(&alice_id))
+        .await
+        .expect("the entry is gone long before its TTL");
+    let session = tokio::time::timeout(WAIT, alice.wait_connected())
+        .await
+        .expect("reconnected in time")
+        .expect("reconnected");
+    assert_eq!(session.client_id, alice_id);
+    alice.close().await;
+    watcher.close().await;
 }
