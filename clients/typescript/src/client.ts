@@ -42,6 +42,10 @@ const TERMINAL_CLOSE: Record<number, { code: string; message: string }> = {
   [CLOSE.BAD_HELLO]: { code: "bad_hello", message: "the server rejected the hello message (4000)" },
   [CLOSE.REPLACED]: { code: "replaced", message: "another connection resumed this client id (4001)" },
   [CLOSE.UNAUTHORIZED]: { code: "auth_failed", message: "authentication failed (4003)" },
+  // A client bug: reconnecting would only repeat it.
+  [CLOSE.PROTOCOL_ERROR]: { code: "protocol_error", message: "the server closed the connection on a protocol error (1002)" },
+  [CLOSE.INVALID_PAYLOAD]: { code: "invalid_payload", message: "the server closed the connection: a message was not valid UTF-8 (1007)" },
+  [CLOSE.MESSAGE_TOO_BIG]: { code: "message_too_large", message: "the server closed the connection: a message was too large (1009)" },
 };
 
 /** Creates a client and starts connecting at once. */
@@ -381,9 +385,6 @@ class Client implements RollcallClient, RoomHost {
       this.report(error);
       this.shutdown(error);
       return;
-    }
-    if (code === CLOSE.MESSAGE_TOO_BIG) {
-      this.report(new RollcallError("connection", "message_too_large", "the server closed the connection: a message was too large (1009)", { closeCode: code }));
     }
     if (this.connectedAt > 0 && this.now() - this.connectedAt >= 2000) this.attempt = 0;
     this.connectedAt = 0;
