@@ -112,6 +112,16 @@ pub enum ClientMessage {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<u64>,
     },
+    /// An ephemeral message to the room's other current subscribers (never stored).
+    Broadcast {
+        /// The room.
+        room: String,
+        /// Any JSON value.
+        data: Json,
+        /// Correlation id, answered by `ack` once it is queued for the subscribers.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<u64>,
+    },
     /// Replace the connection's token before it expires.
     Auth {
         /// The new JWT.
@@ -252,6 +262,20 @@ pub enum ServerMessage {
         /// The changes, in order per client.
         changes: Vec<Change>,
     },
+    /// Another client's broadcast to a subscribed room.
+    Broadcast {
+        /// The room.
+        room: String,
+        /// The sender's client id.
+        client_id: u64,
+        /// The sender's user (its token's `sub`), with auth on.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user_id: Option<String>,
+        /// What it sent.
+        data: Json,
+        /// The server's clock.
+        server_time_ms: u64,
+    },
     /// A request with a `ref` succeeded.
     Ack {
         /// The request's `ref`.
@@ -355,6 +379,11 @@ impl TryFrom<WireClient> for ClientMessage {
                 room: need(wire.room, "leave", "room")?,
                 reference,
             },
+            "broadcast" => ClientMessage::Broadcast {
+                room: need(wire.room, "broadcast", "room")?,
+                data: wire.data.unwrap_or_else(Json::null),
+                reference,
+            },
             "auth" => ClientMessage::Auth {
                 token: need(wire.token, "auth", "token")?,
                 reference,
@@ -412,6 +441,8 @@ struct WireServer {
     expires_at_ms: Option<u64>,
     code: Option<ErrorCode>,
     message: Option<String>,
+    user_id: Option<String>,
+    data: Option<Json>,
 }
 
 impl TryFrom<WireServer> for ServerMessage {
@@ -435,6 +466,13 @@ impl TryFrom<WireServer> for ServerMessage {
                 room: need(wire.room, "changes", "room")?,
                 server_time_ms: need(wire.server_time_ms, "changes", "serverTimeMs")?,
                 changes: wire.changes.unwrap_or_default(),
+            },
+            "broadcast" => ServerMessage::Broadcast {
+                room: need(wire.room, "broadcast", "room")?,
+                client_id: need(wire.client_id, "broadcast", "clientId")?,
+                user_id: wire.user_id,
+                data: wire.data.unwrap_or_else(Json::null),
+                server_time_ms: need(wire.server_time_ms, "broadcast", "serverTimeMs")?,
             },
             "ack" => ServerMessage::Ack {
                 reference: need(wire.reference, "ack", "ref")?,
@@ -472,6 +510,7 @@ mod tests {
             r#"{"type":"leave","room":"pr:room-123","ref":3}"#,
             r#"{"type":"auth","token":"eyJ","ref":5}"#,
             r#"{"type":"ping","ref":4}"#,
+            r#"{"type":"broadcast","room":"pr:room-123","data":{"emoji":"🎉"},"ref":6}"#,
         ] {
             let message = ClientMessage::from_json(text).expect(text);
             assert_eq!(message.to_json(), text);
@@ -482,6 +521,8 @@ mod tests {
             r#"{"type":"changes","room":"pr:room-123","serverTimeMs":1764300000250,"changes":[{"op":"upsert","clientId":9,"data":{"x":2},"expiresAtMs":1764300005250,"userId":"alice"},{"op":"leave","clientId":7},{"op":"expire","clientId":11}]}"#,
             r#"{"type":"ack","ref":2,"expiresAtMs":1764300030000}"#,
             r#"{"type":"ack","ref":2}"#,
+            r#"{"type":"broadcast","room":"pr:room-123","clientId":7,"userId":"alice","data":{"emoji":"🎉"},"serverTimeMs":1764300000100}"#,
+            r#"{"type":"broadcast","room":"pr:room-123","clientId":7,"data":null,"serverTimeMs":1764300000100}"#,
             r#"{"type":"pong","ref":4,"serverTimeMs":1764300000100}"#,
             r#"{"type":"error","code":"invalid_ttl","message":"ttlMs must be an integer in [1, 3600000]","ref":2,"room":"pr:room-123"}"#,
         ] {
