@@ -828,6 +828,17 @@ mod tests {
     }
 
     #[test]
+    fn broadcasts_are_the_protocol_crates_message() {
+        use rollcall_protocol::ServerMessage;
+        for user in [Some("ali\"ce"), None] {
+            let text = broadcast("pr:a", ClientId(7), user, r#"{"emoji":"x"}"#, UnixMs(5));
+            let message = ServerMessage::from_json(&text).expect(&text);
+            assert!(matches!(message, ServerMessage::Broadcast { client_id: 7, .. }));
+            assert_eq!(message.to_json(), text);
+        }
+    }
+
+    #[test]
     fn the_server_reads_every_typed_client_message() {
         use rollcall_protocol::{ClientMessage, Json};
         let data = Json::from_text(r#"{"s":"é\"\\"}"#).expect("JSON");
@@ -860,6 +871,11 @@ mod tests {
                 reference: Some(4),
             },
             ClientMessage::Ping { reference: None },
+            ClientMessage::Broadcast {
+                room: "pr:a".into(),
+                data: data.clone(),
+                reference: Some(6),
+            },
         ];
         for message in messages {
             let text = message.to_json();
@@ -922,6 +938,18 @@ mod tests {
                 (ClientMessage::Ping { reference }, Request::Ping { reference: f }) => {
                     reference == f
                 }
+                (
+                    ClientMessage::Broadcast {
+                        room,
+                        data,
+                        reference,
+                    },
+                    Request::Broadcast {
+                        room: r,
+                        data: d,
+                        reference: f,
+                    },
+                ) => room == r && data.as_str() == *d && reference == f,
                 _ => false,
             };
             assert!(same, "{text} was read as {parsed:?}");
