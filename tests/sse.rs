@@ -232,3 +232,22 @@ fn events_are_authorized_as_rest_reads() {
     );
     assert_eq!(expiring.next(), Item::End);
 }
+
+#[test]
+fn broadcasts_reach_event_streams() {
+    let server = Server::start();
+    let mut events = Events::open(server.addr, "/v1/rooms/sse%3Ad/events", None);
+    assert_eq!(events.event().0, "snapshot");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let sender = runtime.block_on(async {
+        let (mut raw, welcome) = rollcall_tests::Raw::hello(&server.ws_url()).await;
+        raw.send(r#"{"type":"broadcast","room":"sse:d","data":{"emoji":"👋"},"ref":1}"#)
+            .await;
+        assert_eq!(raw.until("ack").await["ref"], 1);
+        welcome["clientId"].as_u64().unwrap()
+    });
+    let (name, message) = events.event();
+    assert_eq!(name, "broadcast");
+    assert_eq!(message["clientId"], sender);
+    assert_eq!(message["data"], json!({"emoji": "👋"}));
+}

@@ -833,7 +833,10 @@ mod tests {
         for user in [Some("ali\"ce"), None] {
             let text = broadcast("pr:a", ClientId(7), user, r#"{"emoji":"x"}"#, UnixMs(5));
             let message = ServerMessage::from_json(&text).expect(&text);
-            assert!(matches!(message, ServerMessage::Broadcast { client_id: 7, .. }));
+            assert!(matches!(
+                message,
+                ServerMessage::Broadcast { client_id: 7, .. }
+            ));
             assert_eq!(message.to_json(), text);
         }
     }
