@@ -5,43 +5,67 @@
 //! with subscribers in a room subscribes to that subject and folds the other nodes'
 //! changes into its materializer without logging them. Before a room's first snapshot
 //! the node asks every other node for its entries of the room (a request on
-//! `rollcall.v1.sync`, replies gathered until a deadline). A node that dies stops
-//! refreshing its entries, so they expire everywhere by their own TTL: there is no
-//! membership protocol. A node that (re)connects republishes its live entries and
-//! resyncs its rooms.
+//! `rollcall.v1.sync`, replies gathered until every node known to be alive answered
+//! or a deadline); a REST read of a room the node does not follow asks the same way.
+//! A node that (re)connects republishes its live entries and resyncs its rooms.
+//!
+//! Every node announces itself on `rollcall.v1.nodes` every second; a node silent
+//! for the node timeout is taken for dead and its entries are removed everywhere
+//! (they come back when it does). A node cut off from NATS judges nobody.
+//!
+//! Every message is sealed with a MAC under the cluster's key ([`bus`]) and carries
+//! its sender's clock: a message without a valid MAC, or too old, is dropped and
+//! counted (`rollcall_cluster_rejected_total`). Changes from other nodes are held to
+//! this node's limits (data size, TTL, room capacity) and a node may remove only
+//! the entries it set or its own clients'.
 //!
 //! Every message carries the sending node's id and a sequence number that grows
 //! across restarts (it starts from the clock), so a receiver can tell an old message
-//! from a new one whatever path each took: sync replies and live changes race.
+//! from a new one whatever path each took: sync replies and live changes race, and a
+//! replayed message is older than what is known of its entry ([`merge`]).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use async_nats::{Client, ConnectOptions, Event, Subscriber};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
 use rollcall_engine::{Change, ChangeKind, ClientId, Entry, UnixMs};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+pub(crate) mod bus;
 pub(crate) mod merge;
+pub(crate) mod nats;
 
-use crate::config::ClusterConfig;
+pub use bus::Reject;
+
+use crate::config::{BusKey, ClusterConfig};
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::protocol;
 use crate::shutdown::Shutdown;
 
 /// The subject every node answers sync requests on.
 pub const SYNC_SUBJECT: &str = "rollcall.v1.sync";
+/// The subject nodes announce themselves on.
+pub const NODES_SUBJECT: &str = "rollcall.v1.nodes";
+/// How often a node announces itself.
+pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
+/// How often a node looks for silent nodes.
+const CHECK_EVERY: Duration = Duration::from_millis(200);
 /// Changes of this node's entries waiting for NATS; beyond it they are dropped
 /// (and counted): the other nodes catch up at the next heartbeat or by TTL.
 const QUEUE: usize = 65_536;
+/// Sync requests of one node may arrive out of order by this many (they are sent
+/// by concurrent tasks); older ones are replays.
+const REQUEST_WINDOW: u64 = 64;
 
 /// The subject of `room`'s changes. Room names may hold any character, subjects may
 /// not: the name is base64url-encoded.
@@ -84,16 +108,51 @@ pub struct Links {
     pub rooms: mpsc::UnboundedSender<RoomCommand>,
 }
 
-/// Whether the node is connected to NATS, for `/healthz`.
+/// The cluster as the HTTP side sees it: whether the node is connected to NATS
+/// (`/healthz`), and the other nodes' entries of a room (REST reads).
 #[derive(Debug, Default)]
 pub struct Status {
     connected: AtomicBool,
+    node: OnceLock<Arc<Node>>,
 }
 
 impl Status {
     /// Whether the node is connected to NATS now.
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
+    }
+
+    /// The other nodes' entries of `room`: asks every node and waits until every
+    /// node known to be alive answered, or the sync timeout. `None` when not
+    /// connected to NATS (the caller serves what it holds).
+    pub async fn gather_room(&self, room: &str) -> Option<Vec<Entry>> {
+        if !self.connected() {
+            return None;
+        }
+        let node = self.node.get()?;
+        let deadline = tokio::time::Instant::now() + node.sync_timeout;
+        let (mut replies, inbox) = node.request(room, deadline).await?;
+        let mut entries = Vec::new();
+        let mut answered = HashSet::new();
+        loop {
+            if node.all_answered(&answered) {
+                break;
+            }
+            tokio::select! {
+                reply = replies.next() => match reply {
+                    Some(reply) => {
+                        if let Some(reply) = node.open_reply(&inbox, &reply.payload) {
+                            answered.insert(reply.node);
+                            entries.extend(reply.entries);
+                        }
+                    }
+                    None => break,
+                },
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let _ = replies.unsubscribe().await;
+        Some(entries)
     }
 }
 
@@ -104,6 +163,8 @@ pub struct RemoteChange {
     pub node: u16,
     /// The message's sequence number on that node.
     pub seq: u64,
+    /// The sender's clock when it sent it.
+    pub ts: u64,
     /// The entry's client.
     pub client: ClientId,
     /// What happened.
@@ -174,6 +235,7 @@ impl WireEntry<'_> {
 struct WireChange<'a> {
     node: u16,
     seq: u64,
+    ts: u64,
     op: Op,
     client_id: u64,
     #[serde(borrow, default, deserialize_with = "present")]
@@ -186,6 +248,7 @@ struct WireChange<'a> {
 struct WireReply<'a> {
     node: u16,
     seq: u64,
+    ts: u64,
     #[serde(borrow)]
     entries: Vec<WireEntry<'a>>,
 }
@@ -193,14 +256,23 @@ struct WireReply<'a> {
 #[derive(Deserialize)]
 struct WireRequest {
     node: u16,
+    seq: u64,
+    ts: u64,
     room: String,
 }
 
-/// `{"node":…,"seq":…,"op":…,…}`: a change of an owned entry.
-pub fn encode_change(node: u16, seq: u64, change: &Change) -> Bytes {
+#[derive(Deserialize)]
+struct WireAnnounce {
+    node: u16,
+    seq: u64,
+    ts: u64,
+}
+
+/// `{"node":…,"seq":…,"ts":…,"op":…,…}`: a change of an owned entry (unsealed).
+pub fn encode_change(node: u16, seq: u64, ts: UnixMs, change: &Change) -> Vec<u8> {
     use std::fmt::Write as _;
-    let mut out = String::with_capacity(96 + change.entry.data.len());
-    let _ = write!(out, "{{\"node\":{node},\"seq\":{seq},");
+    let mut out = String::with_capacity(112 + change.entry.data.len());
+    let _ = write!(out, "{{\"node\":{node},\"seq\":{seq},\"ts\":{},", ts.0);
     match change.kind {
         ChangeKind::Insert | ChangeKind::Update => {
             out.push_str("\"op\":\"upsert\",");
@@ -218,12 +290,12 @@ pub fn encode_change(node: u16, seq: u64, change: &Change) -> Bytes {
         }
     }
     out.push('}');
-    Bytes::from(out)
+    out.into_bytes()
 }
 
-/// Decodes a change from another node; `None` if it is not one.
-pub fn decode_change(payload: &[u8]) -> Option<RemoteChange> {
-    let wire: WireChange<'_> = serde_json::from_slice(payload).ok()?;
+/// Decodes a change from another node (an opened body); `None` if it is not one.
+pub fn decode_change(body: &[u8]) -> Option<RemoteChange> {
+    let wire: WireChange<'_> = serde_json::from_slice(body).ok()?;
     let client = ClientId::new(wire.client_id)?;
     let kind = match wire.op {
         Op::Upsert => RemoteKind::Upsert(
@@ -241,22 +313,27 @@ pub fn decode_change(payload: &[u8]) -> Option<RemoteChange> {
     Some(RemoteChange {
         node: wire.node,
         seq: wire.seq,
+        ts: wire.ts,
         client,
         kind,
     })
 }
 
-/// `{"node":…,"seq":…,"entries":[…]}`: an answer to a sync request.
-pub fn encode_reply(node: u16, seq: u64, entries: &str) -> Bytes {
-    Bytes::from(format!(
-        "{{\"node\":{node},\"seq\":{seq},\"entries\":{entries}}}"
-    ))
+/// `{"node":…,"seq":…,"ts":…,"entries":[…]}`: an answer to a sync request
+/// (unsealed).
+pub fn encode_reply(node: u16, seq: u64, ts: UnixMs, entries: &str) -> Vec<u8> {
+    format!(
+        "{{\"node\":{node},\"seq\":{seq},\"ts\":{},\"entries\":{entries}}}",
+        ts.0
+    )
+    .into_bytes()
 }
 
-/// Decodes an answer to a sync request; `None` if it is not one.
-pub fn decode_reply(payload: &[u8]) -> Option<SyncReply> {
-    let wire: WireReply<'_> = serde_json::from_slice(payload).ok()?;
-    Some(SyncReply {
+/// Decodes an answer to a sync request (an opened body), with its timestamp;
+/// `None` if it is not one.
+fn decode_reply(body: &[u8]) -> Option<(SyncReply, u64)> {
+    let wire: WireReply<'_> = serde_json::from_slice(body).ok()?;
+    let reply = SyncReply {
         node: wire.node,
         seq: wire.seq,
         entries: wire
@@ -264,14 +341,33 @@ pub fn decode_reply(payload: &[u8]) -> Option<SyncReply> {
             .into_iter()
             .filter_map(WireEntry::into_entry)
             .collect(),
-    })
+    };
+    Some((reply, wire.ts))
 }
 
-fn encode_request(node: u16, room: &str) -> Bytes {
-    let mut out = format!("{{\"node\":{node},\"room\":");
+fn encode_request(node: u16, seq: u64, ts: UnixMs, room: &str) -> Vec<u8> {
+    let mut out = format!("{{\"node\":{node},\"seq\":{seq},\"ts\":{},\"room\":", ts.0);
     protocol::push_json_str(&mut out, room);
     out.push('}');
-    Bytes::from(out)
+    out.into_bytes()
+}
+
+/// Whether an entry from another node respects this node's limits: no bigger
+/// `data` than `--max-data-bytes`, no later expiry than now + `--max-ttl-ms` (plus
+/// the clock skew the bus allows).
+pub fn check_entry(entry: &Entry, limits: &Limits, now: UnixMs) -> Result<(), Reject> {
+    if entry.data.len() > limits.max_data_bytes {
+        return Err(Reject::DataSize);
+    }
+    if entry.expires_at.0
+        > now
+            .0
+            .saturating_add(limits.max_ttl_ms)
+            .saturating_add(bus::MAX_AGE_MS)
+    {
+        return Err(Reject::Ttl);
+    }
+    Ok(())
 }
 
 /// Creates the channels between the hub and the cluster tasks.
@@ -290,13 +386,22 @@ pub fn links() -> (
 pub(crate) trait LocalState: Send + Sync + 'static {
     /// The server's metrics handles.
     fn metrics(&self) -> &Metrics;
+    /// The limits local clients must respect; other nodes' entries too.
+    fn limits(&self) -> &Limits;
     /// Every live entry this node owns, as upserts with fresh sequence numbers.
     fn owned_live(&self, now: UnixMs) -> Vec<Outgoing>;
     /// This node's own live entries of `room` as a JSON array, and the last sequence
     /// number it used.
     fn owned_entries(&self, room: &str, now: UnixMs) -> (u64, String);
-    /// Folds a change another node published in `room`.
-    fn apply_remote(&self, room: &Arc<str>, generation: u64, payload: &[u8], now: UnixMs);
+    /// Folds an authenticated change another node published in `room`, unless it
+    /// breaks a limit (room capacity) or removes what the node does not own.
+    fn apply_remote(
+        &self,
+        room: &Arc<str>,
+        generation: u64,
+        change: RemoteChange,
+        now: UnixMs,
+    ) -> Result<(), Reject>;
     /// A sync of `room` begins.
     fn sync_started(&self, room: &str, generation: u64);
     /// Folds the other nodes' answers to a sync of `room`.
@@ -308,6 +413,30 @@ pub(crate) trait LocalState: Send + Sync + 'static {
         first: bool,
         now: UnixMs,
     );
+    /// Node `node` is taken for dead: removes its entries (subscribers see them
+    /// leave).
+    fn node_lost(&self, node: u16, now: UnixMs);
+}
+
+/// What this node knows of another.
+#[derive(Debug)]
+struct Peer {
+    /// The sequence number of its last announcement.
+    announced: u64,
+    /// When it was last heard.
+    heard: Instant,
+    alive: bool,
+    /// Its sync requests: the highest sequence number, and which of the
+    /// [`REQUEST_WINDOW`] below it were seen.
+    requested: u64,
+    requested_window: u64,
+}
+
+#[derive(Debug, Default)]
+struct Peers {
+    nodes: HashMap<u16, Peer>,
+    /// Since when this node is connected to NATS (`None` while it is not).
+    connected_since: Option<Instant>,
 }
 
 /// Everything the cluster tasks share.
@@ -315,14 +444,212 @@ struct Node {
     id: u16,
     client: Client,
     hub: Arc<dyn LocalState>,
+    key: BusKey,
     sync_timeout: Duration,
-    /// Bumped at every (re)connection: rooms resync when it changes.
+    silence_timeout: Duration,
+    /// Bumped at every (re)connection, and when a node taken for dead comes back:
+    /// rooms resync when it changes.
     epoch: watch::Sender<u64>,
+    peers: Mutex<Peers>,
+    /// Sequence numbers of this node's sync requests and announcements.
+    seq: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    fn peers(&self) -> std::sync::MutexGuard<'_, Peers> {
+        self.peers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn reject(&self, reject: Reject, what: &str) {
+        self.hub.metrics().cluster_rejected(reject);
+        tracing::debug!(
+            reason = reject.as_str(),
+            what,
+            "cluster: dropped a bus message"
+        );
+    }
+
+    /// Whether every node known to be alive is in `answered`. Until the node has
+    /// been connected for longer than the announcement period it may not know
+    /// every node yet: then never.
+    fn all_answered(&self, answered: &HashSet<u16>) -> bool {
+        let peers = self.peers();
+        let settled = peers
+            .connected_since
+            .is_some_and(|since| since.elapsed() > ANNOUNCE_EVERY * 2);
+        settled
+            && peers
+                .nodes
+                .iter()
+                .all(|(id, peer)| !peer.alive || answered.contains(id))
+    }
+
+    /// Subscribes to a fresh inbox and sends a sealed sync request of `room` with it.
+    async fn request(
+        &self,
+        room: &str,
+        deadline: tokio::time::Instant,
+    ) -> Option<(Subscriber, String)> {
+        let inbox = self.client.new_inbox();
+        let setup = async {
+            let replies = self.client.subscribe(inbox.clone()).await.ok()?;
+            let body = encode_request(self.id, self.next_seq(), UnixMs::now(), room);
+            let sealed = bus::seal(
+                &self.key,
+                &bus::request_binding(SYNC_SUBJECT, &inbox),
+                &body,
+            );
+            self.client
+                .publish_with_reply(SYNC_SUBJECT, inbox.clone(), sealed)
+                .await
+                .ok()?;
+            Some(replies)
+        };
+        let replies = tokio::time::timeout_at(deadline, setup).await.ok()??;
+        Some((replies, inbox))
+    }
+
+    /// An answer to this node's sync request on `inbox`, checked: sealed for the
+    /// inbox, fresh, from another node, entries within the limits (the others are
+    /// dropped and counted).
+    fn open_reply(&self, inbox: &str, payload: &[u8]) -> Option<SyncReply> {
+        let now = UnixMs::now();
+        let opened = bus::open(&self.key, inbox, payload)
+            .and_then(|body| decode_reply(body).ok_or(Reject::Malformed))
+            .and_then(|(reply, ts)| bus::fresh(ts, now.0).map(|()| reply));
+        let mut reply = match opened {
+            Ok(reply) if reply.node != self.id => reply,
+            Ok(_) => return None,
+            Err(reject) => {
+                self.reject(reject, "sync reply");
+                return None;
+            }
+        };
+        let limits = self.hub.limits();
+        reply
+            .entries
+            .retain(|entry| match check_entry(entry, limits, now) {
+                Ok(()) => true,
+                Err(reject) => {
+                    self.reject(reject, "sync reply entry");
+                    false
+                }
+            });
+        Some(reply)
+    }
+
+    /// An announcement: the node is alive. Returns whether it was taken for dead.
+    fn announced(&self, payload: &[u8]) -> Result<bool, Reject> {
+        let body = bus::open(&self.key, NODES_SUBJECT, payload)?;
+        let wire: WireAnnounce = serde_json::from_slice(body).map_err(|_| Reject::Malformed)?;
+        bus::fresh(wire.ts, UnixMs::now().0)?;
+        if wire.node == self.id {
+            return Ok(false);
+        }
+        let mut peers = self.peers();
+        match peers.nodes.get_mut(&wire.node) {
+            Some(peer) => {
+                if wire.seq <= peer.announced {
+                    return Err(Reject::Replay);
+                }
+                peer.announced = wire.seq;
+                peer.heard = Instant::now();
+                let revived = !peer.alive;
+                peer.alive = true;
+                Ok(revived)
+            }
+            None => {
+                tracing::info!(node = wire.node, "cluster: a node joined");
+                peers.nodes.insert(
+                    wire.node,
+                    Peer {
+                        announced: wire.seq,
+                        heard: Instant::now(),
+                        alive: true,
+                        requested: 0,
+                        requested_window: 0,
+                    },
+                );
+                Ok(false)
+            }
+        }
+    }
+
+    /// Whether a sync request of `node` numbered `seq` was not seen yet.
+    fn first_request(&self, node: u16, seq: u64) -> bool {
+        let mut peers = self.peers();
+        let Some(peer) = peers.nodes.get_mut(&node) else {
+            // Not announced yet (it just started): nothing to compare with.
+            return true;
+        };
+        if seq > peer.requested {
+            let shift = seq - peer.requested;
+            peer.requested_window = if shift >= REQUEST_WINDOW {
+                0
+            } else {
+                (peer.requested_window << shift) | (1 << (shift - 1))
+            };
+            peer.requested = seq;
+            return true;
+        }
+        let age = peer.requested - seq;
+        if age == 0 || age > REQUEST_WINDOW {
+            return false;
+        }
+        let bit = 1 << (age - 1);
+        if peer.requested_window & bit != 0 {
+            return false;
+        }
+        peer.requested_window |= bit;
+        true
+    }
+
+    /// Takes nodes silent for the node timeout for dead (unless this node is the
+    /// one cut off from NATS: then nobody is heard, and nobody is judged).
+    fn check_peers(&self) {
+        let mut lost = Vec::new();
+        let alive;
+        {
+            let mut peers = self.peers();
+            if peers.connected_since.is_none() {
+                return;
+            }
+            for (id, peer) in &mut peers.nodes {
+                if peer.alive && peer.heard.elapsed() > self.silence_timeout {
+                    peer.alive = false;
+                    lost.push(*id);
+                }
+            }
+            alive = peers.nodes.values().filter(|p| p.alive).count();
+        }
+        self.hub.metrics().cluster_nodes.set(alive as f64);
+        for id in lost {
+            tracing::warn!(
+                node = id,
+                timeout_ms = self.silence_timeout.as_millis() as u64,
+                "cluster: a node went silent; dropping its entries until it is back"
+            );
+            self.hub.node_lost(id, UnixMs::now());
+        }
+    }
 }
 
 /// Connects to NATS (in the background: a node starts even when NATS is down) and
 /// runs the cluster tasks until `shutdown`.
-pub async fn start(
+#[allow(clippy::too_many_arguments, reason = "the server's parts, once")]
+pub(crate) async fn start(
     hub: Arc<dyn LocalState>,
     config: &ClusterConfig,
     node: u16,
@@ -331,8 +658,9 @@ pub async fn start(
     status: Arc<Status>,
     shutdown: Shutdown,
 ) -> crate::Result<JoinHandle<()>> {
+    let resolved = nats::resolve(&config.nats).map_err(crate::Error::Config)?;
     let (events_tx, events) = mpsc::unbounded_channel();
-    let client = ConnectOptions::new()
+    let options = ConnectOptions::new()
         .name(format!("rollcall-node-{node}"))
         // A node never needs its own messages (nor its own sync requests).
         .no_echo()
@@ -347,34 +675,66 @@ pub async fn start(
             async move {
                 let _ = events_tx.send(event);
             }
-        })
-        .connect(config.nats_url.as_str())
+        });
+    let options = resolved
+        .apply(&config.nats, options)
         .await
-        .map_err(|e| {
-            crate::Error::Config(format!("cannot use NATS at {}: {e}", config.nats_url))
-        })?;
-    let requests = client
-        .subscribe(SYNC_SUBJECT)
+        .map_err(crate::Error::Config)?;
+    let client = options
+        .connect(resolved.servers.clone())
         .await
-        .map_err(|e| crate::Error::Config(format!("cannot subscribe to NATS: {e}")))?;
-    tracing::info!(url = %config.nats_url, node, "cluster mode: connecting to NATS");
+        .map_err(|e| crate::Error::Config(format!("cannot use NATS at {}: {e}", resolved.shown)))?;
+    let subscribe = |subject: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .subscribe(subject)
+                .await
+                .map_err(|e| crate::Error::Config(format!("cannot subscribe to NATS: {e}")))
+        }
+    };
+    let requests = subscribe(SYNC_SUBJECT).await?;
+    let announcements = subscribe(NODES_SUBJECT).await?;
+    tracing::info!(
+        servers = %resolved.shown,
+        login = %resolved.login,
+        node,
+        "cluster mode: connecting to NATS"
+    );
     let node = Arc::new(Node {
         id: node,
         client,
         hub,
+        key: config.bus_key.clone(),
         sync_timeout: config.sync_timeout,
+        silence_timeout: config.node_timeout,
         epoch: watch::channel(0).0,
+        peers: Mutex::new(Peers::default()),
+        seq: std::sync::atomic::AtomicU64::new(UnixMs::now().0.saturating_mul(1_000)),
     });
+    let _ = status.node.set(node.clone());
     let publisher = tokio::spawn(publish(node.clone(), changes));
+    let announcer = tokio::spawn(announce(node.clone()));
     Ok(tokio::spawn(async move {
-        run(node, requests, events, rooms, status, shutdown).await;
+        run(
+            node,
+            requests,
+            announcements,
+            events,
+            rooms,
+            status,
+            shutdown,
+        )
+        .await;
         publisher.abort();
+        announcer.abort();
     }))
 }
 
 async fn run(
     node: Arc<Node>,
     mut requests: Subscriber,
+    mut announcements: Subscriber,
     mut events: mpsc::UnboundedReceiver<Event>,
     mut rooms: mpsc::UnboundedReceiver<RoomCommand>,
     status: Arc<Status>,
@@ -382,6 +742,8 @@ async fn run(
 ) {
     let mut following: HashMap<Arc<str>, JoinHandle<()>> = HashMap::new();
     let metrics = node.hub.metrics().clone();
+    let mut check = tokio::time::interval(CHECK_EVERY);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             Some(event) = events.recv() => match event {
@@ -389,17 +751,35 @@ async fn run(
                     tracing::info!("cluster: connected to NATS; republishing and resyncing");
                     status.connected.store(true, Ordering::Release);
                     metrics.cluster_connected.set(1.0);
+                    {
+                        // The other nodes get a full timeout to be heard again.
+                        let mut peers = node.peers();
+                        peers.connected_since = Some(Instant::now());
+                        for peer in peers.nodes.values_mut() {
+                            peer.heard = Instant::now();
+                        }
+                    }
                     node.epoch.send_modify(|epoch| *epoch += 1);
                     tokio::spawn(republish(node.clone()));
                 }
                 Event::Disconnected => {
-                    tracing::warn!("cluster: lost NATS; local rooms keep working, remote entries age out by TTL");
+                    tracing::warn!("cluster: lost NATS; local rooms keep working, remote entries stay until NATS is back or their TTL");
                     status.connected.store(false, Ordering::Release);
                     metrics.cluster_connected.set(0.0);
+                    node.peers().connected_since = None;
                 }
                 other => tracing::info!(event = %other, "cluster: NATS event"),
             },
             Some(request) = requests.next() => answer(&node, &request).await,
+            Some(announcement) = announcements.next() => match node.announced(&announcement.payload) {
+                Ok(true) => {
+                    tracing::info!("cluster: a node taken for dead is back; resyncing");
+                    node.epoch.send_modify(|epoch| *epoch += 1);
+                }
+                Ok(false) => {}
+                Err(reject) => node.reject(reject, "announcement"),
+            },
+            _ = check.tick() => node.check_peers(),
             Some(command) = rooms.recv() => match command {
                 RoomCommand::Join { room, generation } => {
                     let task = tokio::spawn(follow(node.clone(), room.clone(), generation));
@@ -423,21 +803,45 @@ async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(1), node.client.flush()).await;
 }
 
+/// Announces this node every [`ANNOUNCE_EVERY`].
+async fn announce(node: Arc<Node>) {
+    let mut every = tokio::time::interval(ANNOUNCE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let body = format!(
+            "{{\"node\":{},\"seq\":{},\"ts\":{}}}",
+            node.id,
+            node.next_seq(),
+            UnixMs::now().0
+        );
+        let sealed = bus::seal(&node.key, NODES_SUBJECT, body.as_bytes());
+        let _ = node.client.publish(NODES_SUBJECT, sealed).await;
+    }
+}
+
+/// Seals and publishes one change of an owned entry.
+async fn send_change(node: &Node, seq: u64, change: &Change) -> bool {
+    let subject = room_subject(&change.room);
+    let body = encode_change(node.id, seq, UnixMs::now(), change);
+    let sealed = bus::seal(&node.key, &subject, &body);
+    match node.client.publish(subject, sealed).await {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::debug!(%error, "cluster: publish failed");
+            false
+        }
+    }
+}
+
 /// Publishes changes of owned entries, in the order the hub made them.
 async fn publish(node: Arc<Node>, mut changes: mpsc::Receiver<Outgoing>) {
     let metrics = node.hub.metrics().clone();
     while let Some(Outgoing { seq, change }) = changes.recv().await {
-        let payload = encode_change(node.id, seq, &change);
-        match node
-            .client
-            .publish(room_subject(&change.room), payload)
-            .await
-        {
-            Ok(()) => metrics.cluster_published.increment(1),
-            Err(error) => {
-                metrics.cluster_dropped.increment(1);
-                tracing::debug!(%error, "cluster: publish failed");
-            }
+        if send_change(&node, seq, &change).await {
+            metrics.cluster_published.increment(1);
+        } else {
+            metrics.cluster_dropped.increment(1);
         }
     }
 }
@@ -448,36 +852,63 @@ async fn republish(node: Arc<Node>) {
     let owned = node.hub.owned_live(UnixMs::now());
     let count = owned.len();
     for Outgoing { seq, change } in owned {
-        let payload = encode_change(node.id, seq, &change);
-        if node
-            .client
-            .publish(room_subject(&change.room), payload)
-            .await
-            .is_err()
-        {
+        if !send_change(&node, seq, &change).await {
             return;
         }
     }
     tracing::info!(entries = count, "cluster: republished live entries");
 }
 
-/// Answers another node's sync request with this node's entries of the room.
+/// Answers another node's sync request with this node's entries of the room, if the
+/// request is authentic, fresh and not a replay.
 async fn answer(node: &Node, request: &async_nats::Message) {
     let Some(reply) = request.reply.clone() else {
+        node.reject(Reject::Malformed, "sync request without a reply subject");
         return;
     };
-    let Ok(wire) = serde_json::from_slice::<WireRequest>(&request.payload) else {
-        tracing::debug!("cluster: ignored a malformed sync request");
-        return;
+    let opened = bus::open(
+        &node.key,
+        &bus::request_binding(SYNC_SUBJECT, &reply),
+        &request.payload,
+    )
+    .and_then(|body| serde_json::from_slice::<WireRequest>(body).map_err(|_| Reject::Malformed))
+    .and_then(|wire| bus::fresh(wire.ts, UnixMs::now().0).map(|()| wire));
+    let wire = match opened {
+        Ok(wire) => wire,
+        Err(reject) => return node.reject(reject, "sync request"),
     };
     if wire.node == node.id {
         return;
     }
-    let (seq, entries) = node.hub.owned_entries(&wire.room, UnixMs::now());
-    let _ = node
-        .client
-        .publish(reply, encode_reply(node.id, seq, &entries))
-        .await;
+    if !node.first_request(wire.node, wire.seq) {
+        return node.reject(Reject::Replay, "sync request");
+    }
+    let now = UnixMs::now();
+    let (seq, entries) = node.hub.owned_entries(&wire.room, now);
+    let body = encode_reply(node.id, seq, now, &entries);
+    let sealed = bus::seal(&node.key, &reply, &body);
+    let _ = node.client.publish(reply, sealed).await;
+}
+
+/// Checks and folds one message of `room`'s subject.
+fn receive(node: &Node, room: &Arc<str>, subject: &str, generation: u64, payload: &[u8]) {
+    let now = UnixMs::now();
+    let result = bus::open(&node.key, subject, payload)
+        .and_then(|body| decode_change(body).ok_or(Reject::Malformed))
+        .and_then(|change| {
+            bus::fresh(change.ts, now.0)?;
+            if let RemoteKind::Upsert(entry) = &change.kind {
+                check_entry(entry, node.hub.limits(), now)?;
+            }
+            Ok(change)
+        })
+        .and_then(|change| {
+            node.hub.metrics().cluster_received.increment(1);
+            node.hub.apply_remote(room, generation, change, now)
+        });
+    if let Err(reject) = result {
+        node.reject(reject, "change");
+    }
 }
 
 /// Follows one room: subscribes to its subject, syncs it, folds every change, and
@@ -485,7 +916,8 @@ async fn answer(node: &Node, request: &async_nats::Message) {
 async fn follow(node: Arc<Node>, room: Arc<str>, generation: u64) {
     let mut epoch = node.epoch.subscribe();
     epoch.borrow_and_update();
-    let mut live = match node.client.subscribe(room_subject(&room)).await {
+    let subject = room_subject(&room);
+    let mut live = match node.client.subscribe(subject.clone()).await {
         Ok(live) => Some(live),
         Err(error) => {
             tracing::warn!(%error, %room, "cluster: cannot follow the room; serving local entries");
@@ -495,7 +927,7 @@ async fn follow(node: Arc<Node>, room: Arc<str>, generation: u64) {
     let mut first = true;
     loop {
         let replies = match &mut live {
-            Some(live) => gather(&node, &room, generation, live).await,
+            Some(live) => gather(&node, &room, &subject, generation, live).await,
             None => Vec::new(),
         };
         node.hub
@@ -505,7 +937,7 @@ async fn follow(node: Arc<Node>, room: Arc<str>, generation: u64) {
         loop {
             tokio::select! {
                 message = live.next() => match message {
-                    Some(message) => node.hub.apply_remote(&room, generation, &message.payload, UnixMs::now()),
+                    Some(message) => receive(&node, &room, &subject, generation, &message.payload),
                     None => return,
                 },
                 changed = epoch.changed() => {
@@ -520,36 +952,38 @@ async fn follow(node: Arc<Node>, room: Arc<str>, generation: u64) {
 }
 
 /// Asks every other node for its entries of `room` and gathers the replies until the
-/// deadline, folding live changes meanwhile.
+/// deadline (or until every node known to be alive answered), folding live changes
+/// meanwhile.
 async fn gather(
     node: &Node,
     room: &Arc<str>,
+    subject: &str,
     generation: u64,
     live: &mut Subscriber,
 ) -> Vec<SyncReply> {
     node.hub.sync_started(room, generation);
     let deadline = tokio::time::Instant::now() + node.sync_timeout;
-    let inbox = node.client.new_inbox();
-    let setup = async {
-        let replies = node.client.subscribe(inbox.clone()).await.ok()?;
-        node.client
-            .publish_with_reply(SYNC_SUBJECT, inbox, encode_request(node.id, room))
-            .await
-            .ok()?;
-        Some(replies)
-    };
-    let Ok(Some(mut replies)) = tokio::time::timeout_at(deadline, setup).await else {
+    let Some((mut replies, inbox)) = node.request(room, deadline).await else {
         return Vec::new();
     };
     let mut gathered = Vec::new();
+    let mut answered = HashSet::new();
     loop {
+        if node.all_answered(&answered) {
+            break;
+        }
         tokio::select! {
             reply = replies.next() => match reply {
-                Some(reply) => gathered.extend(decode_reply(&reply.payload)),
+                Some(reply) => {
+                    if let Some(reply) = node.open_reply(&inbox, &reply.payload) {
+                        answered.insert(reply.node);
+                        gathered.push(reply);
+                    }
+                }
                 None => break,
             },
             message = live.next() => match message {
-                Some(message) => node.hub.apply_remote(room, generation, &message.payload, UnixMs::now()),
+                Some(message) => receive(node, room, subject, generation, &message.payload),
                 None => break,
             },
             () = tokio::time::sleep_until(deadline) => break,
@@ -589,14 +1023,14 @@ mod tests {
                 entry: entry(8, "null"),
                 ..change.clone()
             };
-            let decoded = decode_change(&encode_change(3, 43, &null)).unwrap();
+            let decoded = decode_change(&encode_change(3, 43, UnixMs(5), &null)).unwrap();
             if let RemoteKind::Upsert(got) = decoded.kind {
                 assert_eq!(got, null.entry, "a null value is a value");
             }
-            let decoded = decode_change(&encode_change(3, 42, &change)).unwrap();
+            let decoded = decode_change(&encode_change(3, 42, UnixMs(5), &change)).unwrap();
             assert_eq!(
-                (decoded.node, decoded.seq, decoded.client),
-                (3, 42, ClientId(7))
+                (decoded.node, decoded.seq, decoded.ts, decoded.client),
+                (3, 42, 5, ClientId(7))
             );
             match (kind, decoded.kind) {
                 (ChangeKind::Insert | ChangeKind::Update, RemoteKind::Upsert(got)) => {
@@ -612,14 +1046,15 @@ mod tests {
     #[test]
     fn replies_round_trip_and_junk_is_refused() {
         let entries = protocol::entries_json([&entry(1, "[1]"), &entry(2, "null")]);
-        let reply = decode_reply(&encode_reply(2, 9, &entries)).unwrap();
-        assert_eq!((reply.node, reply.seq), (2, 9));
+        let (reply, ts) = decode_reply(&encode_reply(2, 9, UnixMs(5), &entries)).unwrap();
+        assert_eq!((reply.node, reply.seq, ts), (2, 9, 5));
         assert_eq!(reply.entries, vec![entry(1, "[1]"), entry(2, "null")]);
         for junk in [
             &b""[..],
             b"{}",
             b"[1]",
-            b"{\"node\":1,\"seq\":2,\"op\":\"upsert\",\"clientId\":0}",
+            b"{\"node\":1,\"seq\":2,\"ts\":3,\"op\":\"upsert\",\"clientId\":0}",
+            b"{\"node\":1,\"seq\":2,\"op\":\"leave\",\"clientId\":1}",
         ] {
             assert!(decode_change(junk).is_none());
             assert!(decode_reply(junk).is_none());
