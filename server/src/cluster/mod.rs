@@ -530,7 +530,10 @@ impl Node {
             .and_then(|body| decode_reply(body).ok_or(Reject::Malformed))
             .and_then(|(reply, ts)| bus::fresh(ts, now.0).map(|()| reply));
         let mut reply = match opened {
-            Ok(reply) if reply.node != self.id => reply,
+            Ok(reply) if reply.node != self.id => {
+                self.met(reply.node);
+                reply
+            }
             Ok(_) => return None,
             Err(reject) => {
                 self.reject(reject, "sync reply");
@@ -585,6 +588,23 @@ impl Node {
                 Ok(false)
             }
         }
+    }
+
+    /// An authentic message of `node` (a change or a sync reply): a node not heard of
+    /// yet (its announcements went out before this node subscribed) is known from now
+    /// on, so its silence will be noticed. Only announcements prove a known node is
+    /// still alive: they cannot be replayed.
+    fn met(&self, node: u16) {
+        if node == self.id {
+            return;
+        }
+        self.peers().nodes.entry(node).or_insert_with(|| Peer {
+            announced: 0,
+            heard: Instant::now(),
+            alive: true,
+            requested: 0,
+            requested_window: 0,
+        });
     }
 
     /// Whether a sync request of `node` numbered `seq` was not seen yet.
@@ -742,12 +762,15 @@ async fn run(
 ) {
     let mut following: HashMap<Arc<str>, JoinHandle<()>> = HashMap::new();
     let metrics = node.hub.metrics().clone();
+    // Whether the last connection attempt failed (warn once, not at every retry).
+    let mut failing = false;
     let mut check = tokio::time::interval(CHECK_EVERY);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             Some(event) = events.recv() => match event {
                 Event::Connected => {
+                    failing = false;
                     tracing::info!("cluster: connected to NATS; republishing and resyncing");
                     status.connected.store(true, Ordering::Release);
                     metrics.cluster_connected.set(1.0);
@@ -767,6 +790,17 @@ async fn run(
                     status.connected.store(false, Ordering::Release);
                     metrics.cluster_connected.set(0.0);
                     node.peers().connected_since = None;
+                }
+                Event::ClientError(error) => {
+                    if std::mem::replace(&mut failing, true) {
+                        tracing::debug!(%error, "cluster: NATS client error");
+                    } else {
+                        tracing::warn!(
+                            %error,
+                            "cluster: cannot reach or log in to NATS (retrying); check --nats, \
+                             the credentials and, for TLS, --nats-tls-ca/--nats-tls-cert/--nats-tls-key"
+                        );
+                    }
                 }
                 other => tracing::info!(event = %other, "cluster: NATS event"),
             },
@@ -880,6 +914,7 @@ async fn answer(node: &Node, request: &async_nats::Message) {
     if wire.node == node.id {
         return;
     }
+    node.met(wire.node);
     if !node.first_request(wire.node, wire.seq) {
         return node.reject(Reject::Replay, "sync request");
     }
@@ -903,6 +938,7 @@ fn receive(node: &Node, room: &Arc<str>, subject: &str, generation: u64, payload
             Ok(change)
         })
         .and_then(|change| {
+            node.met(change.node);
             node.hub.metrics().cluster_received.increment(1);
             node.hub.apply_remote(room, generation, change, now)
         });
