@@ -58,6 +58,9 @@ pub const SYNC_SUBJECT: &str = "rollcall.v1.sync";
 pub const NODES_SUBJECT: &str = "rollcall.v1.nodes";
 /// How often a node announces itself.
 pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
+/// After connecting, how long past one announcement period a node waits before it
+/// trusts that it knows every live node.
+const SETTLE_MARGIN: Duration = Duration::from_millis(250);
 /// How often a node looks for silent nodes.
 const CHECK_EVERY: Duration = Duration::from_millis(200);
 /// Changes of this node's entries waiting for NATS; beyond it they are dropped
@@ -482,13 +485,13 @@ impl Node {
     }
 
     /// Whether every node known to be alive is in `answered`. Until the node has
-    /// been connected for longer than the announcement period it may not know
-    /// every node yet: then never.
+    /// been connected for longer than the announcement period (and a margin) it may
+    /// not know every node yet: then never.
     fn all_answered(&self, answered: &HashSet<u16>) -> bool {
         let peers = self.peers();
         let settled = peers
             .connected_since
-            .is_some_and(|since| since.elapsed() > ANNOUNCE_EVERY * 2);
+            .is_some_and(|since| since.elapsed() > ANNOUNCE_EVERY + SETTLE_MARGIN);
         settled
             && peers
                 .nodes
