@@ -326,6 +326,54 @@ async fn a_killed_node_is_dropped_within_the_node_timeout_and_comes_back_on_rest
 }
 
 #[tokio::test]
+async fn a_frozen_node_is_dropped_and_comes_back_when_it_thaws() {
+    let Some(nats) = Nats::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path());
+    let timeout = ["--node-timeout-ms", "1500"];
+    let nodes: Vec<Server> = (1..=2)
+        .map(|id| node_with(&nats, id, &secret, &timeout))
+        .collect();
+    for node in &nodes {
+        assert!(cluster_healthy(node, true).await);
+    }
+    let room = "cl:frozen";
+    let frozen = Client::connect(&nodes[0].ws_url()).await.unwrap();
+    let frozen_id = frozen.client_id().unwrap();
+    frozen
+        .presence(room)
+        .heartbeat_acked(json!({"who": "frozen"}), Duration::from_secs(120))
+        .await
+        .unwrap();
+    let watcher = Client::connect(&nodes[1].ws_url()).await.unwrap();
+    let view = watcher.presence(room);
+    view.wait_until(WAIT, |e| e.contains_key(&frozen_id))
+        .await
+        .expect("node 1's entry reaches node 2");
+    // SIGSTOP: node 1 neither dies nor announces itself; its NATS connection stays.
+    let signal = |name: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([name, &nodes[0].pid().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal("-STOP");
+    view.wait_until(WAIT, |e| !e.contains_key(&frozen_id))
+        .await
+        .expect("a silent node's entry leaves");
+    // Thawed, it announces itself again: node 2 resyncs the room and the entry (it
+    // never left node 1) is back, without a restart or a heartbeat.
+    signal("-CONT");
+    view.wait_until(WAIT, |e| e.contains_key(&frozen_id))
+        .await
+        .expect("the entry is back once the node is heard again");
+    assert!(cluster_healthy(&nodes[0], true).await);
+}
+
+#[tokio::test]
 async fn a_rest_read_on_any_node_lists_every_node_entries() {
     let Some(nats) = Nats::start() else { return };
     let dir = tempfile::tempdir().unwrap();

@@ -68,7 +68,7 @@ const CHECK_EVERY: Duration = Duration::from_millis(200);
 const QUEUE: usize = 65_536;
 /// Sync requests of one node may arrive out of order by this many (they are sent
 /// by concurrent tasks); older ones are replays.
-const REQUEST_WINDOW: u64 = 64;
+const REQUEST_WINDOW: u64 = u64::BITS as u64;
 
 /// The subject of `room`'s changes. Room names may hold any character, subjects may
 /// not: the name is base64url-encoded.
@@ -429,10 +429,41 @@ struct Peer {
     /// When it was last heard.
     heard: Instant,
     alive: bool,
-    /// Its sync requests: the highest sequence number, and which of the
-    /// [`REQUEST_WINDOW`] below it were seen.
-    requested: u64,
-    requested_window: u64,
+    /// Its sync requests seen.
+    requests: SeenWindow,
+}
+
+/// Which sequence numbers of one sender were seen, for messages that may arrive a
+/// little out of order: the highest, and which of the [`REQUEST_WINDOW`] below it.
+/// Anything older is taken for a replay.
+#[derive(Debug, Default)]
+struct SeenWindow {
+    highest: u64,
+    below: u64,
+}
+
+impl SeenWindow {
+    /// Whether `seq` is seen for the first time (and records it).
+    fn first(&mut self, seq: u64) -> bool {
+        if seq > self.highest {
+            // The old highest moves to age `shift`; ages past the window fall off.
+            let shift = u32::try_from(seq - self.highest).unwrap_or(u32::MAX);
+            self.below = self.below.checked_shl(shift).unwrap_or(0)
+                | 1u64.checked_shl(shift - 1).unwrap_or(0);
+            self.highest = seq;
+            return true;
+        }
+        let age = self.highest - seq;
+        if age == 0 || age > REQUEST_WINDOW {
+            return false;
+        }
+        let bit = 1 << (age - 1);
+        if self.below & bit != 0 {
+            return false;
+        }
+        self.below |= bit;
+        true
+    }
 }
 
 #[derive(Debug, Default)]
@@ -584,8 +615,7 @@ impl Node {
                         announced: wire.seq,
                         heard: Instant::now(),
                         alive: true,
-                        requested: 0,
-                        requested_window: 0,
+                        requests: SeenWindow::default(),
                     },
                 );
                 Ok(false)
@@ -605,8 +635,7 @@ impl Node {
             announced: 0,
             heard: Instant::now(),
             alive: true,
-            requested: 0,
-            requested_window: 0,
+            requests: SeenWindow::default(),
         });
     }
 
@@ -614,29 +643,10 @@ impl Node {
     fn first_request(&self, node: u16, seq: u64) -> bool {
         let mut peers = self.peers();
         let Some(peer) = peers.nodes.get_mut(&node) else {
-            // Not announced yet (it just started): nothing to compare with.
+            // Not heard of yet: nothing to compare with.
             return true;
         };
-        if seq > peer.requested {
-            let shift = seq - peer.requested;
-            peer.requested_window = if shift >= REQUEST_WINDOW {
-                0
-            } else {
-                (peer.requested_window << shift) | (1 << (shift - 1))
-            };
-            peer.requested = seq;
-            return true;
-        }
-        let age = peer.requested - seq;
-        if age == 0 || age > REQUEST_WINDOW {
-            return false;
-        }
-        let bit = 1 << (age - 1);
-        if peer.requested_window & bit != 0 {
-            return false;
-        }
-        peer.requested_window |= bit;
-        true
+        peer.requests.first(seq)
     }
 
     /// Takes nodes silent for the node timeout for dead (unless this node is the
@@ -1098,6 +1108,24 @@ mod tests {
             assert!(decode_change(junk).is_none());
             assert!(decode_reply(junk).is_none());
         }
+    }
+
+    #[test]
+    fn a_request_is_answered_once_even_out_of_order() {
+        let mut seen = SeenWindow::default();
+        assert!(seen.first(100));
+        assert!(!seen.first(100), "a replay");
+        assert!(seen.first(103));
+        assert!(seen.first(101), "late, within the window");
+        assert!(!seen.first(101));
+        assert!(seen.first(102));
+        assert!(!seen.first(103));
+        assert!(seen.first(103 + REQUEST_WINDOW));
+        assert!(!seen.first(103), "at the window's edge, seen");
+        assert!(!seen.first(102), "beyond the window");
+        assert!(seen.first(104));
+        assert!(seen.first(1_000_000));
+        assert!(!seen.first(104));
     }
 
     #[test]
