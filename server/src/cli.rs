@@ -795,6 +795,53 @@ mod tests {
     }
 
     #[test]
+    fn cluster_settings_come_from_the_config_file_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("cluster-secret");
+        std::fs::write(&secret, "a cluster secret of at least thirty-two bytes").unwrap();
+        let file = dir.path().join("rollcall.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "nats = [\"tls://a.internal:4222\", \"tls://b.internal:4222\"]\nnode-id = 3\n\
+                 nats-user = \"rollcall\"\nnats-password = \"pw\"\nnode-timeout-ms = 5000\n\
+                 cluster-secret-file = {:?}\n",
+                secret.display().to_string()
+            ),
+        )
+        .unwrap();
+        let cli = parse_from([
+            "rollcall".as_ref(),
+            "serve".as_ref(),
+            "--config".as_ref(),
+            file.as_os_str(),
+        ])
+        .unwrap();
+        let config = serve_args(cli).config().unwrap();
+        let cluster = config.cluster.expect("cluster mode");
+        assert_eq!(
+            cluster.nats.servers,
+            ["tls://a.internal:4222", "tls://b.internal:4222"]
+        );
+        assert_eq!(cluster.nats.user.as_deref(), Some("rollcall"));
+        assert_eq!(cluster.node_timeout, Duration::from_secs(5));
+        assert_eq!(config.node_id, 3);
+        assert!(!format!("{cluster:?}").contains("pw\""), "{cluster:?}");
+        // Without any secret, cluster mode is refused.
+        let cli = Cli::try_parse_from([
+            "rollcall",
+            "serve",
+            "--nats",
+            "nats://127.0.0.1:4222",
+            "--node-id",
+            "1",
+        ])
+        .unwrap();
+        let error = serve_args(cli).config().unwrap_err().to_string();
+        assert!(error.contains("--cluster-secret-file"), "{error}");
+    }
+
+    #[test]
     fn every_serve_flag_but_config_is_a_file_key() {
         let keys = file_keys();
         let command = Cli::command();
