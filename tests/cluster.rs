@@ -414,6 +414,13 @@ async fn a_rest_read_on_any_node_lists_every_node_entries() {
             );
         }
     }
+    // The room list counts every node's entries, on every node.
+    let listed = json!([{"room": "cl:rest", "entries": 2}]);
+    for node in &nodes {
+        let rooms = node.get_json("/v1/rooms");
+        assert_eq!(rooms["rooms"], listed, "{rooms}");
+        assert!(rooms["next"].is_null(), "{rooms}");
+    }
     // A followed room is read locally and still lists both.
     let watcher = Client::connect(&nodes[1].ws_url()).await.unwrap();
     let view = watcher.presence("cl:rest");
@@ -423,6 +430,33 @@ async fn a_rest_read_on_any_node_lists_every_node_entries() {
     let started = Instant::now();
     assert_eq!(clients_at(&nodes[1], "/v1/rooms/cl%3Arest"), ids);
     eprintln!("REST read of a followed room: {:?}", started.elapsed());
+    // Node 2 now holds the others' entries too: they are not counted twice.
+    for node in &nodes {
+        let rooms = node.get_json("/v1/rooms");
+        assert_eq!(rooms["rooms"], listed, "{rooms}");
+    }
+    // Pages: a room on node 1 only, one on node 3 only, listed one per page.
+    for (node, room) in [(&nodes[0], "cl%3Aa"), (&nodes[2], "cl%3Ab")] {
+        let (status, body) = node.http(
+            "POST",
+            &format!("/v1/rooms/{room}/heartbeat"),
+            Some(r#"{"data":1,"ttlMs":60000}"#),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = nodes[1].get_json(&format!("/v1/rooms?limit=1{after}"));
+        for room in page["rooms"].as_array().unwrap() {
+            seen.push(room["room"].as_str().unwrap().to_owned());
+        }
+        match page["next"].as_str() {
+            Some(next) => after = format!("&after={}", next.replace(':', "%3A")),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["cl:a", "cl:b", "cl:rest"]);
 }
 
 #[tokio::test]

@@ -276,7 +276,20 @@ async fn rooms(
     // Listing every room is an admin read (docs/protocol.md, HTTP API).
     state.authorize(&headers, |grant| grant.admin)?;
     let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);
-    let page = hub.rooms_page(page.after.as_deref(), limit);
+    let after = page.after.as_deref();
+    // In cluster mode, every node's own counts, added up: the same answer whichever
+    // node serves it (or this node's view alone, when cut off from NATS).
+    let remote = match state.inner.cluster.get() {
+        Some(cluster) => cluster.gather_rooms(after, limit).await,
+        None => None,
+    };
+    let page = match remote {
+        Some(mut pages) => {
+            pages.push(hub.owned_rooms_page(after, limit));
+            crate::cluster::merge_room_pages(pages, limit)
+        }
+        None => hub.rooms_page(after, limit),
+    };
     let rooms: Vec<_> = page
         .rooms
         .into_iter()

@@ -781,6 +781,10 @@ impl crate::cluster::LocalState for Hub {
         Hub::node_lost(self, node, now);
     }
 
+    fn owned_rooms_page(&self, after: Option<&str>, limit: usize) -> RoomsPage {
+        Hub::owned_rooms_page(self, after, limit)
+    }
+
     fn sync_started(&self, room: &str, generation: u64) {
         Hub::sync_started(self, room, generation);
     }
@@ -863,6 +867,21 @@ impl Hub {
                 inner.fan_out(&change);
             }
         }
+    }
+
+    /// A page of rooms (after `after`, at most `limit`) with this node's own entries
+    /// only: what it answers to another node listing the cluster's rooms. The cursor
+    /// says how far the page got, whatever was left out for holding no own entry.
+    pub(crate) fn owned_rooms_page(&self, after: Option<&str>, limit: usize) -> RoomsPage {
+        let mut page = self.counts.page(after, limit);
+        let inner = self.lock();
+        if let Some(cluster) = &inner.cluster {
+            for (room, count) in &mut page.rooms {
+                *count = count.saturating_sub(cluster.merge.remote_in(room));
+            }
+            page.rooms.retain(|(_, count)| *count > 0);
+        }
+        page
     }
 
     /// The live entries of `room` this node holds, and whether they are the whole

@@ -167,6 +167,11 @@ impl Merge {
             .is_some_and(|r| r.origins.contains_key(&client))
     }
 
+    /// Entries of `room` held for other nodes.
+    pub(crate) fn remote_in(&self, room: &str) -> usize {
+        self.rooms.get(room).map_or(0, |r| r.origins.len())
+    }
+
     /// Entries held for other nodes, in every room.
     pub(crate) fn remote_entries(&self) -> usize {
         self.rooms.values().map(|r| r.origins.len()).sum()

@@ -48,12 +48,17 @@ pub use bus::Reject;
 
 use crate::config::{BusKey, ClusterConfig};
 use crate::limits::Limits;
+use crate::listing::RoomsPage;
 use crate::metrics::Metrics;
 use crate::protocol;
 use crate::shutdown::Shutdown;
 
 /// The subject every node answers sync requests on.
 pub const SYNC_SUBJECT: &str = "rollcall.v1.sync";
+/// The subject every node answers room-list requests on.
+pub const ROOMS_SUBJECT: &str = "rollcall.v1.rooms";
+/// The most rooms a room-list reply holds.
+const MAX_ROOMS_PAGE: usize = 1_000;
 /// The subject nodes announce themselves on.
 pub const NODES_SUBJECT: &str = "rollcall.v1.nodes";
 /// How often a node announces itself.
@@ -157,6 +162,72 @@ impl Status {
         let _ = replies.unsubscribe().await;
         Some(entries)
     }
+}
+
+impl Status {
+    /// The other nodes' pages of rooms after `after` (at most `limit`), with their own
+    /// entry counts: asks every node and waits until every node known to be alive
+    /// answered, or the sync timeout. `None` when not connected to NATS.
+    pub(crate) async fn gather_rooms(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Option<Vec<RoomsPage>> {
+        if !self.connected() {
+            return None;
+        }
+        let node = self.node.get()?;
+        let deadline = tokio::time::Instant::now() + node.sync_timeout;
+        let mut body = format!(
+            "{{\"node\":{},\"seq\":{},\"ts\":{},\"limit\":{limit},\"after\":",
+            node.id,
+            node.next_seq(),
+            UnixMs::now().0
+        );
+        match after {
+            Some(after) => protocol::push_json_str(&mut body, after),
+            None => body.push_str("null"),
+        }
+        body.push('}');
+        let (mut replies, inbox) = node
+            .request_on(ROOMS_SUBJECT, body.into_bytes(), deadline)
+            .await?;
+        let mut pages = Vec::new();
+        let mut answered = HashSet::new();
+        while !node.all_answered(&answered) {
+            tokio::select! {
+                reply = replies.next() => match reply {
+                    Some(reply) => {
+                        if let Some((from, page)) = node.open_rooms_reply(&inbox, &reply.payload) {
+                            answered.insert(from);
+                            pages.push(page);
+                        }
+                    }
+                    None => break,
+                },
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let _ = replies.unsubscribe().await;
+        Some(pages)
+    }
+}
+
+#[derive(Deserialize)]
+struct WireRoomsRequest {
+    node: u16,
+    seq: u64,
+    ts: u64,
+    limit: usize,
+    after: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireRoomsReply {
+    node: u16,
+    ts: u64,
+    rooms: Vec<(String, usize)>,
+    next: Option<String>,
 }
 
 /// A change received from another node.
@@ -419,6 +490,8 @@ pub(crate) trait LocalState: Send + Sync + 'static {
     /// Node `node` is taken for dead: removes its entries (subscribers see them
     /// leave).
     fn node_lost(&self, node: u16, now: UnixMs);
+    /// A page of rooms with this node's own entry counts.
+    fn owned_rooms_page(&self, after: Option<&str>, limit: usize) -> RoomsPage;
 }
 
 /// What this node knows of another.
@@ -536,17 +609,24 @@ impl Node {
         room: &str,
         deadline: tokio::time::Instant,
     ) -> Option<(Subscriber, String)> {
+        let body = encode_request(self.id, self.next_seq(), UnixMs::now(), room);
+        self.request_on(SYNC_SUBJECT, body, deadline).await
+    }
+
+    /// Subscribes to a fresh inbox and sends `body`, sealed for `subject` and the
+    /// inbox, on `subject`.
+    async fn request_on(
+        &self,
+        subject: &'static str,
+        body: Vec<u8>,
+        deadline: tokio::time::Instant,
+    ) -> Option<(Subscriber, String)> {
         let inbox = self.client.new_inbox();
         let setup = async {
             let replies = self.client.subscribe(inbox.clone()).await.ok()?;
-            let body = encode_request(self.id, self.next_seq(), UnixMs::now(), room);
-            let sealed = bus::seal(
-                &self.key,
-                &bus::request_binding(SYNC_SUBJECT, &inbox),
-                &body,
-            );
+            let sealed = bus::seal(&self.key, &bus::request_binding(subject, &inbox), &body);
             self.client
-                .publish_with_reply(SYNC_SUBJECT, inbox.clone(), sealed)
+                .publish_with_reply(subject, inbox.clone(), sealed)
                 .await
                 .ok()?;
             Some(replies)
@@ -585,6 +665,32 @@ impl Node {
                 }
             });
         Some(reply)
+    }
+
+    /// An answer to this node's room-list request on `inbox`, checked.
+    fn open_rooms_reply(&self, inbox: &str, payload: &[u8]) -> Option<(u16, RoomsPage)> {
+        let opened = bus::open(&self.key, inbox, payload)
+            .and_then(|body| {
+                serde_json::from_slice::<WireRoomsReply>(body).map_err(|_| Reject::Malformed)
+            })
+            .and_then(|wire| bus::fresh(wire.ts, UnixMs::now().0).map(|()| wire));
+        match opened {
+            Ok(wire) if wire.node != self.id => {
+                self.met(wire.node);
+                Some((
+                    wire.node,
+                    RoomsPage {
+                        rooms: wire.rooms,
+                        next: wire.next,
+                    },
+                ))
+            }
+            Ok(_) => None,
+            Err(reject) => {
+                self.reject(reject, "room-list reply");
+                None
+            }
+        }
     }
 
     /// An announcement: the node is alive. Returns whether it was taken for dead.
@@ -727,6 +833,7 @@ pub(crate) async fn start(
         }
     };
     let requests = subscribe(SYNC_SUBJECT).await?;
+    let room_lists = subscribe(ROOMS_SUBJECT).await?;
     let announcements = subscribe(NODES_SUBJECT).await?;
     tracing::info!(
         servers = %resolved.shown,
@@ -749,30 +856,37 @@ pub(crate) async fn start(
     let publisher = tokio::spawn(publish(node.clone(), changes));
     let announcer = tokio::spawn(announce(node.clone()));
     Ok(tokio::spawn(async move {
-        run(
-            node,
+        let subscriptions = Subscriptions {
             requests,
+            room_lists,
             announcements,
-            events,
-            rooms,
-            status,
-            shutdown,
-        )
-        .await;
+        };
+        run(node, subscriptions, events, rooms, status, shutdown).await;
         publisher.abort();
         announcer.abort();
     }))
 }
 
+/// The subscriptions every node keeps.
+struct Subscriptions {
+    requests: Subscriber,
+    room_lists: Subscriber,
+    announcements: Subscriber,
+}
+
 async fn run(
     node: Arc<Node>,
-    mut requests: Subscriber,
-    mut announcements: Subscriber,
+    subscriptions: Subscriptions,
     mut events: mpsc::UnboundedReceiver<Event>,
     mut rooms: mpsc::UnboundedReceiver<RoomCommand>,
     status: Arc<Status>,
     mut shutdown: Shutdown,
 ) {
+    let Subscriptions {
+        mut requests,
+        mut room_lists,
+        mut announcements,
+    } = subscriptions;
     let mut following: HashMap<Arc<str>, JoinHandle<()>> = HashMap::new();
     let metrics = node.hub.metrics().clone();
     // Whether the last connection attempt failed (warn once, not at every retry).
@@ -818,6 +932,7 @@ async fn run(
                 other => tracing::info!(event = %other, "cluster: NATS event"),
             },
             Some(request) = requests.next() => answer(&node, &request).await,
+            Some(request) = room_lists.next() => answer_rooms(&node, &request).await,
             Some(announcement) = announcements.next() => match node.announced(&announcement.payload) {
                 Ok(true) => {
                     tracing::info!("cluster: a node taken for dead is back; resyncing");
@@ -936,6 +1051,74 @@ async fn answer(node: &Node, request: &async_nats::Message) {
     let body = encode_reply(node.id, seq, now, &entries);
     let sealed = bus::seal(&node.key, &reply, &body);
     let _ = node.client.publish(reply, sealed).await;
+}
+
+/// Answers another node's room-list request with a page of rooms and this node's own
+/// entry counts, if the request is authentic, fresh and not a replay.
+async fn answer_rooms(node: &Node, request: &async_nats::Message) {
+    let Some(reply) = request.reply.clone() else {
+        node.reject(
+            Reject::Malformed,
+            "room-list request without a reply subject",
+        );
+        return;
+    };
+    let opened = bus::open(
+        &node.key,
+        &bus::request_binding(ROOMS_SUBJECT, &reply),
+        &request.payload,
+    )
+    .and_then(|body| {
+        serde_json::from_slice::<WireRoomsRequest>(body).map_err(|_| Reject::Malformed)
+    })
+    .and_then(|wire| bus::fresh(wire.ts, UnixMs::now().0).map(|()| wire));
+    let wire = match opened {
+        Ok(wire) => wire,
+        Err(reject) => return node.reject(reject, "room-list request"),
+    };
+    if wire.node == node.id {
+        return;
+    }
+    node.met(wire.node);
+    if !node.first_request(wire.node, wire.seq) {
+        return node.reject(Reject::Replay, "room-list request");
+    }
+    let page = node
+        .hub
+        .owned_rooms_page(wire.after.as_deref(), wire.limit.clamp(1, MAX_ROOMS_PAGE));
+    let body = serde_json::json!({
+        "node": node.id,
+        "ts": UnixMs::now().0,
+        "rooms": page.rooms,
+        "next": page.next,
+    })
+    .to_string();
+    let sealed = bus::seal(&node.key, &reply, body.as_bytes());
+    let _ = node.client.publish(reply, sealed).await;
+}
+
+/// Merges this node's page of rooms with the other nodes' (each with its own entry
+/// counts): counts add up, and the page stops where the first node's page stopped,
+/// so that no room is skipped between two pages.
+pub(crate) fn merge_room_pages(pages: Vec<RoomsPage>, limit: usize) -> RoomsPage {
+    let cutoff = pages.iter().filter_map(|p| p.next.clone()).min();
+    let mut merged: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for page in pages {
+        for (room, count) in page.rooms {
+            if cutoff.as_ref().is_none_or(|cutoff| room <= *cutoff) {
+                *merged.entry(room).or_default() += count;
+            }
+        }
+    }
+    let mut rooms: Vec<(String, usize)> = merged.into_iter().filter(|(_, n)| *n > 0).collect();
+    let limit = limit.max(1);
+    let next = if rooms.len() > limit {
+        rooms.truncate(limit);
+        rooms.last().map(|(room, _)| room.clone())
+    } else {
+        cutoff
+    };
+    RoomsPage { rooms, next }
 }
 
 /// Checks and folds one message of `room`'s subject.
@@ -1126,6 +1309,32 @@ mod tests {
         assert!(seen.first(104));
         assert!(seen.first(1_000_000));
         assert!(!seen.first(104));
+    }
+
+    #[test]
+    fn room_pages_add_up_and_skip_nothing() {
+        let page = |rooms: &[(&str, usize)], next: Option<&str>| RoomsPage {
+            rooms: rooms.iter().map(|(r, n)| ((*r).to_owned(), *n)).collect(),
+            next: next.map(str::to_owned),
+        };
+        // Node A's page of 2 stops at "b"; node B has "a", "c" and "d".
+        let merged = merge_room_pages(
+            vec![
+                page(&[("a", 1), ("b", 2)], Some("b")),
+                page(&[("a", 3), ("c", 1), ("d", 1)], None),
+            ],
+            2,
+        );
+        assert_eq!(merged, page(&[("a", 4), ("b", 2)], Some("b")));
+        // The next page: "c" and "d", and nothing after.
+        let merged = merge_room_pages(vec![page(&[], None), page(&[("c", 1), ("d", 1)], None)], 2);
+        assert_eq!(merged, page(&[("c", 1), ("d", 1)], None));
+        // More than a page after merging: cut at the limit.
+        let merged = merge_room_pages(
+            vec![page(&[("a", 1), ("c", 1)], None), page(&[("b", 1)], None)],
+            2,
+        );
+        assert_eq!(merged, page(&[("a", 1), ("b", 1)], Some("b")));
     }
 
     #[test]
