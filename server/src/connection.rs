@@ -533,18 +533,39 @@ impl Writer {
         for frame in frames.drain(..) {
             bytes += frame.len();
             // `feed` queues into tungstenite's write buffer; only `flush` writes.
-            self.sink.feed(Message::Text(frame)).await.ok()?;
+            if let Err(error) = self.sink.feed(Message::Text(frame)).await {
+                self.closed_by_peer(&error).await;
+                return None;
+            }
         }
-        self.sink.flush().await.ok()?;
+        if let Err(error) = self.sink.flush().await {
+            self.closed_by_peer(&error).await;
+            return None;
+        }
         Some(bytes)
+    }
+
+    /// A write refused because the peer's close frame was read meanwhile: send the
+    /// answer tungstenite queued for it, so the peer still sees its own code.
+    async fn closed_by_peer(&mut self, error: &tungstenite::Error) {
+        if matches!(
+            error,
+            tungstenite::Error::Protocol(tungstenite::error::ProtocolError::SendAfterClosing)
+        ) {
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(1), self.sink.close()).await;
+        }
     }
 
     /// Sends a WebSocket ping (browsers answer it themselves).
     pub async fn ping(&mut self) -> bool {
-        self.sink
-            .send(Message::Ping(bytes::Bytes::new()))
-            .await
-            .is_ok()
+        match self.sink.send(Message::Ping(bytes::Bytes::new())).await {
+            Ok(()) => true,
+            Err(error) => {
+                self.closed_by_peer(&error).await;
+                false
+            }
+        }
     }
 
     /// When the peer last sent anything.
