@@ -53,6 +53,8 @@ mod event;
 mod log;
 mod marker;
 mod materializer;
+#[cfg(feature = "model")]
+pub mod model;
 pub mod record;
 mod replay;
 mod store;
