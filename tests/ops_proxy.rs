@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt as _, StreamExt as _};
+use rollcall_tests::require;
 use support::{TestPki, free_port, serve, start, tls_connect};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -133,14 +134,7 @@ async fn open(
 #[tokio::test]
 async fn wss_through_nginx_with_the_origin_check_right_behind_it() {
     let Some(binary) = nginx() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "nginx is not installed (CI installs it in .ci/run)"
-        );
-        eprintln!(
-            "\n*** SKIPPED wss_through_nginx_with_the_origin_check_right_behind_it: nginx is \
-             not installed (apt-get install nginx) ***\n"
-        );
+        require::cannot_run("nginx is not installed (apt-get install -y nginx)");
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");

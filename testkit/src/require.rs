@@ -23,13 +23,22 @@ pub fn under_ci() -> bool {
 
 /// The test cannot run because of `reason`: panics under CI; otherwise prints a
 /// banner naming the test and the reason. Return from the test right after.
+///
+/// The banner goes straight to the process's stderr, past the test harness's output
+/// capture (which would show it only for a failed test), so a passing run shows it.
 pub fn cannot_run(reason: &str) {
+    cannot_run_under(under_ci(), reason);
+}
+
+fn cannot_run_under(ci: bool, reason: &str) {
+    use std::io::Write as _;
     let test = std::thread::current()
         .name()
         .unwrap_or("this test")
         .to_owned();
-    assert!(!under_ci(), "{test} cannot run: {reason}");
-    eprintln!(
+    assert!(!ci, "{test} cannot run: {reason}");
+    let _ = writeln!(
+        std::io::stderr().lock(),
         "\n!!!!!!!!!! SKIPPED {test}\n!!!!!!!!!! it cannot run here: {reason}\n!!!!!!!!!! (under CI, with CI set, this fails)\n"
     );
 }
@@ -65,7 +74,18 @@ pub fn find_program(program: &str) -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    use super::find_program;
+    use super::{cannot_run_under, find_program};
+
+    #[test]
+    #[should_panic(expected = "cannot run: no frobnicator")]
+    fn under_ci_a_test_that_cannot_run_fails() {
+        cannot_run_under(true, "no frobnicator");
+    }
+
+    #[test]
+    fn elsewhere_it_says_so_and_returns() {
+        cannot_run_under(false, "no frobnicator (this banner is expected)");
+    }
 
     #[test]
     fn programs_are_found_on_path() {
