@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use rollcall_tests::jwt::{SECRET, SecretFile, hs256, now_s, sign};
 use rollcall_tests::keys::{EC_PRIVATE, EC_PUBLIC, OTHER_EC_PRIVATE, RSA_PRIVATE, RSA_PUBLIC};
-use rollcall_tests::{Launch, Raw, RawEvent, Server, binary, http_with, wire};
+use rollcall_tests::{Launch, Raw, RawEvent, Server, binary, http, http_with, wire};
 use serde_json::{Value, json};
 
 /// A server with auth on, and the temporary directory holding its key file.
@@ -878,24 +878,10 @@ async fn origin_allow_list_refuses_foreign_origins_and_allows_missing_ones() {
     }
     // The refusal is the API's JSON error.
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
     let request = wire::upgrade_request(addr, &[("Origin", "https://evil.example.com")]);
     std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
-    let (status, head) = wire::read_head(&mut stream).unwrap();
+    let (status, body) = http::response(&mut stream, Duration::from_secs(10)).unwrap();
     assert_eq!(status, 403);
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(|v| v.trim().parse().unwrap())
-        })
-        .expect("content-length");
-    let mut body = vec![0; length];
-    std::io::Read::read_exact(&mut stream, &mut body).unwrap();
-    let body: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["error"], "forbidden", "{body}");
 
     // Without an allow-list, every origin may connect (documented default).

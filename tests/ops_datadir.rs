@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use rollcall_engine::{ClientId, Config, Engine, Heartbeat, Ttl, UnixMs};
-use rollcall_tests::{Server, Started, require};
+use rollcall_tests::{Server, Started, noise, require};
 use serde_json::Value;
 use support::{Exit, exit_of, serve};
 
@@ -107,18 +107,6 @@ fn populated() -> (tempfile::TempDir, PathBuf) {
     }
     assert!(server.terminate().success());
     (temp, data)
-}
-
-/// Deterministic noise (xorshift), the same as `fault_corrupt`'s.
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as u8
-        })
-        .collect()
 }
 
 /// Overwrites `file` with noise of its own length.

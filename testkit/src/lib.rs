@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 pub use http::{http, http_with};
 pub use procfs::{cpu_time_of, listen_overflows};
 pub use server::{Exited, Launch, Server, Started, binary};
-pub use ws::{Raw, RawEvent};
+pub use ws::{Raw, RawEvent, next_json};
 
 /// Polls `condition` until it holds or `timeout` passes.
 pub async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
@@ -67,6 +67,19 @@ pub fn percentile(samples: &[f64], p: f64) -> f64 {
 pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
     static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     LOCK.lock().await
+}
+
+/// Deterministic "random" bytes (xorshift), so that a failure can be reproduced from
+/// its seed.
+pub fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
 }
 
 /// An environment variable parsed as a number, or `default`.

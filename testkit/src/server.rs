@@ -204,28 +204,16 @@ impl Launch {
     pub fn start(mut self) -> Server {
         let (temp, data, listen) = self.place();
         let (child, addr) = spawn(&listen, &data, &self.args);
-        Server {
-            backend: Backend::Process(Some(child)),
-            addr,
-            data,
-            _temp: temp,
-            args: self.args,
-            stderr: None,
-        }
+        Server::process(child, addr, data, temp, self.args, None)
     }
 }
 
-/// A listener on `addr` with the binary's listen backlog (a reconnect storm must not
-/// overflow the kernel's queue).
+/// A listener on `addr` (the default backlog: tests that storm the listener run the
+/// binary, which sets its own).
 fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(8_192)
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(listener)
 }
 
 /// `rollcall serve` on `listen` and `data` with `args`, stdout piped (its first line
@@ -280,6 +268,24 @@ fn spawn(listen: &str, data: &Path, args: &[String]) -> (Child, SocketAddr) {
 }
 
 impl Server {
+    fn process(
+        child: Child,
+        addr: SocketAddr,
+        data: PathBuf,
+        temp: Option<tempfile::TempDir>,
+        args: Vec<String>,
+        stderr: Option<Arc<Mutex<String>>>,
+    ) -> Server {
+        Server {
+            backend: Backend::Process(Some(child)),
+            addr,
+            data,
+            _temp: temp,
+            args,
+            stderr,
+        }
+    }
+
     /// An in-process server with default flags (see [`Launch::in_process`]).
     pub fn in_process() -> Server {
         Launch::default().in_process()
@@ -525,17 +531,8 @@ impl Launch {
             if let Some(addr) = addr
                 && let Ok((200, _)) = http::http(addr, "GET", "/healthz", None)
             {
-                return Started::Ready(
-                    Server {
-                        backend: Backend::Process(Some(child)),
-                        addr,
-                        data,
-                        _temp: temp,
-                        args: self.args,
-                        stderr: Some(printed),
-                    },
-                    started.elapsed(),
-                );
+                let server = Server::process(child, addr, data, temp, self.args, Some(printed));
+                return Started::Ready(server, started.elapsed());
             }
             if let Ok(Some(status)) = child.try_wait() {
                 let elapsed = started.elapsed();
