@@ -15,8 +15,9 @@ use serde_json::Value;
 use crate::{http, metrics, procfs};
 
 /// The `rollcall` binary that [`Server::start`] runs: `$ROLLCALL_BIN`, or
-/// `target/<profile>/rollcall` next to the test binary. Panics, naming the command
-/// that builds it, if there is none (tests do not build it themselves).
+/// `target/<profile>/rollcall` next to the test binary. Tests do not build it: a
+/// missing one, or one older than the server's or engine's sources (a change not
+/// rebuilt), is a panic naming the command that builds it.
 pub fn binary() -> PathBuf {
     if let Some(path) = std::env::var_os("ROLLCALL_BIN") {
         return PathBuf::from(path);
@@ -28,19 +29,58 @@ pub fn binary() -> PathBuf {
         .and_then(Path::parent)
         .expect("test binary lives in target/<profile>/deps");
     let binary = profile_dir.join("rollcall");
-    if !binary.is_file() {
-        let release = if profile_dir.ends_with("release") {
+    let build = format!(
+        "cargo build -p rollcall-server --bin rollcall{} (scripts/test.sh does), or set \
+         ROLLCALL_BIN",
+        if profile_dir.ends_with("release") {
             " --release"
         } else {
             ""
-        };
+        }
+    );
+    let Ok(built) = std::fs::metadata(&binary).and_then(|m| m.modified()) else {
+        panic!("{} does not exist: build it with {build}", binary.display());
+    };
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let newest = ["server", "engine"]
+        .iter()
+        .filter_map(|krate| newest_change(&workspace.join(krate)))
+        .max();
+    if let Some((changed, file)) = newest
+        && changed > built
+    {
         panic!(
-            "{} does not exist: build it first with `cargo build -p rollcall-server --bin \
-             rollcall{release}` (scripts/test.sh does), or set ROLLCALL_BIN",
-            binary.display()
+            "{} is older than {}: rebuild it with {build}",
+            binary.display(),
+            file.display()
         );
     }
     binary
+}
+
+/// The most recently modified file of a crate's `Cargo.toml` and `src/`, and when.
+fn newest_change(krate: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    fn walk(dir: &Path, newest: &mut Option<(std::time::SystemTime, PathBuf)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, newest);
+            } else if let Ok(modified) = entry.metadata().and_then(|m| m.modified())
+                && newest.as_ref().is_none_or(|(at, _)| modified > *at)
+            {
+                *newest = Some((modified, path));
+            }
+        }
+    }
+    let mut newest = std::fs::metadata(krate.join("Cargo.toml"))
+        .and_then(|m| m.modified())
+        .ok()
+        .map(|at| (at, krate.join("Cargo.toml")));
+    walk(&krate.join("src"), &mut newest);
+    newest
 }
 
 /// A running server: in-process or a child process.
@@ -552,5 +592,24 @@ impl Launch {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::newest_change;
+
+    #[test]
+    fn the_newest_file_of_a_crate_is_found() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("src/deep")).expect("mkdir");
+        std::fs::write(dir.path().join("Cargo.toml"), "").expect("write");
+        std::fs::write(dir.path().join("src/lib.rs"), "").expect("write");
+        let file = std::fs::File::create(dir.path().join("src/deep/new.rs")).expect("create");
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+        file.set_modified(later).expect("set mtime");
+        let (at, path) = newest_change(dir.path()).expect("files");
+        assert_eq!(path, dir.path().join("src/deep/new.rs"));
+        assert_eq!(at, later);
     }
 }
