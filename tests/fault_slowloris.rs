@@ -237,7 +237,7 @@ async fn a_silent_session_is_closed_4008_while_one_answering_pings_stays() {
         .arg("1")
         .arg("--idle-timeout-secs")
         .arg("2")
-        .in_process();
+        .start();
     // This one reads (so its WebSocket library answers the server's pings)...
     let (mut answering, _) = Raw::hello(&server.ws_url()).await;
     // ...this one completed hello and then never reads nor writes again.
