@@ -4,14 +4,10 @@
 //! and returns, so that a developer without, say, `nats-server` can still run the rest
 //! and sees what did not run.
 //!
-//! ```no_run
-//! # fn demo() {
-//! use rollcall_testkit::require;
+//! ```text
 //! let Some(nats) = require::program("nats-server", "apt-get install -y nats-server") else {
 //!     return; // skipped, and said so (failed instead under CI)
 //! };
-//! # let _ = nats;
-//! # }
 //! ```
 
 use std::path::PathBuf;
