@@ -18,7 +18,7 @@ use rollcall_engine::{
 use tokio::sync::{Notify, watch};
 
 use crate::cluster::merge::{Merge, Origin, Removal, Upsert};
-use crate::cluster::{Links, Outgoing, RemoteChange, RemoteKind, RoomCommand, SyncReply};
+use crate::cluster::{Links, Outgoing, Reject, RemoteChange, RemoteKind, RoomCommand, SyncReply};
 use crate::error::Result;
 use crate::fanout::{Feed, Outbox, Published, Subscription};
 use crate::identity::Identity;
@@ -636,14 +636,26 @@ impl Inner {
     }
 
     /// Folds another node's upsert of `entry`, unless what this node holds is newer.
+    /// A new entry that would put the room past `max_entries` is refused, as a local
+    /// client's would be.
     fn upsert_remote(
         &mut self,
         room: &Arc<str>,
         origin: Origin,
         entry: Entry,
+        max_entries: usize,
         now: UnixMs,
-    ) -> Option<Change> {
-        let merge = &mut self.cluster.as_mut()?.merge;
+    ) -> Result<Option<Change>, Reject> {
+        let materializer = self.engine.materializer();
+        if materializer.get(room, entry.client, now).is_none()
+            && materializer.room_len(room) >= max_entries
+        {
+            return Err(Reject::RoomFull);
+        }
+        let Some(cluster) = self.cluster.as_mut() else {
+            return Ok(None);
+        };
+        let merge = &mut cluster.merge;
         let own_expiry = if merge.is_remote(room, entry.client) {
             None
         } else {
@@ -652,7 +664,10 @@ impl Inner {
                 .get(room, entry.client, now)
                 .map(|own| own.expires_at)
         };
-        match merge.upsert(room, origin, &entry, own_expiry, now)? {
+        let Some(action) = merge.upsert(room, origin, &entry, own_expiry, now) else {
+            return Ok(None);
+        };
+        match action {
             Upsert::Fold => {}
             Upsert::TakeOver => {
                 if let Some((change, _)) = self.engine.leave(Leave {
@@ -665,19 +680,23 @@ impl Inner {
             }
         }
         // `at + ttl` is the owner's expiry, to the millisecond.
-        let change = self.engine.fold_unlogged(&Event::Heartbeat(Heartbeat {
+        let Some(change) = self.engine.fold_unlogged(&Event::Heartbeat(Heartbeat {
             room: room.clone(),
             client: entry.client,
             user: entry.user,
             data: entry.data,
             ttl: Ttl(0),
             at: entry.expires_at,
-        }))?;
+        })) else {
+            return Ok(None);
+        };
         self.counts.apply(&change);
-        Some(change)
+        Ok(Some(change))
     }
 
-    /// Removes another node's entry (kind `Leave` or `Expire`).
+    /// Removes another node's entry (kind `Leave` or `Expire`). A leave of an entry
+    /// this node holds as its own is taken only from the node that allocated the
+    /// client's id.
     fn remove_remote(
         &mut self,
         room: &Arc<str>,
@@ -685,25 +704,40 @@ impl Inner {
         client: ClientId,
         kind: ChangeKind,
         now: UnixMs,
-    ) -> Option<Change> {
-        let merge = &mut self.cluster.as_mut()?.merge;
+    ) -> Result<Option<Change>, Reject> {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return Ok(None);
+        };
+        let merge = &mut cluster.merge;
         let holds_own = !merge.is_remote(room, client)
             && self.engine.materializer().get(room, client, now).is_some();
+        if holds_own
+            && kind == ChangeKind::Leave
+            && client.0 >> crate::identity::NODE_SHIFT != u64::from(origin.node)
+        {
+            return Err(Reject::Owner);
+        }
         let leave = Leave {
             room: room.clone(),
             client,
             at: now,
         };
-        let change = match merge.remove(room, origin, client, kind, holds_own)? {
-            Removal::Own => self.engine.leave(leave).map(|(change, _)| change)?,
-            Removal::Remote(kind) => {
-                let mut change = self.engine.fold_unlogged(&Event::Leave(leave))?;
-                change.kind = kind;
-                change
+        let change = match merge.remove(room, origin, client, kind, holds_own, now) {
+            None => None,
+            Some(Removal::Own) => self.engine.leave(leave).map(|(change, _)| change),
+            Some(Removal::Remote(kind)) => {
+                self.engine
+                    .fold_unlogged(&Event::Leave(leave))
+                    .map(|mut change| {
+                        change.kind = kind;
+                        change
+                    })
             }
         };
-        self.counts.apply(&change);
-        Some(change)
+        if let Some(change) = &change {
+            self.counts.apply(change);
+        }
+        Ok(change)
     }
 
     fn fan_out(&mut self, change: &Change) {
@@ -729,8 +763,26 @@ impl crate::cluster::LocalState for Hub {
         Hub::owned_entries(self, room, now)
     }
 
-    fn apply_remote(&self, room: &Arc<str>, generation: u64, payload: &[u8], now: UnixMs) {
-        Hub::apply_remote(self, room, generation, payload, now);
+    fn limits(&self) -> &Limits {
+        Hub::limits(self)
+    }
+
+    fn apply_remote(
+        &self,
+        room: &Arc<str>,
+        generation: u64,
+        change: RemoteChange,
+        now: UnixMs,
+    ) -> Result<(), Reject> {
+        Hub::apply_remote(self, room, generation, change, now)
+    }
+
+    fn node_lost(&self, node: u16, now: UnixMs) {
+        Hub::node_lost(self, node, now);
+    }
+
+    fn owned_rooms_page(&self, after: Option<&str>, limit: usize) -> RoomsPage {
+        Hub::owned_rooms_page(self, after, limit)
     }
 
     fn sync_started(&self, room: &str, generation: u64) {
@@ -760,38 +812,96 @@ impl Hub {
         });
     }
 
-    /// Folds a change another node published in `room`.
-    pub fn apply_remote(&self, room: &Arc<str>, generation: u64, payload: &[u8], now: UnixMs) {
-        let Some(remote) = crate::cluster::decode_change(payload) else {
-            tracing::debug!(%room, "cluster: ignored a malformed change");
-            return;
-        };
-        self.metrics.cluster_received.increment(1);
+    /// Folds an authenticated change another node published in `room`.
+    pub fn apply_remote(
+        &self,
+        room: &Arc<str>,
+        generation: u64,
+        remote: RemoteChange,
+        now: UnixMs,
+    ) -> Result<(), Reject> {
         let mut inner = self.lock();
         if !inner
             .cluster
             .as_ref()
             .is_some_and(|c| c.merge.accepts(room, generation, remote.node))
         {
-            return;
+            return Ok(());
         }
         let RemoteChange {
             node,
             seq,
             client,
             kind,
+            ..
         } = remote;
         let origin = Origin { node, seq };
+        let max_entries = self.limits.max_entries_per_room;
         let change = match kind {
-            RemoteKind::Upsert(entry) => inner.upsert_remote(room, origin, entry, now),
+            RemoteKind::Upsert(entry) => inner.upsert_remote(room, origin, entry, max_entries, now),
             RemoteKind::Leave => inner.remove_remote(room, origin, client, ChangeKind::Leave, now),
             RemoteKind::Expire => {
                 inner.remove_remote(room, origin, client, ChangeKind::Expire, now)
             }
-        };
+        }?;
         if let Some(change) = change {
             inner.fan_out(&change);
         }
+        Ok(())
+    }
+
+    /// Node `node` is taken for dead: removes its entries from every followed room,
+    /// unlogged (subscribers see them leave). They come back when it republishes.
+    pub fn node_lost(&self, node: u16, now: UnixMs) {
+        let mut inner = self.lock();
+        let Some(cluster) = &mut inner.cluster else {
+            return;
+        };
+        for (room, client) in cluster.merge.lost(node, now) {
+            if let Some(change) = inner.engine.fold_unlogged(&Event::Leave(Leave {
+                room,
+                client,
+                at: now,
+            })) {
+                inner.counts.apply(&change);
+                inner.fan_out(&change);
+            }
+        }
+    }
+
+    /// A page of rooms (after `after`, at most `limit`) with this node's own entries
+    /// only: what it answers to another node listing the cluster's rooms. The cursor
+    /// says how far the page got, whatever was left out for holding no own entry.
+    pub(crate) fn owned_rooms_page(&self, after: Option<&str>, limit: usize) -> RoomsPage {
+        let mut page = self.counts.page(after, limit);
+        let inner = self.lock();
+        if let Some(cluster) = &inner.cluster {
+            for (room, count) in &mut page.rooms {
+                *count = count.saturating_sub(cluster.merge.remote_in(room));
+            }
+            page.rooms.retain(|(_, count)| *count > 0);
+        }
+        page
+    }
+
+    /// The live entries of `room` this node holds, and whether they are the whole
+    /// cluster's: the room is followed and synced. Otherwise they are this node's own
+    /// only (a REST read asks the other nodes for theirs).
+    pub fn room_entries(&self, room: &str) -> (Vec<Entry>, bool) {
+        let now = UnixMs::now();
+        let inner = self.lock();
+        let complete = inner.cluster.is_none()
+            || inner
+                .subscribers
+                .get(room)
+                .is_some_and(|feed| feed.waiting.is_none());
+        let entries = inner
+            .engine
+            .materializer()
+            .entries(room, now)
+            .cloned()
+            .collect();
+        (entries, complete)
     }
 
     /// A sync of `room` begins: removals are remembered until it ends.
@@ -833,10 +943,13 @@ impl Hub {
                 continue;
             }
             let mut listed = hashbrown::HashSet::with_capacity(reply.entries.len());
+            let max_entries = self.limits.max_entries_per_room;
             for entry in reply.entries {
                 listed.insert(entry.client);
-                if let Some(change) = inner.upsert_remote(room, origin, entry, now) {
-                    inner.fan_out(&change);
+                match inner.upsert_remote(room, origin, entry, max_entries, now) {
+                    Ok(Some(change)) => inner.fan_out(&change),
+                    Ok(None) => {}
+                    Err(reject) => self.metrics.cluster_rejected(reject),
                 }
             }
             let gone = inner
@@ -845,11 +958,14 @@ impl Hub {
                 .map(|c| c.merge.unlisted(room, origin, &listed))
                 .unwrap_or_default();
             for client in gone {
-                if let Some(change) =
-                    inner.remove_remote(room, origin, client, ChangeKind::Leave, now)
-                {
-                    inner.fan_out(&change);
+                match inner.remove_remote(room, origin, client, ChangeKind::Leave, now) {
+                    Ok(Some(change)) => inner.fan_out(&change),
+                    Ok(None) => {}
+                    Err(reject) => self.metrics.cluster_rejected(reject),
                 }
+            }
+            if let Some(cluster) = &mut inner.cluster {
+                cluster.merge.reply_folded(room, origin);
             }
         }
         if let Some(cluster) = &mut inner.cluster {
@@ -1008,7 +1124,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::cluster::{self, encode_change};
+    use crate::cluster::{self, decode_change, encode_change};
     use crate::fanout::Drained;
 
     const ROOM: &str = "room";
@@ -1029,7 +1145,7 @@ mod tests {
         out.frames.iter().map(ToString::to_string).collect()
     }
 
-    fn remote(node: u16, seq: u64, client: u64, kind: ChangeKind) -> Vec<u8> {
+    fn remote(node: u16, seq: u64, client: u64, kind: ChangeKind) -> RemoteChange {
         let change = Change {
             room: ROOM.into(),
             kind,
@@ -1040,7 +1156,7 @@ mod tests {
                 expires_at: UnixMs(NOW.0 + 60_000),
             },
         };
-        encode_change(node, seq, &change).to_vec()
+        decode_change(&encode_change(node, seq, NOW, &change)).unwrap()
     }
 
     fn clients(hub: &Hub) -> Vec<u64> {
@@ -1089,9 +1205,12 @@ mod tests {
         hub.subscribe(&room, &outbox, None, None, Duration::ZERO);
         hub.sync_started(&room, 1);
         // During the sync: client 5 arrives (seq 10) and client 6 leaves (seq 12).
-        hub.apply_remote(&room, 1, &remote(2, 10, 5, ChangeKind::Insert), NOW);
-        hub.apply_remote(&room, 1, &remote(2, 11, 6, ChangeKind::Insert), NOW);
-        hub.apply_remote(&room, 1, &remote(2, 12, 6, ChangeKind::Leave), NOW);
+        hub.apply_remote(&room, 1, remote(2, 10, 5, ChangeKind::Insert), NOW)
+            .unwrap();
+        hub.apply_remote(&room, 1, remote(2, 11, 6, ChangeKind::Insert), NOW)
+            .unwrap();
+        hub.apply_remote(&room, 1, remote(2, 12, 6, ChangeKind::Leave), NOW)
+            .unwrap();
         // A reply taken at seq 9 lists 6 but not 5: neither may change.
         let entry = |client| Entry {
             client: ClientId(client),
@@ -1107,7 +1226,8 @@ mod tests {
         hub.sync_finished(&room, 1, vec![reply], true, NOW);
         assert_eq!(clients(&hub), vec![5]);
         // A late, older upsert of 5 and a stale leave do nothing.
-        hub.apply_remote(&room, 1, &remote(2, 8, 5, ChangeKind::Leave), NOW);
+        hub.apply_remote(&room, 1, remote(2, 8, 5, ChangeKind::Leave), NOW)
+            .unwrap();
         assert_eq!(clients(&hub), vec![5]);
         // A newer reply that no longer lists 5 removes it.
         hub.sync_started(&room, 1);
@@ -1124,7 +1244,8 @@ mod tests {
         );
         assert!(clients(&hub).is_empty());
         // Messages of an earlier following of the room are ignored.
-        hub.apply_remote(&room, 0, &remote(2, 30, 5, ChangeKind::Insert), NOW);
+        hub.apply_remote(&room, 0, remote(2, 30, 5, ChangeKind::Insert), NOW)
+            .unwrap();
         assert!(clients(&hub).is_empty());
     }
 
@@ -1135,7 +1256,8 @@ mod tests {
         let outbox = Arc::new(Outbox::new());
         let subscription = hub.subscribe(&room, &outbox, None, None, Duration::ZERO);
         hub.sync_finished(&room, 1, Vec::new(), true, NOW);
-        hub.apply_remote(&room, 1, &remote(2, 10, 5, ChangeKind::Insert), NOW);
+        hub.apply_remote(&room, 1, remote(2, 10, 5, ChangeKind::Insert), NOW)
+            .unwrap();
         let own = ClientId(1 << 40 | 1);
         hub.heartbeat(&room, own, None, Bytes::from_static(b"2"), Ttl(60_000))
             .unwrap();
@@ -1153,7 +1275,8 @@ mod tests {
         assert!(expired.seq > published.seq);
         assert!(changes.try_recv().is_err());
         // The last subscriber leaving forgets the other nodes' entries.
-        hub.apply_remote(&room, 1, &remote(2, 11, 5, ChangeKind::Insert), NOW);
+        hub.apply_remote(&room, 1, remote(2, 11, 5, ChangeKind::Insert), NOW)
+            .unwrap();
         hub.unsubscribe(&outbox, &subscription);
         assert!(clients(&hub).is_empty());
     }
