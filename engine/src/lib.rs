@@ -59,13 +59,14 @@ mod store;
 mod types;
 
 pub use config::{
-    Clock, Config, Durability, DurableHook, Layout, MAX_INLINE_RECORD_BYTES, ProgressHook, Recovery,
+    Clock, Config, Durability, DurableHook, Layout, MAX_INLINE_RECORD_BYTES, ProgressHook,
+    Recovery, ReplayProgress,
 };
-pub use engine::Engine;
+pub use engine::{Engine, Journal};
 pub use error::{Error, LostWrites, Result};
 pub use event::{Event, Heartbeat, Leave};
 pub use log::LogStats;
 pub use materializer::{Change, ChangeKind, Entry, Materializer};
 pub use record::DecodeError;
-pub use replay::{CLIENT_SPACE_SHIFT, ReplayProgress, ReplayReport};
+pub use replay::{CLIENT_SPACE_SHIFT, ReplayReport};
 pub use types::{ClientId, Seq, Ticket, Ttl, UnixMs};
