@@ -1,7 +1,6 @@
 //! The engine: a materializer in front of a log.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -40,7 +39,6 @@ pub struct Engine {
 pub struct Journal {
     log: Option<Log>,
     durability: Durability,
-    memory_tickets: AtomicU64,
     memory_meta: Mutex<HashMap<String, Vec<u8>>>,
 }
 
@@ -237,18 +235,19 @@ impl Journal {
         Journal {
             log,
             durability,
-            memory_tickets: AtomicU64::new(0),
             memory_meta: Mutex::new(HashMap::new()),
         }
     }
 
     /// Queues an event for the log and returns its ticket. The event must already be
     /// folded, by a caller that still holds whatever orders the folds of its entry:
-    /// the log then replays it in the same order.
+    /// the log then replays it in the same order. Without a log (`memory` mode)
+    /// nothing is queued and every ticket is `Ticket(0)`, durable at once (no counter
+    /// is shared between threads).
     pub fn append(&self, event: Event) -> Ticket {
         match &self.log {
             Some(log) => log.append(event),
-            None => Ticket(self.memory_tickets.fetch_add(1, Ordering::AcqRel) + 1),
+            None => Ticket(0),
         }
     }
 
@@ -273,15 +272,15 @@ impl Journal {
     pub fn durable(&self) -> Ticket {
         match &self.log {
             Some(log) => log.durable(),
-            None => self.last_ticket(),
+            None => Ticket(0),
         }
     }
 
-    /// The ticket of the latest append.
+    /// The ticket of the latest append (`Ticket(0)` without a log).
     pub fn last_ticket(&self) -> Ticket {
         match &self.log {
             Some(log) => log.last_ticket(),
-            None => Ticket(self.memory_tickets.load(Ordering::Acquire)),
+            None => Ticket(0),
         }
     }
 

@@ -136,6 +136,11 @@ impl Shard {
     }
 }
 
+/// A shard's lock, aligned to cache lines of its own: two busy shards next to each
+/// other in [`Hub::shards`] never share a line.
+#[repr(align(128))]
+struct ShardLock(Mutex<Shard>);
+
 /// Client ids, resume tokens and live sessions, behind their own lock.
 struct Admission {
     identity: Identity,
@@ -208,7 +213,7 @@ pub struct Admitted {
 /// The server's shared state.
 pub struct Hub {
     /// The rooms, by `shard_of(room)`.
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[ShardLock]>,
     /// Keys the hash that spreads rooms over shards (room names come from clients).
     route: RandomState,
     /// The log, shared by every shard.
@@ -286,7 +291,7 @@ impl Hub {
         Ok(Hub {
             shards: parts
                 .into_iter()
-                .map(|part| Mutex::new(Shard::new(part)))
+                .map(|part| ShardLock(Mutex::new(Shard::new(part))))
                 .collect(),
             route,
             journal,
@@ -318,6 +323,7 @@ impl Hub {
     fn lock_shard(&self, index: usize) -> Locked<'_> {
         self.locked(
             self.shards[index]
+                .0
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         )
@@ -325,7 +331,7 @@ impl Hub {
 
     /// Takes shard `index`'s lock if it is free.
     fn try_lock_shard(&self, index: usize) -> Option<Locked<'_>> {
-        match self.shards[index].try_lock() {
+        match self.shards[index].0.try_lock() {
             Ok(guard) => Some(self.locked(guard)),
             Err(TryLockError::Poisoned(poisoned)) => Some(self.locked(poisoned.into_inner())),
             Err(TryLockError::WouldBlock) => None,
