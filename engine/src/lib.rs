@@ -11,6 +11,10 @@
 //!   [`Ticket`] that becomes durable after the writer thread's next group commit.
 //! - [`Materializer`] is the pure fold: it takes time from its events and from its
 //!   caller, never from the clock.
+//! - [`Engine::into_parts`] takes the two apart for a caller that folds rooms on
+//!   several threads: the materializer splits by room ([`Materializer::split`]) and
+//!   the [`Journal`] (the log's handle) is shared; an event appended while its part's
+//!   lock is held keeps the log's order equal to the fold's.
 //! - [`record`] is the versioned, checksummed on-disk format.
 //!
 //! ```
