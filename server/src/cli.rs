@@ -20,7 +20,7 @@ use rollcall_engine::UnixMs;
 
 use crate::auth::{self, Auth, Claims, RoomClaims};
 use crate::config::{ClusterConfig, CorruptDataPolicy, ServerConfig, TlsConfig};
-use crate::limits::Limits;
+use crate::limits::{self, Limits};
 use crate::listener::ConnectionLimits;
 
 /// Rollcall: a presence server. Clients heartbeat ephemeral state into rooms with a
@@ -180,35 +180,35 @@ pub struct ServeArgs {
     pub tick_ms: u64,
 
     /// Largest WebSocket message in bytes; larger ones close the connection with 1009.
-    #[arg(long, env = "ROLLCALL_MAX_MESSAGE_BYTES", default_value_t = 65_536)]
+    #[arg(long, env = "ROLLCALL_MAX_MESSAGE_BYTES", default_value_t = limits::DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
 
     /// Largest heartbeat `data`, in bytes of serialized JSON.
-    #[arg(long, env = "ROLLCALL_MAX_DATA_BYTES", default_value_t = 4_096)]
+    #[arg(long, env = "ROLLCALL_MAX_DATA_BYTES", default_value_t = limits::DEFAULT_MAX_DATA_BYTES)]
     pub max_data_bytes: usize,
 
     /// Longest TTL a heartbeat may ask for, in milliseconds.
-    #[arg(long, env = "ROLLCALL_MAX_TTL_MS", default_value_t = 3_600_000)]
+    #[arg(long, env = "ROLLCALL_MAX_TTL_MS", default_value_t = limits::DEFAULT_MAX_TTL_MS)]
     pub max_ttl_ms: u64,
 
     /// Rooms one connection may use at once (subscribed or holding its entry).
-    #[arg(long, env = "ROLLCALL_MAX_ROOMS_PER_CONNECTION", default_value_t = 128)]
+    #[arg(long, env = "ROLLCALL_MAX_ROOMS_PER_CONNECTION", default_value_t = limits::DEFAULT_MAX_ROOMS_PER_CONNECTION)]
     pub max_rooms_per_connection: usize,
 
     /// Live entries one room may hold.
-    #[arg(long, env = "ROLLCALL_MAX_ENTRIES_PER_ROOM", default_value_t = 10_000)]
+    #[arg(long, env = "ROLLCALL_MAX_ENTRIES_PER_ROOM", default_value_t = limits::DEFAULT_MAX_ENTRIES_PER_ROOM)]
     pub max_entries_per_room: usize,
 
     /// Sustained heartbeats per second per connection.
-    #[arg(long, env = "ROLLCALL_HEARTBEAT_RATE", default_value_t = 120)]
+    #[arg(long, env = "ROLLCALL_HEARTBEAT_RATE", default_value_t = limits::DEFAULT_HEARTBEATS_PER_SECOND)]
     pub heartbeat_rate: u32,
 
     /// Heartbeats per connection allowed in a burst.
-    #[arg(long, env = "ROLLCALL_HEARTBEAT_BURST", default_value_t = 240)]
+    #[arg(long, env = "ROLLCALL_HEARTBEAT_BURST", default_value_t = limits::DEFAULT_HEARTBEAT_BURST)]
     pub heartbeat_burst: u32,
 
     /// Milliseconds a new connection has to send `hello`.
-    #[arg(long, env = "ROLLCALL_HELLO_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "ROLLCALL_HELLO_TIMEOUT_MS", default_value_t = limits::DEFAULT_HELLO_TIMEOUT_MS)]
     pub hello_timeout_ms: u64,
 
     /// Seconds between pings to a quiet client.
@@ -257,12 +257,12 @@ pub struct ServeArgs {
     pub slow_consumer_timeout_secs: u64,
 
     /// Requests other than heartbeats per second per connection (burst twice that).
-    #[arg(long, env = "ROLLCALL_REQUEST_RATE", default_value_t = 100)]
+    #[arg(long, env = "ROLLCALL_REQUEST_RATE", default_value_t = limits::DEFAULT_REQUESTS_PER_SECOND)]
     pub request_rate: u32,
 
     /// WebSocket pings/pongs per second per connection (burst twice that); a flood
     /// closes the connection (4006).
-    #[arg(long, env = "ROLLCALL_CONTROL_FRAME_RATE", default_value_t = 10)]
+    #[arg(long, env = "ROLLCALL_CONTROL_FRAME_RATE", default_value_t = limits::DEFAULT_CONTROL_FRAMES_PER_SECOND)]
     pub control_frame_rate: u32,
 
     /// Turn auth on with an HS256 secret (a file of at least 32 random bytes).

@@ -33,7 +33,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_PAGE: usize = 1_000;
 /// What a heartbeat body may hold besides `data` (`ttlMs`, `clientId`, keys and
 /// whitespace): the body limit is `max_data_bytes` plus this.
-pub const BODY_ENVELOPE_BYTES: usize = 1_024;
+pub const BODY_ENVELOPE_BYTES: usize = rollcall_protocol::limits::HTTP_BODY_SLACK_BYTES;
 
 /// Shared by every request handler.
 #[derive(Clone, Debug)]
@@ -401,7 +401,7 @@ async fn heartbeat(
     let body = read_body(
         &headers,
         body,
-        limits.max_data_bytes.saturating_add(BODY_ENVELOPE_BYTES),
+        limits.max_http_body_bytes(),
         state.inner.config.connections.body_timeout,
     )
     .await?;
@@ -509,7 +509,7 @@ async fn upgrade(
     let shutdown = state.inner.shutdown.clone();
     let sessions = state.inner.sessions.clone();
     Ok(upgrade
-        .protocols(["rollcall.v1"])
+        .protocols([rollcall_protocol::SUBPROTOCOL])
         .max_message_size(limits.max_message_bytes)
         .max_frame_size(limits.max_message_bytes)
         // A small read buffer keeps idle connections cheap (it grows for big messages);
