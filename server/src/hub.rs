@@ -1537,4 +1537,64 @@ mod tests {
         assert_eq!(sweeper.join().unwrap(), 2);
         assert!(!listed(&busy_room));
     }
+
+    #[test]
+    fn threads_in_many_shards_keep_the_room_counts_true() {
+        let hub = Arc::new(sharded(8));
+        let rooms: Vec<Arc<str>> = (0..16).map(|r| format!("r{r}").into()).collect();
+        let outboxes: Vec<Arc<Outbox>> = rooms
+            .iter()
+            .map(|room| {
+                let outbox = Arc::new(Outbox::new());
+                hub.subscribe(room, &outbox, None, None, Duration::ZERO);
+                outbox
+            })
+            .collect();
+        std::thread::scope(|scope| {
+            for thread in 0..4u64 {
+                let (hub, rooms) = (&hub, &rooms);
+                scope.spawn(move || {
+                    let mut x = 0x9E37_79B9_7F4A_7C15 ^ (thread + 1);
+                    for _ in 0..2_000 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let room = &rooms[(x % 16) as usize];
+                        let client = ClientId((x >> 8) % 6 + 1);
+                        match (x >> 16) % 5 {
+                            0 => {
+                                hub.leave(room, client);
+                            }
+                            1 => {
+                                hub.sweep(UnixMs::now());
+                            }
+                            kind => {
+                                let ttl = if kind == 2 { 1 } else { 60_000 };
+                                hub.heartbeat(
+                                    room,
+                                    client,
+                                    None,
+                                    Bytes::from_static(b"1"),
+                                    Ttl(ttl),
+                                )
+                                .unwrap();
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        // The maintained counts match the shards' entries, room by room.
+        let mut expected: Vec<(String, usize)> = rooms
+            .iter()
+            .map(|r| (r.to_string(), hub.lock(r).materializer.room_len(r)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        expected.sort();
+        assert_eq!(hub.rooms_page(None, 100).rooms, expected);
+        // Publishing from several threads left every subscriber something to read.
+        for (room, outbox) in rooms.iter().zip(&outboxes) {
+            assert!(!frames(outbox).is_empty(), "{room}: nothing published");
+        }
+    }
 }
