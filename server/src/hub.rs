@@ -26,7 +26,7 @@ use rollcall_engine::{
 use tokio::sync::{Notify, watch};
 
 use crate::cluster::merge::{Merge, Origin, Removal, Upsert};
-use crate::cluster::{Links, Outgoing, RemoteChange, RemoteKind, RoomCommand, SyncReply};
+use crate::cluster::{Links, Outgoing, Reject, RemoteChange, RemoteKind, RoomCommand, SyncReply};
 use crate::error::Result;
 use crate::fanout::{Feed, Outbox, Published, Subscription};
 use crate::identity::Identity;
@@ -782,15 +782,26 @@ impl Locked<'_> {
     }
 
     /// Folds another node's upsert of `entry`, unless what this node holds is newer.
+    /// A new entry that would put the room past `max_entries` is refused, as a local
+    /// client's would be.
     fn upsert_remote(
         &mut self,
         room: &Arc<str>,
         origin: Origin,
         entry: Entry,
+        max_entries: usize,
         now: UnixMs,
-    ) -> Option<Change> {
+    ) -> Result<Option<Change>, Reject> {
         let shard = &mut **self.guard.as_mut().expect("held until dropped");
-        let merge = shard.merge.as_mut()?;
+        let materializer = &shard.materializer;
+        if materializer.get(room, entry.client, now).is_none()
+            && materializer.room_len(room) >= max_entries
+        {
+            return Err(Reject::RoomFull);
+        }
+        let Some(merge) = shard.merge.as_mut() else {
+            return Ok(None);
+        };
         let own_expiry = if merge.is_remote(room, entry.client) {
             None
         } else {
@@ -799,7 +810,10 @@ impl Locked<'_> {
                 .get(room, entry.client, now)
                 .map(|own| own.expires_at)
         };
-        match merge.upsert(room, origin, &entry, own_expiry, now)? {
+        let Some(action) = merge.upsert(room, origin, &entry, own_expiry, now) else {
+            return Ok(None);
+        };
+        match action {
             Upsert::Fold => {}
             Upsert::TakeOver => {
                 self.leave_logged(Leave {
@@ -810,17 +824,19 @@ impl Locked<'_> {
             }
         }
         // `at + ttl` is the owner's expiry, to the millisecond.
-        self.fold_unlogged(&Event::Heartbeat(Heartbeat {
+        Ok(self.fold_unlogged(&Event::Heartbeat(Heartbeat {
             room: room.clone(),
             client: entry.client,
             user: entry.user,
             data: entry.data,
             ttl: Ttl(0),
             at: entry.expires_at,
-        }))
+        })))
     }
 
-    /// Removes another node's entry (kind `Leave` or `Expire`).
+    /// Removes another node's entry (kind `Leave` or `Expire`). A leave of an entry
+    /// this node holds as its own is taken only from the node that allocated the
+    /// client's id.
     fn remove_remote(
         &mut self,
         room: &Arc<str>,
@@ -828,24 +844,36 @@ impl Locked<'_> {
         client: ClientId,
         kind: ChangeKind,
         now: UnixMs,
-    ) -> Option<Change> {
+    ) -> Result<Option<Change>, Reject> {
         let shard = &mut **self.guard.as_mut().expect("held until dropped");
-        let merge = shard.merge.as_mut()?;
+        let Some(merge) = shard.merge.as_mut() else {
+            return Ok(None);
+        };
         let holds_own =
             !merge.is_remote(room, client) && shard.materializer.get(room, client, now).is_some();
+        if holds_own
+            && kind == ChangeKind::Leave
+            && client.0 >> crate::identity::NODE_SHIFT != u64::from(origin.node)
+        {
+            return Err(Reject::Owner);
+        }
         let leave = Leave {
             room: room.clone(),
             client,
             at: now,
         };
-        match merge.remove(room, origin, client, kind, holds_own)? {
-            Removal::Own => self.leave_logged(leave).map(|(change, _)| change),
-            Removal::Remote(kind) => {
-                let mut change = self.fold_unlogged(&Event::Leave(leave))?;
-                change.kind = kind;
-                Some(change)
-            }
-        }
+        Ok(
+            match merge.remove(room, origin, client, kind, holds_own, now) {
+                None => None,
+                Some(Removal::Own) => self.leave_logged(leave).map(|(change, _)| change),
+                Some(Removal::Remote(kind)) => {
+                    self.fold_unlogged(&Event::Leave(leave)).map(|mut change| {
+                        change.kind = kind;
+                        change
+                    })
+                }
+            },
+        )
     }
 
     fn fan_out(&mut self, change: &Change) {
@@ -872,8 +900,26 @@ impl crate::cluster::LocalState for Hub {
         Hub::owned_entries(self, room, now)
     }
 
-    fn apply_remote(&self, room: &Arc<str>, generation: u64, payload: &[u8], now: UnixMs) {
-        Hub::apply_remote(self, room, generation, payload, now);
+    fn limits(&self) -> &Limits {
+        Hub::limits(self)
+    }
+
+    fn apply_remote(
+        &self,
+        room: &Arc<str>,
+        generation: u64,
+        change: RemoteChange,
+        now: UnixMs,
+    ) -> Result<(), Reject> {
+        Hub::apply_remote(self, room, generation, change, now)
+    }
+
+    fn node_lost(&self, node: u16, now: UnixMs) {
+        Hub::node_lost(self, node, now);
+    }
+
+    fn owned_rooms_page(&self, after: Option<&str>, limit: usize) -> RoomsPage {
+        Hub::owned_rooms_page(self, after, limit)
     }
 
     fn sync_started(&self, room: &str, generation: u64) {
@@ -910,38 +956,99 @@ impl Hub {
         }
     }
 
-    /// Folds a change another node published in `room`.
-    pub fn apply_remote(&self, room: &Arc<str>, generation: u64, payload: &[u8], now: UnixMs) {
-        let Some(remote) = crate::cluster::decode_change(payload) else {
-            tracing::debug!(%room, "cluster: ignored a malformed change");
-            return;
-        };
-        self.metrics.cluster_received.increment(1);
+    /// Folds an authenticated change another node published in `room`.
+    pub fn apply_remote(
+        &self,
+        room: &Arc<str>,
+        generation: u64,
+        remote: RemoteChange,
+        now: UnixMs,
+    ) -> Result<(), Reject> {
         let mut shard = self.lock(room);
         if !shard
             .merge
             .as_ref()
             .is_some_and(|m| m.accepts(room, generation, remote.node))
         {
-            return;
+            return Ok(());
         }
         let RemoteChange {
             node,
             seq,
             client,
             kind,
+            ..
         } = remote;
         let origin = Origin { node, seq };
+        let max_entries = self.limits.max_entries_per_room;
         let change = match kind {
-            RemoteKind::Upsert(entry) => shard.upsert_remote(room, origin, entry, now),
+            RemoteKind::Upsert(entry) => shard.upsert_remote(room, origin, entry, max_entries, now),
             RemoteKind::Leave => shard.remove_remote(room, origin, client, ChangeKind::Leave, now),
             RemoteKind::Expire => {
                 shard.remove_remote(room, origin, client, ChangeKind::Expire, now)
             }
-        };
+        }?;
         if let Some(change) = change {
             shard.fan_out(&change);
         }
+        Ok(())
+    }
+
+    /// Node `node` is taken for dead: removes its entries from every followed room,
+    /// unlogged (subscribers see them leave), one shard at a time. They come back when
+    /// it republishes.
+    pub fn node_lost(&self, node: u16, now: UnixMs) {
+        for index in 0..self.shards.len() {
+            let mut shard = self.lock_shard(index);
+            let Some(merge) = &mut shard.merge else {
+                return;
+            };
+            for (room, client) in merge.lost(node, now) {
+                if let Some(change) = shard.fold_unlogged(&Event::Leave(Leave {
+                    room,
+                    client,
+                    at: now,
+                })) {
+                    shard.fan_out(&change);
+                }
+            }
+        }
+    }
+
+    /// A page of rooms (after `after`, at most `limit`) with this node's own entries
+    /// only: what it answers to another node listing the cluster's rooms. The cursor
+    /// says how far the page got, whatever was left out for holding no own entry.
+    /// Takes each listed room's shard lock in turn.
+    pub(crate) fn owned_rooms_page(&self, after: Option<&str>, limit: usize) -> RoomsPage {
+        let mut page = self.counts.page(after, limit);
+        if self.cluster.get().is_some() {
+            for (room, count) in &mut page.rooms {
+                let remote = self
+                    .lock(room)
+                    .merge
+                    .as_ref()
+                    .map_or(0, |merge| merge.remote_in(room));
+                *count = count.saturating_sub(remote);
+            }
+            page.rooms.retain(|(_, count)| *count > 0);
+        }
+        page
+    }
+
+    /// The live entries of `room` this node holds, and whether they are the whole
+    /// cluster's: the room is followed and synced. Otherwise they are this node's own
+    /// only (a REST read asks the other nodes for theirs). Copied under the room's
+    /// shard lock.
+    pub fn room_entries(&self, room: &str) -> (Vec<Entry>, bool) {
+        let now = UnixMs::now();
+        let shard = self.lock(room);
+        let complete = self.cluster.get().is_none()
+            || shard
+                .subscribers
+                .get(room)
+                .is_some_and(|feed| feed.waiting.is_none());
+        let entries = shard.materializer.entries(room, now).cloned().collect();
+        (entries, complete)
     }
 
     /// A sync of `room` begins: removals are remembered until it ends.
@@ -983,10 +1090,13 @@ impl Hub {
                 continue;
             }
             let mut listed = hashbrown::HashSet::with_capacity(reply.entries.len());
+            let max_entries = self.limits.max_entries_per_room;
             for entry in reply.entries {
                 listed.insert(entry.client);
-                if let Some(change) = shard.upsert_remote(room, origin, entry, now) {
-                    shard.fan_out(&change);
+                match shard.upsert_remote(room, origin, entry, max_entries, now) {
+                    Ok(Some(change)) => shard.fan_out(&change),
+                    Ok(None) => {}
+                    Err(reject) => self.metrics.cluster_rejected(reject),
                 }
             }
             let gone = shard
@@ -995,11 +1105,14 @@ impl Hub {
                 .map(|m| m.unlisted(room, origin, &listed))
                 .unwrap_or_default();
             for client in gone {
-                if let Some(change) =
-                    shard.remove_remote(room, origin, client, ChangeKind::Leave, now)
-                {
-                    shard.fan_out(&change);
+                match shard.remove_remote(room, origin, client, ChangeKind::Leave, now) {
+                    Ok(Some(change)) => shard.fan_out(&change),
+                    Ok(None) => {}
+                    Err(reject) => self.metrics.cluster_rejected(reject),
                 }
+            }
+            if let Some(merge) = &mut shard.merge {
+                merge.reply_folded(room, origin);
             }
         }
         if let Some(merge) = &mut shard.merge {
@@ -1156,7 +1269,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::cluster::{self, encode_change};
+    use crate::cluster::{self, decode_change, encode_change};
     use crate::fanout::Drained;
 
     const ROOM: &str = "room";
@@ -1177,7 +1290,7 @@ mod tests {
         out.frames.iter().map(ToString::to_string).collect()
     }
 
-    fn remote(node: u16, seq: u64, client: u64, kind: ChangeKind) -> Vec<u8> {
+    fn remote(node: u16, seq: u64, client: u64, kind: ChangeKind) -> RemoteChange {
         let change = Change {
             room: ROOM.into(),
             kind,
@@ -1188,7 +1301,7 @@ mod tests {
                 expires_at: UnixMs(NOW.0 + 60_000),
             },
         };
-        encode_change(node, seq, &change).to_vec()
+        decode_change(&encode_change(node, seq, NOW, &change)).unwrap()
     }
 
     fn clients(hub: &Hub) -> Vec<u64> {
@@ -1236,9 +1349,12 @@ mod tests {
         hub.subscribe(&room, &outbox, None, None, Duration::ZERO);
         hub.sync_started(&room, 1);
         // During the sync: client 5 arrives (seq 10) and client 6 leaves (seq 12).
-        hub.apply_remote(&room, 1, &remote(2, 10, 5, ChangeKind::Insert), NOW);
-        hub.apply_remote(&room, 1, &remote(2, 11, 6, ChangeKind::Insert), NOW);
-        hub.apply_remote(&room, 1, &remote(2, 12, 6, ChangeKind::Leave), NOW);
+        hub.apply_remote(&room, 1, remote(2, 10, 5, ChangeKind::Insert), NOW)
+            .unwrap();
+        hub.apply_remote(&room, 1, remote(2, 11, 6, ChangeKind::Insert), NOW)
+            .unwrap();
+        hub.apply_remote(&room, 1, remote(2, 12, 6, ChangeKind::Leave), NOW)
+            .unwrap();
         // A reply taken at seq 9 lists 6 but not 5: neither may change.
         let entry = |client| Entry {
             client: ClientId(client),
@@ -1254,7 +1370,8 @@ mod tests {
         hub.sync_finished(&room, 1, vec![reply], true, NOW);
         assert_eq!(clients(&hub), vec![5]);
         // A late, older upsert of 5 and a stale leave do nothing.
-        hub.apply_remote(&room, 1, &remote(2, 8, 5, ChangeKind::Leave), NOW);
+        hub.apply_remote(&room, 1, remote(2, 8, 5, ChangeKind::Leave), NOW)
+            .unwrap();
         assert_eq!(clients(&hub), vec![5]);
         // A newer reply that no longer lists 5 removes it.
         hub.sync_started(&room, 1);
@@ -1271,7 +1388,8 @@ mod tests {
         );
         assert!(clients(&hub).is_empty());
         // Messages of an earlier following of the room are ignored.
-        hub.apply_remote(&room, 0, &remote(2, 30, 5, ChangeKind::Insert), NOW);
+        hub.apply_remote(&room, 0, remote(2, 30, 5, ChangeKind::Insert), NOW)
+            .unwrap();
         assert!(clients(&hub).is_empty());
     }
 
@@ -1282,7 +1400,8 @@ mod tests {
         let outbox = Arc::new(Outbox::new());
         let subscription = hub.subscribe(&room, &outbox, None, None, Duration::ZERO);
         hub.sync_finished(&room, 1, Vec::new(), true, NOW);
-        hub.apply_remote(&room, 1, &remote(2, 10, 5, ChangeKind::Insert), NOW);
+        hub.apply_remote(&room, 1, remote(2, 10, 5, ChangeKind::Insert), NOW)
+            .unwrap();
         let own = ClientId(1 << 40 | 1);
         hub.heartbeat(&room, own, None, Bytes::from_static(b"2"), Ttl(60_000))
             .unwrap();
@@ -1300,7 +1419,8 @@ mod tests {
         assert!(expired.seq > published.seq);
         assert!(changes.try_recv().is_err());
         // The last subscriber leaving forgets the other nodes' entries.
-        hub.apply_remote(&room, 1, &remote(2, 11, 5, ChangeKind::Insert), NOW);
+        hub.apply_remote(&room, 1, remote(2, 11, 5, ChangeKind::Insert), NOW)
+            .unwrap();
         hub.unsubscribe(&outbox, &subscription);
         assert!(clients(&hub).is_empty());
     }
