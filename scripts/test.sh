@@ -6,6 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Everything the tests need, checked before any runs: installed when missing (as
+# root), or a stop at once with the command that installs it.
+scripts/prerequisites.sh
+export PATH="$PATH:/usr/sbin"  # Debian's nats-server and nginx live there
+
 echo "==> building the rollcall binary"
 cargo build --locked -p rollcall-server --bin rollcall
 export ROLLCALL_BIN="$PWD/target/debug/rollcall"

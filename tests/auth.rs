@@ -1,4 +1,6 @@
-//! Authentication and authorization, end to end against the real binary: every kind of
+//! Authentication and authorization, end to end against real servers (in-process; a
+//! process of their own where a test reads `/metrics`) and the real `rollcall token`
+//! binary: every kind of
 //! bad token is refused with its own code, rooms outside a token are `forbidden`
 //! without leaking anything, resume tokens cannot take another client or user, tokens
 //! expire on open connections (4004) unless renewed with `auth`, the REST API needs
@@ -6,82 +8,15 @@
 //! allow-list holds. Each test prints its figures (`cargo test --test auth --
 //! --nocapture`); `docs/security.md` explains the model.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use rollcall_tests::{Raw, RawEvent, Server, binary, http_with, wire};
+use jsonwebtoken::{Algorithm, EncodingKey};
+use rollcall_tests::jwt::{SECRET, SecretFile, hs256, now_s, sign};
+use rollcall_tests::keys::{EC_PRIVATE, EC_PUBLIC, OTHER_EC_PRIVATE, RSA_PRIVATE, RSA_PUBLIC};
+use rollcall_tests::{Launch, Raw, RawEvent, Server, binary, http, http_with, wire};
 use serde_json::{Value, json};
-
-/// The HS256 secret of the test servers (at least 32 bytes, as the server demands).
-const SECRET: &str = "rollcall-test-secret-0123456789abcdefghijklmnop";
-
-const EC_PRIVATE: &str = "\
------BEGIN PRIVATE KEY-----\n\
-MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgYF6IZsI6n2qE7je9\n\
-C76Nk7radjfHQE7EA/P9yVzY6A2hRANCAAQHRAcOQ4+m/1at/PgcWJQuW1gtQVgK\n\
-doHZPn3zXvqq586QtTuTAHidTlgj8Vc0hBxq40K8SgCfscmzn6vWcS6q\n\
------END PRIVATE KEY-----\n\
-";
-
-const EC_PUBLIC: &str = "\
------BEGIN PUBLIC KEY-----\n\
-MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEB0QHDkOPpv9Wrfz4HFiULltYLUFY\n\
-CnaB2T598176qufOkLU7kwB4nU5YI/FXNIQcauNCvEoAn7HJs5+r1nEuqg==\n\
------END PUBLIC KEY-----\n\
-";
-
-const RSA_PRIVATE: &str = "\
------BEGIN PRIVATE KEY-----\n\
-MIIEugIBADANBgkqhkiG9w0BAQEFAASCBKQwggSgAgEAAoIBAQCljI4Qx4j4yLFP\n\
-/dIK753b4DuO1lknYlF/1a65chZVKE06ZsR+rSYNrzmwWepwGAvt0yjhYplOA9SL\n\
-YRKDdXerur9jKkg+Z/lVMPTBmga8BlkKFYpZKaqY/jKWjC6FJscOU2lZiiidXPGs\n\
-LBle+RXDlys35L2keMvznjeIgwFsIwXReXAmIhxtcbsz9Is1d3DxGSuKxLY7y1oU\n\
-KisVUze9wtlDvr/TsIj7TKKInlcfSMucUpmrUljBeMWIE4xdTsszF+PdB52+sQD0\n\
-sTlDgimTBR8MirGPMn5owaxvcjK1I255dXV/F2Wml7bfVT3dxKLXCMTc2yQGicGB\n\
-yn+1PHjZAgMBAAECgf8fJdLqVUtFg9KDZROf+yA4aSLLkojeYCFKwWmeeq4OV7GF\n\
-diXXr7xOgX7ZL2cXWsQ5Jaxgu6xx1pv8SByznzu6PpNulQYCt+KxpK8TE2fbo1Yd\n\
-ZPAi1oltP7vvl3B+nPfW5NrC02Z7ioFDY7NiVdCX0a7QAA8DuGFR9PLTPH2IBWwa\n\
-nvDgCQT7CBPeOW43gPvw+v3+HXFxZZmDTFOActdw/+yDH7XF62Wjel0TMvGuXUZ0\n\
-Z4DvqJoxGHy2qT9ahHEGJafbUKGR2xnlA97lYEETHHfDluTzbNRH6lmpQd4eXo+w\n\
-wUZ0HmpMtzIiiKxHKsOIDrGGdNVUAmKHU16OSV8CgYEAz1bcUP3J4/hWstBfX2MR\n\
-XG+7UOq6lqErIVPdUFQaFCEQUFrgR7yfs+9M2KyTqZTa7rcwXJh2YPjcumDf7emi\n\
-z5MxRVQ7/4tgTJszN3eWz80fHElF/dO//kpKv6vWt6sXlnFuDEg7EIGpHNyVbope\n\
-moCfR0JRjpWRJdAQevQD4n8CgYEAzGblhQwgFrZieWu4yc80StTSP8A+ulAunHEe\n\
-wwP4a/KUP1LpsHGdqHKIMTfVbYN5nE56J8az5tzRIIqCqeOl/EpkVeCll7oHKNTj\n\
-WfbmH5JZ05ePJ486+ibof2bpR2+KcdhJJMiygsEGitxS/YCKIPiUlfejI25Dp+Te\n\
-4REASKcCgYBl7zJJrzv+lC0rpD3/S1lRtKzGz2AEhiAKNozr3S0lEExQ9RymqBls\n\
-AQ4qyE2gZcps6isgmuQ4MKF0EASHlwGwQ5FJoGwO6prhjrvTXTwL1bCh23RJoj0V\n\
-67hsGzNpAPiLwiB0cV54cwaNZfUhb22rT+j+w6ANFYNSr8QqbqUqSQKBgEBYeBJ9\n\
-MbDUs4VTwvVM1EJmYtWM2HJggXvgJHXxzwd0cvTITiasbZw0iekskXSLOgJZthzF\n\
-cabQhsj+sYl3z63vYUyjjp2IA274LaYJkoIH2V1Bzd//N+q9yt0ocXF6jJOwKb55\n\
-q7B7wWp/V2TUTSd5+ZSIQ4QI1yWIaB1j87nrAoGAFGxaJwdi2cfUcOQjVaSADRty\n\
-O311Qz9D8V3jmROT21RAIAXA3tqtB3zltCIZ+4HLCnp8Kt/hvOUOWiYJh0hkdni9\n\
-vVhEpR7JeFVetsizyznNgvkmLQ2jV6lqH9hhBQ4a2jCUUApYz1DNKOpzWarzf668\n\
-EEXbAdl03Vapu3XrV4I=\n\
------END PRIVATE KEY-----\n\
-";
-
-const RSA_PUBLIC: &str = "\
------BEGIN PUBLIC KEY-----\n\
-MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEApYyOEMeI+MixT/3SCu+d\n\
-2+A7jtZZJ2JRf9WuuXIWVShNOmbEfq0mDa85sFnqcBgL7dMo4WKZTgPUi2ESg3V3\n\
-q7q/YypIPmf5VTD0wZoGvAZZChWKWSmqmP4ylowuhSbHDlNpWYoonVzxrCwZXvkV\n\
-w5crN+S9pHjL8543iIMBbCMF0XlwJiIcbXG7M/SLNXdw8RkrisS2O8taFCorFVM3\n\
-vcLZQ76/07CI+0yiiJ5XH0jLnFKZq1JYwXjFiBOMXU7LMxfj3QedvrEA9LE5Q4Ip\n\
-kwUfDIqxjzJ+aMGsb3IytSNueXV1fxdlppe231U93cSi1wjE3NskBonBgcp/tTx4\n\
-2QIDAQAB\n\
------END PUBLIC KEY-----\n\
-";
-
-const OTHER_EC_PRIVATE: &str = "\
------BEGIN PRIVATE KEY-----\n\
-MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgTvIWh0ywGCh+E176\n\
-jQIKntiHF8SGtWVRa/mYSckwFoihRANCAARb93GKsCFLkm1vmFJGUSZyyRv0a0HH\n\
-cPQypFX3Q1OIQktvx0epRBWdKfiz2PwzYHTdF4XbKLsrsJuFaDTwbVqD\n\
------END PRIVATE KEY-----\n\
-";
 
 /// A server with auth on, and the temporary directory holding its key file.
 struct AuthServer {
@@ -90,31 +25,39 @@ struct AuthServer {
 }
 
 impl AuthServer {
-    /// HS256 with [`SECRET`].
+    /// HS256 with [`SECRET`] (followed by a newline, as editors write it), in-process.
     fn hs256(extra: &[&str]) -> AuthServer {
-        let dir = tempfile::tempdir().unwrap();
-        let secret = dir.path().join("secret");
-        std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
-        AuthServer::with_key("--auth-secret-file", &secret, dir, extra)
+        AuthServer::hs256_on(extra, Launch::in_process)
     }
 
-    /// ES256 or RS256 with this public key.
+    /// HS256 with [`SECRET`], as a process of its own (for tests that read
+    /// `/metrics`, which are per process).
+    fn hs256_process(extra: &[&str]) -> AuthServer {
+        AuthServer::hs256_on(extra, Launch::start)
+    }
+
+    fn hs256_on(extra: &[&str], start: fn(Launch) -> Server) -> AuthServer {
+        let secret = SecretFile::holding(&format!("{SECRET}\n"));
+        let launch = Server::launch()
+            .arg("--auth-secret-file")
+            .arg(secret.path.display().to_string())
+            .args(extra.iter().copied());
+        AuthServer {
+            server: start(launch),
+            dir: secret.dir,
+        }
+    }
+
+    /// ES256 or RS256 with this public key, in-process.
     fn public_key(pem: &str) -> AuthServer {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("key.pub");
         std::fs::write(&key, pem).unwrap();
-        AuthServer::with_key("--auth-public-key", &key, dir, &[])
-    }
-
-    fn with_key(flag: &str, key: &Path, dir: tempfile::TempDir, extra: &[&str]) -> AuthServer {
-        let mut launch = Server::launch().arg(flag).arg(key.display().to_string());
-        for arg in extra {
-            launch = launch.arg(*arg);
-        }
-        AuthServer {
-            server: launch.start(),
-            dir,
-        }
+        let server = Server::launch()
+            .arg("--auth-public-key")
+            .arg(key.display().to_string())
+            .in_process();
+        AuthServer { server, dir }
     }
 
     fn url(&self) -> String {
@@ -149,28 +92,9 @@ impl AuthServer {
     }
 }
 
-fn now_s() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 /// Claims for `sub` with these room patterns, expiring `exp_in` seconds from now.
 fn claims(sub: &str, read: &[&str], write: &[&str], exp_in: i64) -> Value {
     json!({"sub": sub, "exp": now_s() + exp_in, "rooms": {"read": read, "write": write}})
-}
-
-fn sign(claims: &Value, algorithm: Algorithm, key: &EncodingKey) -> String {
-    jsonwebtoken::encode(&Header::new(algorithm), claims, key).unwrap()
-}
-
-fn hs256(claims: &Value) -> String {
-    sign(
-        claims,
-        Algorithm::HS256,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -213,23 +137,7 @@ fn tampered(token: &str, claims: &Value) -> String {
 /// Says hello with `token` and returns what came back: the code of an error
 /// followed by close 4003, or `Ok(welcome)`.
 async fn hello(url: &str, token: Option<&str>) -> Result<(Raw, Value), (String, Option<u16>)> {
-    let mut message = json!({"type": "hello"});
-    if let Some(token) = token {
-        message["token"] = token.into();
-    }
-    let (mut raw, first) = Raw::hello_with(url, &message).await;
-    match first {
-        RawEvent::Json(value) if value["type"] == "welcome" => Ok((raw, value)),
-        RawEvent::Json(value) if value["type"] == "error" => {
-            let code = value["code"].as_str().unwrap_or_default().to_owned();
-            let close = match raw.next().await {
-                RawEvent::Closed(code) => Some(code),
-                _ => None,
-            };
-            Err((code, close))
-        }
-        other => panic!("unexpected answer to hello: {other:?}"),
-    }
+    Raw::hello_token(url, token).await
 }
 
 /// Runs every case against `url`: each must be refused with its code and close 4003.
@@ -252,7 +160,7 @@ async fn refuse_all(url: &str, cases: &[(&str, Option<String>, &str)]) -> usize 
 
 #[tokio::test]
 async fn every_bad_token_is_refused_with_its_code_and_close_4003() {
-    let auth = AuthServer::hs256(&[]);
+    let auth = AuthServer::hs256_process(&[]);
     let good = claims("alice", &["pr:*"], &["pr:*"], 600);
     let valid = hs256(&good);
     let other_secret = EncodingKey::from_secret(b"another-secret-another-secret-another");
@@ -447,7 +355,7 @@ fn leaks<'a>(messages: &'a [Value], room: &str) -> Vec<&'a Value> {
 
 #[tokio::test]
 async fn rooms_outside_the_token_are_forbidden_and_nothing_leaks() {
-    let auth = AuthServer::hs256(&[]);
+    let auth = AuthServer::hs256_process(&[]);
     // Bob may write the secret room; alice may read the team rooms and write one.
     let bob = hs256(&claims(
         "bob",
@@ -720,7 +628,7 @@ async fn token_expiry_closes_4004_unless_renewed_on_the_same_connection() {
 
 #[tokio::test]
 async fn auth_without_auth_on_the_server_is_a_bad_request() {
-    let server = Server::start();
+    let server = Server::in_process();
     let (mut raw, _) = Raw::hello(&server.ws_url()).await;
     raw.send(r#"{"type":"auth","token":"x","ref":3}"#).await;
     let error = raw.until("error").await;
@@ -947,7 +855,7 @@ async fn origin_allow_list_refuses_foreign_origins_and_allows_missing_ones() {
     let server = Server::launch()
         .arg("--allowed-origin")
         .arg("https://app.example.com")
-        .start();
+        .in_process();
     let addr = server.addr;
     let own = format!("http://{addr}");
     let cases: [(&str, Option<&str>, u16); 6] = [
@@ -970,28 +878,14 @@ async fn origin_allow_list_refuses_foreign_origins_and_allows_missing_ones() {
     }
     // The refusal is the API's JSON error.
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
     let request = wire::upgrade_request(addr, &[("Origin", "https://evil.example.com")]);
     std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
-    let (status, head) = wire::read_head(&mut stream).unwrap();
+    let (status, body) = http::response(&mut stream, Duration::from_secs(10)).unwrap();
     assert_eq!(status, 403);
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(|v| v.trim().parse().unwrap())
-        })
-        .expect("content-length");
-    let mut body = vec![0; length];
-    std::io::Read::read_exact(&mut stream, &mut body).unwrap();
-    let body: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["error"], "forbidden", "{body}");
 
     // Without an allow-list, every origin may connect (documented default).
-    let open = Server::start();
+    let open = Server::in_process();
     assert_eq!(
         wire::upgrade_status(open.addr, &[("Origin", "https://evil.example.com")]).unwrap(),
         101
@@ -1006,7 +900,7 @@ async fn origin_allow_list_is_not_bypassed_by_a_rebinding_host() {
     let server = Server::launch()
         .arg("--allowed-origin")
         .arg("https://app.example.com")
-        .start();
+        .in_process();
     let port = server.addr.port();
     let evil = format!("evil.example:{port}");
     let request = format!(

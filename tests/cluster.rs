@@ -1,7 +1,8 @@
 //! Cluster mode: three `rollcall` nodes and a real `nats-server` on loopback.
 //!
-//! Needs `nats-server` on the PATH (`.ci/run` installs Debian's). Without it these
-//! tests say so and pass, except in CI (`CI` set), where they fail.
+//! Needs `nats-server` on the PATH (`.ci/run` and `scripts/test.sh` install Debian's).
+//! Without it these tests say so in a banner on stderr and pass, except under CI (`CI`
+//! set), where they fail.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

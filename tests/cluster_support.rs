@@ -30,19 +30,17 @@ fn nats_binary() -> Option<&'static str> {
 }
 
 impl Nats {
-    /// `None` (with a note) when nats-server is not installed outside CI.
+    /// `None` when nats-server is not installed, said loudly (a failure under CI).
     pub fn start() -> Option<Nats> {
         Nats::start_with(&[])
     }
 
     /// [`Nats::start`] with extra arguments; `{port}` in them is replaced by the port.
     pub fn start_with(args: &[&str]) -> Option<Nats> {
-        if nats_binary().is_none() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "nats-server is not installed (apt-get install nats-server)"
-            );
-            eprintln!("SKIPPED: nats-server is not installed (apt-get install nats-server)");
+        if !rollcall_tests::require::that(
+            nats_binary().is_some(),
+            "nats-server is not installed (apt-get install -y nats-server)",
+        ) {
             return None;
         }
         let port = TcpListener::bind("127.0.0.1:0")

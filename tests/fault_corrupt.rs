@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rollcall_tests::{Server, Started};
+use rollcall_tests::{Server, Started, noise};
 use serde_json::Value;
 
 const ENTRIES: usize = 60;
@@ -61,18 +61,6 @@ fn write_entries(server: &Server) -> BTreeMap<(String, u64), Value> {
         );
     }
     expected
-}
-
-/// Deterministic "random" bytes (xorshift), so a failure can be reproduced.
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as u8
-        })
-        .collect()
 }
 
 /// Every live entry the server holds.

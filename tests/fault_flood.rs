@@ -85,7 +85,7 @@ async fn cpu_share<T>(server: &Server, during: impl std::future::Future<Output =
 
 #[test]
 fn a_ping_or_pong_flood_is_closed_with_4006() {
-    let server = Server::start();
+    let server = Server::in_process();
     for (name, opcode) in [("ping", wire::PING), ("pong", wire::PONG)] {
         let started = Instant::now();
         let mut codes = Vec::new();
@@ -282,7 +282,7 @@ async fn a_request_flood_is_cut_off_with_4006_not_answered_forever() {
     // docs/protocol.md: 4006 is "too many control frames or pings". A connection that
     // keeps sending far over the request rate costs the server a parse and an error
     // frame per request for as long as it likes; it should be closed instead.
-    let server = Server::start();
+    let server = Server::in_process();
     let (mut raw, _) = Raw::hello(&server.ws_url()).await;
     for _ in 0..BURST {
         raw.socket

@@ -155,7 +155,7 @@ fn a_1_mb_handshake_header_is_answered_431() {
 
 #[test]
 fn a_message_at_the_size_limit_is_read_and_one_byte_more_closes_1009() {
-    let server = Server::start();
+    let server = Server::in_process();
     let limit = 65_536usize;
     let message = |len: usize| {
         let prefix = r#"{"type":"heartbeat","room":"pr:size","ttlMs":1000,"data":""#;

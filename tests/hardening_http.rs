@@ -7,18 +7,22 @@
 //! hardening_http -- --nocapture`).
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use rollcall_tests::{Raw, RawEvent, Server, binary, http_with, wire};
+use rollcall_tests::http::{request, response, send};
+use rollcall_tests::jwt::{SecretFile, hs256, hs256_with, now_s};
+use rollcall_tests::keys::{
+    EC_PRIVATE, EC_PUBLIC, EC_SEC1, EC_SEC1_WITH_PARAMETERS, EC_WITH_PARAMETERS_PUBLIC, ED25519,
+    P384_SEC1,
+};
+use rollcall_tests::{Launch, Raw, Server, binary, http_with};
 use serde_json::{Value, json};
 
-/// The HS256 secret of the auth servers here (at least 32 bytes).
-const SECRET: &str = "rollcall-hardening-secret-0123456789abcdefghijkl";
 /// What the issue's attacker announced: the largest body axum reads by default.
 const TWO_MIB: usize = 2 * 1024 * 1024;
 /// The default `--max-data-bytes`.
@@ -31,92 +35,20 @@ const CONNECTIONS: usize = 100;
 /// A request case: name, extra header lines, expected status and error code.
 type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16, &'a str);
 
-/// A server with HS256 auth on and these extra flags; the temp dir holds the secret.
-fn auth_server(extra: &[&str]) -> (Server, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, SECRET).unwrap();
-    let mut launch = Server::launch()
+/// A server with HS256 auth on and these extra flags, started by `start`
+/// ([`Launch::in_process`] unless the test measures the process); the temp dir holds
+/// the secret.
+fn auth_server(extra: &[&str], start: fn(Launch) -> Server) -> (Server, tempfile::TempDir) {
+    let secret = SecretFile::new();
+    let launch = Server::launch()
         .arg("--auth-secret-file")
-        .arg(secret.display().to_string());
-    for arg in extra {
-        launch = launch.arg(*arg);
-    }
-    (launch.start(), dir)
-}
-
-fn now_s() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-fn hs256_with(header: &Header, claims: &Value) -> String {
-    jsonwebtoken::encode(header, claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
-}
-
-fn hs256(claims: &Value) -> String {
-    hs256_with(&Header::new(Algorithm::HS256), claims)
+        .arg(secret.path.display().to_string())
+        .args(extra.iter().copied());
+    (start(launch), secret.dir)
 }
 
 fn admin_token() -> String {
     hs256(&json!({"sub": "ops", "exp": now_s() + 600, "admin": true}))
-}
-
-/// Opens a connection and writes a request head with these header lines, then
-/// `body` (all, some or none of the body the head announces).
-fn send(addr: SocketAddr, head: &str, headers: &[(&str, &str)], body: &[u8]) -> TcpStream {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    let mut request = format!("{head} HTTP/1.1\r\nHost: {addr}\r\n");
-    for (name, value) in headers {
-        request.push_str(name);
-        request.push_str(": ");
-        request.push_str(value);
-        request.push_str("\r\n");
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-    stream
-}
-
-/// Reads one response within `within`: status and JSON body (`Null` if empty).
-fn response(stream: &mut TcpStream, within: Duration) -> io::Result<(u16, Value)> {
-    stream.set_read_timeout(Some(within))?;
-    let (status, head) = wire::read_head(stream)?;
-    if status == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "closed without a response",
-        ));
-    }
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0);
-    let mut body = vec![0; length];
-    stream.read_exact(&mut body)?;
-    let body = if body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&body)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
-    };
-    Ok((status, body))
-}
-
-/// A whole request with `Connection: close`: status and JSON body.
-fn request(addr: SocketAddr, head: &str, headers: &[(&str, &str)], body: &str) -> (u16, Value) {
-    let length = body.len().to_string();
-    let mut all = vec![("Connection", "close"), ("Content-Length", length.as_str())];
-    all.extend_from_slice(headers);
-    let mut stream = send(addr, head, &all, body.as_bytes());
-    response(&mut stream, Duration::from_secs(30)).expect("a response")
 }
 
 /// The entries of `room` (percent-encoded name) over REST, as `(clientId, data)`.
@@ -134,7 +66,10 @@ fn entries(server: &Server, room: &str) -> Vec<(u64, Value)> {
 
 #[test]
 fn unauthenticated_bodies_are_refused_before_reading() {
-    let (server, _dir) = auth_server(&["--allowed-origin", "https://app.example.com"]);
+    let (server, _dir) = auth_server(
+        &["--allowed-origin", "https://app.example.com"],
+        Launch::start,
+    );
     let addr = server.addr;
     let admin = format!("Bearer {}", admin_token());
     let reader = format!(
@@ -285,7 +220,7 @@ fn unauthenticated_bodies_are_refused_before_reading() {
 
 #[test]
 fn rest_bodies_over_the_size_cap_are_refused_with_413() {
-    let server = Server::start();
+    let server = Server::in_process();
     let addr = server.addr;
     let cap = MAX_DATA + ENVELOPE;
 
@@ -338,8 +273,11 @@ fn rest_bodies_over_the_size_cap_are_refused_with_413() {
     // byte more is not.
     for (max_data, server) in [(MAX_DATA, None), (100, Some("100"))] {
         let server = match server {
-            Some(flag) => Server::launch().arg("--max-data-bytes").arg(flag).start(),
-            None => Server::start(),
+            Some(flag) => Server::launch()
+                .arg("--max-data-bytes")
+                .arg(flag)
+                .in_process(),
+            None => Server::in_process(),
         };
         let cap = max_data + ENVELOPE;
         let data = format!("\"{}\"", "x".repeat(max_data - 2));
@@ -373,7 +311,7 @@ fn rest_bodies_over_the_size_cap_are_refused_with_413() {
 #[test]
 fn a_withheld_rest_body_times_out_with_408() {
     // The default timeout (10 s): a body announced and never finished.
-    let server = Server::start();
+    let server = Server::in_process();
     let started = Instant::now();
     let mut stream = send(
         server.addr,
@@ -407,7 +345,10 @@ fn a_withheld_rest_body_times_out_with_408() {
     );
 
     // Configured: 300 ms, for the whole body (dripping it does not extend it).
-    let server = Server::launch().arg("--body-timeout-ms").arg("300").start();
+    let server = Server::launch()
+        .arg("--body-timeout-ms")
+        .arg("300")
+        .in_process();
     let started = Instant::now();
     let mut stream = send(
         server.addr,
@@ -451,7 +392,7 @@ fn the_origin_allow_list_covers_rest_writes() {
     let server = Server::launch()
         .arg("--allowed-origin")
         .arg("https://app.example.com")
-        .start();
+        .in_process();
     let addr = server.addr;
     let beat = r#"{"data":"x","ttlMs":60000}"#;
     let post = "POST /v1/rooms/pr%3Aorigin/heartbeat";
@@ -538,7 +479,7 @@ fn the_origin_allow_list_covers_rest_writes() {
 
     // Without an allow-list any origin may write JSON, but text/plain (which a page
     // can send cross-origin without a preflight) is still refused.
-    let open = Server::start();
+    let open = Server::in_process();
     let (status, _) = request(
         open.addr,
         post,
@@ -553,23 +494,12 @@ fn the_origin_allow_list_covers_rest_writes() {
 
 /// Says hello with `token`: `Ok(welcome)` or `Err((error code, close code))`.
 async fn hello(url: &str, token: &str) -> Result<(Raw, Value), (String, Option<u16>)> {
-    let (mut raw, first) = Raw::hello_with(url, &json!({"type": "hello", "token": token})).await;
-    match first {
-        RawEvent::Json(value) if value["type"] == "welcome" => Ok((raw, value)),
-        RawEvent::Json(value) if value["type"] == "error" => {
-            let close = match raw.next().await {
-                RawEvent::Closed(code) => Some(code),
-                _ => None,
-            };
-            Err((value["code"].as_str().unwrap_or_default().to_owned(), close))
-        }
-        other => panic!("unexpected answer to hello: {other:?}"),
-    }
+    Raw::hello_token(url, Some(token)).await
 }
 
 #[tokio::test]
 async fn jwt_nbf_in_the_future_is_refused_as_token_not_yet_valid() {
-    let (server, _dir) = auth_server(&[]);
+    let (server, _dir) = auth_server(&[], Launch::in_process);
     let url = server.ws_url();
     let rooms = json!({"read": ["pr:*"], "write": ["pr:*"]});
     let later =
@@ -616,7 +546,7 @@ async fn jwt_nbf_in_the_future_is_refused_as_token_not_yet_valid() {
 
 #[tokio::test]
 async fn jwt_with_a_crit_header_is_refused() {
-    let (server, _dir) = auth_server(&[]);
+    let (server, _dir) = auth_server(&[], Launch::in_process);
     let url = server.ws_url();
     let claims = json!({"sub": "alice", "exp": now_s() + 600, "admin": true});
     let mut cases = Vec::new();
@@ -737,68 +667,6 @@ async fn a_rest_client_id_is_never_given_to_a_websocket_client() {
 
 // ---- Item 9c: `rollcall token --private-key` with SEC1 keys ----
 
-/// The P-256 key of `tests/auth.rs` in SEC1 form (`openssl ec -in pkcs8.pem`).
-const EC_SEC1: &str = "\
------BEGIN EC PRIVATE KEY-----\n\
-MHcCAQEEIGBeiGbCOp9qhO43vQu+jZO62nY3x0BOxAPz/clc2OgNoAoGCCqGSM49\n\
-AwEHoUQDQgAEB0QHDkOPpv9Wrfz4HFiULltYLUFYCnaB2T598176qufOkLU7kwB4\n\
-nU5YI/FXNIQcauNCvEoAn7HJs5+r1nEuqg==\n\
------END EC PRIVATE KEY-----\n\
-";
-
-/// The same key in PKCS#8 form.
-const EC_PKCS8: &str = "\
------BEGIN PRIVATE KEY-----\n\
-MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgYF6IZsI6n2qE7je9\n\
-C76Nk7radjfHQE7EA/P9yVzY6A2hRANCAAQHRAcOQ4+m/1at/PgcWJQuW1gtQVgK\n\
-doHZPn3zXvqq586QtTuTAHidTlgj8Vc0hBxq40K8SgCfscmzn6vWcS6q\n\
------END PRIVATE KEY-----\n\
-";
-
-const EC_PUBLIC: &str = "\
------BEGIN PUBLIC KEY-----\n\
-MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEB0QHDkOPpv9Wrfz4HFiULltYLUFY\n\
-CnaB2T598176qufOkLU7kwB4nU5YI/FXNIQcauNCvEoAn7HJs5+r1nEuqg==\n\
------END PUBLIC KEY-----\n\
-";
-
-/// What `openssl ecparam -genkey -name prime256v1` writes: the curve's parameters,
-/// then the SEC1 key.
-const EC_SEC1_WITH_PARAMETERS: &str = "\
------BEGIN EC PARAMETERS-----\n\
-BggqhkjOPQMBBw==\n\
------END EC PARAMETERS-----\n\
------BEGIN EC PRIVATE KEY-----\n\
-MHcCAQEEIImENlCd2q/YWmHnsN654wlNbetVRfcpKuqgNzYvob6voAoGCCqGSM49\n\
-AwEHoUQDQgAEghb06GUtkhpACZK9e+JT8cUXe7A5d2F9j+DnROyt1EDuTyxs6l/T\n\
-fHZJLa/jVJzXkMYWPw6lq5X7rxFqKNIaXQ==\n\
------END EC PRIVATE KEY-----\n\
-";
-
-const EC_WITH_PARAMETERS_PUBLIC: &str = "\
------BEGIN PUBLIC KEY-----\n\
-MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEghb06GUtkhpACZK9e+JT8cUXe7A5\n\
-d2F9j+DnROyt1EDuTyxs6l/TfHZJLa/jVJzXkMYWPw6lq5X7rxFqKNIaXQ==\n\
------END PUBLIC KEY-----\n\
-";
-
-/// A P-384 key (SEC1): ES256 needs P-256.
-const P384_SEC1: &str = "\
------BEGIN EC PRIVATE KEY-----\n\
-MIGkAgEBBDDeMFlJmAcZWITfrJc0vXq9zSlNQeXrDMYUrVcVvTFtHlMUvPq/fHPt\n\
-A0oyXKP8/4+gBwYFK4EEACKhZANiAAQJd+ShwFFqlK9pS/goAe3aB8BXcixHlvx9\n\
-J7pDA28aF1x6a96vada3/SXYsQJUropOwJTi5sYkUsN1bvl/qwlcX8IrYgwyE8hX\n\
-pDQmZnj5NKrGAwMsUTbyUVZPOZDUwRI=\n\
------END EC PRIVATE KEY-----\n\
-";
-
-/// An Ed25519 key (PKCS#8): not an algorithm the server verifies.
-const ED25519: &str = "\
------BEGIN PRIVATE KEY-----\n\
-MC4CAQAwBQYDK2VwBCIEIEYRMgNof+ZJF11tnSymERu+rsNYxRe7WJ3W7wl+IXbr\n\
------END PRIVATE KEY-----\n\
-";
-
 /// `rollcall token --private-key FILE --sub bot --admin`: the token, or the error.
 fn mint_with(dir: &Path, pem: &str) -> Result<String, String> {
     let key = dir.join("key.pem");
@@ -824,7 +692,7 @@ async fn rollcall_token_accepts_sec1_ec_keys_and_explains_unsupported_ones() {
     let dir = tempfile::tempdir().unwrap();
     for (name, private, public) in [
         ("SEC1 (BEGIN EC PRIVATE KEY)", EC_SEC1, EC_PUBLIC),
-        ("PKCS#8 (BEGIN PRIVATE KEY)", EC_PKCS8, EC_PUBLIC),
+        ("PKCS#8 (BEGIN PRIVATE KEY)", EC_PRIVATE, EC_PUBLIC),
         (
             "SEC1 after EC PARAMETERS (openssl ecparam -genkey)",
             EC_SEC1_WITH_PARAMETERS,
@@ -838,7 +706,7 @@ async fn rollcall_token_accepts_sec1_ec_keys_and_explains_unsupported_ones() {
         let server = Server::launch()
             .arg("--auth-public-key")
             .arg(public_key.display().to_string())
-            .start();
+            .in_process();
         let answer = hello(&server.ws_url(), &token)
             .await
             .map(|(_, w)| w["type"].clone());

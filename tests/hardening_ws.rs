@@ -1,5 +1,6 @@
-//! Hardening of the WebSocket path (issue 19), end to end against the real binary:
-//! an acknowledged `leave` survives kill -9, invalid and forbidden requests count
+//! Hardening of the WebSocket path (issue 19), end to end against real servers (the
+//! binary where a test kills it or reads its CPU time, in-process otherwise): an
+//! acknowledged `leave` survives kill -9, invalid and forbidden requests count
 //! against the rate limit, empty continuation frames are capped, `data` that standard
 //! JSON parsers refuse is refused (WebSocket and REST), expired entries stop counting
 //! toward `too_many_rooms`, and invalid UTF-8 and protocol violations are answered
@@ -9,10 +10,10 @@
 
 use std::io::Write as _;
 use std::net::TcpStream;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rollcall_tests::jwt::{SECRET, SecretFile, hs256, now_s};
 use rollcall_tests::{Raw, RawEvent, Server, http_with, wire};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -126,7 +127,7 @@ async fn flood(raw: Raw, message: &str, count: usize) -> (usize, Option<u16>) {
 #[tokio::test]
 async fn invalid_messages_count_against_the_rate_limit() {
     const COUNT: usize = 20_000;
-    let server = Server::start();
+    let server = Server::in_process();
     let (raw, _) = Raw::hello(&server.ws_url()).await;
     let started = Instant::now();
     let (answers, code) = flood(raw, "nope", COUNT).await;
@@ -169,33 +170,19 @@ async fn invalid_messages_count_against_the_rate_limit() {
     assert_eq!(bystander.json().await["type"], "pong");
 }
 
-const SECRET: &str = "rollcall-test-secret-0123456789abcdefghijklmnop";
-
 fn token(read: &[&str], write: &[&str]) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-        + 3_600;
-    let claims = json!({"sub": "mallory", "exp": exp, "rooms": {"read": read, "write": write}});
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("sign")
+    let exp = now_s() + 3_600;
+    hs256(&json!({"sub": "mallory", "exp": exp, "rooms": {"read": read, "write": write}}))
 }
 
 #[tokio::test]
 async fn forbidden_requests_count_against_the_rate_limit() {
     const COUNT: usize = 20_000;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, format!("{SECRET}\n")).expect("write the secret");
+    let secret = SecretFile::holding(&format!("{SECRET}\n"));
     let server = Server::launch()
         .arg("--auth-secret-file")
-        .arg(secret.display().to_string())
-        .start();
+        .arg(secret.path.display().to_string())
+        .in_process();
     let hello = json!({"type": "hello", "token": token(&["own:*"], &["own:*"])});
     for (what, message) in [
         (
@@ -294,7 +281,7 @@ fn empty_continuation_frames_are_limited() {
 
 #[tokio::test]
 async fn data_json_parsers_refuse_is_refused() {
-    let server = Server::start();
+    let server = Server::in_process();
     let (mut raw, _) = Raw::hello(&server.ws_url()).await;
     let deep = |levels: usize| format!("{}{}", "[".repeat(levels), "]".repeat(levels));
     let refused = [
@@ -345,7 +332,7 @@ async fn data_json_parsers_refuse_is_refused() {
 #[tokio::test]
 async fn expired_entries_stop_counting_toward_too_many_rooms() {
     const ROOMS: usize = 128;
-    let server = Server::start();
+    let server = Server::in_process();
     let (mut watcher, _) = Raw::hello(&server.ws_url()).await;
     let last = format!("room-{}", ROOMS - 1);
     watcher
@@ -399,7 +386,7 @@ async fn expired_entries_stop_counting_toward_too_many_rooms() {
 // ---- Item 9: a close frame with the right code ----
 
 fn close_code_after(bytes: &[u8]) -> Option<u16> {
-    let server = Server::start();
+    let server = Server::in_process();
     let mut stream: TcpStream = wire::hello(server.addr).expect("hello");
     stream.write_all(bytes).expect("write");
     wire::read_close(&mut stream)
@@ -439,7 +426,7 @@ fn protocol_violations_close_with_1002() {
         assert_eq!(code, Some(1002), "{what}");
     }
     // Before hello too.
-    let server = Server::start();
+    let server = Server::in_process();
     let mut stream = wire::connect_upgraded(server.addr).expect("upgrade");
     stream
         .write_all(&wire::frame(wire::CONTINUATION, true, b"x"))

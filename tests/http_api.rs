@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 #[tokio::test]
 async fn rest_heartbeat_is_seen_over_websocket_and_can_be_deleted() {
-    let server = Server::start();
+    let server = Server::in_process();
     let watcher = Client::connect(&server.ws_url()).await.unwrap();
     let room = watcher.presence("pr:bots");
 
@@ -58,7 +58,7 @@ async fn rest_heartbeat_is_seen_over_websocket_and_can_be_deleted() {
 
 #[tokio::test]
 async fn rest_errors_use_the_protocol_codes() {
-    let server = Server::start();
+    let server = Server::in_process();
     let cases = [
         (
             "POST",
@@ -109,7 +109,7 @@ async fn rest_errors_use_the_protocol_codes() {
 
 #[tokio::test]
 async fn rooms_are_listed_with_counts_and_paginated() {
-    let server = Server::start();
+    let server = Server::in_process();
     for room in 0..7 {
         for client in 1..=(room + 1) {
             let (status, body) = server.http(
@@ -148,6 +148,7 @@ async fn rooms_are_listed_with_counts_and_paginated() {
 
 #[tokio::test]
 async fn health_and_metrics() {
+    // A process of its own: the metrics recorder is one per process.
     let server = Server::start();
     assert_eq!(server.get_json("/healthz"), json!({"status": "ok"}));
     let client = Client::connect(&server.ws_url()).await.unwrap();

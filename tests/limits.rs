@@ -63,7 +63,7 @@ async fn expect_error(raw: &mut Raw, request: &str, code: &str) -> Value {
 
 #[tokio::test]
 async fn welcome_announces_the_default_limits() {
-    let server = Server::start();
+    let server = Server::in_process();
     let (_, welcome) = Raw::hello(&server.ws_url()).await;
     assert_eq!(
         welcome["limits"],
@@ -81,7 +81,7 @@ async fn welcome_announces_the_default_limits() {
 
 #[tokio::test]
 async fn oversized_message_closes_with_1009() {
-    let server = Server::start();
+    let server = Server::in_process();
     let mut bystander = Bystander::join(&server).await;
     let (mut raw, _) = Raw::hello(&server.ws_url()).await;
     let big = format!(
@@ -96,7 +96,7 @@ async fn oversized_message_closes_with_1009() {
 
 #[tokio::test]
 async fn data_too_large_ttl_room_and_malformed_keep_the_connection() {
-    let server = Server::start();
+    let server = Server::in_process();
     let mut bystander = Bystander::join(&server).await;
     let (mut raw, _) = Raw::hello(&server.ws_url()).await;
 
@@ -167,7 +167,7 @@ use futures_util::SinkExt as _;
 
 #[tokio::test]
 async fn too_many_rooms_per_connection() {
-    let server = Server::start();
+    let server = Server::in_process();
     let mut bystander = Bystander::join(&server).await;
     let (mut raw, _) = Raw::hello(&server.ws_url()).await;
     for i in 0..128 {
@@ -210,7 +210,7 @@ async fn room_full() {
     let server = Server::launch()
         .arg("--max-entries-per-room")
         .arg("5")
-        .start();
+        .in_process();
     let mut bystander = Bystander::join(&server).await;
     let mut members = Vec::new();
     for i in 0..5 {
@@ -251,7 +251,7 @@ async fn room_full() {
 
 #[tokio::test]
 async fn heartbeat_rate_is_limited() {
-    let server = Server::start();
+    let server = Server::in_process();
     let mut bystander = Bystander::join(&server).await;
     let (mut raw, _) = Raw::hello(&server.ws_url()).await;
     let started = Instant::now();
@@ -298,7 +298,7 @@ async fn no_hello_in_time_closes_and_a_non_hello_first_message_too() {
     let server = Server::launch()
         .arg("--hello-timeout-ms")
         .arg("300")
-        .start();
+        .in_process();
     let mut bystander = Bystander::join(&server).await;
     let mut silent = Raw::connect(&server.ws_url()).await;
     let started = Instant::now();

@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use rollcall_engine::{ClientId, Config, Engine, Heartbeat, Ttl, UnixMs};
-use rollcall_tests::{Server, Started};
+use rollcall_tests::{Server, Started, noise, require};
 use serde_json::Value;
 use support::{Exit, exit_of, serve};
 
@@ -107,18 +107,6 @@ fn populated() -> (tempfile::TempDir, PathBuf) {
     }
     assert!(server.terminate().success());
     (temp, data)
-}
-
-/// Deterministic noise (xorshift), the same as `fault_corrupt`'s.
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as u8
-        })
-        .collect()
 }
 
 /// Overwrites `file` with noise of its own length.
@@ -257,10 +245,10 @@ fn as_unprivileged(data: &Path) -> Option<(Command, String)> {
     }
     let setpriv = Command::new("setpriv").arg("--version").output();
     if !setpriv.is_ok_and(|out| out.status.success()) {
-        let message = "SKIPPED: running as root without setpriv, so no permission problem \
-                       can be made; install util-linux";
-        assert!(std::env::var_os("CI").is_none(), "{message}");
-        eprintln!("{message}");
+        require::cannot_run(
+            "running as root without setpriv, so no permission problem can be made; install \
+             util-linux (apt-get install -y util-linux)",
+        );
         return None;
     }
     let mut command = Command::new("setpriv");
@@ -573,14 +561,14 @@ fn a_read_only_file_system_says_so() {
     match mounted {
         Ok(output) if output.status.success() => {}
         Ok(output) => {
-            println!(
-                "SKIPPED: needs to mount a read-only tmpfs (as root): {}",
+            require::cannot_run(&format!(
+                "needs to mount a read-only tmpfs (as root): {}",
                 String::from_utf8_lossy(&output.stderr).trim()
-            );
+            ));
             return;
         }
         Err(error) => {
-            println!("SKIPPED: cannot run mount: {error}");
+            require::cannot_run(&format!("cannot run mount: {error}"));
             return;
         }
     }

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::SinkExt as _;
+use rollcall_tests::require;
 use support::{TestPki, free_port, serve, start, tls_connect};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -133,14 +134,7 @@ async fn open(
 #[tokio::test]
 async fn wss_through_nginx_with_the_origin_check_right_behind_it() {
     let Some(binary) = nginx() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "nginx is not installed (CI installs it in .ci/run)"
-        );
-        eprintln!(
-            "\n*** SKIPPED wss_through_nginx_with_the_origin_check_right_behind_it: nginx is \
-             not installed (apt-get install nginx) ***\n"
-        );
+        require::cannot_run("nginx is not installed (apt-get install -y nginx)");
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");
@@ -172,16 +166,7 @@ async fn wss_through_nginx_with_the_origin_check_right_behind_it() {
         .send(Message::Text(r#"{"type":"hello"}"#.into()))
         .await
         .expect("hello");
-    let welcome = loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("a message within 10 s")
-            .expect("open")
-            .expect("a frame");
-        if let Message::Text(text) = message {
-            break serde_json::from_str::<serde_json::Value>(&text).expect("JSON");
-        }
-    };
+    let welcome = rollcall_tests::next_json(&mut socket).await;
     assert_eq!(welcome["type"], "welcome", "{welcome}");
 
     // An allowed origin, and one that is not.

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::SinkExt as _;
 use support::{TestPki, exit_of, serve, start, tls_connect};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::Message;
@@ -63,7 +63,7 @@ async fn a_rust_client_speaks_wss_with_the_test_ca() {
         .send(Message::Text(r#"{"type":"hello"}"#.into()))
         .await
         .expect("send hello");
-    let welcome = read_json(&mut socket).await;
+    let welcome = rollcall_tests::next_json(&mut socket).await;
     assert_eq!(welcome["type"], "welcome", "{welcome}");
     socket
         .send(Message::Text(r#"{"type":"subscribe","room":"tls"}"#.into()))
@@ -77,7 +77,7 @@ async fn a_rust_client_speaks_wss_with_the_test_ca() {
         .expect("heartbeat");
     let mut seen = false;
     for _ in 0..10 {
-        let message = read_json(&mut socket).await;
+        let message = rollcall_tests::next_json(&mut socket).await;
         if message.to_string().contains(r#""over":"tls""#) {
             seen = true;
             break;
@@ -110,22 +110,6 @@ async fn a_rust_client_speaks_wss_with_the_test_ca() {
     let plain = rollcall_tests::http(addr, "GET", "/healthz", None);
     assert!(!matches!(plain, Ok((200, _))), "{plain:?}");
     server.stop();
-}
-
-async fn read_json<S>(socket: &mut tokio_tungstenite::WebSocketStream<S>) -> serde_json::Value
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("a message within 10 s")
-            .expect("open")
-            .expect("a frame");
-        if let Message::Text(text) = message {
-            return serde_json::from_str(&text).expect("JSON");
-        }
-    }
 }
 
 /// Waits until new connections are served the leaf `want` (20 s at most).

@@ -9,7 +9,7 @@ const BURST: u64 = 40;
 
 #[tokio::test]
 async fn a_paced_subscription_gets_the_latest_state_in_few_frames() {
-    let server = Server::start();
+    let server = Server::in_process();
     let (mut reader, _) = Raw::hello(&server.ws_url()).await;
     let (mut writer, welcome) = Raw::hello(&server.ws_url()).await;
     let writer_id = welcome["clientId"].as_u64().expect("clientId");
@@ -74,7 +74,7 @@ async fn a_paced_subscription_gets_the_latest_state_in_few_frames() {
 
 #[tokio::test]
 async fn a_bad_interval_is_answered() {
-    let server = Server::start();
+    let server = Server::in_process();
     let (mut raw, _) = Raw::hello(&server.ws_url()).await;
     for bad in ["-1", "2.5", "\"50\"", "60001"] {
         raw.send(&format!(

@@ -1,23 +1,17 @@
 //! Two clients in a room: heartbeats, leaves, expiry and snapshots, end to end.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rollcall_client::{Client, RoomEvent};
+use rollcall_tests::jwt::now_ms;
 use rollcall_tests::{Raw, Server};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 #[tokio::test]
 async fn heartbeat_leave_and_expiry_are_seen_by_the_other_client() {
-    let server = Server::start();
+    let server = Server::in_process();
     let alice = Client::connect(&server.ws_url()).await.unwrap();
     let bob = Client::connect(&server.ws_url()).await.unwrap();
     let alice_id = alice.client_id().unwrap();
@@ -85,7 +79,7 @@ async fn heartbeat_leave_and_expiry_are_seen_by_the_other_client() {
 
 #[tokio::test]
 async fn late_subscriber_gets_the_snapshot() {
-    let server = Server::start();
+    let server = Server::in_process();
     let url = server.ws_url();
     let writers: Vec<Client> =
         futures_util::future::join_all((0..5).map(|_| Client::connect(&url)))
@@ -122,7 +116,7 @@ async fn late_subscriber_gets_the_snapshot() {
 
 #[tokio::test]
 async fn a_client_sees_its_own_entry_and_entries_are_per_room() {
-    let server = Server::start();
+    let server = Server::in_process();
     let client = Client::connect(&server.ws_url()).await.unwrap();
     let id = client.client_id().unwrap();
     let a = client.presence("pr:a");
@@ -157,7 +151,7 @@ async fn a_client_sees_its_own_entry_and_entries_are_per_room() {
 
 #[tokio::test]
 async fn abrupt_disconnect_keeps_the_entry_until_its_ttl() {
-    let server = Server::start();
+    let server = Server::in_process();
     let (mut raw, welcome) = Raw::hello(&server.ws_url()).await;
     let id = welcome["clientId"].as_u64().unwrap();
     raw.send(r#"{"type":"heartbeat","room":"pr:drop","data":"here","ttlMs":600,"ref":1}"#)

@@ -161,8 +161,8 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (
         "rollcall_hub_lock_hold_microseconds",
         Kind::Histogram,
-        "Microseconds the hub lock was held, per acquisition (a summary: quantile 0.99 \
-         shows a serialized hub).",
+        "Microseconds a room shard's lock was held, per acquisition, all shards \
+         together (a summary: quantile 0.99 shows a serialized room).",
     ),
     ("rollcall_leaves_total", Kind::Counter, "Leaves accepted."),
     (
@@ -352,8 +352,8 @@ pub struct Metrics {
     pub log_failing: Gauge,
     /// Seconds the log writer has been inside one storage call (0 normally).
     pub log_stalled: Gauge,
-    /// How long the hub lock is held, in microseconds (a summary: its p99 shows a
-    /// serialized hub).
+    /// How long a room shard's lock is held, in microseconds, all shards together (a
+    /// summary: its p99 shows a serialized room).
     pub hub_lock_hold: Histogram,
     /// Heartbeats accepted.
     pub heartbeats: Counter,

@@ -27,6 +27,9 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use memchr::memmem;
+use rollcall_testkit::http::urlencode;
+use rollcall_testkit::wire::{self, BINARY, CLOSE, PING, PONG, TEXT};
+use rollcall_testkit::{metrics, procfs};
 use serde_json::json;
 use tokio::net::TcpSocket;
 use tokio::sync::Notify;
@@ -359,12 +362,6 @@ struct Wire {
     out: Vec<u8>,
 }
 
-const TEXT: u8 = 0x1;
-const BINARY: u8 = 0x2;
-const CLOSE: u8 = 0x8;
-const PING: u8 = 0x9;
-const PONG: u8 = 0xA;
-
 impl Wire {
     /// Performs the HTTP upgrade on `stream`.
     async fn upgrade(
@@ -374,10 +371,7 @@ impl Wire {
     ) -> anyhow::Result<Wire> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (mut read, mut write) = stream.into_split();
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: cm9sbGNhbGwtbG9hZC0xMg==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
+        let request = wire::upgrade_request_for(host, path, &[]);
         write.write_all(request.as_bytes()).await?;
         let mut buf = bytes::BytesMut::with_capacity(16 * 1024);
         let end = loop {
@@ -410,19 +404,7 @@ impl Wire {
     async fn send(&mut self, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
         use tokio::io::AsyncWriteExt;
         self.out.clear();
-        self.out.push(0x80 | opcode);
-        let len = payload.len();
-        // The mask bit (0x80) is set on every length form: clients must mask.
-        if len < 126 {
-            self.out.push(0x80 | len as u8);
-        } else if let Ok(len) = u16::try_from(len) {
-            self.out.push(0x80 | 0x7e);
-            self.out.extend_from_slice(&len.to_be_bytes());
-        } else {
-            self.out.push(0x80 | 0x7f);
-            self.out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        self.out.extend_from_slice(&[0, 0, 0, 0]);
+        wire::put_header(&mut self.out, opcode, true, payload.len() as u64);
         self.out.extend_from_slice(payload);
         self.write.write_all(&self.out).await
     }
@@ -438,22 +420,9 @@ impl Wire {
 
     /// The next complete frame in the buffer: its opcode and payload.
     fn frame(&mut self) -> Option<(u8, bytes::Bytes)> {
-        let buf = &self.buf;
-        if buf.len() < 2 {
-            return None;
-        }
-        let opcode = buf[0] & 0x0f;
-        let (len, header) = match buf[1] & 0x7f {
-            126 if buf.len() >= 4 => (usize::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
-            127 if buf.len() >= 10 => {
-                let mut n = [0u8; 8];
-                n.copy_from_slice(&buf[2..10]);
-                (usize::try_from(u64::from_be_bytes(n)).ok()?, 10)
-            }
-            126 | 127 => return None,
-            n => (usize::from(n), 2),
-        };
-        if buf.len() < header + len {
+        let (opcode, header, len) = wire::parse_header(&self.buf)?;
+        let len = usize::try_from(len).ok()?;
+        if self.buf.len() < header + len {
             return None;
         }
         let mut frame = self.buf.split_to(header + len);
@@ -673,66 +642,24 @@ async fn client(plan: Arc<Plan>, stats: Arc<Stats>, slot: Arc<ClientSlot>, index
     }
 }
 
-/// CPU time and RSS summed over the server processes; `None` without any.
-fn servers_usage(pids: &[u32], ticks_per_second: f64) -> Option<(f64, u64)> {
+/// CPU time (seconds) and RSS (KiB) summed over the server processes; `None` without
+/// any, or if one cannot be read.
+fn servers_usage(pids: &[u32]) -> Option<(f64, u64)> {
     if pids.is_empty() {
         return None;
     }
     pids.iter().try_fold((0.0, 0), |(cpu, rss), &pid| {
-        let (c, r) = process_usage(pid, ticks_per_second)?;
-        Some((cpu + c, rss + r))
+        let (c, r) = procfs::usage(pid)?;
+        Some((cpu + c.as_secs_f64(), rss + r))
     })
-}
-
-/// CPU time (user + system, seconds) and RSS (KiB) of a process.
-fn process_usage(pid: u32, ticks_per_second: f64) -> Option<(f64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may contain spaces) start after ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
-    Some(((utime + stime) / ticks_per_second, rss))
-}
-
-fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 /// `GET path` on the server of `url`; the body as text.
 async fn http_get(url: &str, path: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let parsed = url::Url::parse(url)?;
     let host = parsed.host_str().context("URL without host")?.to_owned();
     let port = parsed.port_or_known_default().context("URL without port")?;
-    let mut stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    Ok(text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default())
-}
-
-/// A gauge's value in Prometheus text.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| l.split([' ', '{']).next() == Some(name))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    Ok(rollcall_testkit::http::get(&host, port, path).await?)
 }
 
 /// Entries past their TTL in `GET /v1/rooms` (the ghost check after a churn run).
@@ -768,17 +695,6 @@ async fn entries_past_ttl(url: &str) -> anyhow::Result<(u64, u64)> {
     Ok((entries, ghosts))
 }
 
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.clients == 0 || args.room_size == 0 || args.rate <= 0.0 {
@@ -796,7 +712,6 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let _ = epoch();
     let stats = Arc::new(Stats::new());
-    let ticks = clock_ticks();
     let period = Duration::from_secs_f64(1.0 / args.rate);
 
     // Ramp: connect everyone (at --connect-rate), then start the schedule.
@@ -871,7 +786,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     // Warm-up, then the measured window with a progress line a second.
     tokio::time::sleep_until((start + args.warmup).into()).await;
-    let usage_start = servers_usage(&args.server_pid, ticks);
+    let usage_start = servers_usage(&args.server_pid);
     let window_start = Instant::now();
     stats.measuring.store(true, Ordering::Relaxed);
     let mut last = (Instant::now(), 0u64, 0u64, usage_start.map_or(0.0, |u| u.0));
@@ -900,7 +815,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             interval
         };
         let mut server = String::new();
-        if let Some((cpu, rss)) = servers_usage(&args.server_pid, ticks) {
+        if let Some((cpu, rss)) = servers_usage(&args.server_pid) {
             peak_rss = peak_rss.max(rss);
             server = format!(
                 " | server cpu {:.0}% rss {} MiB",
@@ -912,8 +827,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         if args.target == Target::Rollcall {
             if let Ok(text) = http_get(&args.url[0], "/metrics").await {
                 if let (Some(total), Some(live)) = (
-                    metric(&text, "rollcall_log_bytes"),
-                    metric(&text, "rollcall_log_live_bytes"),
+                    metrics::first(&text, "rollcall_log_bytes"),
+                    metrics::first(&text, "rollcall_log_live_bytes"),
                 ) {
                     let ratio = if live > 0.0 { total / live } else { 0.0 };
                     let (max_total, max_ratio) = log_max.unwrap_or((0.0, 0.0));
@@ -934,7 +849,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     stats.measuring.store(false, Ordering::Relaxed);
     let window = window_start.elapsed().as_secs_f64();
-    let usage_end = servers_usage(&args.server_pid, ticks);
+    let usage_end = servers_usage(&args.server_pid);
     plan.stopped.store(true, Ordering::Relaxed);
     plan.stop.notify_waiters();
     for task in tasks {
