@@ -510,7 +510,10 @@ impl Hub {
     /// The feed of `room` while it has subscribers (for messages that go to the room's
     /// current subscribers without touching its state: broadcasts).
     pub fn feed_of(&self, room: &str) -> Option<Arc<Feed>> {
-        self.lock().subscribers.get(room).map(|r| r.feed.clone())
+        self.lock(room)
+            .subscribers
+            .get(room)
+            .map(|r| r.feed.clone())
     }
 
     /// Sends a subscription that fell behind its feed the room's current state.
