@@ -186,6 +186,11 @@ fn the_openapi_document_matches_the_real_answers() {
     let id = answer["clientId"].as_u64().unwrap();
     let room = checked.call(&open, &doc, ("GET", "/v1/rooms/api%3Aa", None), none, 200);
     assert_eq!(room["entries"][0]["clientId"], id);
+    let users = ("GET", "/v1/rooms/api%3Aa/users", None);
+    let users = checked.call(&open, &doc, users, none, 200);
+    // A REST heartbeat has no user.
+    assert_eq!(users["users"], json!([]));
+    assert_eq!(users["anonymousEntries"], 1);
     let page = checked.call(&open, &doc, ("GET", "/v1/rooms?limit=10", None), none, 200);
     assert_eq!(page["rooms"], json!([{"room": "api:a", "entries": 1}]));
     assert_eq!(page["next"], Value::Null);
@@ -258,6 +263,16 @@ fn the_openapi_document_matches_the_real_answers() {
             &guarded,
             &doc,
             ("GET", "/v1/rooms/other", None),
+            &reader,
+            403
+        )["error"],
+        "forbidden"
+    );
+    assert_eq!(
+        checked.call(
+            &guarded,
+            &doc,
+            ("GET", "/v1/rooms/other/users", None),
             &reader,
             403
         )["error"],

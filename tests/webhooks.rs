@@ -310,3 +310,121 @@ fn a_webhook_url_needs_a_secret_and_http() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Says hello as `user` (an unverified claim: this server runs without auth).
+async fn hello_as(url: &str, user: &str) -> Raw {
+    let (raw, first) = Raw::hello_with(url, &json!({"type": "hello", "user": user})).await;
+    assert!(
+        matches!(&first, rollcall_tests::RawEvent::Json(w) if w["type"] == "welcome"),
+        "{first:?}"
+    );
+    raw
+}
+
+/// Sends `message` with a ref and waits for its ack.
+async fn acked(raw: &mut Raw, mut message: Value) {
+    message["ref"] = json!(1);
+    raw.send(&message.to_string()).await;
+    let ack = raw.until("ack").await;
+    assert_eq!(ack["ref"], 1, "{ack}");
+}
+
+#[tokio::test]
+async fn a_user_joins_with_their_first_tab_and_leaves_with_their_last() {
+    let (url, received) = receiver(0).await;
+    let (_dir, secret) = secret_file();
+    let server = Server::launch()
+        .arg("--webhook-url")
+        .arg(&url)
+        .arg("--webhook-secret-file")
+        .arg(&secret)
+        .in_process();
+    let ws = server.ws_url();
+    let room = "u:a";
+    let beat = json!({"type": "heartbeat", "room": room, "data": {"n": 1}, "ttlMs": 30_000});
+    let leave = json!({"type": "leave", "room": room});
+
+    let mut alice_1 = hello_as(&ws, "alice").await;
+    let mut alice_2 = hello_as(&ws, "alice").await;
+    let mut bob = hello_as(&ws, "bob").await;
+    acked(&mut alice_1, beat.clone()).await;
+    acked(&mut alice_2, beat.clone()).await;
+    acked(&mut bob, beat.clone()).await;
+
+    // Two users; alice with both tabs.
+    let users = server.get_json("/v1/rooms/u%3Aa/users");
+    assert_eq!(users["room"], room, "{users}");
+    assert_eq!(users["anonymousEntries"], 0, "{users}");
+    let listed = users["users"].as_array().expect("users");
+    assert_eq!(listed.len(), 2, "{users}");
+    assert_eq!(listed[0]["userId"], "alice");
+    assert_eq!(listed[0]["entries"].as_array().unwrap().len(), 2, "{users}");
+    assert_eq!(listed[1]["userId"], "bob");
+    assert_eq!(listed[1]["entries"].as_array().unwrap().len(), 1, "{users}");
+    for entry in listed[0]["entries"].as_array().unwrap() {
+        assert_eq!(entry["userId"], "alice", "{entry}");
+        assert_eq!(entry["data"], json!({"n": 1}), "{entry}");
+    }
+
+    // alice closes one tab: she is still here; then the other: she left.
+    acked(&mut alice_1, leave.clone()).await;
+    let users = server.get_json("/v1/rooms/u%3Aa/users");
+    assert_eq!(users["users"][0]["entries"].as_array().unwrap().len(), 1);
+    acked(&mut alice_2, leave.clone()).await;
+    acked(&mut bob, leave).await;
+    let users = server.get_json("/v1/rooms/u%3Aa/users");
+    assert_eq!(users["users"], json!([]), "{users}");
+
+    wait_for(
+        || {
+            delivered(&received)
+                .iter()
+                .any(|e| e["type"] == "room.vacated")
+        },
+        "the room vacated",
+    )
+    .await;
+    let events = delivered(&received);
+    let seen: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_owned(),
+                e["userId"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("room.occupied", ""),
+        ("user.joined", "alice"),
+        ("entry.joined", "alice"),
+        ("entry.joined", "alice"),
+        ("user.joined", "bob"),
+        ("entry.joined", "bob"),
+        ("entry.left", "alice"),
+        ("entry.left", "alice"),
+        ("user.left", "alice"),
+        ("entry.left", "bob"),
+        ("user.left", "bob"),
+        ("room.vacated", ""),
+    ]
+    .map(|(k, u)| (k.to_owned(), u.to_owned()));
+    assert_eq!(seen, expected, "{events:?}");
+    let left = events.iter().find(|e| e["type"] == "user.left").unwrap();
+    assert_eq!(left["reason"], "leave", "{left}");
+}
+
+#[tokio::test]
+async fn a_hello_with_an_empty_user_is_refused() {
+    let server = Server::in_process();
+    let (mut raw, first) =
+        Raw::hello_with(&server.ws_url(), &json!({"type": "hello", "user": ""})).await;
+    let closed = match first {
+        rollcall_tests::RawEvent::Json(_) => raw.next().await,
+        other => other,
+    };
+    assert!(
+        matches!(closed, rollcall_tests::RawEvent::Closed(4000..=4999)),
+        "{closed:?}"
+    );
+}

@@ -72,6 +72,10 @@ pub enum ClientMessage {
         /// The `resumeToken` of an earlier `welcome`, to get its client id back.
         #[serde(skip_serializing_if = "Option::is_none")]
         resume: Option<String>,
+        /// Without auth only: the user behind this client, an unverified claim that
+        /// becomes its entries' `userId` (with auth, the token's `sub` is used).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
     },
     /// Start receiving a room's snapshot and changes.
     Subscribe {
@@ -344,6 +348,7 @@ struct WireClient {
     reference: Option<u64>,
     token: Option<String>,
     resume: Option<String>,
+    user: Option<String>,
 }
 
 fn need<T>(value: Option<T>, kind: &'static str, field: &'static str) -> crate::Result<T> {
@@ -359,6 +364,7 @@ impl TryFrom<WireClient> for ClientMessage {
             "hello" => ClientMessage::Hello {
                 token: wire.token,
                 resume: wire.resume,
+                user: wire.user,
             },
             "subscribe" => ClientMessage::Subscribe {
                 room: need(wire.room, "subscribe", "room")?,

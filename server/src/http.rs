@@ -215,6 +215,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/rooms/{room}", get(room))
         .route("/v1/rooms/{room}/heartbeat", post(heartbeat))
         .route("/v1/rooms/{room}/events", get(events))
+        .route("/v1/rooms/{room}/users", get(users))
         .route("/v1/rooms/{room}/entries/{client}", delete(remove_entry))
         .route("/v1/openapi.json", get(openapi_json))
         .merge(crate::pages::routes())
@@ -434,12 +435,69 @@ pub(crate) async fn room(
     Ok(json(StatusCode::OK, body))
 }
 
-/// The live entries of `room` as a JSON array: the whole cluster's whichever node
-/// answers. A node that follows the room holds them all; otherwise it asks the other
-/// nodes (waiting at most `--cluster-sync-ms`) and adds their entries to its own.
+/// One room's users, each with its live entries (sorted by user, then client).
+#[utoipa::path(
+    get,
+    path = "/v1/rooms/{room}/users",
+    tag = "rooms",
+    params(("room" = String, Path, description = "The room's name, percent-encoded")),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The room's users", body = crate::openapi::RoomUsers),
+        (status = 400, description = "An invalid room name", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Auth on and no valid token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "The token cannot read this room", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Starting", body = crate::openapi::ErrorBody),
+    ),
+)]
+pub(crate) async fn users(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(room): Path<String>,
+) -> Result<Response, ApiError> {
+    let hub = state.hub()?;
+    hub.limits().check_room(&room)?;
+    state.authorize(&headers, |grant| grant.can_read(&room))?;
+    let mut entries = room_entries(&state, hub, &room).await;
+    let anonymous = entries.iter().filter(|e| e.user.is_none()).count();
+    entries.retain(|e| e.user.is_some());
+    entries.sort_by(|a, b| a.user.cmp(&b.user).then(a.client.cmp(&b.client)));
+    let mut body = String::from("{\"room\":");
+    protocol::push_json_str(&mut body, &room);
+    body.push_str(",\"users\":[");
+    let mut rest = entries.as_slice();
+    let mut first = true;
+    while let Some(head) = rest.first() {
+        let n = rest.iter().take_while(|e| e.user == head.user).count();
+        let (same, tail) = rest.split_at(n);
+        if !first {
+            body.push(',');
+        }
+        first = false;
+        body.push_str("{\"userId\":");
+        protocol::push_json_str(&mut body, head.user.as_deref().unwrap_or_default());
+        body.push_str(",\"entries\":");
+        body.push_str(&protocol::entries_json(same));
+        body.push('}');
+        rest = tail;
+    }
+    body.push_str("],\"anonymousEntries\":");
+    body.push_str(&anonymous.to_string());
+    body.push('}');
+    Ok(json(StatusCode::OK, body))
+}
+
+/// The live entries of `room` as a JSON array (see [`room_entries`]).
 async fn room_entries_json(state: &AppState, hub: &Hub, room: &str) -> String {
+    protocol::entries_json(room_entries(state, hub, room).await.iter())
+}
+
+/// The live entries of `room`: the whole cluster's whichever node answers. A node
+/// that follows the room holds them all; otherwise it asks the other nodes (waiting
+/// at most `--cluster-sync-ms`) and adds their entries to its own.
+async fn room_entries(state: &AppState, hub: &Hub, room: &str) -> Vec<rollcall_engine::Entry> {
     let Some(cluster) = state.inner.cluster.get() else {
-        return hub.entries_json(room);
+        return hub.room_entries(room).0;
     };
     let (mut entries, complete) = hub.room_entries(room);
     if !complete {
@@ -468,7 +526,7 @@ async fn room_entries_json(state: &AppState, hub: &Hub, room: &str) -> String {
             entries.sort_by_key(|e| e.client);
         }
     }
-    protocol::entries_json(entries.iter())
+    entries
 }
 
 #[derive(Deserialize)]

@@ -285,7 +285,12 @@ impl Hub {
         let (materializer, journal) = engine.into_parts();
         let identity = Identity::load(&journal, node, resume_secret)?;
         let durability = journal.durability();
-        let counts = RoomCounts::from_rooms(materializer.rooms(UnixMs::now()));
+        let now = UnixMs::now();
+        let counts = RoomCounts::from_entries(materializer.rooms(now).flat_map(|(room, _)| {
+            materializer
+                .entries(room, now)
+                .map(move |entry| (room, entry.user.as_ref()))
+        }));
         let route = RandomState::new();
         let parts = materializer.split(shards, |room| shard_index(&route, shards, room));
         Ok(Hub {
@@ -626,6 +631,7 @@ impl Hub {
 
     /// The live entries of `room` as a JSON array: copied under its shard's lock,
     /// serialized after.
+    #[cfg(test)]
     pub fn entries_json(&self, room: &str) -> String {
         let now = UnixMs::now();
         let shard = self.lock(room);

@@ -3,10 +3,16 @@
 //! page) and never takes a room shard's lock. Only changes that add or remove an entry
 //! take this lock; a heartbeat that updates its entry does not.
 //!
+//! Each room also counts its entries per user (`userId`), so a user's first entry
+//! and last entry are seen where they happen, in O(1): webhooks' `user.joined` /
+//! `user.left` and occupancy counts come from here. Entries without a user are
+//! counted as entries, not as users. In a cluster these are the entries this node
+//! holds: its own, and the other nodes' in the rooms it follows.
+//!
 //! A count includes entries that expired but that no sweep has removed yet (at most
 //! one tick, `--tick-ms`, after their expiry).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
@@ -21,25 +27,61 @@ pub(crate) struct RoomsPage {
     pub(crate) next: Option<String>,
 }
 
-/// Entries per room, for rooms that hold any.
+/// One room's counts.
+#[derive(Debug, Default)]
+struct Counted {
+    /// Its entries.
+    entries: usize,
+    /// Its entries per user, for users with any.
+    users: HashMap<Arc<str>, usize>,
+}
+
+impl Counted {
+    /// Counts one more entry; true if it is `user`'s first.
+    fn add(&mut self, user: Option<&Arc<str>>) -> bool {
+        self.entries += 1;
+        user.is_some_and(|user| {
+            let n = self.users.entry(user.clone()).or_default();
+            *n += 1;
+            *n == 1
+        })
+    }
+
+    /// Counts one entry fewer; true if it was `user`'s last.
+    fn remove(&mut self, user: Option<&Arc<str>>) -> bool {
+        self.entries = self.entries.saturating_sub(1);
+        let Some(user) = user else { return false };
+        let Some(n) = self.users.get_mut(&**user) else {
+            return false;
+        };
+        *n -= 1;
+        if *n == 0 {
+            self.users.remove(&**user);
+            return true;
+        }
+        false
+    }
+}
+
+/// Entries (and users) per room, for rooms that hold any.
 #[derive(Debug, Default)]
 pub(crate) struct RoomCounts {
-    counts: Mutex<BTreeMap<Arc<str>, usize>>,
+    counts: Mutex<BTreeMap<Arc<str>, Counted>>,
     /// Webhooks: told of every change with the room's count after it.
     webhooks: OnceLock<Arc<crate::webhooks::Sink>>,
 }
 
 impl RoomCounts {
-    /// Counts taken from a listing of rooms and their entries (after a replay).
-    pub(crate) fn from_rooms<'a>(rooms: impl IntoIterator<Item = (&'a Arc<str>, usize)>) -> Self {
+    /// Counts taken from the rooms' entries (after a replay).
+    pub(crate) fn from_entries<'a>(
+        entries: impl IntoIterator<Item = (&'a Arc<str>, Option<&'a Arc<str>>)>,
+    ) -> Self {
+        let mut counts: BTreeMap<Arc<str>, Counted> = BTreeMap::new();
+        for (room, user) in entries {
+            counts.entry(room.clone()).or_default().add(user);
+        }
         RoomCounts {
-            counts: Mutex::new(
-                rooms
-                    .into_iter()
-                    .filter(|(_, n)| *n > 0)
-                    .map(|(room, n)| (room.clone(), n))
-                    .collect(),
-            ),
+            counts: Mutex::new(counts),
             webhooks: OnceLock::new(),
         }
     }
@@ -55,31 +97,40 @@ impl RoomCounts {
             // The common heartbeat: no count moves, so the lock is not taken.
             return;
         }
+        let user = change.entry.user.as_ref();
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        let after = match change.kind {
+        let (after, user_edge) = match change.kind {
             ChangeKind::Insert => {
-                let n = counts.entry(change.room.clone()).or_default();
-                *n += 1;
-                *n
+                let room = counts.entry(change.room.clone()).or_default();
+                let first = room.add(user);
+                (room.entries, first)
             }
             ChangeKind::Update => return,
             ChangeKind::Leave | ChangeKind::Expire => {
-                let Some(n) = counts.get_mut(&*change.room) else {
+                let Some(room) = counts.get_mut(&*change.room) else {
                     return;
                 };
-                *n -= 1;
-                let after = *n;
+                let last = room.remove(user);
+                let after = room.entries;
                 if after == 0 {
                     counts.remove(&*change.room);
                 }
-                after
+                (after, last)
             }
         };
         // Under the counts' lock: events leave in the order the counts changed.
         if let Some(webhooks) = self.webhooks.get() {
-            webhooks.change(change, after);
+            webhooks.change(change, after, user_edge);
         }
         drop(counts);
+    }
+
+    /// `room`'s entries and users (zero and zero for a room without entries).
+    pub(crate) fn occupancy(&self, room: &str) -> (usize, usize) {
+        let counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        counts
+            .get(room)
+            .map_or((0, 0), |room| (room.entries, room.users.len()))
     }
 
     /// Rooms after `after` (by name), at most `limit` (at least one).
@@ -90,7 +141,7 @@ impl RoomCounts {
         let mut rooms: Vec<(String, usize)> = counts
             .range::<str, _>((start, Bound::Unbounded))
             .take(limit + 1)
-            .map(|(room, n)| (room.to_string(), *n))
+            .map(|(room, n)| (room.to_string(), n.entries))
             .collect();
         drop(counts);
         let next = (rooms.len() > limit).then(|| rooms[limit - 1].0.clone());

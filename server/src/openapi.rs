@@ -43,6 +43,31 @@ pub struct Room {
     pub entries: Vec<Entry>,
 }
 
+/// One user of `GET /v1/rooms/{room}/users`.
+#[derive(Debug, serde::Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct RoomUser {
+    /// The user: the token's `sub`, or without auth the `user` its clients' hellos
+    /// claimed.
+    pub user_id: String,
+    /// The user's live entries in the room, one per client (tab, device).
+    pub entries: Vec<Entry>,
+}
+
+/// `GET /v1/rooms/{room}/users`.
+#[derive(Debug, serde::Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct RoomUsers {
+    /// The room's name.
+    pub room: String,
+    /// Users with live entries, sorted by `userId`.
+    pub users: Vec<RoomUser>,
+    /// Live entries without a user (auth off and no `user` in hello).
+    pub anonymous_entries: u64,
+}
+
 /// One room of `GET /v1/rooms`.
 #[derive(Debug, serde::Serialize, ToSchema)]
 pub struct RoomCount {
@@ -131,11 +156,12 @@ impl Modify for BearerAuth {
         crate::http::rooms,
         crate::http::room,
         crate::http::events,
+        crate::http::users,
         crate::http::heartbeat,
         crate::http::remove_entry,
         crate::http::openapi_json,
     ),
-    components(schemas(ErrorBody, Entry, Room, RoomCount, RoomsPage, HeartbeatRequest, HeartbeatAnswer, Health)),
+    components(schemas(ErrorBody, Entry, Room, RoomUser, RoomUsers, RoomCount, RoomsPage, HeartbeatRequest, HeartbeatAnswer, Health)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;
@@ -160,6 +186,7 @@ mod tests {
             "/v1/rooms/{room}",
             "/v1/rooms/{room}/heartbeat",
             "/v1/rooms/{room}/events",
+            "/v1/rooms/{room}/users",
             "/v1/rooms/{room}/entries/{clientId}",
             "/v1/openapi.json",
         ] {

@@ -54,6 +54,9 @@ pub mod close {
     pub const IDLE: u16 = CloseCode::Idle.as_u16();
 }
 
+/// The longest `user` a hello may claim (without auth), in bytes.
+pub const MAX_USER_BYTES: usize = 256;
+
 /// A parsed, validated client request.
 #[derive(Debug)]
 pub enum Request<'a> {
@@ -63,6 +66,8 @@ pub enum Request<'a> {
         token: Option<Cow<'a, str>>,
         /// A resume token from an earlier welcome.
         resume: Option<Cow<'a, str>>,
+        /// Without auth: the claimed user (unverified).
+        user: Option<Cow<'a, str>>,
     },
     /// Start receiving a room's snapshot and changes.
     Subscribe {
@@ -157,6 +162,8 @@ struct Raw<'a> {
     token: Option<Cow<'a, str>>,
     #[serde(borrow)]
     resume: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    user: Option<Cow<'a, str>>,
 }
 
 /// Parses and validates one text message.
@@ -188,6 +195,7 @@ pub fn parse<'a>(text: &'a str, limits: &Limits) -> Result<Request<'a>, Rejectio
         "hello" => Ok(Request::Hello {
             token: raw.token,
             resume: raw.resume,
+            user: raw.user,
         }),
         "subscribe" => {
             let room = room(raw.room)?;
@@ -849,6 +857,7 @@ mod tests {
             ClientMessage::Hello {
                 token: Some("t".into()),
                 resume: Some("r".into()),
+                user: Some("alice".into()),
             },
             ClientMessage::Subscribe {
                 room: "pr:a".into(),
@@ -885,12 +894,21 @@ mod tests {
             let parsed = parse(&text, &limits()).expect(&text);
             let same = match (&message, &parsed) {
                 (
-                    ClientMessage::Hello { token, resume },
+                    ClientMessage::Hello {
+                        token,
+                        resume,
+                        user,
+                    },
                     Request::Hello {
                         token: t,
                         resume: r,
+                        user: u,
                     },
-                ) => token.as_deref() == t.as_deref() && resume.as_deref() == r.as_deref(),
+                ) => {
+                    token.as_deref() == t.as_deref()
+                        && resume.as_deref() == r.as_deref()
+                        && user.as_deref() == u.as_deref()
+                }
                 (
                     ClientMessage::Subscribe {
                         room,

@@ -80,6 +80,8 @@ async fn read_hello(connection: &mut Connection) -> Inbound {
 struct Welcomed {
     admitted: Admitted,
     grant: Option<Grant>,
+    /// The entries' `userId`: the token's `sub`, or without auth the hello's claim.
+    user: Option<Arc<str>>,
     outbox: Arc<Outbox>,
 }
 
@@ -114,7 +116,7 @@ async fn handshake(
             return None;
         }
     };
-    let (resume, token) = match hello {
+    let (resume, token, claimed_user) = match hello {
         Err(_) => {
             connection
                 .close(close::HELLO_TIMEOUT, "no hello in time")
@@ -122,10 +124,26 @@ async fn handshake(
             return None;
         }
         Ok(Inbound::Text(text)) => match protocol::parse(&text, hub.limits()) {
-            Ok(Request::Hello { resume, token }) => (
-                resume.map(std::borrow::Cow::into_owned),
-                token.map(std::borrow::Cow::into_owned),
-            ),
+            Ok(Request::Hello {
+                resume,
+                token,
+                user,
+            }) if user
+                .as_ref()
+                .is_none_or(|u| !u.is_empty() && u.len() <= protocol::MAX_USER_BYTES) =>
+            {
+                (
+                    resume.map(std::borrow::Cow::into_owned),
+                    token.map(std::borrow::Cow::into_owned),
+                    user.map(|u| Arc::<str>::from(&*u)),
+                )
+            }
+            Ok(Request::Hello { .. }) => {
+                connection
+                    .close(close::BAD_HELLO, "hello's user must be 1 to 256 bytes")
+                    .await;
+                return None;
+            }
             _ => {
                 connection
                     .close(close::BAD_HELLO, "the first message must be hello")
@@ -181,7 +199,11 @@ async fn handshake(
             }
         }
     };
-    let user = grant.as_ref().map(|g| g.user.clone());
+    // With auth the token's `sub` is the user; without, the hello's unverified claim.
+    let user = match &grant {
+        Some(grant) => Some(grant.user.clone()),
+        None => claimed_user,
+    };
 
     let admitted = match hub.admit(resume.as_deref(), user.as_deref()) {
         Ok(admitted) => admitted,
@@ -216,6 +238,7 @@ async fn handshake(
         Welcomed {
             admitted,
             grant,
+            user,
             outbox,
         },
     ))
@@ -233,11 +256,11 @@ async fn run(
     let Welcomed {
         admitted,
         grant,
+        user,
         outbox,
     } = welcomed;
     hub.metrics().connections.increment(1.0);
     tracing::debug!(client = %admitted.client, resumed = admitted.resumed, "session started");
-    let user = grant.as_ref().map(|g| g.user.clone());
 
     let Admitted {
         client,

@@ -10,10 +10,9 @@
 //! `X-Rollcall-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
 //!
 //! Events: `room.occupied` / `room.vacated` (a room's first entry appears / its last
-//! goes) and `entry.joined` / `entry.left` (one client's entry). `user.joined` /
-//! `user.left` need per-room user counts: they are to be emitted from the same place
-//! as the occupancy events once the hub keeps those counts ([`Sink::emit`] takes any
-//! event kind).
+//! goes), `user.joined` / `user.left` (a user's first entry in the room appears / its
+//! last goes, across the user's tabs; from the per-user counts of
+//! `listing::RoomCounts`) and `entry.joined` / `entry.left` (one client's entry).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -107,23 +106,24 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Emits the events a change of an entry makes: the entry's own, and
-    /// `room.occupied` / `room.vacated` when the room's count went from or to zero.
-    pub(crate) fn change(&self, change: &Change, count_after: usize) {
+    /// Emits the events a change of an entry makes: the entry's own;
+    /// `room.occupied` / `room.vacated` when the room's count went from or to zero;
+    /// `user.joined` / `user.left` when `user_edge` says the entry was its user's
+    /// first / last in the room.
+    pub(crate) fn change(&self, change: &Change, count_after: usize, user_edge: bool) {
         let entry = &change.entry;
+        let client = Some(entry.client.0);
         let user = entry.user.as_deref();
+        let room = &*change.room;
         match change.kind {
             ChangeKind::Insert => {
                 if count_after == 1 {
-                    self.emit("room.occupied", &change.room, None, None, None);
+                    self.emit("room.occupied", room, None, None, None);
                 }
-                self.emit(
-                    "entry.joined",
-                    &change.room,
-                    Some(entry.client.0),
-                    user,
-                    None,
-                );
+                if user_edge {
+                    self.emit("user.joined", room, client, user, None);
+                }
+                self.emit("entry.joined", room, client, user, None);
             }
             ChangeKind::Update => {}
             ChangeKind::Leave | ChangeKind::Expire => {
@@ -132,15 +132,12 @@ impl Sink {
                 } else {
                     "expire"
                 };
-                self.emit(
-                    "entry.left",
-                    &change.room,
-                    Some(entry.client.0),
-                    user,
-                    Some(reason),
-                );
+                self.emit("entry.left", room, client, user, Some(reason));
+                if user_edge {
+                    self.emit("user.left", room, client, user, Some(reason));
+                }
                 if count_after == 0 {
-                    self.emit("room.vacated", &change.room, None, None, None);
+                    self.emit("room.vacated", room, None, None, None);
                 }
             }
         }

@@ -666,6 +666,7 @@ async fn open(options: &Options, index: usize, resume: Option<&str>) -> Result<(
     let hello = ClientMessage::Hello {
         token: options.token.clone(),
         resume: resume.map(str::to_owned),
+        user: None,
     };
     socket.send(Message::Text(hello.to_json().into())).await?;
     loop {
