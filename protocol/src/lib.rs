@@ -48,7 +48,9 @@ mod validate;
 pub use codes::{CloseCode, ErrorCode, Reconnect};
 pub use error::{Error, Rejection, Result};
 pub use limits::Limits;
-pub use messages::{Change, ClientMessage, Entry, Json, ServerMessage, WelcomeLimits};
+pub use messages::{
+    Change, ClientMessage, Entry, Json, ServerMessage, SubscribeMode, WelcomeLimits,
+};
 pub use validate::{check_data, parse_interval, parse_ref, parse_ttl};
 
 /// The protocol version: `docs/protocol.md` describes v1, spoken at `GET /ws` with or

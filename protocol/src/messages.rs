@@ -54,6 +54,18 @@ impl std::fmt::Display for Json {
     }
 }
 
+/// What a subscription receives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum SubscribeMode {
+    /// A `snapshot` of the entries, then their `changes`.
+    Full,
+    /// `occupancy` messages: the room's counts of entries and users, at most once a
+    /// second and only when they changed. For rooms too big to send everyone's entries.
+    Occupancy,
+}
+
 /// A message a client sends.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(
@@ -84,6 +96,10 @@ pub enum ClientMessage {
         /// Changes at most once per this many ms, conflated (absent: as they come).
         #[serde(skip_serializing_if = "Option::is_none")]
         interval_ms: Option<u64>,
+        /// What to receive: the entries (`full`, the default) or only their counts
+        /// (`occupancy`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mode: Option<SubscribeMode>,
         /// Correlation id, answered by `ack` or `error`.
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<u64>,
@@ -257,6 +273,18 @@ pub enum ServerMessage {
         /// Every live entry.
         entries: Vec<Entry>,
     },
+    /// An occupancy subscription's counts: sent on subscribe, then at most once a
+    /// second when they changed.
+    Occupancy {
+        /// The room.
+        room: String,
+        /// The server's clock.
+        server_time_ms: u64,
+        /// The room's live entries (one per client: a tab, a device).
+        entry_count: u64,
+        /// The distinct `userId`s among them (entries without a user not counted).
+        user_count: u64,
+    },
     /// What changed in a subscribed room.
     Changes {
         /// The room.
@@ -344,6 +372,7 @@ struct WireClient {
     data: Option<Json>,
     ttl_ms: Option<u64>,
     interval_ms: Option<u64>,
+    mode: Option<SubscribeMode>,
     #[serde(rename = "ref")]
     reference: Option<u64>,
     token: Option<String>,
@@ -369,6 +398,7 @@ impl TryFrom<WireClient> for ClientMessage {
             "subscribe" => ClientMessage::Subscribe {
                 room: need(wire.room, "subscribe", "room")?,
                 interval_ms: wire.interval_ms,
+                mode: wire.mode,
                 reference,
             },
             "unsubscribe" => ClientMessage::Unsubscribe {
@@ -449,6 +479,8 @@ struct WireServer {
     message: Option<String>,
     user_id: Option<String>,
     data: Option<Json>,
+    entry_count: Option<u64>,
+    user_count: Option<u64>,
 }
 
 impl TryFrom<WireServer> for ServerMessage {
@@ -467,6 +499,12 @@ impl TryFrom<WireServer> for ServerMessage {
                 room: need(wire.room, "snapshot", "room")?,
                 server_time_ms: need(wire.server_time_ms, "snapshot", "serverTimeMs")?,
                 entries: wire.entries.unwrap_or_default(),
+            },
+            "occupancy" => ServerMessage::Occupancy {
+                room: need(wire.room, "occupancy", "room")?,
+                server_time_ms: need(wire.server_time_ms, "occupancy", "serverTimeMs")?,
+                entry_count: need(wire.entry_count, "occupancy", "entryCount")?,
+                user_count: need(wire.user_count, "occupancy", "userCount")?,
             },
             "changes" => ServerMessage::Changes {
                 room: need(wire.room, "changes", "room")?,
@@ -524,6 +562,7 @@ mod tests {
         for text in [
             r#"{"type":"welcome","clientId":7,"resumeToken":"AAAAAAAAAAc.pQ3k","resumed":false,"serverTimeMs":1764300000000,"limits":{"maxMessageBytes":65536,"maxDataBytes":4096,"maxTtlMs":3600000,"maxRoomsPerConnection":128,"maxEntriesPerRoom":10000,"heartbeatsPerSecond":120,"heartbeatBurst":240}}"#,
             r#"{"type":"snapshot","room":"pr:room-123","serverTimeMs":1764300000000,"entries":[{"clientId":7,"data":{"status":"online"},"expiresAtMs":1764300030000},{"clientId":9,"data":{"x":1},"expiresAtMs":1764300005000,"userId":"alice"}]}"#,
+            r#"{"type":"occupancy","room":"pr:room-123","serverTimeMs":1764300000000,"entryCount":3,"userCount":2}"#,
             r#"{"type":"changes","room":"pr:room-123","serverTimeMs":1764300000250,"changes":[{"op":"upsert","clientId":9,"data":{"x":2},"expiresAtMs":1764300005250,"userId":"alice"},{"op":"leave","clientId":7},{"op":"expire","clientId":11}]}"#,
             r#"{"type":"ack","ref":2,"expiresAtMs":1764300030000}"#,
             r#"{"type":"ack","ref":2}"#,

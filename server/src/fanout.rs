@@ -17,6 +17,12 @@
 //! then read at most once per interval, and always conflated: it receives the latest
 //! state per client at that rate. Subscribers that read the same span of a feed share
 //! one serialized frame instead of each building its own.
+//!
+//! Occupancy: a subscription in `occupancy` mode (a "watcher") never reads the feed's
+//! changes: it is woken only by changes that add or remove an entry, read at most once
+//! a second (the same pacing), and then sends the room's counts of entries and users
+//! (from `listing::RoomCounts`, O(1)) if they differ from the last it sent. A heartbeat
+//! that refreshes an entry costs watchers nothing.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,7 +34,11 @@ use rollcall_engine::{Change, ClientId, Ticket, UnixMs};
 use tokio::sync::Notify;
 use tungstenite::Utf8Bytes;
 
+use crate::listing::RoomCounts;
 use crate::protocol::{self, ErrorCode, Rejection};
+
+/// Occupancy subscriptions are read at most this often.
+pub const OCCUPANCY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The index of a subscription in one outbox.
 pub(crate) type Slot = u32;
@@ -85,6 +95,13 @@ impl Published {
     }
 
     /// The change's `changes` entry (JSON), serialized on first use.
+    /// Whether the change adds or removes an entry (so moves the room's counts).
+    pub(crate) fn moves_counts(&self) -> bool {
+        self.change
+            .as_ref()
+            .is_some_and(|c| c.kind != rollcall_engine::ChangeKind::Update)
+    }
+
     pub(crate) fn fragment(&self) -> &Arc<str> {
         self.fragment.get_or_init(|| match &self.change {
             Some(change) => protocol::change_fragment(change).into(),
@@ -125,6 +142,8 @@ impl FeedLog {
 pub struct Feed {
     log: Mutex<FeedLog>,
     subscribers: Mutex<Vec<Arc<Subscription>>>,
+    /// Occupancy subscriptions: they never read the log.
+    watchers: Mutex<Vec<Arc<Subscription>>>,
 }
 
 impl Feed {
@@ -140,9 +159,11 @@ impl Feed {
 
     /// Stops `subscription` reading this feed; returns how many still do.
     pub(crate) fn remove(&self, subscription: &Arc<Subscription>) -> usize {
+        let mut watchers = lock(&self.watchers);
+        watchers.retain(|s| !Arc::ptr_eq(s, subscription));
         let mut subscribers = lock(&self.subscribers);
         subscribers.retain(|s| !Arc::ptr_eq(s, subscription));
-        subscribers.len()
+        subscribers.len() + watchers.len()
     }
 
     /// Appends a change (O(1), no serialization: call under the room's shard lock, so
@@ -173,6 +194,7 @@ impl Feed {
     pub(crate) fn broadcast(&self, message: &str, except: &Outbox) -> (usize, usize) {
         let outboxes: Vec<Arc<Outbox>> = lock(&self.subscribers)
             .iter()
+            .chain(lock(&self.watchers).iter())
             .filter_map(|s| s.outbox.upgrade())
             .filter(|outbox| !std::ptr::eq(Arc::as_ptr(outbox), except))
             .collect();
@@ -185,13 +207,23 @@ impl Feed {
         (queued, outboxes.len() - queued)
     }
 
-    /// Wakes the subscribers that were idle; returns how many read this feed.
-    pub(crate) fn wake(&self) -> usize {
+    /// Wakes the subscribers that were idle, and the watchers too if the change moved
+    /// the room's counts; returns how many were woken.
+    pub(crate) fn wake(&self, counts_moved: bool) -> usize {
         let subscribers = lock(&self.subscribers);
         for subscription in subscribers.iter() {
             subscription.wake();
         }
-        subscribers.len()
+        let mut woken = subscribers.len();
+        drop(subscribers);
+        if counts_moved {
+            let watchers = lock(&self.watchers);
+            for subscription in watchers.iter() {
+                subscription.wake();
+            }
+            woken += watchers.len();
+        }
+        woken
     }
 }
 
@@ -214,6 +246,15 @@ pub struct Subscription {
     interval: Duration,
     /// Paced subscriptions: when the feed may be read next.
     next_read: Mutex<Option<Instant>>,
+    /// Occupancy subscriptions: where the counts are, and the last sent.
+    occupancy: Option<Occupancy>,
+}
+
+/// An occupancy subscription's state.
+#[derive(Debug)]
+struct Occupancy {
+    counts: Arc<RoomCounts>,
+    last: Mutex<Option<(usize, usize)>>,
 }
 
 impl Subscription {
@@ -243,6 +284,11 @@ impl Subscription {
     /// The pacing interval asked for in `subscribe` (zero: none).
     pub fn interval(&self) -> Duration {
         self.interval
+    }
+
+    /// Whether this is an occupancy subscription.
+    pub fn is_occupancy(&self) -> bool {
+        self.occupancy.is_some()
     }
 
     /// Whether the feed may be read at `at`; a paced subscription that may not gives
@@ -345,13 +391,21 @@ impl Outbox {
     }
 
     /// Creates a subscription to `room`'s `feed` (starting at its head), read at most
-    /// once per `interval` (zero: whenever the writer drains).
+    /// once per `interval` (zero: whenever the writer drains). With `occupancy` it
+    /// sends `counts`' numbers for the room instead, at most once per
+    /// [`OCCUPANCY_INTERVAL`] (or `interval` if longer).
     pub fn subscribe(
         self: &Arc<Self>,
         room: Arc<str>,
         feed: Arc<Feed>,
         interval: Duration,
+        occupancy: Option<Arc<RoomCounts>>,
     ) -> Arc<Subscription> {
+        let interval = if occupancy.is_some() {
+            interval.max(OCCUPANCY_INTERVAL)
+        } else {
+            interval
+        };
         let mut state = lock(&self.state);
         let slot = match state.free.pop() {
             Some(slot) => slot,
@@ -372,10 +426,18 @@ impl Outbox {
             snapshot: Mutex::new(None),
             interval,
             next_read: Mutex::new(None),
+            occupancy: occupancy.map(|counts| Occupancy {
+                counts,
+                last: Mutex::new(None),
+            }),
         });
         state.subscriptions[slot as usize] = Some(subscription.clone());
         drop(state);
-        lock(&subscription.feed.subscribers).push(subscription.clone());
+        if subscription.occupancy.is_some() {
+            lock(&subscription.feed.watchers).push(subscription.clone());
+        } else {
+            lock(&subscription.feed.subscribers).push(subscription.clone());
+        }
         subscription
     }
 
@@ -563,11 +625,16 @@ impl Outbox {
             // Clear first: a change published after the read below sets it again.
             subscription.dirty.store(false, Ordering::Release);
             let mut sent = false;
-            if let Some(snapshot) = snapshot {
-                out.frames.push(snapshot.into());
-                sent = true;
+            if let Some(occupancy) = &subscription.occupancy {
+                // A snapshot asks for the counts now, changed or not.
+                sent = Self::read_occupancy(&subscription, occupancy, snapshot.is_some(), now, out);
+            } else {
+                if let Some(snapshot) = snapshot {
+                    out.frames.push(snapshot.into());
+                    sent = true;
+                }
+                sent |= Self::read_feed(&subscription, now, out);
             }
-            sent |= Self::read_feed(&subscription, now, out);
             if sent && !subscription.interval.is_zero() {
                 *lock(&subscription.next_read) = Some(at + subscription.interval);
             }
@@ -614,6 +681,27 @@ impl Outbox {
         if had_backlog {
             self.drained.notify_waiters();
         }
+    }
+
+    /// Appends an `occupancy` frame if the room's counts differ from the last sent (or
+    /// `force`); returns whether it did.
+    fn read_occupancy(
+        subscription: &Subscription,
+        occupancy: &Occupancy,
+        force: bool,
+        now: UnixMs,
+        out: &mut Drained,
+    ) -> bool {
+        let counts = occupancy.counts.occupancy(&subscription.room);
+        let mut last = lock(&occupancy.last);
+        if !force && *last == Some(counts) {
+            return false;
+        }
+        *last = Some(counts);
+        drop(last);
+        out.frames
+            .push(protocol::occupancy(&subscription.room, now, counts.0, counts.1).into());
+        true
     }
 
     /// Appends one `changes` frame with what `subscription` has not seen yet; returns
@@ -774,7 +862,7 @@ mod tests {
 
     fn publish(feed: &Feed, client: ClientId, fragment: Arc<str>, room_len: usize) {
         feed.publish(Published::serialized(client, fragment), room_len);
-        feed.wake();
+        feed.wake(true);
     }
 
     fn fragment(client: u64, version: u64) -> Arc<str> {
@@ -797,7 +885,7 @@ mod tests {
     fn a_few_changes_go_out_in_order_as_one_frame() {
         let outbox = Arc::new(Outbox::new());
         let feed = Feed::new();
-        let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
+        let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO, None);
         let _subs = [sub.clone()];
         for v in 0..5 {
             publish(&feed, ClientId(1), fragment(1, v), 1);
@@ -816,7 +904,7 @@ mod tests {
     fn a_lagging_reader_gets_the_latest_change_per_client() {
         let outbox = Arc::new(Outbox::new());
         let feed = Feed::new();
-        let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
+        let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO, None);
         let _subs = [sub];
         for v in 0..1_000 {
             publish(&feed, ClientId(v % 3 + 1), fragment(v % 3 + 1, v), 3_000);
@@ -831,7 +919,7 @@ mod tests {
     fn a_reader_out_of_the_window_is_resynced() {
         let outbox = Arc::new(Outbox::new());
         let feed = Feed::new();
-        let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
+        let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO, None);
         let _subs = [sub.clone()];
         for v in 0..(MAX_WINDOW as u64 + 10) {
             publish(&feed, ClientId(1), fragment(1, v), 10_000);
@@ -843,7 +931,7 @@ mod tests {
         assert!(lock(&feed.log).changes.len() <= MAX_WINDOW);
         // A small room keeps a small window.
         let small = Feed::new();
-        let _lagging = outbox.subscribe("s".into(), small.clone(), Duration::ZERO);
+        let _lagging = outbox.subscribe("s".into(), small.clone(), Duration::ZERO, None);
         for v in 0..1_000 {
             publish(&small, ClientId(1), fragment(1, v), 3);
         }
@@ -859,8 +947,8 @@ mod tests {
         let b = Arc::new(Outbox::new());
         let feed = Feed::new();
         let _subs = [
-            a.subscribe("r".into(), feed.clone(), Duration::ZERO),
-            b.subscribe("r".into(), feed.clone(), Duration::ZERO),
+            a.subscribe("r".into(), feed.clone(), Duration::ZERO, None),
+            b.subscribe("r".into(), feed.clone(), Duration::ZERO, None),
         ];
         for v in 0..100 {
             publish(&feed, ClientId(1), fragment(1, v), 1);
@@ -874,7 +962,7 @@ mod tests {
     fn snapshot_comes_before_later_changes_and_control_after_rooms() {
         let outbox = Arc::new(Outbox::new());
         let feed = Feed::new();
-        let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
+        let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO, None);
         let _subs = [sub.clone()];
         publish(&feed, ClientId(1), fragment(1, 0), 2);
         sub.reset("SNAPSHOT".into(), feed.head());
@@ -891,11 +979,11 @@ mod tests {
     fn unsubscribed_rooms_stop() {
         let outbox = Arc::new(Outbox::new());
         let feed = Feed::new();
-        let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
+        let sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO, None);
         publish(&feed, ClientId(1), fragment(1, 0), 1);
         outbox.unsubscribe(&sub);
         assert!(drain(&outbox, 0).frames.is_empty());
-        let again = outbox.subscribe("s".into(), feed, Duration::ZERO);
+        let again = outbox.subscribe("s".into(), feed, Duration::ZERO, None);
         assert_eq!(again.slot, sub.slot, "slots are reused");
     }
 
@@ -981,7 +1069,7 @@ mod tests {
         let mut pacer = Pacer::new(interval);
         let outbox = Arc::new(Outbox::new());
         let feed = Feed::new();
-        let _sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
+        let _sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO, None);
         let t0 = Instant::now();
         let mut writes = Vec::new();
         let mut delivered = 0;
@@ -1013,7 +1101,7 @@ mod tests {
         let interval = Duration::from_millis(50);
         let outbox = Arc::new(Outbox::new());
         let feed = Feed::new();
-        let paced = outbox.subscribe("r".into(), feed.clone(), interval);
+        let paced = outbox.subscribe("r".into(), feed.clone(), interval, None);
         let _subs = [paced];
         let t0 = Instant::now();
         let read = |at: Instant| {
@@ -1050,7 +1138,7 @@ mod tests {
     fn a_held_outbox_wakes_once_for_a_change_and_its_ack() {
         let outbox = Arc::new(Outbox::new());
         let feed = Feed::new();
-        let _sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO);
+        let _sub = outbox.subscribe("r".into(), feed.clone(), Duration::ZERO, None);
         let hold = outbox.hold();
         publish(&feed, ClientId(1), fragment(1, 0), 1);
         outbox.push_control("ACK".into());
@@ -1079,7 +1167,7 @@ mod tests {
         let outboxes: Vec<Arc<Outbox>> = (0..3).map(|_| Arc::new(Outbox::new())).collect();
         let _subs: Vec<Arc<Subscription>> = outboxes
             .iter()
-            .map(|o| o.subscribe("r".into(), feed.clone(), Duration::ZERO))
+            .map(|o| o.subscribe("r".into(), feed.clone(), Duration::ZERO, None))
             .collect();
         publish(&feed, ClientId(1), fragment(1, 0), 2);
         publish(&feed, ClientId(2), fragment(2, 1), 2);

@@ -187,7 +187,7 @@ impl Drop for Locked<'_> {
             .record(self.since.elapsed().as_secs_f64() * 1_000_000.0);
         for (feed, change) in published {
             change.fragment();
-            let subscribers = feed.wake();
+            let subscribers = feed.wake(change.moves_counts());
             metrics.fanout_changes.increment(subscribers as u64);
         }
     }
@@ -222,7 +222,7 @@ pub struct Hub {
     /// Set once, when cluster mode is turned on.
     cluster: OnceLock<Cluster>,
     /// Entries per room, for listings that take no shard lock.
-    counts: RoomCounts,
+    counts: Arc<RoomCounts>,
     limits: Limits,
     durability: Durability,
     durable: watch::Receiver<Ticket>,
@@ -286,11 +286,13 @@ impl Hub {
         let identity = Identity::load(&journal, node, resume_secret)?;
         let durability = journal.durability();
         let now = UnixMs::now();
-        let counts = RoomCounts::from_entries(materializer.rooms(now).flat_map(|(room, _)| {
-            materializer
-                .entries(room, now)
-                .map(move |entry| (room, entry.user.as_ref()))
-        }));
+        let counts = Arc::new(RoomCounts::from_entries(materializer.rooms(now).flat_map(
+            |(room, _)| {
+                materializer
+                    .entries(room, now)
+                    .map(move |entry| (room, entry.user.as_ref()))
+            },
+        )));
         let route = RandomState::new();
         let parts = materializer.split(shards, |room| shard_index(&route, shards, room));
         Ok(Hub {
@@ -466,6 +468,20 @@ impl Hub {
         reference: Option<u64>,
         interval: std::time::Duration,
     ) -> Arc<Subscription> {
+        self.subscribe_mode(room, outbox, existing, reference, interval, false)
+    }
+
+    /// [`Hub::subscribe`], or with `occupancy` a subscription to the room's counts
+    /// (`occupancy` messages) instead of its entries.
+    pub fn subscribe_mode(
+        &self,
+        room: &Arc<str>,
+        outbox: &Arc<Outbox>,
+        existing: Option<&Arc<Subscription>>,
+        reference: Option<u64>,
+        interval: std::time::Duration,
+        occupancy: bool,
+    ) -> Arc<Subscription> {
         let now = UnixMs::now();
         let mut guard = self.lock(room);
         let shard = &mut *guard;
@@ -490,7 +506,12 @@ impl Hub {
         };
         let subscription = match existing {
             Some(subscription) => subscription.clone(),
-            None => outbox.subscribe(room.clone(), room_feed.feed.clone(), interval),
+            None => outbox.subscribe(
+                room.clone(),
+                room_feed.feed.clone(),
+                interval,
+                occupancy.then(|| self.counts.clone()),
+            ),
         };
         if let Some(waiting) = &mut room_feed.waiting {
             waiting.push(Waiting {

@@ -78,6 +78,8 @@ pub enum Request<'a> {
         /// `intervalMs`: changes at most once per this many milliseconds, conflated to
         /// the latest state per client (zero: as they come).
         interval_ms: u64,
+        /// `mode: "occupancy"`: counts instead of entries.
+        occupancy: bool,
     },
     /// Stop receiving a room's changes.
     Unsubscribe {
@@ -156,6 +158,8 @@ struct Raw<'a> {
     ttl_ms: Option<&'a RawValue>,
     #[serde(rename = "intervalMs", borrow)]
     interval_ms: Option<&'a RawValue>,
+    #[serde(borrow)]
+    mode: Option<Cow<'a, str>>,
     #[serde(rename = "ref", borrow)]
     reference: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -201,10 +205,22 @@ pub fn parse<'a>(text: &'a str, limits: &Limits) -> Result<Request<'a>, Rejectio
             let room = room(raw.room)?;
             let interval_ms =
                 parse_interval(raw.interval_ms).map_err(|r| r.with(reference, Some(&room)))?;
+            let occupancy = match raw.mode.as_deref() {
+                None | Some("full") => false,
+                Some("occupancy") => true,
+                Some(other) => {
+                    return Err(Rejection::new(
+                        ErrorCode::BadRequest,
+                        format!("unknown subscribe mode {other:?}: use \"full\" or \"occupancy\""),
+                    )
+                    .with(reference, Some(&room)));
+                }
+            };
             Ok(Request::Subscribe {
                 room,
                 reference,
                 interval_ms,
+                occupancy,
             })
         }
         "unsubscribe" => Ok(Request::Unsubscribe {
@@ -369,6 +385,19 @@ pub fn snapshot<'e>(
     let _ = write!(out, ",\"serverTimeMs\":{},\"entries\":", now.0);
     out.push_str(&entries_json(entries));
     out.push('}');
+    out
+}
+
+/// An `occupancy` message: a room's counts of entries and users.
+pub fn occupancy(room: &str, now: UnixMs, entries: usize, users: usize) -> String {
+    let mut out = String::with_capacity(96);
+    out.push_str("{\"type\":\"occupancy\",\"room\":");
+    push_json_str(&mut out, room);
+    let _ = write!(
+        out,
+        ",\"serverTimeMs\":{},\"entryCount\":{entries},\"userCount\":{users}}}",
+        now.0
+    );
     out
 }
 
@@ -862,6 +891,7 @@ mod tests {
             ClientMessage::Subscribe {
                 room: "pr:a".into(),
                 interval_ms: Some(100),
+                mode: Some(rollcall_protocol::SubscribeMode::Occupancy),
                 reference: Some(1),
             },
             ClientMessage::Unsubscribe {
@@ -913,14 +943,21 @@ mod tests {
                     ClientMessage::Subscribe {
                         room,
                         interval_ms,
+                        mode,
                         reference,
                     },
                     Request::Subscribe {
                         room: r,
                         interval_ms: i,
+                        occupancy: o,
                         reference: f,
                     },
-                ) => room == r && interval_ms.unwrap_or(0) == *i && reference == f,
+                ) => {
+                    room == r
+                        && interval_ms.unwrap_or(0) == *i
+                        && reference == f
+                        && (*mode == Some(rollcall_protocol::SubscribeMode::Occupancy)) == *o
+                }
                 (
                     ClientMessage::Unsubscribe { room, reference },
                     Request::Unsubscribe {

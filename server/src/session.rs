@@ -475,25 +475,36 @@ impl Session {
                 room,
                 reference,
                 interval_ms,
+                occupancy,
             } => {
                 if self.grant.as_ref().is_some_and(|g| !g.can_read(&room)) {
                     return Err(reject(forbidden(), &room));
                 }
                 let name = self.use_room(&room).map_err(|r| reject(r, &room))?;
-                let interval = Duration::from_millis(interval_ms);
+                let mut interval = Duration::from_millis(interval_ms);
+                if occupancy {
+                    interval = interval.max(crate::fanout::OCCUPANCY_INTERVAL);
+                }
                 let mut existing = self
                     .rooms
                     .get(&*name)
                     .and_then(|usage| usage.subscription.clone());
-                if let Some(old) = existing.take_if(|s| s.interval() != interval) {
-                    // Another pace: a new subscription replaces the old one.
+                if let Some(old) =
+                    existing.take_if(|s| s.interval() != interval || s.is_occupancy() != occupancy)
+                {
+                    // Another pace or mode: a new subscription replaces the old one.
                     self.hub.unsubscribe(&self.outbox, &old);
                 }
                 // The hub acks after the snapshot (which, in a cluster, may wait for
                 // the room's first sync).
-                let subscription =
-                    self.hub
-                        .subscribe(&name, &self.outbox, existing.as_ref(), reference, interval);
+                let subscription = self.hub.subscribe_mode(
+                    &name,
+                    &self.outbox,
+                    existing.as_ref(),
+                    reference,
+                    interval,
+                    occupancy,
+                );
                 if let Some(usage) = self.rooms.get_mut(&*name) {
                     usage.subscription = Some(subscription);
                 }

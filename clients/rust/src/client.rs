@@ -871,6 +871,7 @@ fn outgoing(
         Command::Subscribe(room) => ClientMessage::Subscribe {
             room,
             interval_ms: None,
+            mode: None,
             reference: None,
         },
         Command::Unsubscribe(room) => ClientMessage::Unsubscribe {
@@ -944,6 +945,7 @@ fn restore(
             messages.push(ClientMessage::Subscribe {
                 room: name.clone(),
                 interval_ms: None,
+                mode: None,
                 reference: None,
             });
         }
