@@ -9,6 +9,7 @@ import type {
   BroadcastOutput,
   ClientOptions,
   ConnectionState,
+  Occupancy,
   Presence,
   PresenceOptions,
   PresenceSchema,
@@ -67,6 +68,8 @@ class Client implements RollcallClient, RoomHost {
   private readonly opts: ClientOptions;
   private readonly clock = new ClockSync();
   private readonly rooms = new Map<string, Room>();
+  /** Rooms watched with `occupancy()`: their listeners. */
+  private readonly watched = new Map<string, Set<(o: Occupancy) => void>>();
   /** Rooms released while disconnected with an entry the server may still hold. */
   private readonly pendingLeaves = new Set<string>();
   private readonly errorListeners = new Set<(e: RollcallErrorLike) => void>();
@@ -178,6 +181,7 @@ class Client implements RollcallClient, RoomHost {
     let codec: Codec | null = null;
     if (schema !== undefined) codec = makeCodec(schema, this.opts.effectSchema);
     const broadcastCodec = options?.broadcastSchema === undefined ? null : makeCodec(options.broadcastSchema, this.opts.effectSchema);
+    if (this.watched.has(room)) throw new Error(`rollcall-client: presence(${JSON.stringify(room)}): the room is watched with occupancy() on this client`);
     let r = this.rooms.get(room);
     if (!r) {
       r = new Room(room, this);
@@ -187,6 +191,27 @@ class Client implements RollcallClient, RoomHost {
     const view = new PresenceView<unknown, unknown>(r, this, codec, throttleMs, broadcastCodec);
     r.views.add(view);
     return view;
+  }
+
+  occupancy(room: string, fn: (occupancy: Occupancy) => void): () => void {
+    const problem = roomNameProblem(room);
+    if (problem) throw new RangeError(`rollcall-client: occupancy(${JSON.stringify(room)}): ${problem}`);
+    if (typeof fn !== "function") throw new TypeError("occupancy(room, fn): fn must be a function");
+    if (this.rooms.has(room)) throw new Error(`rollcall-client: occupancy(${JSON.stringify(room)}): the room is open with presence() on this client`);
+    let listeners = this.watched.get(room);
+    if (!listeners) {
+      listeners = new Set();
+      this.watched.set(room, listeners);
+      if (this.st === "connected") this.send(JSON.stringify({ type: "subscribe", room, mode: "occupancy" }));
+    }
+    const wrapped = (o: Occupancy) => fn(o);
+    listeners.add(wrapped);
+    return () => {
+      const now = this.watched.get(room);
+      if (!now?.delete(wrapped) || now.size > 0) return;
+      this.watched.delete(room);
+      if (this.st === "connected") this.send(JSON.stringify({ type: "unsubscribe", room }));
+    };
   }
 
   onError(fn: (error: RollcallErrorLike) => void): () => void {
@@ -339,9 +364,10 @@ class Client implements RollcallClient, RoomHost {
     this.helloTokenExpMs = token === undefined ? undefined : jwtExpiryMs(token);
     ws.onopen = () => {
       if (this.ws !== ws) return;
-      const hello: { type: "hello"; resume?: string; token?: string } = { type: "hello" };
+      const hello: { type: "hello"; resume?: string; token?: string; user?: string } = { type: "hello" };
       if (this.resumeToken !== undefined) hello.resume = this.resumeToken;
       if (token !== undefined) hello.token = token;
+      if (typeof this.opts.user === "string") hello.user = this.opts.user;
       this.helloSentAt = this.now();
       this.send(JSON.stringify(hello));
     };
@@ -465,6 +491,25 @@ class Client implements RollcallClient, RoomHost {
         if (room && isClientId(msg.clientId)) room.applyBroadcast(msg);
         break;
       }
+      case "occupancy": {
+        const listeners = typeof msg.room === "string" ? this.watched.get(msg.room) : undefined;
+        if (listeners && typeof msg.entryCount === "number" && typeof msg.userCount === "number") {
+          const o: Occupancy = {
+            room: msg.room as string,
+            entryCount: msg.entryCount,
+            userCount: msg.userCount,
+            serverTimeMs: typeof msg.serverTimeMs === "number" ? msg.serverTimeMs : 0,
+          };
+          for (const fn of [...listeners]) {
+            try {
+              fn(o);
+            } catch (e) {
+              this.report(new RollcallError("local", "listener_error", `an occupancy listener threw: ${errorMessage(e)}`, { cause: e }));
+            }
+          }
+        }
+        break;
+      }
       case "ack": {
         if (typeof msg.ref === "number") {
           const done = this.acks.get(msg.ref);
@@ -509,6 +554,7 @@ class Client implements RollcallClient, RoomHost {
     this.pendingLeaves.clear();
     // Restore every room: last heartbeat with the TTL that remains (or a pending leave), then subscribe.
     for (const room of this.rooms.values()) room.onConnected();
+    for (const room of this.watched.keys()) this.send(JSON.stringify({ type: "subscribe", room, mode: "occupancy" }));
     this.startPinging();
     this.scheduleReauth();
     const waiters = this.connectedWaiters;

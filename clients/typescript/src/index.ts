@@ -8,6 +8,7 @@ export type {
   ConnectionState,
   EffectSchemaLike,
   EffectSchemaModule,
+  Occupancy,
   Presence,
   PresenceDiff,
   PresenceEntry,

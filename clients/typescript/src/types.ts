@@ -306,6 +306,13 @@ export interface ClientOptions {
    * closes at expiry and the client reconnects, calling the function again.
    */
   token?: string | (() => string | Promise<string>);
+  /**
+   * Without auth only: the user behind this client, sent in `hello` (1 to 256 bytes).
+   * It becomes the `userId` of this client's entries, so `users()` groups one
+   * person's tabs. An unverified claim: use it for display and counting, never to
+   * grant anything. Ignored by a server with auth (the token's `sub` is the user).
+   */
+  user?: string;
   /** WebSocket implementation; defaults to `globalThis.WebSocket`. In Node 20 pass `ws`. */
   WebSocket?: WebSocketConstructor;
   /** The local clock (ms since the epoch). Default `Date.now`. For tests. */
@@ -367,6 +374,13 @@ export interface RollcallClient {
     schema: S,
     options?: PresenceOptions<BS>,
   ): Presence<SchemaOutput<S>, SchemaInput<S>, BroadcastOutput<BS>, BroadcastInput<BS>>;
+  /**
+   * Watches a room's counts instead of its entries (`mode: "occupancy"`), for rooms
+   * too big to receive everyone's presence: `fn` gets the counts at once, then when
+   * they change, at most once a second. Kept across reconnects. A room is watched or
+   * opened with `presence()` on one client, not both. Returns the stop function.
+   */
+  occupancy(room: string, fn: (occupancy: Occupancy) => void): () => void;
   /** Observes server and local errors. Returns the unsubscribe function. */
   onError(fn: (error: RollcallErrorLike) => void): () => void;
   /** Observes connection state changes. Returns the unsubscribe function. */
@@ -376,6 +390,18 @@ export interface RollcallClient {
    * `closeTimeoutMs`), closes the socket with 1000 and stops every timer. Never rejects.
    */
   close(): Promise<void>;
+}
+
+/** A room's counts, as `occupancy()` delivers them. */
+export interface Occupancy {
+  /** The room. */
+  readonly room: string;
+  /** Live entries: one per client (tab, device). */
+  readonly entryCount: number;
+  /** Distinct users among them (`userId`; entries without one are not counted). */
+  readonly userCount: number;
+  /** The server's clock when counted (ms). */
+  readonly serverTimeMs: number;
 }
 
 /** The shape of the errors passed to `onError` (instances of `RollcallError`). */
