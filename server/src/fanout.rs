@@ -275,7 +275,6 @@ struct State {
 pub struct Outbox {
     state: Mutex<State>,
     wake: Notify,
-    drained: Notify,
 }
 
 /// Frames drained from an outbox, ready to write.
@@ -292,6 +291,27 @@ pub struct Drained {
     dirty: Vec<Arc<Subscription>>,
 }
 
+/// Frames (and subscriptions) a [`Drained`] keeps room for between drains.
+const DRAINED_KEEP: usize = 16;
+
+impl Drained {
+    /// Frees the buffers a burst grew, so that an idle connection does not keep them.
+    pub fn release_if_large(&mut self) {
+        if self.frames.capacity() > DRAINED_KEEP {
+            self.frames = Vec::new();
+        }
+        if self.dirty.capacity() > DRAINED_KEEP {
+            self.dirty = Vec::new();
+        }
+        if self.picked.capacity() > 4 * DRAINED_KEEP {
+            self.picked = Vec::new();
+        }
+        if self.seen.capacity() > 4 * DRAINED_KEEP {
+            self.seen = HashSet::new();
+        }
+    }
+}
+
 impl Default for Outbox {
     fn default() -> Self {
         Outbox::new()
@@ -304,27 +324,12 @@ impl Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
-            drained: Notify::new(),
         }
     }
 
     /// Resolves when something was queued since the last drain.
     pub async fn ready(&self) {
         self.wake.notified().await;
-    }
-
-    /// Resolves once fewer than `capacity` control messages and acks are waiting.
-    pub async fn wait_below(&self, capacity: usize) {
-        loop {
-            let drained = self.drained.notified();
-            tokio::pin!(drained);
-            // Register before checking, so a drain in between is not missed.
-            drained.as_mut().enable();
-            if self.backlog() < capacity {
-                return;
-            }
-            drained.await;
-        }
     }
 
     /// Creates a subscription to `room`'s `feed` (starting at its head), read at most
@@ -516,7 +521,6 @@ impl Outbox {
             *urgent = false;
             std::mem::take(deferred)
         };
-        let had_backlog = !out.frames.is_empty();
         let control_frames = out.frames.len();
         let mut dirty = std::mem::take(&mut out.dirty);
         let mut next_due = None::<Instant>;
@@ -554,7 +558,6 @@ impl Outbox {
                 (a, b) => a.or(b),
             };
         }
-        let had_backlog = had_backlog || !state.acks.is_empty();
         while let Some(ack) = state.acks.front() {
             if ack.ticket <= durable {
                 let ack = state.acks.pop_front().expect("front exists");
@@ -581,9 +584,6 @@ impl Outbox {
             }
         }
         drop(state);
-        if had_backlog {
-            self.drained.notify_waiters();
-        }
     }
 
     /// Appends one `changes` frame with what `subscription` has not seen yet; returns
