@@ -414,12 +414,11 @@ impl<S: Io> Connection<S> {
         let item = std::task::ready!(self.socket.poll_next_unpin(cx));
         self.last_seen = Instant::now();
         Poll::Ready(match item {
-            None => Inbound::Closed,
+            None | Some(Ok(Message::Close(_))) => Inbound::Closed,
             Some(Ok(Message::Text(text))) => Inbound::Text(text),
             Some(Ok(Message::Binary(_))) => Inbound::Binary,
             // (`Frame` is never produced when reading.)
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Inbound::Control,
-            Some(Ok(Message::Close(_))) => Inbound::Closed,
             Some(Err(error)) => inbound_error(&error),
         })
     }

@@ -764,6 +764,25 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_connection_keeps_no_burst_buffers() {
+        let mut drained = Drained::default();
+        drained
+            .frames
+            .extend((0..200).map(|_| Frame::from_static("x")));
+        drained.seen.extend((0..500).map(ClientId));
+        drained.frames.clear();
+        drained.seen.clear();
+        drained.release_if_large();
+        assert_eq!(drained.frames.capacity(), 0);
+        assert_eq!(drained.seen.capacity(), 0);
+        // A small batch's room is kept: no allocation per write at light load.
+        drained.frames.push(Frame::from_static("y"));
+        drained.frames.clear();
+        drained.release_if_large();
+        assert!(drained.frames.capacity() > 0);
+    }
+
+    #[test]
     fn a_few_changes_go_out_in_order_as_one_frame() {
         let outbox = Arc::new(Outbox::new());
         let feed = Feed::new();

@@ -335,7 +335,7 @@ struct Writing {
 
 impl Writing {
     /// The earliest instant something is due.
-    fn deadline(&self, outbox: &Outbox) -> Option<tokio::time::Instant> {
+    fn deadline(&self, outbox: &Outbox) -> tokio::time::Instant {
         let mut at = self.next_ping;
         let mut consider = |instant: Option<tokio::time::Instant>| {
             if let Some(instant) = instant {
@@ -349,7 +349,7 @@ impl Writing {
             consider(outbox.next_ack_deadline().map(Into::into));
             consider(outbox.next_due().map(Into::into));
         }
-        Some(at)
+        at
     }
 }
 
@@ -395,7 +395,7 @@ async fn drive<S: Io>(
             writing.expiry = expires_at.map(|at| (at, instant_of(UnixMs(at.0 + 1))));
         }
         let deadline = writing.deadline(&outbox);
-        if let Some(deadline) = deadline.filter(|d| *d != timer_at) {
+        if deadline != timer_at {
             timer.as_mut().reset(deadline);
             timer_at = deadline;
         }
