@@ -229,6 +229,16 @@ async fn run<S: Io, K: Send + 'static>(
     let client = session.client;
     let exit = drive(&mut connection, &mut session, &mut shutdown, &config, &kick).await;
     if let Exit::Close(code, reason) = exit {
+        // What is queued (the answers to the last requests) goes before the close frame.
+        let durable = *hub.durable().borrow();
+        let mut writing = Writing::new(&config);
+        flush(
+            &mut connection,
+            &mut writing,
+            &hub,
+            &session.outbox,
+            durable,
+        );
         // Boxed: only alive while closing.
         Box::pin(close_lingering(&mut connection, code, reason)).await;
     }
@@ -334,6 +344,18 @@ struct Writing {
 }
 
 impl Writing {
+    fn new(config: &SessionConfig) -> Writing {
+        Writing {
+            pacer: Pacer::new(config.fanout_interval),
+            paced_until: None,
+            work: false,
+            write_deadline: None,
+            next_ping: tokio::time::Instant::now() + config.ping_interval,
+            expiry: None,
+            batch: (0, 0, 0),
+        }
+    }
+
     /// The earliest instant something is due.
     fn deadline(&self, outbox: &Outbox) -> tokio::time::Instant {
         let mut at = self.next_ping;
@@ -373,15 +395,7 @@ async fn drive<S: Io>(
     let outbox = session.outbox.clone();
     let hub = session.hub.clone();
     let durable = hub.durable();
-    let mut writing = Writing {
-        pacer: Pacer::new(config.fanout_interval),
-        paced_until: None,
-        work: false,
-        write_deadline: None,
-        next_ping: tokio::time::Instant::now() + config.ping_interval,
-        expiry: None,
-        batch: (0, 0, 0),
-    };
+    let mut writing = Writing::new(config);
     let mut shutting_down = std::pin::pin!(shutdown.recv());
     let mut kicked = std::pin::pin!(kick.notified());
     let mut ready = std::pin::pin!(outbox.ready());
@@ -422,14 +436,16 @@ async fn drive<S: Io>(
                     Poll::Pending => {}
                 }
             }
+            // What the last request queued (its answer, its ack) is written (or paced)
+            // before the next request is read.
+            if ready.as_mut().poll(cx).is_ready() {
+                ready.set(outbox.ready());
+                return Poll::Ready(Event::Work);
+            }
             if reading {
                 if let Poll::Ready(inbound) = connection.poll_read(cx) {
                     return Poll::Ready(Event::Read(inbound));
                 }
-            }
-            if ready.as_mut().poll(cx).is_ready() {
-                ready.set(outbox.ready());
-                return Poll::Ready(Event::Work);
             }
             if awaiting {
                 if let Poll::Ready((durable, changed)) = durable_moved.as_mut().poll(cx) {
