@@ -356,20 +356,23 @@ impl Writing {
         }
     }
 
-    /// The earliest instant something is due.
-    fn deadline(&self, outbox: &Outbox) -> tokio::time::Instant {
+    /// The earliest instant something is due. While a batch is being written, what
+    /// would start the next one waits for it to be taken.
+    fn deadline(&self, outbox: &Outbox, writing: bool) -> tokio::time::Instant {
         let mut at = self.next_ping;
         let mut consider = |instant: Option<tokio::time::Instant>| {
             if let Some(instant) = instant {
                 at = at.min(instant);
             }
         };
-        consider(self.paced_until);
         consider(self.write_deadline);
         consider(self.expiry.map(|(_, at)| at));
-        if self.paced_until.is_none() {
-            consider(outbox.next_ack_deadline().map(Into::into));
-            consider(outbox.next_due().map(Into::into));
+        if !writing {
+            consider(self.paced_until);
+            if self.paced_until.is_none() {
+                consider(outbox.next_ack_deadline().map(Into::into));
+                consider(outbox.next_due().map(Into::into));
+            }
         }
         at
     }
@@ -408,7 +411,7 @@ async fn drive<S: Io>(
             // `now > exp` is expired: wait one millisecond past it.
             writing.expiry = expires_at.map(|at| (at, instant_of(UnixMs(at.0 + 1))));
         }
-        let deadline = writing.deadline(&outbox);
+        let deadline = writing.deadline(&outbox, connection.is_writing());
         if deadline != timer_at {
             timer.as_mut().reset(deadline);
             timer_at = deadline;
