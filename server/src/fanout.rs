@@ -43,8 +43,11 @@ pub const CONTROL_CAPACITY: usize = 1_024;
 
 /// Past this many unread changes a frame keeps only the latest per client.
 const CONFLATE_AFTER: u64 = 64;
-/// A feed drops what every subscriber has read once it holds this many changes.
-const TRIM_AFTER: usize = 32;
+/// A feed drops what every subscriber has read once it holds this many changes. Small:
+/// what a quiet room's feed keeps is memory every idle connection pays for (a change
+/// and its serialized form, ≈ 0.4 KiB), and finding what all have read is one atomic
+/// load per subscriber.
+const TRIM_AFTER: usize = 4;
 /// A feed holds at most twice its room's entries (within these bounds): a subscriber
 /// further behind gets a snapshot instead, so what a slow reader holds up is bounded
 /// by the room's size, never by the event rate.
