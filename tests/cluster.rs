@@ -3,11 +3,19 @@
 //! Needs `nats-server` on the PATH (`.ci/run` installs Debian's). Without it these
 //! tests say so and pass, except in CI (`CI` set), where they fail.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures_util::StreamExt as _;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+#[path = "cluster_support.rs"]
+mod cluster_support;
+
+use cluster_support::Nats;
 use rollcall_client::{Client, Options};
 use rollcall_tests::{Launch, Server, eventually};
 use serde_json::json;
@@ -38,79 +46,6 @@ fn assert_gone_on_time(expires_at: u64) {
     );
 }
 
-/// A `nats-server` on a loopback port, stopped on drop.
-struct Nats {
-    child: Option<Child>,
-    port: u16,
-}
-
-/// `nats-server` from the PATH, or where Debian puts it.
-fn nats_binary() -> Option<&'static str> {
-    ["nats-server", "/usr/sbin/nats-server"]
-        .into_iter()
-        .find(|binary| {
-            Command::new(binary)
-                .arg("--version")
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-}
-
-impl Nats {
-    /// `None` (with a note) when nats-server is not installed outside CI.
-    fn start() -> Option<Nats> {
-        if nats_binary().is_none() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "nats-server is not installed (apt-get install nats-server)"
-            );
-            eprintln!("SKIPPED: nats-server is not installed (apt-get install nats-server)");
-            return None;
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let mut nats = Nats { child: None, port };
-        nats.restart();
-        Some(nats)
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn restart(&mut self) {
-        assert!(self.child.is_none(), "stop it first");
-        let child = Command::new(nats_binary().expect("nats-server"))
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nats-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 fn secret_file(dir: &Path) -> PathBuf {
     let path = dir.join("resume-secret");
     std::fs::write(
@@ -123,14 +58,86 @@ fn secret_file(dir: &Path) -> PathBuf {
 
 /// Node `id` of the cluster behind `nats`.
 fn node(nats: &Nats, id: u16, secret: &Path) -> Server {
-    Launch::default()
+    node_with(nats, id, secret, &[])
+}
+
+/// Node `id` of the cluster behind `nats`, with extra flags.
+fn node_with(nats: &Nats, id: u16, secret: &Path, extra: &[&str]) -> Server {
+    let mut launch = Launch::default()
         .arg("--nats")
         .arg(nats.url())
         .arg("--node-id")
         .arg(id.to_string())
         .arg("--resume-secret-file")
-        .arg(secret.display().to_string())
-        .start()
+        .arg(secret.display().to_string());
+    for arg in extra {
+        launch = launch.arg(*arg);
+    }
+    launch.start()
+}
+
+/// The `rollcall_cluster_rejected_total` series of `reason`.
+fn rejected(server: &Server, reason: &str) -> f64 {
+    let (_, body) = server.http("GET", "/metrics", None);
+    let series = format!("rollcall_cluster_rejected_total{{reason=\"{reason}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Seals bus messages as a node holding the cluster secret does (see
+/// `server/src/cluster/bus.rs`): `<base64url HMAC-SHA256>.<body>`, keyed by
+/// HMAC-SHA256(secret, "rollcall cluster bus v1"), over `binding`, a zero byte and
+/// the body.
+struct Sealer([u8; 32]);
+
+impl Sealer {
+    fn new(secret: &Path) -> Sealer {
+        let secret = std::fs::read(secret).unwrap();
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.trim_ascii()).unwrap();
+        mac.update(b"rollcall cluster bus v1");
+        Sealer(mac.finalize().into_bytes().into())
+    }
+
+    fn seal(&self, binding: &str, body: &str) -> bytes::Bytes {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).unwrap();
+        mac.update(binding.as_bytes());
+        mac.update(&[0]);
+        mac.update(body.as_bytes());
+        let tag = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{tag}.{body}").into()
+    }
+}
+
+fn room_subject(room: &str) -> String {
+    format!("rollcall.v1.room.{}", URL_SAFE_NO_PAD.encode(room))
+}
+
+fn upsert(node: u16, seq: u64, client: u64, data: &str, expires_at_ms: u64) -> String {
+    format!(
+        r#"{{"node":{node},"seq":{seq},"ts":{},"op":"upsert","clientId":{client},"userId":"admin","data":{data},"expiresAtMs":{expires_at_ms}}}"#,
+        now_ms()
+    )
+}
+
+fn leave(node: u16, seq: u64, client: u64) -> String {
+    format!(
+        r#"{{"node":{node},"seq":{seq},"ts":{},"op":"leave","clientId":{client}}}"#,
+        now_ms()
+    )
+}
+
+fn clients_at(server: &Server, path: &str) -> Vec<u64> {
+    let rest = server.get_json(path);
+    let mut ids: Vec<u64> = rest["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["clientId"].as_u64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids
 }
 
 async fn cluster_healthy(server: &Server, connected: bool) -> bool {
@@ -238,11 +245,15 @@ async fn nodes_share_heartbeats_leaves_expiries_and_late_snapshots() {
 }
 
 #[tokio::test]
-async fn a_killed_node_ages_out_by_ttl_and_comes_back_on_restart() {
+async fn a_killed_node_is_dropped_within_the_node_timeout_and_comes_back_on_restart() {
+    const TIMEOUT_MS: u64 = 2_000;
     let Some(nats) = Nats::start() else { return };
     let dir = tempfile::tempdir().unwrap();
     let secret = secret_file(dir.path());
-    let mut nodes: Vec<Server> = (1..=3).map(|id| node(&nats, id, &secret)).collect();
+    let timeout = TIMEOUT_MS.to_string();
+    let mut nodes: Vec<Server> = (1..=3)
+        .map(|id| node_with(&nats, id, &secret, &["--node-timeout-ms", &timeout]))
+        .collect();
     for node in &nodes {
         assert!(cluster_healthy(node, true).await);
     }
@@ -261,59 +272,375 @@ async fn a_killed_node_ages_out_by_ttl_and_comes_back_on_restart() {
         .unwrap();
     short
         .presence(room)
-        .heartbeat_acked(json!({"who": "short"}), Duration::from_secs(2))
+        .heartbeat_acked(json!({"who": "short"}), Duration::from_secs(60))
         .await
         .unwrap();
-    let mut expires_at = 0;
     for view in [&at_2, &at_3] {
-        let seen = view
-            .wait_until(WAIT, |e| {
-                e.contains_key(&short_id) && e.contains_key(&long_id)
-            })
-            .await
-            .expect("node 1's entries reach nodes 2 and 3");
-        expires_at = seen[&short_id].expires_at_ms;
+        view.wait_until(WAIT, |e| {
+            e.contains_key(&short_id) && e.contains_key(&long_id)
+        })
+        .await
+        .expect("node 1's entries reach nodes 2 and 3");
     }
 
+    // Killed: its entries (TTLs of a minute and more) leave within the node timeout
+    // and a second, on both other nodes.
     nodes[0].kill9();
+    let killed = Instant::now();
     drop((short, long));
     for view in [&at_2, &at_3] {
-        view.wait_until(WAIT, |e| !e.contains_key(&short_id))
-            .await
-            .expect("a dead node's entry expires by its TTL");
-        assert_gone_on_time(expires_at);
-        assert!(
-            view.value().contains_key(&long_id),
-            "an entry went before its TTL"
-        );
+        view.wait_until(WAIT, |e| {
+            !e.contains_key(&short_id) && !e.contains_key(&long_id)
+        })
+        .await
+        .expect("a dead node's entries leave");
     }
-
-    // Node 3 stops following the room, so it forgets node 1's entries.
-    drop(at_3);
-    watcher3.close().await;
+    let gone_after = killed.elapsed();
+    eprintln!("a killed node's entries left after {gone_after:?} (--node-timeout-ms {TIMEOUT_MS})");
     assert!(
-        eventually(WAIT, || nodes[2].metric("rollcall_subscribed_rooms") == 0.0).await
-            || nodes[2].get_json("/v1/rooms/cl%3Akill")["entries"]
-                .as_array()
-                .is_some_and(Vec::is_empty)
+        gone_after <= Duration::from_millis(TIMEOUT_MS + 1_000),
+        "gone {gone_after:?} after kill -9"
     );
+    assert!(
+        gone_after >= Duration::from_millis(TIMEOUT_MS - 1_000),
+        "gone {gone_after:?} after kill -9: before the node could be silent for the timeout"
+    );
+    assert!((nodes[1].metric("rollcall_cluster_nodes") - 1.0).abs() < 0.5);
 
-    // Node 1 comes back with its log: the long entry is back everywhere.
+    // Node 1 comes back with its log: its live entries are back everywhere.
     nodes[0].restart();
     assert!(cluster_healthy(&nodes[0], true).await);
-    let rest = nodes[0].get_json("/v1/rooms/cl%3Akill");
-    let entries = rest["entries"].as_array().unwrap();
-    assert_eq!(entries.len(), 1, "node 1 replays only what is live: {rest}");
-    assert_eq!(entries[0]["clientId"], long_id);
-    let fresh = Client::connect(&nodes[2].ws_url()).await.unwrap();
-    let at_3 = fresh.presence(room);
-    let seen = at_3
-        .wait_until(WAIT, |e| e.contains_key(&long_id))
+    for view in [&at_2, &at_3] {
+        view.wait_until(WAIT, |e| {
+            e.contains_key(&short_id) && e.contains_key(&long_id)
+        })
         .await
-        .expect("node 1's live entry is back on node 3");
-    assert!(!seen.contains_key(&short_id));
-    assert!(at_2.value().contains_key(&long_id));
-    assert!(!at_2.value().contains_key(&short_id));
+        .expect("node 1's live entries are back");
+    }
+    assert!(
+        eventually(WAIT, || (nodes[1].metric("rollcall_cluster_nodes") - 2.0)
+            .abs()
+            < 0.5)
+        .await
+    );
+}
+
+#[tokio::test]
+async fn a_frozen_node_is_dropped_and_comes_back_when_it_thaws() {
+    let Some(nats) = Nats::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path());
+    let timeout = ["--node-timeout-ms", "1500"];
+    let nodes: Vec<Server> = (1..=2)
+        .map(|id| node_with(&nats, id, &secret, &timeout))
+        .collect();
+    for node in &nodes {
+        assert!(cluster_healthy(node, true).await);
+    }
+    let room = "cl:frozen";
+    let frozen = Client::connect(&nodes[0].ws_url()).await.unwrap();
+    let frozen_id = frozen.client_id().unwrap();
+    frozen
+        .presence(room)
+        .heartbeat_acked(json!({"who": "frozen"}), Duration::from_secs(120))
+        .await
+        .unwrap();
+    let watcher = Client::connect(&nodes[1].ws_url()).await.unwrap();
+    let view = watcher.presence(room);
+    view.wait_until(WAIT, |e| e.contains_key(&frozen_id))
+        .await
+        .expect("node 1's entry reaches node 2");
+    // SIGSTOP: node 1 neither dies nor announces itself; its NATS connection stays.
+    let signal = |name: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([name, &nodes[0].pid().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal("-STOP");
+    view.wait_until(WAIT, |e| !e.contains_key(&frozen_id))
+        .await
+        .expect("a silent node's entry leaves");
+    // Thawed, it announces itself again: node 2 resyncs the room and the entry (it
+    // never left node 1) is back, without a restart or a heartbeat.
+    signal("-CONT");
+    view.wait_until(WAIT, |e| e.contains_key(&frozen_id))
+        .await
+        .expect("the entry is back once the node is heard again");
+    assert!(cluster_healthy(&nodes[0], true).await);
+}
+
+#[tokio::test]
+async fn a_rest_read_on_any_node_lists_every_node_entries() {
+    let Some(nats) = Nats::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path());
+    let nodes: Vec<Server> = (1..=3).map(|id| node(&nats, id, &secret)).collect();
+    for node in &nodes {
+        assert!(cluster_healthy(node, true).await);
+    }
+    // Entries on nodes 1 and 3, and no subscriber anywhere.
+    let mut ids = Vec::new();
+    for node in [&nodes[0], &nodes[2]] {
+        let (status, body) = node.http(
+            "POST",
+            "/v1/rooms/cl%3Arest/heartbeat",
+            Some(r#"{"data":{"via":"rest"},"ttlMs":60000}"#),
+        );
+        assert_eq!(status, 200, "{body}");
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        ids.push(answer["clientId"].as_u64().unwrap());
+    }
+    ids.sort_unstable();
+    // Every node gives the same answer, node 2 (which holds nothing) included, once
+    // the nodes have heard of each other.
+    assert!(
+        eventually(WAIT, || (nodes[1].metric("rollcall_cluster_nodes") - 2.0)
+            .abs()
+            < 0.5)
+        .await,
+        "nodes 1 and 3 announced themselves to node 2"
+    );
+    for round in 1..=2 {
+        for node in &nodes {
+            let started = Instant::now();
+            assert_eq!(clients_at(node, "/v1/rooms/cl%3Arest"), ids);
+            eprintln!(
+                "REST read of an unfollowed room, round {round}: {:?}",
+                started.elapsed()
+            );
+        }
+    }
+    // The room list counts every node's entries, on every node.
+    let listed = json!([{"room": "cl:rest", "entries": 2}]);
+    for node in &nodes {
+        let rooms = node.get_json("/v1/rooms");
+        assert_eq!(rooms["rooms"], listed, "{rooms}");
+        assert!(rooms["next"].is_null(), "{rooms}");
+    }
+    // A followed room is read locally and still lists both.
+    let watcher = Client::connect(&nodes[1].ws_url()).await.unwrap();
+    let view = watcher.presence("cl:rest");
+    view.wait_until(WAIT, |e| ids.iter().all(|id| e.contains_key(id)))
+        .await
+        .expect("node 2's subscriber sees both");
+    let started = Instant::now();
+    assert_eq!(clients_at(&nodes[1], "/v1/rooms/cl%3Arest"), ids);
+    eprintln!("REST read of a followed room: {:?}", started.elapsed());
+    // Node 2 now holds the others' entries too: they are not counted twice.
+    for node in &nodes {
+        let rooms = node.get_json("/v1/rooms");
+        assert_eq!(rooms["rooms"], listed, "{rooms}");
+    }
+    // Pages: a room on node 1 only, one on node 3 only, listed one per page.
+    for (node, room) in [(&nodes[0], "cl%3Aa"), (&nodes[2], "cl%3Ab")] {
+        let (status, body) = node.http(
+            "POST",
+            &format!("/v1/rooms/{room}/heartbeat"),
+            Some(r#"{"data":1,"ttlMs":60000}"#),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = nodes[1].get_json(&format!("/v1/rooms?limit=1{after}"));
+        for room in page["rooms"].as_array().unwrap() {
+            seen.push(room["room"].as_str().unwrap().to_owned());
+        }
+        match page["next"].as_str() {
+            Some(next) => after = format!("&after={}", next.replace(':', "%3A")),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["cl:a", "cl:b", "cl:rest"]);
+}
+
+#[tokio::test]
+async fn forged_bus_messages_are_refused_and_counted() {
+    let Some(nats) = Nats::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path());
+    let cap = ["--max-entries-per-room", "20"];
+    let nodes = [
+        node_with(&nats, 1, &secret, &cap),
+        node_with(&nats, 2, &secret, &cap),
+    ];
+    for node in &nodes {
+        assert!(cluster_healthy(node, true).await);
+    }
+    let room = "cl:forged";
+    let path = "/v1/rooms/cl%3Aforged";
+    let subject = room_subject(room);
+    let a = Client::connect(&nodes[0].ws_url()).await.unwrap();
+    let a_id = a.client_id().unwrap();
+    let at_a = a.presence(room);
+    at_a.heartbeat_acked(json!({"who": "a"}), Duration::from_secs(120))
+        .await
+        .unwrap();
+    let w = Client::connect(&nodes[1].ws_url()).await.unwrap();
+    let at_w = w.presence(room);
+    at_w.wait_until(WAIT, |e| e.contains_key(&a_id))
+        .await
+        .expect("node 1's entry reaches node 2");
+
+    // Without the secret: the attacks that worked on an unauthenticated bus.
+    let raw = async_nats::connect(nats.url()).await.unwrap();
+    let node2_space = 2u64 << 40;
+    let mut sent = 0.0;
+    let forged = [
+        upsert(2, 1, node2_space + 7, "{}", 9_007_199_254_740_991),
+        upsert(
+            2,
+            2,
+            node2_space + 8,
+            &format!("\"{}\"", "x".repeat(200_000)),
+            now_ms() + 60_000,
+        ),
+        leave(1, u64::MAX / 2, a_id),
+    ];
+    for body in &forged {
+        raw.publish(subject.clone(), body.clone().into())
+            .await
+            .unwrap();
+        sent += 1.0;
+    }
+    // A MAC that does not verify.
+    let bad_mac = format!("{}.{}", "A".repeat(43), forged[0]);
+    raw.publish(subject.clone(), bad_mac.into()).await.unwrap();
+    sent += 1.0;
+    // 20,000 upserts past the room's cap.
+    for i in 0..20_000u64 {
+        let body = upsert(2, 10 + i, node2_space + 100 + i, "1", now_ms() + 60_000);
+        raw.publish(subject.clone(), body.into()).await.unwrap();
+    }
+    sent += 20_000.0;
+    raw.flush().await.unwrap();
+    for node in &nodes {
+        assert!(
+            eventually(WAIT, || rejected(node, "mac") >= sent).await,
+            "node {} counted {} of {sent} unauthenticated changes",
+            node.addr,
+            rejected(node, "mac")
+        );
+    }
+    // A sync request without the secret gets no answer; one sealed for its inbox
+    // does (so the first would have been answered by now).
+    let forged_inbox = raw.new_inbox();
+    let mut forged_replies = raw.subscribe(forged_inbox.clone()).await.unwrap();
+    let request = format!(r#"{{"node":9,"seq":1,"ts":{},"room":"{room}"}}"#, now_ms());
+    raw.publish_with_reply("rollcall.v1.sync", forged_inbox, request.clone().into())
+        .await
+        .unwrap();
+    let sealer = Sealer::new(&secret);
+    let inbox = raw.new_inbox();
+    let mut replies = raw.subscribe(inbox.clone()).await.unwrap();
+    let sealed = sealer.seal(&format!("rollcall.v1.sync {inbox}"), &request);
+    raw.publish_with_reply("rollcall.v1.sync", inbox, sealed)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let reply = tokio::time::timeout(WAIT, replies.next())
+            .await
+            .expect("a sealed sync request is answered")
+            .unwrap();
+        assert!(String::from_utf8_lossy(&reply.payload).contains("\"entries\""));
+    }
+    assert!(
+        tokio::time::timeout(Duration::ZERO, forged_replies.next())
+            .await
+            .is_err(),
+        "a sync request without the secret was answered"
+    );
+    for node in &nodes {
+        assert!(eventually(WAIT, || rejected(node, "mac") >= sent + 1.0).await);
+    }
+    // Nothing forged reached subscribers or REST; the real entry survived.
+    assert_eq!(at_w.value().keys().copied().collect::<Vec<_>>(), [a_id]);
+    assert_eq!(at_a.value().keys().copied().collect::<Vec<_>>(), [a_id]);
+    for node in &nodes {
+        assert_eq!(clients_at(node, path), [a_id]);
+    }
+
+    // With the secret (a node gone wrong): the limits still hold.
+    let node5 = 5u64 << 40;
+    let ahead = now_ms() + 60_000;
+    let checked = [
+        (
+            "data_size",
+            upsert(
+                5,
+                1,
+                node5 + 1,
+                &format!("\"{}\"", "x".repeat(200_000)),
+                ahead,
+            ),
+        ),
+        ("ttl", upsert(5, 2, node5 + 2, "{}", 9_007_199_254_740_991)),
+        ("owner", leave(5, 3, a_id)),
+    ];
+    let stale = format!(
+        r#"{{"node":5,"seq":4,"ts":{},"op":"upsert","clientId":{},"data":{{}},"expiresAtMs":{ahead}}}"#,
+        now_ms() - 120_000,
+        node5 + 3
+    );
+    for (reason, body) in &checked {
+        let before = rejected(&nodes[0], reason);
+        raw.publish(subject.clone(), sealer.seal(&subject, body))
+            .await
+            .unwrap();
+        assert!(
+            eventually(WAIT, || rejected(&nodes[0], reason) > before).await,
+            "{reason} not counted"
+        );
+    }
+    raw.publish(subject.clone(), sealer.seal(&subject, &stale))
+        .await
+        .unwrap();
+    assert!(eventually(WAIT, || rejected(&nodes[1], "stale") >= 1.0).await);
+    // 25 new entries into a room capped at 20 that holds 1: 19 get in.
+    for i in 0..25u64 {
+        let body = upsert(5, 10 + i, node5 + 100 + i, "1", ahead);
+        raw.publish(subject.clone(), sealer.seal(&subject, &body))
+            .await
+            .unwrap();
+    }
+    for node in &nodes {
+        assert!(eventually(WAIT, || rejected(node, "room_full") >= 6.0).await);
+        assert_eq!(clients_at(node, path).len(), 20);
+    }
+    at_w.wait_until(WAIT, |e| e.len() == 20).await.unwrap();
+    assert!(at_w.value().contains_key(&a_id), "the real entry stays");
+
+    // A replay is useless: an upsert that a later leave undid stays undone.
+    let replayed = upsert(5, 100, node5 + 100, "2", ahead);
+    raw.publish(
+        subject.clone(),
+        sealer.seal(&subject, &leave(5, 101, node5 + 100)),
+    )
+    .await
+    .unwrap();
+    at_w.wait_until(WAIT, |e| !e.contains_key(&(node5 + 100)))
+        .await
+        .unwrap();
+    raw.publish(subject.clone(), sealer.seal(&subject, &replayed))
+        .await
+        .unwrap();
+    let marker = upsert(5, 102, node5 + 200, "3", ahead);
+    raw.publish(subject.clone(), sealer.seal(&subject, &marker))
+        .await
+        .unwrap();
+    at_w.wait_until(WAIT, |e| e.contains_key(&(node5 + 200)))
+        .await
+        .expect("the marker after the replay");
+    assert!(
+        !at_w.value().contains_key(&(node5 + 100)),
+        "a replay brought an entry back"
+    );
+    assert!(at_a.value().contains_key(&a_id));
 }
 
 #[tokio::test]

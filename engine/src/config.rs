@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::replay::ReplayProgress;
 use crate::types::{Ticket, UnixMs};
 
 /// A source of wall-clock time for replay and compaction.
@@ -13,6 +12,17 @@ pub type Clock = Arc<dyn Fn() -> UnixMs + Send + Sync>;
 
 /// Called on the log's marker thread each time the durable watermark advances.
 pub type DurableHook = Arc<dyn Fn(Ticket) + Send + Sync>;
+
+/// How far a replay has come.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplayProgress {
+    /// Records folded so far.
+    pub records: u64,
+    /// Events folded so far.
+    pub events: u64,
+    /// Time since the replay started.
+    pub elapsed: Duration,
+}
 
 /// Called during replay, about once a second, so long replays can report progress.
 pub type ProgressHook = Box<dyn FnMut(&ReplayProgress) + Send>;

@@ -11,6 +11,10 @@
 //!   [`Ticket`] that becomes durable after the writer thread's next group commit.
 //! - [`Materializer`] is the pure fold: it takes time from its events and from its
 //!   caller, never from the clock.
+//! - [`Engine::into_parts`] takes the two apart for a caller that folds rooms on
+//!   several threads: the materializer splits by room ([`Materializer::split`]) and
+//!   the [`Journal`] (the log's handle) is shared; an event appended while its part's
+//!   lock is held keeps the log's order equal to the fold's.
 //! - [`record`] is the versioned, checksummed on-disk format.
 //!
 //! ```
@@ -59,13 +63,14 @@ mod store;
 mod types;
 
 pub use config::{
-    Clock, Config, Durability, DurableHook, Layout, MAX_INLINE_RECORD_BYTES, ProgressHook, Recovery,
+    Clock, Config, Durability, DurableHook, Layout, MAX_INLINE_RECORD_BYTES, ProgressHook,
+    Recovery, ReplayProgress,
 };
-pub use engine::Engine;
+pub use engine::{Engine, Journal};
 pub use error::{Error, LostWrites, Result};
 pub use event::{Event, Heartbeat, Leave};
 pub use log::LogStats;
 pub use materializer::{Change, ChangeKind, Entry, Materializer};
 pub use record::DecodeError;
-pub use replay::{CLIENT_SPACE_SHIFT, ReplayProgress, ReplayReport};
+pub use replay::{CLIENT_SPACE_SHIFT, ReplayReport};
 pub use types::{ClientId, Seq, Ticket, Ttl, UnixMs};

@@ -102,6 +102,8 @@ struct Queue {
 
 struct Shared {
     queue: Mutex<Queue>,
+    /// The ticket of the latest append (written under `queue`'s lock).
+    last_ticket: AtomicU64,
     wake: Condvar,
     durable: AtomicU64,
     durable_lock: Mutex<()>,
@@ -158,7 +160,6 @@ impl Shared {
 pub(crate) struct Log {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<Result<()>>>,
-    last_ticket: Ticket,
     store: Store,
 }
 
@@ -181,6 +182,7 @@ impl Log {
     pub(crate) fn start(setup: WriterSetup) -> Result<Log> {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
+            last_ticket: AtomicU64::new(0),
             wake: Condvar::new(),
             durable: AtomicU64::new(0),
             durable_lock: Mutex::new(()),
@@ -242,38 +244,35 @@ impl Log {
         Ok(Log {
             shared,
             thread: Some(thread),
-            last_ticket: Ticket(0),
             store,
         })
     }
 
-    /// Queues an event; it is durable once [`Log::durable`] reaches the ticket.
-    pub(crate) fn append(&mut self, event: Event) -> Ticket {
-        self.last_ticket = Ticket(self.last_ticket.0 + 1);
-        let ticket = self.last_ticket;
-        self.push(Op::Append(ticket, event));
+    /// Queues an event; it is durable once [`Log::durable`] reaches the ticket. Callers
+    /// on several threads may append at once: the ticket is taken under the queue's
+    /// lock, so tickets follow the queue's order.
+    pub(crate) fn append(&self, event: Event) -> Ticket {
+        let mut queue = lock(&self.shared.queue);
+        let ticket = Ticket(self.shared.last_ticket.load(Ordering::Relaxed) + 1);
+        self.shared.last_ticket.store(ticket.0, Ordering::Release);
+        queue.ops.push(Op::Append(ticket, event));
+        if queue.writer_waiting {
+            queue.writer_waiting = false;
+            self.shared.wake.notify_one();
+        }
         ticket
     }
 
     /// Tells compaction that these entries expired, so their bytes stop counting as
     /// live.
-    pub(crate) fn expired(&mut self, keys: impl IntoIterator<Item = Key>) {
+    pub(crate) fn expired(&self, keys: impl IntoIterator<Item = Key>) {
         let mut queue = lock(&self.shared.queue);
         queue.ops.extend(keys.into_iter().map(Op::Expired));
         // No wake-up: expiry only feeds compaction, which can wait for the next round.
     }
 
-    fn push(&self, op: Op) {
-        let mut queue = lock(&self.shared.queue);
-        queue.ops.push(op);
-        if queue.writer_waiting {
-            queue.writer_waiting = false;
-            self.shared.wake.notify_one();
-        }
-    }
-
     pub(crate) fn last_ticket(&self) -> Ticket {
-        self.last_ticket
+        Ticket(self.shared.last_ticket.load(Ordering::Acquire))
     }
 
     pub(crate) fn durable(&self) -> Ticket {
@@ -320,7 +319,7 @@ impl Log {
         if self.thread.as_ref().is_none_or(JoinHandle::is_finished) {
             return Err(Error::WriterStopped);
         }
-        Ok(self.wait_durable(self.last_ticket, timeout))
+        Ok(self.wait_durable(self.last_ticket(), timeout))
     }
 
     pub(crate) fn stats(&self) -> LogStats {
@@ -370,7 +369,7 @@ impl Drop for Log {
 impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Log")
-            .field("last_ticket", &self.last_ticket)
+            .field("last_ticket", &self.last_ticket())
             .field("durable", &self.durable())
             .finish_non_exhaustive()
     }

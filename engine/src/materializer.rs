@@ -302,6 +302,25 @@ impl Materializer {
         self.slots.len()
     }
 
+    /// Splits the state by room into `parts` materializers: each room, with its
+    /// entries and their expiry keys, goes whole to part `part_of(room)` (which must be
+    /// below `parts`). O(rooms). A server that folds rooms on several threads splits
+    /// the replayed state once, at start.
+    pub fn split(self, parts: usize, mut part_of: impl FnMut(&str) -> usize) -> Vec<Materializer> {
+        let mut split: Vec<Materializer> = (0..parts).map(|_| Materializer::new()).collect();
+        for room in self.rooms.into_iter().flatten() {
+            let part = &mut split[part_of(&room.name)];
+            let entries = room.entries.len();
+            let earliest = room.earliest();
+            let slot = part.place(room);
+            if let Some(at) = earliest {
+                part.due.insert((at, slot));
+            }
+            part.len += entries;
+        }
+        split
+    }
+
     fn room(&self, name: &str) -> Option<&Room> {
         let slot = *self.slots.get(name)?;
         self.rooms[slot as usize].as_ref()
@@ -311,11 +330,16 @@ impl Materializer {
         if let Some(&slot) = self.slots.get(&**name) {
             return slot;
         }
-        let room = Room {
+        self.place(Room {
             name: name.clone(),
             entries: HashMap::new(),
             by_expiry: BTreeSet::new(),
-        };
+        })
+    }
+
+    /// Puts a room that is not held yet into a free slot (not into the due index).
+    fn place(&mut self, room: Room) -> RoomSlot {
+        let name = room.name.clone();
         let slot = if let Some(slot) = self.free.pop() {
             self.rooms[slot as usize] = Some(room);
             slot
@@ -323,7 +347,7 @@ impl Materializer {
             self.rooms.push(Some(room));
             RoomSlot::try_from(self.rooms.len() - 1).expect("fewer than 2^32 rooms")
         };
-        self.slots.insert(name.clone(), slot);
+        self.slots.insert(name, slot);
         slot
     }
 
@@ -535,6 +559,38 @@ mod tests {
         assert_eq!(m.room_count(), 0);
         m.heartbeat(&hb("r", 1, 70, 100));
         assert_eq!(m.next_expiry(), Some(UnixMs(170)));
+    }
+
+    #[test]
+    fn split_moves_whole_rooms_with_their_expiry_order() {
+        let mut m = Materializer::new();
+        for room in 0..20u64 {
+            for client in 1..=3 {
+                m.heartbeat(&hb(&format!("r{room}"), client, 0, room * 10 + client));
+            }
+        }
+        m.heartbeat(&hb("r0", 1, 5, 1_000)); // refreshed: filed early, re-filed later
+        let part_of = |room: &str| room[1..].parse::<usize>().unwrap() % 4;
+        let mut parts = m.split(4, part_of);
+        assert_eq!(parts.iter().map(Materializer::len).sum::<usize>(), 60);
+        for (i, part) in parts.iter().enumerate() {
+            assert_eq!(part.room_count(), 5);
+            for room in 0..20u64 {
+                let name = format!("r{room}");
+                let expected = if part_of(&name) == i { 3 } else { 0 };
+                assert_eq!(part.room_len(&name), expected, "{name} in part {i}");
+            }
+        }
+        // Each part sweeps its own rooms, in expiry order, and re-files refreshed keys.
+        assert_eq!(parts[0].next_expiry(), Some(UnixMs(1)));
+        assert_eq!(sweep(&mut parts[0], 3), vec![("r0".to_string(), 2)]);
+        assert_eq!(parts[0].live_count("r0", UnixMs(3)), 2);
+        let all: usize = parts.iter_mut().map(|p| sweep(p, u64::MAX).len()).sum();
+        assert_eq!(all, 59);
+        assert!(parts.iter().all(Materializer::is_empty));
+        // A part keeps working as a whole materializer.
+        parts[1].heartbeat(&hb("r1", 9, 0, 10));
+        assert_eq!(parts[1].next_expiry(), Some(UnixMs(10)));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::compaction::{Index, Indexed, Key};
-use crate::config::{ProgressHook, Recovery};
+use crate::config::{ProgressHook, Recovery, ReplayProgress};
 use crate::error::{Error, LostWrites, Result};
 use crate::event::Event;
 use crate::materializer::Materializer;
@@ -17,17 +17,6 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Client ids are grouped by their bits from here up in
 /// [`ReplayReport::highest_clients`].
 pub const CLIENT_SPACE_SHIFT: u32 = 40;
-
-/// How far a replay has come.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ReplayProgress {
-    /// Records folded so far.
-    pub records: u64,
-    /// Events folded so far.
-    pub events: u64,
-    /// Time since the replay started.
-    pub elapsed: Duration,
-}
 
 /// What a replay found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use rollcall_engine::UnixMs;
 
 use crate::auth::{self, Auth, Claims, RoomClaims};
-use crate::config::{ClusterConfig, CorruptDataPolicy, ServerConfig, TlsConfig};
-use crate::limits::Limits;
+use crate::config::{ClusterConfig, CorruptDataPolicy, NatsConfig, ServerConfig, TlsConfig};
+use crate::limits::{self, Limits};
 use crate::listener::ConnectionLimits;
 
 /// Rollcall: a presence server. Clients heartbeat ephemeral state into rooms with a
@@ -180,35 +180,35 @@ pub struct ServeArgs {
     pub tick_ms: u64,
 
     /// Largest WebSocket message in bytes; larger ones close the connection with 1009.
-    #[arg(long, env = "ROLLCALL_MAX_MESSAGE_BYTES", default_value_t = 65_536)]
+    #[arg(long, env = "ROLLCALL_MAX_MESSAGE_BYTES", default_value_t = limits::DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
 
     /// Largest heartbeat `data`, in bytes of serialized JSON.
-    #[arg(long, env = "ROLLCALL_MAX_DATA_BYTES", default_value_t = 4_096)]
+    #[arg(long, env = "ROLLCALL_MAX_DATA_BYTES", default_value_t = limits::DEFAULT_MAX_DATA_BYTES)]
     pub max_data_bytes: usize,
 
     /// Longest TTL a heartbeat may ask for, in milliseconds.
-    #[arg(long, env = "ROLLCALL_MAX_TTL_MS", default_value_t = 3_600_000)]
+    #[arg(long, env = "ROLLCALL_MAX_TTL_MS", default_value_t = limits::DEFAULT_MAX_TTL_MS)]
     pub max_ttl_ms: u64,
 
     /// Rooms one connection may use at once (subscribed or holding its entry).
-    #[arg(long, env = "ROLLCALL_MAX_ROOMS_PER_CONNECTION", default_value_t = 128)]
+    #[arg(long, env = "ROLLCALL_MAX_ROOMS_PER_CONNECTION", default_value_t = limits::DEFAULT_MAX_ROOMS_PER_CONNECTION)]
     pub max_rooms_per_connection: usize,
 
     /// Live entries one room may hold.
-    #[arg(long, env = "ROLLCALL_MAX_ENTRIES_PER_ROOM", default_value_t = 10_000)]
+    #[arg(long, env = "ROLLCALL_MAX_ENTRIES_PER_ROOM", default_value_t = limits::DEFAULT_MAX_ENTRIES_PER_ROOM)]
     pub max_entries_per_room: usize,
 
     /// Sustained heartbeats per second per connection.
-    #[arg(long, env = "ROLLCALL_HEARTBEAT_RATE", default_value_t = 120)]
+    #[arg(long, env = "ROLLCALL_HEARTBEAT_RATE", default_value_t = limits::DEFAULT_HEARTBEATS_PER_SECOND)]
     pub heartbeat_rate: u32,
 
     /// Heartbeats per connection allowed in a burst.
-    #[arg(long, env = "ROLLCALL_HEARTBEAT_BURST", default_value_t = 240)]
+    #[arg(long, env = "ROLLCALL_HEARTBEAT_BURST", default_value_t = limits::DEFAULT_HEARTBEAT_BURST)]
     pub heartbeat_burst: u32,
 
     /// Milliseconds a new connection has to send `hello`.
-    #[arg(long, env = "ROLLCALL_HELLO_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "ROLLCALL_HELLO_TIMEOUT_MS", default_value_t = limits::DEFAULT_HELLO_TIMEOUT_MS)]
     pub hello_timeout_ms: u64,
 
     /// Seconds between pings to a quiet client.
@@ -257,12 +257,12 @@ pub struct ServeArgs {
     pub slow_consumer_timeout_secs: u64,
 
     /// Requests other than heartbeats per second per connection (burst twice that).
-    #[arg(long, env = "ROLLCALL_REQUEST_RATE", default_value_t = 100)]
+    #[arg(long, env = "ROLLCALL_REQUEST_RATE", default_value_t = limits::DEFAULT_REQUESTS_PER_SECOND)]
     pub request_rate: u32,
 
     /// WebSocket pings/pongs per second per connection (burst twice that); a flood
     /// closes the connection (4006).
-    #[arg(long, env = "ROLLCALL_CONTROL_FRAME_RATE", default_value_t = 10)]
+    #[arg(long, env = "ROLLCALL_CONTROL_FRAME_RATE", default_value_t = limits::DEFAULT_CONTROL_FRAMES_PER_SECOND)]
     pub control_frame_rate: u32,
 
     /// Turn auth on with an HS256 secret (a file of at least 32 random bytes).
@@ -294,10 +294,72 @@ pub struct ServeArgs {
     #[arg(long, env = "ROLLCALL_ON_CORRUPT_DATA", value_enum, default_value_t = CorruptDataArg::Fail)]
     pub on_corrupt_data: CorruptDataArg,
 
-    /// Join a cluster through this NATS server, e.g. nats://127.0.0.1:4222. Without
-    /// it the server runs alone.
-    #[arg(long, env = "ROLLCALL_NATS", requires = "node_id")]
-    pub nats: Option<String>,
+    /// Join a cluster through this NATS server, e.g. nats://127.0.0.1:4222 or
+    /// tls://nats.internal:4222 (repeatable, or comma-separated, for several servers of
+    /// one NATS cluster). A URL may carry `user:password@` or `token@`. Without it the
+    /// server runs alone.
+    #[arg(
+        long,
+        env = "ROLLCALL_NATS",
+        requires = "node_id",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    pub nats: Vec<String>,
+
+    /// NATS user name (with --nats-password).
+    #[arg(long, env = "ROLLCALL_NATS_USER", requires = "nats_password")]
+    pub nats_user: Option<String>,
+
+    /// NATS password of --nats-user. Prefer the environment variable or the config
+    /// file to the flag: flags show in the process list.
+    #[arg(
+        long,
+        env = "ROLLCALL_NATS_PASSWORD",
+        requires = "nats_user",
+        hide_env_values = true
+    )]
+    pub nats_password: Option<String>,
+
+    /// NATS authentication token. Prefer the environment variable or the config file
+    /// to the flag: flags show in the process list.
+    #[arg(long, env = "ROLLCALL_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+
+    /// NATS credentials file (user JWT and nkey seed, as `nsc` writes them).
+    #[arg(long, env = "ROLLCALL_NATS_CREDS", value_name = "FILE")]
+    pub nats_creds: Option<PathBuf>,
+
+    /// CA certificate(s) (PEM) that sign the NATS servers' certificates; turns TLS to
+    /// NATS on.
+    #[arg(long, env = "ROLLCALL_NATS_TLS_CA", value_name = "FILE")]
+    pub nats_tls_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) presented to NATS servers that verify clients; needs
+    /// --nats-tls-key.
+    #[arg(
+        long,
+        env = "ROLLCALL_NATS_TLS_CERT",
+        requires = "nats_tls_key",
+        value_name = "FILE"
+    )]
+    pub nats_tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --nats-tls-cert.
+    #[arg(
+        long,
+        env = "ROLLCALL_NATS_TLS_KEY",
+        requires = "nats_tls_cert",
+        value_name = "FILE"
+    )]
+    pub nats_tls_key: Option<PathBuf>,
+
+    /// The secret every node of the cluster shares (a file of at least 32 random
+    /// bytes): every message on the bus carries a MAC under a key derived from it, and
+    /// messages without a valid one are dropped. Defaults to --resume-secret-file; a
+    /// cluster node refuses to start without either.
+    #[arg(long, env = "ROLLCALL_CLUSTER_SECRET_FILE", value_name = "FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
 
     /// This node's id in the cluster, 1 to 8191, unique per node: it prefixes the
     /// node's client ids.
@@ -305,9 +367,16 @@ pub struct ServeArgs {
     pub node_id: Option<u16>,
 
     /// Milliseconds a node waits for the other nodes' entries of a room before it
-    /// sends that room's first snapshot.
+    /// sends that room's first snapshot (and the longest a REST read of a room waits
+    /// for them).
     #[arg(long, env = "ROLLCALL_CLUSTER_SYNC_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub cluster_sync_ms: u64,
+
+    /// Nodes announce themselves on the bus every second; a node silent for this many
+    /// milliseconds is taken for dead and the other nodes drop its entries (they come
+    /// back when it does).
+    #[arg(long, env = "ROLLCALL_NODE_TIMEOUT_MS", default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(1_500..=60_000))]
+    pub node_timeout_ms: u64,
 
     /// Resume tokens are signed with this secret (a file of at least 32 random bytes)
     /// instead of one kept in the data directory: give every node of a cluster the
@@ -607,10 +676,7 @@ impl ServeArgs {
                 CorruptDataArg::MoveAside => CorruptDataPolicy::MoveAside,
             },
             node_id: self.node_id.unwrap_or(0),
-            cluster: self.nats.as_ref().map(|url| ClusterConfig {
-                nats_url: url.clone(),
-                sync_timeout: Duration::from_millis(self.cluster_sync_ms),
-            }),
+            cluster: self.cluster()?,
             resume_secret: self
                 .resume_secret_file
                 .as_deref()
@@ -624,6 +690,45 @@ impl ServeArgs {
                 _ => None,
             },
         })
+    }
+}
+
+impl ServeArgs {
+    /// Cluster mode's settings, if `--nats` is given (reads the cluster secret).
+    fn cluster(&self) -> crate::Result<Option<ClusterConfig>> {
+        if self.nats.is_empty() {
+            return Ok(None);
+        }
+        let (path, what) = match (&self.cluster_secret_file, &self.resume_secret_file) {
+            (Some(path), _) => (path, "cluster secret"),
+            (None, Some(path)) => (path, "resume secret"),
+            (None, None) => {
+                return Err(crate::Error::Config(
+                    "cluster mode needs a secret shared by every node, so that nobody else \
+                     can write to the bus: give every node the same --cluster-secret-file \
+                     (at least 32 random bytes, e.g. `head -c 32 /dev/urandom > cluster.key`)"
+                        .into(),
+                ));
+            }
+        };
+        let secret = crate::config::read_secret_file(path, what)?;
+        let nats = NatsConfig {
+            servers: self.nats.iter().map(|s| s.trim().to_owned()).collect(),
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone(),
+            token: self.nats_token.clone(),
+            creds: self.nats_creds.clone(),
+            tls_ca: self.nats_tls_ca.clone(),
+            tls_cert: self.nats_tls_cert.clone(),
+            tls_key: self.nats_tls_key.clone(),
+        };
+        crate::cluster::nats::resolve(&nats).map_err(crate::Error::Config)?;
+        Ok(Some(ClusterConfig {
+            nats,
+            bus_key: crate::cluster::bus::key(&secret),
+            sync_timeout: Duration::from_millis(self.cluster_sync_ms),
+            node_timeout: Duration::from_millis(self.node_timeout_ms),
+        }))
     }
 }
 
@@ -687,6 +792,53 @@ mod tests {
             ["https://a.example", "https://b.example"]
         );
         assert_eq!(args.tick_ms, 25, "the default stays");
+    }
+
+    #[test]
+    fn cluster_settings_come_from_the_config_file_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("cluster-secret");
+        std::fs::write(&secret, "a cluster secret of at least thirty-two bytes").unwrap();
+        let file = dir.path().join("rollcall.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "nats = [\"tls://a.internal:4222\", \"tls://b.internal:4222\"]\nnode-id = 3\n\
+                 nats-user = \"rollcall\"\nnats-password = \"pw\"\nnode-timeout-ms = 5000\n\
+                 cluster-secret-file = {:?}\n",
+                secret.display().to_string()
+            ),
+        )
+        .unwrap();
+        let cli = parse_from([
+            "rollcall".as_ref(),
+            "serve".as_ref(),
+            "--config".as_ref(),
+            file.as_os_str(),
+        ])
+        .unwrap();
+        let config = serve_args(cli).config().unwrap();
+        let cluster = config.cluster.expect("cluster mode");
+        assert_eq!(
+            cluster.nats.servers,
+            ["tls://a.internal:4222", "tls://b.internal:4222"]
+        );
+        assert_eq!(cluster.nats.user.as_deref(), Some("rollcall"));
+        assert_eq!(cluster.node_timeout, Duration::from_secs(5));
+        assert_eq!(config.node_id, 3);
+        assert!(!format!("{cluster:?}").contains("pw\""), "{cluster:?}");
+        // Without any secret, cluster mode is refused.
+        let cli = Cli::try_parse_from([
+            "rollcall",
+            "serve",
+            "--nats",
+            "nats://127.0.0.1:4222",
+            "--node-id",
+            "1",
+        ])
+        .unwrap();
+        let error = serve_args(cli).config().unwrap_err().to_string();
+        assert!(error.contains("--cluster-secret-file"), "{error}");
     }
 
     #[test]

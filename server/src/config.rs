@@ -80,11 +80,68 @@ pub struct TlsConfig {
 /// How a node reaches the other nodes of its cluster.
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
-    /// The NATS server, e.g. `nats://127.0.0.1:4222`.
-    pub nats_url: String,
+    /// How to reach and log in to NATS.
+    pub nats: NatsConfig,
+    /// The key every bus message is authenticated with (derived from the cluster
+    /// secret, the same on every node).
+    pub bus_key: BusKey,
     /// How long a node gathers the other nodes' entries of a room before sending the
-    /// room's first snapshot.
+    /// room's first snapshot (and the longest a REST read waits for them).
     pub sync_timeout: Duration,
+    /// A node silent on the bus for this long is taken for dead: the other nodes drop
+    /// its entries.
+    pub node_timeout: Duration,
+}
+
+/// The cluster's bus key. Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BusKey(pub [u8; 32]);
+
+impl std::fmt::Debug for BusKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BusKey(..)")
+    }
+}
+
+/// The NATS servers and the credentials to use with them. Its `Debug` shows no
+/// secret.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct NatsConfig {
+    /// Server URLs (`nats://` or `tls://`), as given: they may carry `user:password@`
+    /// or `token@`.
+    pub servers: Vec<String>,
+    /// User name (with `password`).
+    pub user: Option<String>,
+    /// Password of `user`.
+    pub password: Option<String>,
+    /// Authentication token.
+    pub token: Option<String>,
+    /// A credentials file (user JWT and nkey seed).
+    pub creds: Option<PathBuf>,
+    /// CA certificates (PEM) to trust for the NATS servers' TLS certificates.
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM) to present to NATS, with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field(
+                "servers",
+                &crate::cluster::nats::redacted(&self.servers).join(","),
+            )
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| ".."))
+            .field("token", &self.token.as_ref().map(|_| ".."))
+            .field("creds", &self.creds)
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .finish()
+    }
 }
 
 /// What to do when the data directory cannot be opened (sled refuses it, or a record
@@ -114,8 +171,8 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),
             slow_consumer_timeout: Duration::from_secs(30),
-            requests_per_second: 100,
-            control_frames_per_second: 10,
+            requests_per_second: crate::limits::DEFAULT_REQUESTS_PER_SECOND,
+            control_frames_per_second: crate::limits::DEFAULT_CONTROL_FRAMES_PER_SECOND,
             auth: None,
             allowed_origins: Vec::new(),
             on_corrupt_data: CorruptDataPolicy::Fail,

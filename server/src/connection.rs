@@ -31,7 +31,7 @@ use tungstenite::{Message, Utf8Bytes};
 use crate::protocol::close;
 
 /// Data frames one message may span (its first frame and its continuations).
-pub const MAX_FRAGMENTS_PER_MESSAGE: u32 = 64;
+pub const MAX_FRAGMENTS_PER_MESSAGE: u32 = rollcall_protocol::limits::MAX_FRAMES_PER_MESSAGE;
 
 /// An upgraded WebSocket.
 pub type WebSocket = Socket<TokioIo<hyper::upgrade::Upgraded>>;

@@ -59,7 +59,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// A change published on a feed. It is serialized once, by whoever needs it first:
-/// the publisher right after it releases the hub lock, or a reader.
+/// the publisher right after it releases its room's shard lock, or a reader.
 #[derive(Debug)]
 pub(crate) struct Published {
     client: ClientId,
@@ -148,8 +148,8 @@ impl Feed {
         subscribers.len()
     }
 
-    /// Appends a change (O(1), no serialization: call under the hub lock, so the
-    /// feed's order is the hub's). `room_len` is the room's number of entries, which
+    /// Appends a change (O(1), no serialization: call under the room's shard lock, so
+    /// the feed's order is the fold's). `room_len` is the room's number of entries, which
     /// sizes the window. Subscribers are woken by [`Feed::wake`], after the lock.
     pub(crate) fn publish(&self, published: Arc<Published>, room_len: usize) {
         let mut log = lock(&self.log);
@@ -212,7 +212,7 @@ impl Subscription {
     }
 
     /// Queues the room's full state, taken when the feed's head was `head`; changes
-    /// from `head` on follow it. Call with the hub locked, so nothing is published
+    /// from `head` on follow it. Call under the room's shard lock, so nothing is published
     /// between the snapshot and the head.
     pub fn reset(&self, snapshot: String, head: u64) {
         *lock(&self.snapshot) = Some(snapshot);

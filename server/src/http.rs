@@ -33,7 +33,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_PAGE: usize = 1_000;
 /// What a heartbeat body may hold besides `data` (`ttlMs`, `clientId`, keys and
 /// whitespace): the body limit is `max_data_bytes` plus this.
-pub const BODY_ENVELOPE_BYTES: usize = 1_024;
+pub const BODY_ENVELOPE_BYTES: usize = rollcall_protocol::limits::HTTP_BODY_SLACK_BYTES;
 
 /// Shared by every request handler.
 #[derive(Clone, Debug)]
@@ -276,7 +276,20 @@ async fn rooms(
     // Listing every room is an admin read (docs/protocol.md, HTTP API).
     state.authorize(&headers, |grant| grant.admin)?;
     let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);
-    let page = hub.rooms_page(page.after.as_deref(), limit);
+    let after = page.after.as_deref();
+    // In cluster mode, every node's own counts, added up: the same answer whichever
+    // node serves it (or this node's view alone, when cut off from NATS).
+    let remote = match state.inner.cluster.get() {
+        Some(cluster) => cluster.gather_rooms(after, limit).await,
+        None => None,
+    };
+    let page = match remote {
+        Some(mut pages) => {
+            pages.push(hub.owned_rooms_page(after, limit));
+            crate::cluster::merge_room_pages(pages, limit)
+        }
+        None => hub.rooms_page(after, limit),
+    };
     let rooms: Vec<_> = page
         .rooms
         .into_iter()
@@ -298,9 +311,46 @@ async fn room(
     let mut body = String::from("{\"room\":");
     protocol::push_json_str(&mut body, &room);
     body.push_str(",\"entries\":");
-    body.push_str(&hub.entries_json(&room));
+    body.push_str(&room_entries_json(&state, hub, &room).await);
     body.push('}');
     Ok(json(StatusCode::OK, body))
+}
+
+/// The live entries of `room` as a JSON array: the whole cluster's whichever node
+/// answers. A node that follows the room holds them all; otherwise it asks the other
+/// nodes (waiting at most `--cluster-sync-ms`) and adds their entries to its own.
+async fn room_entries_json(state: &AppState, hub: &Hub, room: &str) -> String {
+    let Some(cluster) = state.inner.cluster.get() else {
+        return hub.entries_json(room);
+    };
+    let (mut entries, complete) = hub.room_entries(room);
+    if !complete {
+        if let Some(remote) = cluster.gather_room(room).await {
+            let now = rollcall_engine::UnixMs::now();
+            let mut by_client: hashbrown::HashMap<_, _> =
+                entries.drain(..).map(|e| (e.client, e)).collect();
+            for entry in remote {
+                if entry.expires_at < now {
+                    continue;
+                }
+                // A client that moved between nodes may be listed twice: the later
+                // expiry wins, as in a followed room.
+                match by_client.entry(entry.client) {
+                    hashbrown::hash_map::Entry::Occupied(mut held) => {
+                        if held.get().expires_at < entry.expires_at {
+                            held.insert(entry);
+                        }
+                    }
+                    hashbrown::hash_map::Entry::Vacant(vacant) => {
+                        vacant.insert(entry);
+                    }
+                }
+            }
+            entries.extend(by_client.into_values());
+            entries.sort_by_key(|e| e.client);
+        }
+    }
+    protocol::entries_json(entries.iter())
 }
 
 #[derive(Deserialize)]
@@ -401,7 +451,7 @@ async fn heartbeat(
     let body = read_body(
         &headers,
         body,
-        limits.max_data_bytes.saturating_add(BODY_ENVELOPE_BYTES),
+        limits.max_http_body_bytes(),
         state.inner.config.connections.body_timeout,
     )
     .await?;
@@ -509,7 +559,7 @@ async fn upgrade(
     let shutdown = state.inner.shutdown.clone();
     let sessions = state.inner.sessions.clone();
     Ok(upgrade
-        .protocols(["rollcall.v1"])
+        .protocols([rollcall_protocol::SUBPROTOCOL])
         .max_message_size(limits.max_message_bytes)
         .max_frame_size(limits.max_message_bytes)
         // A small read buffer keeps idle connections cheap (it grows for big messages);

@@ -1,6 +1,6 @@
 //! Client ids and resume tokens.
 //!
-//! Ids are handed out from blocks reserved in the engine's metadata, so an id is never
+//! Ids are handed out from blocks reserved in the journal's metadata, so an id is never
 //! reused, even across restarts. An id a client chose for itself (over REST) moves the
 //! counter past it, so it is never handed out either. A resume token is the id plus an HMAC over the id and
 //! the user it was issued to, keyed by a secret that is also kept in the metadata: it
@@ -9,7 +9,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
-use rollcall_engine::{ClientId, Engine};
+use rollcall_engine::{ClientId, Journal};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -41,8 +41,8 @@ impl Identity {
     /// Loads (or creates) the secret and the id counter of node `node` (0 when alone).
     /// A `shared` secret (every node of a cluster has the same) signs tokens instead
     /// of the directory's own, which is still created: it marks the directory as used.
-    pub fn load(engine: &mut Engine, node: u16, shared: Option<&[u8]>) -> Result<Identity> {
-        let own = match engine.meta_get(SECRET_KEY)? {
+    pub fn load(journal: &Journal, node: u16, shared: Option<&[u8]>) -> Result<Identity> {
+        let own = match journal.meta_get(SECRET_KEY)? {
             Some(bytes) if bytes.len() == 32 => {
                 let mut secret = [0; 32];
                 secret.copy_from_slice(&bytes);
@@ -51,7 +51,7 @@ impl Identity {
             _ => {
                 let mut secret = [0; 32];
                 getrandom::fill(&mut secret).map_err(|e| Error::Random(e.to_string()))?;
-                engine.meta_put(SECRET_KEY, &secret)?;
+                journal.meta_put(SECRET_KEY, &secret)?;
                 secret
             }
         };
@@ -60,7 +60,7 @@ impl Identity {
             secret.copy_from_slice(&Sha256::digest(shared));
             secret
         });
-        let next = match engine.meta_get(NEXT_ID_KEY)? {
+        let next = match journal.meta_get(NEXT_ID_KEY)? {
             Some(bytes) if bytes.len() == 8 => {
                 u64::from_be_bytes(bytes.try_into().unwrap_or([0; 8])).max(1)
             }
@@ -79,12 +79,12 @@ impl Identity {
     /// log: writes that reserved a block of ids may have been lost (and reported)
     /// while entries with ids from that block survived, and those ids must not be
     /// handed out again. Returns whether the counter moved. Call before [`Identity::load`].
-    pub fn raise_counter(engine: &mut Engine, node: u16, highest: ClientId) -> Result<bool> {
+    pub fn raise_counter(journal: &Journal, node: u16, highest: ClientId) -> Result<bool> {
         if highest.0 >> NODE_SHIFT != u64::from(node) {
             return Ok(false);
         }
         let above = (highest.0 & ((1 << NODE_SHIFT) - 1)) + 1;
-        let stored = match engine.meta_get(NEXT_ID_KEY)? {
+        let stored = match journal.meta_get(NEXT_ID_KEY)? {
             Some(bytes) if bytes.len() == 8 => {
                 u64::from_be_bytes(bytes.try_into().unwrap_or([0; 8]))
             }
@@ -93,15 +93,15 @@ impl Identity {
         if stored >= above {
             return Ok(false);
         }
-        engine.meta_put(NEXT_ID_KEY, &above.to_be_bytes())?;
+        journal.meta_put(NEXT_ID_KEY, &above.to_be_bytes())?;
         Ok(true)
     }
 
     /// A fresh client id, never handed out before.
-    pub fn allocate(&mut self, engine: &mut Engine) -> Result<ClientId> {
+    pub fn allocate(&mut self, journal: &Journal) -> Result<ClientId> {
         if self.next >= self.ceiling {
             let ceiling = self.next + BLOCK;
-            engine.meta_put(NEXT_ID_KEY, &ceiling.to_be_bytes())?;
+            journal.meta_put(NEXT_ID_KEY, &ceiling.to_be_bytes())?;
             self.ceiling = ceiling;
         }
         let counter = self.next;
@@ -115,7 +115,7 @@ impl Identity {
     /// and ids of other nodes' spaces (which this node never allocates) need nothing.
     /// Returns false, reserving nothing, for an id of this node's space at or past
     /// [`MAX_CHOSEN_COUNTER`] that was not issued.
-    pub fn reserve(&mut self, client: ClientId, engine: &mut Engine) -> Result<bool> {
+    pub fn reserve(&mut self, client: ClientId, journal: &Journal) -> Result<bool> {
         if client.0 >> NODE_SHIFT != self.node >> NODE_SHIFT {
             return Ok(true);
         }
@@ -129,7 +129,7 @@ impl Identity {
         let next = counter + 1;
         if next > self.ceiling {
             let ceiling = next + BLOCK;
-            engine.meta_put(NEXT_ID_KEY, &ceiling.to_be_bytes())?;
+            journal.meta_put(NEXT_ID_KEY, &ceiling.to_be_bytes())?;
             self.ceiling = ceiling;
         }
         self.next = next;
@@ -191,36 +191,40 @@ impl std::fmt::Debug for Identity {
 
 #[cfg(test)]
 mod tests {
-    use rollcall_engine::Config;
+    use rollcall_engine::{Config, Engine};
 
     use super::*;
 
     #[test]
     fn the_counter_moves_past_ids_found_in_the_log_of_its_own_node_only() {
-        let mut engine = Engine::memory();
+        let engine = Engine::memory();
         // Node 2's space: an id of node 3 or below the counter changes nothing.
         let node = 2;
         let base = u64::from(node) << NODE_SHIFT;
-        assert!(Identity::raise_counter(&mut engine, node, ClientId(base + 40)).unwrap());
-        assert!(!Identity::raise_counter(&mut engine, node, ClientId(base + 7)).unwrap());
+        assert!(Identity::raise_counter(engine.journal(), node, ClientId(base + 40)).unwrap());
+        assert!(!Identity::raise_counter(engine.journal(), node, ClientId(base + 7)).unwrap());
         assert!(
-            !Identity::raise_counter(&mut engine, node, ClientId((3 << NODE_SHIFT) + 90)).unwrap()
+            !Identity::raise_counter(engine.journal(), node, ClientId((3 << NODE_SHIFT) + 90))
+                .unwrap()
         );
-        let mut identity = Identity::load(&mut engine, node, None).unwrap();
-        assert_eq!(identity.allocate(&mut engine).unwrap(), ClientId(base + 41));
+        let mut identity = Identity::load(engine.journal(), node, None).unwrap();
+        assert_eq!(
+            identity.allocate(engine.journal()).unwrap(),
+            ClientId(base + 41)
+        );
         // A counter already past the id stays where it is.
-        let mut engine = Engine::memory();
-        let mut identity = Identity::load(&mut engine, 0, None).unwrap();
-        let first = identity.allocate(&mut engine).unwrap();
-        assert!(!Identity::raise_counter(&mut engine, 0, first).unwrap());
+        let engine = Engine::memory();
+        let mut identity = Identity::load(engine.journal(), 0, None).unwrap();
+        let first = identity.allocate(engine.journal()).unwrap();
+        assert!(!Identity::raise_counter(engine.journal(), 0, first).unwrap());
     }
 
     #[test]
     fn tokens_verify_only_for_their_user() {
-        let mut engine = Engine::memory();
-        let mut identity = Identity::load(&mut engine, 0, None).unwrap();
-        let a = identity.allocate(&mut engine).unwrap();
-        let b = identity.allocate(&mut engine).unwrap();
+        let engine = Engine::memory();
+        let mut identity = Identity::load(engine.journal(), 0, None).unwrap();
+        let a = identity.allocate(engine.journal()).unwrap();
+        let b = identity.allocate(engine.journal()).unwrap();
         assert_ne!(a, b);
         let token = identity.token(a, Some("alice"));
         assert_eq!(identity.verify(&token, Some("alice")), Some(a));
@@ -247,16 +251,16 @@ mod tests {
     #[test]
     fn ids_and_secret_survive_restarts() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut engine, _) = Engine::open(Config::new(dir.path())).unwrap();
-        let mut identity = Identity::load(&mut engine, 0, None).unwrap();
-        let first = identity.allocate(&mut engine).unwrap();
+        let (engine, _) = Engine::open(Config::new(dir.path())).unwrap();
+        let mut identity = Identity::load(engine.journal(), 0, None).unwrap();
+        let first = identity.allocate(engine.journal()).unwrap();
         let token = identity.token(first, None);
         engine.close().unwrap();
 
-        let (mut engine, _) = Engine::open(Config::new(dir.path())).unwrap();
-        let mut identity = Identity::load(&mut engine, 0, None).unwrap();
+        let (engine, _) = Engine::open(Config::new(dir.path())).unwrap();
+        let mut identity = Identity::load(engine.journal(), 0, None).unwrap();
         assert_eq!(identity.verify(&token, None), Some(first));
-        let second = identity.allocate(&mut engine).unwrap();
+        let second = identity.allocate(engine.journal()).unwrap();
         assert!(
             second > first,
             "ids are never reused: {second} after {first}"
@@ -267,40 +271,44 @@ mod tests {
     #[test]
     fn chosen_ids_are_never_allocated_even_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut engine, _) = Engine::open(Config::new(dir.path())).unwrap();
-        let mut identity = Identity::load(&mut engine, 0, None).unwrap();
-        let first = identity.allocate(&mut engine).unwrap();
+        let (engine, _) = Engine::open(Config::new(dir.path())).unwrap();
+        let mut identity = Identity::load(engine.journal(), 0, None).unwrap();
+        let first = identity.allocate(engine.journal()).unwrap();
         for chosen in [first.0, 2, 3, 10_000] {
-            assert!(identity.reserve(ClientId(chosen), &mut engine).unwrap());
+            assert!(
+                identity
+                    .reserve(ClientId(chosen), engine.journal())
+                    .unwrap()
+            );
         }
-        let next = identity.allocate(&mut engine).unwrap();
+        let next = identity.allocate(engine.journal()).unwrap();
         assert_eq!(next.0, 10_001);
         // Past what a client may choose, and outside this node's space.
         assert!(
             !identity
-                .reserve(ClientId(MAX_CHOSEN_COUNTER), &mut engine)
+                .reserve(ClientId(MAX_CHOSEN_COUNTER), engine.journal())
                 .unwrap()
         );
         assert!(
             identity
-                .reserve(ClientId((5 << NODE_SHIFT) + 1_000_000), &mut engine)
+                .reserve(ClientId((5 << NODE_SHIFT) + 1_000_000), engine.journal())
                 .unwrap()
         );
-        assert_eq!(identity.allocate(&mut engine).unwrap().0, 10_002);
+        assert_eq!(identity.allocate(engine.journal()).unwrap().0, 10_002);
         engine.close().unwrap();
 
         // The reservation was persisted before `reserve` returned.
-        let (mut engine, _) = Engine::open(Config::new(dir.path())).unwrap();
-        let mut identity = Identity::load(&mut engine, 0, None).unwrap();
-        assert!(identity.allocate(&mut engine).unwrap().0 > 10_000);
+        let (engine, _) = Engine::open(Config::new(dir.path())).unwrap();
+        let mut identity = Identity::load(engine.journal(), 0, None).unwrap();
+        assert!(identity.allocate(engine.journal()).unwrap().0 > 10_000);
         engine.close().unwrap();
     }
 
     #[test]
     fn node_id_goes_in_the_high_bits() {
-        let mut engine = Engine::memory();
-        let mut identity = Identity::load(&mut engine, 3, None).unwrap();
-        let id = identity.allocate(&mut engine).unwrap();
+        let engine = Engine::memory();
+        let mut identity = Identity::load(engine.journal(), 3, None).unwrap();
+        let id = identity.allocate(engine.journal()).unwrap();
         assert_eq!(id.0 >> NODE_SHIFT, 3);
         assert!(id <= ClientId::MAX);
     }
@@ -308,12 +316,12 @@ mod tests {
     #[test]
     fn a_shared_secret_lets_another_node_verify() {
         let shared = b"a shared secret of at least thirty-two bytes";
-        let mut one = Engine::memory();
-        let mut two = Engine::memory();
-        let mut first = Identity::load(&mut one, 1, Some(shared)).unwrap();
-        let second = Identity::load(&mut two, 2, Some(shared)).unwrap();
-        let alone = Identity::load(&mut Engine::memory(), 2, None).unwrap();
-        let id = first.allocate(&mut one).unwrap();
+        let one = Engine::memory();
+        let two = Engine::memory();
+        let mut first = Identity::load(one.journal(), 1, Some(shared)).unwrap();
+        let second = Identity::load(two.journal(), 2, Some(shared)).unwrap();
+        let alone = Identity::load(Engine::memory().journal(), 2, None).unwrap();
+        let id = first.allocate(one.journal()).unwrap();
         let token = first.token(id, Some("ana"));
         assert_eq!(second.verify(&token, Some("ana")), Some(id));
         assert_eq!(alone.verify(&token, Some("ana")), None);

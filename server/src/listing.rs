@@ -1,6 +1,7 @@
 //! `GET /v1/rooms` from maintained counts: every change of an entry adjusts its room's
 //! count in a sorted map behind its own lock, so listing a page costs O(log rooms +
-//! page) and never takes the hub lock that heartbeats take.
+//! page) and never takes a room shard's lock. Only changes that add or remove an entry
+//! take this lock; a heartbeat that updates its entry does not.
 //!
 //! A count includes entries that expired but that no sweep has removed yet (at most
 //! one tick, `--tick-ms`, after their expiry).
@@ -42,6 +43,10 @@ impl RoomCounts {
 
     /// Folds a change of an entry: an insert adds one, a removal takes one.
     pub(crate) fn apply(&self, change: &Change) {
+        if change.kind == ChangeKind::Update {
+            // The common heartbeat: no count moves, so the lock is not taken.
+            return;
+        }
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         match change.kind {
             ChangeKind::Insert => *counts.entry(change.room.clone()).or_default() += 1,

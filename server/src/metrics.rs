@@ -74,6 +74,11 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         "Cluster mode: changes not published because the queue to NATS was full.",
     ),
     (
+        "rollcall_cluster_nodes",
+        Kind::Gauge,
+        "Cluster mode: other nodes heard from within the node timeout.",
+    ),
+    (
         "rollcall_cluster_published_total",
         Kind::Counter,
         "Cluster mode: changes of this node's entries published to the other nodes.",
@@ -82,6 +87,11 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         "rollcall_cluster_received_total",
         Kind::Counter,
         "Cluster mode: changes received from other nodes.",
+    ),
+    (
+        "rollcall_cluster_rejected_total",
+        Kind::Counter,
+        "Cluster mode: bus messages dropped, by reason (mac, stale, replay, malformed, data_size, ttl, room_full, owner).",
     ),
     (
         "rollcall_cluster_remote_entries",
@@ -141,8 +151,8 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (
         "rollcall_hub_lock_hold_microseconds",
         Kind::Histogram,
-        "Microseconds the hub lock was held, per acquisition (a summary: quantile 0.99 \
-         shows a serialized hub).",
+        "Microseconds a room shard's lock was held, per acquisition, all shards \
+         together (a summary: quantile 0.99 shows a serialized room).",
     ),
     ("rollcall_leaves_total", Kind::Counter, "Leaves accepted."),
     (
@@ -305,8 +315,8 @@ pub struct Metrics {
     pub log_failing: Gauge,
     /// Seconds the log writer has been inside one storage call (0 normally).
     pub log_stalled: Gauge,
-    /// How long the hub lock is held, in microseconds (a summary: its p99 shows a
-    /// serialized hub).
+    /// How long a room shard's lock is held, in microseconds, all shards together (a
+    /// summary: its p99 shows a serialized room).
     pub hub_lock_hold: Histogram,
     /// Heartbeats accepted.
     pub heartbeats: Counter,
@@ -337,6 +347,8 @@ pub struct Metrics {
     /// Cluster mode: changes not published because the queue to NATS was full (the
     /// other nodes catch up at the entry's next heartbeat or by TTL).
     pub cluster_dropped: Counter,
+    /// Cluster mode: other nodes heard from within the node timeout.
+    pub cluster_nodes: Gauge,
 }
 
 impl Metrics {
@@ -364,6 +376,7 @@ impl Metrics {
             cluster_published: counter!("rollcall_cluster_published_total"),
             cluster_received: counter!("rollcall_cluster_received_total"),
             cluster_dropped: counter!("rollcall_cluster_dropped_total"),
+            cluster_nodes: gauge!("rollcall_cluster_nodes"),
         }
     }
 
@@ -374,6 +387,15 @@ impl Metrics {
     )]
     pub fn error(&self, code: ErrorCode) {
         counter!("rollcall_errors_total", "code" => code.as_str()).increment(1);
+    }
+
+    /// Counts a bus message dropped in cluster mode.
+    #[allow(
+        clippy::unused_self,
+        reason = "called on the handles like every other metric"
+    )]
+    pub fn cluster_rejected(&self, reason: crate::cluster::Reject) {
+        counter!("rollcall_cluster_rejected_total", "reason" => reason.as_str()).increment(1);
     }
 }
 

@@ -3,8 +3,10 @@
 //! Every request is parsed and validated here, in one place; the handler only sees
 //! well-formed [`Request`]s. Outgoing messages on the hot path (change fragments,
 //! `changes` frames) are written by hand into strings that are shared between all
-//! subscribers of a room; the rest go through serde. `docs/protocol.md` is the
-//! reference for every message.
+//! subscribers of a room; the rest go through the typed messages of the protocol
+//! crate (`rollcall-protocol`), which defines every message, code and validator. The
+//! tests below prove the hand-written encoders produce exactly what those types
+//! serialize to.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -13,38 +15,43 @@ use rollcall_engine::{Change, ChangeKind, ClientId, Entry, Ttl, UnixMs};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use rollcall_protocol::ServerMessage;
+
 use crate::limits::Limits;
 pub use crate::rejection::{ErrorCode, Rejection};
 
-/// WebSocket close codes (see `docs/protocol.md`).
+/// WebSocket close codes as numbers, for the connection code (defined by
+/// [`rollcall_protocol::CloseCode`]; see `docs/protocol.md`).
 pub mod close {
+    use rollcall_protocol::CloseCode;
+
     /// The server is shutting down.
-    pub const GOING_AWAY: u16 = 1001;
+    pub const GOING_AWAY: u16 = CloseCode::GoingAway.as_u16();
     /// The client broke the WebSocket protocol (e.g. an unmasked, fragmented control
     /// or unexpected continuation frame, or non-zero reserved bits).
-    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const PROTOCOL_ERROR: u16 = CloseCode::ProtocolError.as_u16();
     /// A text message was not valid UTF-8.
-    pub const INVALID_PAYLOAD: u16 = 1007;
+    pub const INVALID_PAYLOAD: u16 = CloseCode::InvalidPayload.as_u16();
     /// A message exceeded the size limit, or spanned too many frames.
-    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    pub const MESSAGE_TOO_BIG: u16 = CloseCode::MessageTooBig.as_u16();
     /// The server failed.
-    pub const INTERNAL: u16 = 1011;
+    pub const INTERNAL: u16 = CloseCode::Internal.as_u16();
     /// The first message was not a valid `hello`.
-    pub const BAD_HELLO: u16 = 4000;
+    pub const BAD_HELLO: u16 = CloseCode::BadHello.as_u16();
     /// Another connection resumed this client id.
-    pub const REPLACED: u16 = 4001;
+    pub const REPLACED: u16 = CloseCode::Replaced.as_u16();
     /// No `hello` in time.
-    pub const HELLO_TIMEOUT: u16 = 4002;
+    pub const HELLO_TIMEOUT: u16 = CloseCode::HelloTimeout.as_u16();
     /// Authentication failed.
-    pub const UNAUTHORIZED: u16 = 4003;
+    pub const UNAUTHORIZED: u16 = CloseCode::Unauthorized.as_u16();
     /// The token expired and was not renewed.
-    pub const TOKEN_EXPIRED: u16 = 4004;
+    pub const TOKEN_EXPIRED: u16 = CloseCode::TokenExpired.as_u16();
     /// The client stopped reading.
-    pub const SLOW_CONSUMER: u16 = 4005;
+    pub const SLOW_CONSUMER: u16 = CloseCode::SlowConsumer.as_u16();
     /// Too many control frames or pings.
-    pub const CONTROL_FLOOD: u16 = 4006;
+    pub const CONTROL_FLOOD: u16 = CloseCode::Flood.as_u16();
     /// No traffic and no pong within the idle timeout.
-    pub const IDLE: u16 = 4008;
+    pub const IDLE: u16 = CloseCode::Idle.as_u16();
 }
 
 /// A parsed, validated client request.
@@ -142,9 +149,6 @@ struct Raw<'a> {
     resume: Option<Cow<'a, str>>,
 }
 
-/// Largest integer a JavaScript number holds exactly.
-const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
-
 /// Parses and validates one text message.
 pub fn parse<'a>(text: &'a str, limits: &Limits) -> Result<Request<'a>, Rejection> {
     let raw: Raw<'a> = serde_json::from_str(text).map_err(|e| {
@@ -153,19 +157,7 @@ pub fn parse<'a>(text: &'a str, limits: &Limits) -> Result<Request<'a>, Rejectio
             format!("a message must be a JSON object: {e}"),
         )
     })?;
-    let reference = match raw.reference {
-        None => None,
-        Some(value) => Some(
-            value
-                .get()
-                .parse::<u64>()
-                .ok()
-                .filter(|r| *r <= MAX_SAFE_INTEGER)
-                .ok_or_else(|| {
-                    Rejection::new(ErrorCode::BadRequest, "ref must be an integer in [0, 2^53)")
-                })?,
-        ),
-    };
+    let reference = rollcall_protocol::parse_ref(raw.reference)?;
     let Some(kind) = raw.kind else {
         return Err(
             Rejection::new(ErrorCode::BadRequest, "a message needs a \"type\"")
@@ -233,143 +225,15 @@ pub fn parse<'a>(text: &'a str, limits: &Limits) -> Result<Request<'a>, Rejectio
     }
 }
 
-/// Validates a heartbeat's `data` (syntactically valid JSON text, as serde parsed it):
-/// at most `max_data_bytes`, and only what every RFC 8259 parser reads the same way:
-/// no lone surrogate escapes, every number within the range of a double, and arrays
-/// and objects nested at most `max_data_depth` deep. Shared by WebSocket and REST.
-pub fn check_data(data: &str, limits: &Limits) -> Result<(), Rejection> {
-    if data.len() > limits.max_data_bytes {
-        return Err(Rejection::new(
-            ErrorCode::DataTooLarge,
-            format!(
-                "data is {} bytes of JSON; the limit is {}",
-                data.len(),
-                limits.max_data_bytes
-            ),
-        ));
-    }
-    let invalid = |message: String| Rejection::new(ErrorCode::InvalidData, message);
-    let bytes = data.as_bytes();
-    let mut depth = 0usize;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > limits.max_data_depth {
-                    return Err(invalid(format!(
-                        "data is nested more than {} levels deep",
-                        limits.max_data_depth
-                    )));
-                }
-                i += 1;
-            }
-            b']' | b'}' => {
-                depth = depth.saturating_sub(1);
-                i += 1;
-            }
-            b'"' => i = check_string(bytes, i + 1).map_err(invalid)?,
-            b'-' | b'0'..=b'9' => {
-                let end = bytes[i..]
-                    .iter()
-                    .position(|b| !matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
-                    .map_or(bytes.len(), |n| i + n);
-                let number = &data[i..end];
-                if !number.parse::<f64>().is_ok_and(f64::is_finite) {
-                    return Err(invalid(format!(
-                        "the number {} is out of the range of a double",
-                        truncate(number)
-                    )));
-                }
-                i = end;
-            }
-            _ => i += 1,
-        }
-    }
-    Ok(())
-}
+pub use rollcall_protocol::{check_data, parse_interval};
 
-/// Checks the escapes of the string whose contents start at `start`; returns the index
-/// after its closing quote.
-fn check_string(bytes: &[u8], start: usize) -> Result<usize, String> {
-    let hex = |at: usize| -> Option<u16> {
-        let digits = std::str::from_utf8(bytes.get(at..at + 4)?).ok()?;
-        u16::from_str_radix(digits, 16).ok()
-    };
-    let mut i = start;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => return Ok(i + 1),
-            b'\\' if bytes.get(i + 1) == Some(&b'u') => {
-                let unit = hex(i + 2).unwrap_or(0);
-                i += 6;
-                if (0xDC00..=0xDFFF).contains(&unit) {
-                    return Err(format!("data holds a lone surrogate \\u{unit:04x}"));
-                }
-                if (0xD800..=0xDBFF).contains(&unit) {
-                    let low = (bytes.get(i) == Some(&b'\\') && bytes.get(i + 1) == Some(&b'u'))
-                        .then(|| hex(i + 2))
-                        .flatten();
-                    if !low.is_some_and(|low| (0xDC00..=0xDFFF).contains(&low)) {
-                        return Err(format!("data holds a lone surrogate \\u{unit:04x}"));
-                    }
-                    i += 6;
-                }
-            }
-            b'\\' => i += 2,
-            _ => i += 1,
-        }
-    }
-    Ok(i)
-}
-
-/// At most 32 characters of `text`, for error messages.
-fn truncate(text: &str) -> &str {
-    text.char_indices()
-        .nth(32)
-        .map_or(text, |(at, _)| &text[..at])
-}
-
-/// The longest pacing interval a subscription may ask for.
-pub const MAX_INTERVAL_MS: u64 = 60_000;
-
-/// Validates `intervalMs` of `subscribe`: absent (zero) or an integer in
-/// `[0, MAX_INTERVAL_MS]`.
-pub fn parse_interval(raw: Option<&RawValue>) -> Result<u64, Rejection> {
-    let Some(value) = raw else {
-        return Ok(0);
-    };
-    value
-        .get()
-        .parse::<u64>()
-        .ok()
-        .filter(|ms| *ms <= MAX_INTERVAL_MS)
-        .ok_or_else(|| {
-            Rejection::new(
-                ErrorCode::BadRequest,
-                format!("intervalMs must be an integer in [0, {MAX_INTERVAL_MS}]"),
-            )
-        })
-}
-
-/// Validates `ttlMs`: an integer in `[1, max_ttl_ms]`.
+/// Validates `ttlMs`: an integer in `[1, max_ttl_ms]` (see
+/// [`rollcall_protocol::parse_ttl`]).
 pub fn parse_ttl(raw: Option<&RawValue>, limits: &Limits) -> Result<Ttl, Rejection> {
-    let invalid = || {
-        Rejection::new(
-            ErrorCode::InvalidTtl,
-            format!("ttlMs must be an integer in [1, {}]", limits.max_ttl_ms),
-        )
-    };
-    let value = raw.ok_or_else(invalid)?.get();
-    // Only plain integer literals: `1.5`, `1e3`, `-1`, strings and `null` are refused.
-    let ttl: u64 = value.parse().map_err(|_| invalid())?;
-    if ttl == 0 || ttl > limits.max_ttl_ms {
-        return Err(invalid());
-    }
-    Ok(Ttl(ttl))
+    rollcall_protocol::parse_ttl(raw, limits).map(Ttl)
 }
 
-/// Appends `s` as a JSON string literal.
+/// Appends `s` as a JSON string literal, escaped exactly as serde_json escapes it.
 pub fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
     let mut start = 0;
@@ -380,6 +244,8 @@ pub fn push_json_str(out: &mut String, s: &str) {
             b'\n' => "\\n",
             b'\r' => "\\r",
             b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
             0..=0x1f => "",
             _ => continue,
         };
@@ -496,23 +362,14 @@ pub fn welcome(
     now: UnixMs,
     limits: &Limits,
 ) -> String {
-    serde_json::json!({
-        "type": "welcome",
-        "clientId": client.0,
-        "resumeToken": resume_token,
-        "resumed": resumed,
-        "serverTimeMs": now.0,
-        "limits": {
-            "maxMessageBytes": limits.max_message_bytes,
-            "maxDataBytes": limits.max_data_bytes,
-            "maxTtlMs": limits.max_ttl_ms,
-            "maxRoomsPerConnection": limits.max_rooms_per_connection,
-            "maxEntriesPerRoom": limits.max_entries_per_room,
-            "heartbeatsPerSecond": limits.heartbeats_per_second,
-            "heartbeatBurst": limits.heartbeat_burst,
-        },
-    })
-    .to_string()
+    ServerMessage::Welcome {
+        client_id: client.0,
+        resume_token: resume_token.to_owned(),
+        resumed,
+        server_time_ms: now.0,
+        limits: limits.announced(),
+    }
+    .to_json()
 }
 
 /// An `ack` message.
@@ -539,18 +396,13 @@ pub fn pong(reference: Option<u64>, now: UnixMs) -> String {
 
 /// An `error` message.
 pub fn error(rejection: &Rejection) -> String {
-    let mut value = serde_json::json!({
-        "type": "error",
-        "code": rejection.code.as_str(),
-        "message": rejection.message,
-    });
-    if let Some(r) = rejection.reference {
-        value["ref"] = r.into();
+    ServerMessage::Error {
+        code: rejection.code,
+        message: rejection.message.clone(),
+        reference: rejection.reference,
+        room: rejection.room.clone(),
     }
-    if let Some(room) = &rejection.room {
-        value["room"] = room.as_str().into();
-    }
-    value.to_string()
+    .to_json()
 }
 
 #[cfg(test)]
@@ -668,48 +520,10 @@ mod tests {
     }
 
     #[test]
-    fn data_size_is_checked() {
+    fn data_is_checked_by_the_shared_validator() {
         let big = format!(r#""{}""#, "a".repeat(4095));
         let text = format!(r#"{{"type":"heartbeat","room":"r","data":{big},"ttlMs":5}}"#);
         assert_eq!(code(&text), ErrorCode::DataTooLarge);
-        let fits = format!(r#""{}""#, "a".repeat(4094));
-        let text = format!(r#"{{"type":"heartbeat","room":"r","data":{fits},"ttlMs":5}}"#);
-        assert!(parse(&text, &limits()).is_ok());
-    }
-
-    #[test]
-    fn data_every_parser_reads_alike_is_accepted() {
-        for data in [
-            r#"{"name":"a\"b\\","n":[1,-2.5e10,0.0,1e308],"s":"\ud83d\ude00 ok"}"#,
-            r#""\u00e9\n""#,
-            "null",
-            "-0",
-            "[[[[1]]]]",
-            r#""[[[[[""#,
-        ] {
-            assert!(check_data(data, &limits()).is_ok(), "{data}");
-        }
-        let deep = format!("{}{}", "[".repeat(64), "]".repeat(64));
-        assert!(check_data(&deep, &limits()).is_ok());
-    }
-
-    #[test]
-    fn data_parsers_disagree_on_is_invalid() {
-        let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
-        let huge = format!("1{}", "0".repeat(400));
-        for data in [
-            r#""\ud800""#,
-            r#""\udc00""#,
-            r#""\ud800\u0041""#,
-            r#"{"a":"x\uD800"}"#,
-            "1e999999",
-            "-1e400",
-            &huge,
-            &deep,
-        ] {
-            let rejection = check_data(data, &limits()).unwrap_err();
-            assert_eq!(rejection.code, ErrorCode::InvalidData, "{data}");
-        }
         let text = r#"{"type":"heartbeat","room":"r","data":"\ud800","ttlMs":5,"ref":4}"#;
         let rejection = parse(text, &limits()).unwrap_err();
         assert_eq!(rejection.code, ErrorCode::InvalidData);
@@ -791,5 +605,283 @@ mod tests {
         assert_eq!(value["code"], "room_full");
         assert_eq!(value["ref"], 9);
         assert_eq!(value["room"], "r");
+    }
+
+    /// Entries covering what the hand-written encoders must escape or pass through:
+    /// quotes, backslashes, every control character, unicode, empty and damaged data,
+    /// the largest ids and data.
+    fn tricky_entries() -> Vec<Entry> {
+        let controls: String = (0u8..0x20).map(char::from).chain(['\u{7f}']).collect();
+        let max_data = format!(r#""{}""#, "é".repeat((4096 - 2) / 2));
+        let cases: Vec<(u64, Option<String>, Vec<u8>, u64)> = vec![
+            (1, None, br#"{"status":"online"}"#.to_vec(), 1),
+            (
+                7,
+                Some(format!("a\"b\\c/{controls}")),
+                br#"{ "x" : 1.50e3 }"#.to_vec(),
+                99,
+            ),
+            (
+                9,
+                Some("ünïcödé 🦀 \u{2028}".into()),
+                "\"🦀\\ud83e\\udd80\"".as_bytes().to_vec(),
+                u64::MAX,
+            ),
+            ((1 << 53) - 1, Some(String::new()), b"null".to_vec(), 0),
+            (3, None, Vec::new(), 5),
+            (4, None, vec![0xff, 0xfe], 6),
+            (5, None, max_data.into_bytes(), 7),
+            (6, None, br#"[[],{},"",0,-0.0,true,false]"#.to_vec(), 8),
+        ];
+        cases
+            .into_iter()
+            .map(|(client, user, data, expires)| Entry {
+                client: ClientId(client),
+                user: user.map(Arc::from),
+                data: Bytes::from(data),
+                expires_at: UnixMs(expires),
+            })
+            .collect()
+    }
+
+    /// The typed entry the hand-written encoder must match.
+    fn typed(entry: &Entry) -> rollcall_protocol::Entry {
+        let data = std::str::from_utf8(&entry.data)
+            .ok()
+            .filter(|text| !text.is_empty())
+            .map_or_else(rollcall_protocol::Json::null, |text| {
+                rollcall_protocol::Json::from_text(text).expect("valid JSON")
+            });
+        rollcall_protocol::Entry {
+            client_id: entry.client.0,
+            data,
+            expires_at_ms: entry.expires_at.0,
+            user_id: entry.user.as_deref().map(str::to_owned),
+        }
+    }
+
+    fn rooms() -> Vec<String> {
+        vec![
+            "r".into(),
+            "pr:\"quoted\"\\slash/".into(),
+            "ünïcödé 🦀".into(),
+            "x".repeat(256),
+        ]
+    }
+
+    #[test]
+    fn snapshots_are_exactly_what_the_types_serialize_to() {
+        let entries = tricky_entries();
+        for room in rooms() {
+            for set in [&entries[..0], &entries[..1], &entries[..]] {
+                let written = snapshot(&room, UnixMs(1_764_300_000_000), set);
+                let expected = ServerMessage::Snapshot {
+                    room: room.clone(),
+                    server_time_ms: 1_764_300_000_000,
+                    entries: set.iter().map(typed).collect(),
+                };
+                assert_eq!(written, expected.to_json());
+                assert_eq!(
+                    ServerMessage::from_json(&written).expect("parses"),
+                    expected
+                );
+                let listed: Vec<rollcall_protocol::Entry> = set.iter().map(typed).collect();
+                assert_eq!(
+                    entries_json(set),
+                    serde_json::to_string(&listed).expect("serializes")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn changes_are_exactly_what_the_types_serialize_to() {
+        let entries = tricky_entries();
+        for room in rooms() {
+            let mut frame = String::new();
+            changes_prefix(&mut frame, &room, UnixMs(42));
+            let mut expected = Vec::new();
+            for entry in &entries {
+                for kind in [
+                    ChangeKind::Insert,
+                    ChangeKind::Update,
+                    ChangeKind::Leave,
+                    ChangeKind::Expire,
+                ] {
+                    if frame.ends_with('}') {
+                        frame.push(',');
+                    }
+                    frame.push_str(&change_fragment(&Change {
+                        room: room.as_str().into(),
+                        kind,
+                        entry: entry.clone(),
+                    }));
+                    let client_id = entry.client.0;
+                    expected.push(match kind {
+                        ChangeKind::Insert | ChangeKind::Update => {
+                            let typed = typed(entry);
+                            rollcall_protocol::Change::Upsert {
+                                client_id,
+                                data: typed.data,
+                                expires_at_ms: typed.expires_at_ms,
+                                user_id: typed.user_id,
+                            }
+                        }
+                        ChangeKind::Leave => rollcall_protocol::Change::Leave { client_id },
+                        ChangeKind::Expire => rollcall_protocol::Change::Expire { client_id },
+                    });
+                }
+            }
+            frame.push_str(CHANGES_SUFFIX);
+            let expected = ServerMessage::Changes {
+                room: room.clone(),
+                server_time_ms: 42,
+                changes: expected,
+            };
+            assert_eq!(frame, expected.to_json());
+            assert_eq!(ServerMessage::from_json(&frame).expect("parses"), expected);
+        }
+    }
+
+    #[test]
+    fn acks_pongs_welcomes_and_errors_are_exactly_the_typed_messages() {
+        for (reference, expires) in [
+            (0, None),
+            (2, Some(UnixMs(1))),
+            ((1 << 53) - 1, Some(UnixMs(u64::MAX))),
+        ] {
+            assert_eq!(
+                ack(reference, expires),
+                ServerMessage::Ack {
+                    reference,
+                    expires_at_ms: expires.map(|at| at.0),
+                }
+                .to_json()
+            );
+        }
+        for reference in [None, Some(0), Some(4)] {
+            let written = pong(reference, UnixMs(1_764_300_000_100));
+            let expected = ServerMessage::Pong {
+                reference,
+                server_time_ms: 1_764_300_000_100,
+            };
+            assert_eq!(written, expected.to_json());
+            assert_eq!(
+                ServerMessage::from_json(&written).expect("parses"),
+                expected
+            );
+        }
+        let welcome = welcome(ClientId(7), "tok\"en", true, UnixMs(5), &limits());
+        assert_eq!(
+            welcome,
+            r#"{"type":"welcome","clientId":7,"resumeToken":"tok\"en","resumed":true,"serverTimeMs":5,"limits":{"maxMessageBytes":65536,"maxDataBytes":4096,"maxTtlMs":3600000,"maxRoomsPerConnection":128,"maxEntriesPerRoom":10000,"heartbeatsPerSecond":120,"heartbeatBurst":240}}"#
+        );
+        let rejection =
+            Rejection::new(ErrorCode::InvalidTtl, "ttlMs \"x\"").with(Some(2), Some("r"));
+        assert_eq!(
+            error(&rejection),
+            r#"{"type":"error","code":"invalid_ttl","message":"ttlMs \"x\"","ref":2,"room":"r"}"#
+        );
+    }
+
+    #[test]
+    fn the_server_reads_every_typed_client_message() {
+        use rollcall_protocol::{ClientMessage, Json};
+        let data = Json::from_text(r#"{"s":"é\"\\"}"#).expect("JSON");
+        let messages = [
+            ClientMessage::Hello {
+                token: Some("t".into()),
+                resume: Some("r".into()),
+            },
+            ClientMessage::Subscribe {
+                room: "pr:a".into(),
+                interval_ms: Some(100),
+                reference: Some(1),
+            },
+            ClientMessage::Unsubscribe {
+                room: "pr:a".into(),
+                reference: None,
+            },
+            ClientMessage::Heartbeat {
+                room: "pr:a".into(),
+                data: data.clone(),
+                ttl_ms: 30_000,
+                reference: Some(2),
+            },
+            ClientMessage::Leave {
+                room: "pr:a".into(),
+                reference: Some(3),
+            },
+            ClientMessage::Auth {
+                token: "t2".into(),
+                reference: Some(4),
+            },
+            ClientMessage::Ping { reference: None },
+        ];
+        for message in messages {
+            let text = message.to_json();
+            let parsed = parse(&text, &limits()).expect(&text);
+            let same = match (&message, &parsed) {
+                (
+                    ClientMessage::Hello { token, resume },
+                    Request::Hello {
+                        token: t,
+                        resume: r,
+                    },
+                ) => token.as_deref() == t.as_deref() && resume.as_deref() == r.as_deref(),
+                (
+                    ClientMessage::Subscribe {
+                        room,
+                        interval_ms,
+                        reference,
+                    },
+                    Request::Subscribe {
+                        room: r,
+                        interval_ms: i,
+                        reference: f,
+                    },
+                ) => room == r && interval_ms.unwrap_or(0) == *i && reference == f,
+                (
+                    ClientMessage::Unsubscribe { room, reference },
+                    Request::Unsubscribe {
+                        room: r,
+                        reference: f,
+                    },
+                )
+                | (
+                    ClientMessage::Leave { room, reference },
+                    Request::Leave {
+                        room: r,
+                        reference: f,
+                    },
+                ) => room == r && reference == f,
+                (
+                    ClientMessage::Heartbeat {
+                        room,
+                        data,
+                        ttl_ms,
+                        reference,
+                    },
+                    Request::Heartbeat {
+                        room: r,
+                        data: d,
+                        ttl,
+                        reference: f,
+                    },
+                ) => room == r && data.as_str() == *d && Ttl(*ttl_ms) == *ttl && reference == f,
+                (
+                    ClientMessage::Auth { token, reference },
+                    Request::Auth {
+                        token: t,
+                        reference: f,
+                    },
+                ) => token == t && reference == f,
+                (ClientMessage::Ping { reference }, Request::Ping { reference: f }) => {
+                    reference == f
+                }
+                _ => false,
+            };
+            assert!(same, "{text} was read as {parsed:?}");
+        }
     }
 }

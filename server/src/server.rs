@@ -288,7 +288,7 @@ fn open(config: &ServerConfig, metrics: Metrics) -> Result<Hub> {
     };
     let is_damage =
         |error: &Error| matches!(error, Error::DataDirectory { kind, .. } if kind.is_damage());
-    let (mut engine, report) = match open_checked() {
+    let (engine, report) = match open_checked() {
         Ok(opened) => opened,
         // Only a directory recognised as Rollcall's is ever renamed.
         Err(error)
@@ -323,7 +323,7 @@ fn open(config: &ServerConfig, metrics: Metrics) -> Result<Hub> {
     // while entries holding them survived.
     let space = u64::from(config.node_id);
     if let Some(highest) = report.highest_clients.get(&space) {
-        if identity::Identity::raise_counter(&mut engine, config.node_id, *highest)? {
+        if identity::Identity::raise_counter(engine.journal(), config.node_id, *highest)? {
             tracing::warn!(
                 highest = highest.0,
                 "the client id counter was behind ids in the log (its reservation was \

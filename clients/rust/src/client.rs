@@ -1,34 +1,41 @@
 //! The client's background task and its handles.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
+use rollcall_protocol::{Change, ClientMessage, CloseCode, Json, ServerMessage};
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::{Entry, Error, Result, RoomEvent, ServerError};
+use crate::view::{Diff, DiffStream, OnChange};
+use crate::{CloseReason, Entry, Error, Event, Result, RoomEvent, ServerError};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How a [`Client`] connects.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Options {
-    /// The WebSocket URL, e.g. `ws://127.0.0.1:7700/ws`.
-    pub url: String,
-    /// A resume token from an earlier session, to get its client id back.
+    /// The WebSocket URLs, e.g. `ws://127.0.0.1:7700/ws`: one server, or the nodes of
+    /// a cluster. The client starts with the first; whenever a connection fails or
+    /// drops it tries the next (round robin, with backoff), presenting its resume
+    /// token so it keeps its client id (the nodes share `--resume-secret-file`).
+    pub urls: Vec<String>,
+    /// A resume token from an earlier session, to get its client id back (it survives
+    /// server restarts).
     pub resume: Option<String>,
     /// A JWT, when the server runs with auth.
     pub token: Option<String>,
-    /// Reconnect after a dropped connection (with capped exponential backoff).
+    /// Reconnect after a dropped connection (with capped exponential backoff). Never
+    /// after a final close code ([`CloseCode::is_final`]).
     pub reconnect: bool,
     /// First reconnect delay.
     pub backoff_min: Duration,
@@ -36,19 +43,30 @@ pub struct Options {
     pub backoff_max: Duration,
     /// How long `close` waits for the server to confirm the leaves.
     pub close_timeout: Duration,
+    /// Keep-alive and clock-sync ping period.
+    pub ping_interval: Duration,
+    /// Drop and reconnect a connection that received nothing for this long.
+    pub idle_timeout: Duration,
 }
 
 impl Options {
-    /// Defaults for `url`: reconnecting, 50 ms to 5 s backoff.
+    /// Defaults for one `url`: reconnecting, 50 ms to 5 s backoff, a ping every 10 s.
     pub fn new(url: impl Into<String>) -> Options {
+        Options::with_urls([url])
+    }
+
+    /// Defaults for the nodes of a cluster, tried in turn.
+    pub fn with_urls(urls: impl IntoIterator<Item = impl Into<String>>) -> Options {
         Options {
-            url: url.into(),
+            urls: urls.into_iter().map(Into::into).collect(),
             resume: None,
             token: None,
             reconnect: true,
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             close_timeout: Duration::from_secs(2),
+            ping_interval: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(25),
         }
     }
 }
@@ -62,6 +80,22 @@ pub struct Session {
     pub resume_token: String,
     /// Whether the id came from a resume token.
     pub resumed: bool,
+    /// The URL of the node this session is on.
+    pub url: String,
+}
+
+/// The state of a [`Client`]'s connection:
+/// `Connected` ⇄ `Reconnecting`, and from either → `Closed` (final).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConnectionState {
+    /// Welcomed: requests flow.
+    Connected,
+    /// The connection dropped; a reconnect is scheduled or in progress.
+    Reconnecting,
+    /// Final: closed by [`Client::close`] or by a final close code (see
+    /// [`Client::close_reason`]).
+    Closed,
 }
 
 enum Command {
@@ -69,7 +103,7 @@ enum Command {
     Unsubscribe(String),
     Heartbeat {
         room: String,
-        data: String,
+        data: Json,
         ttl_ms: u64,
         ack: Option<oneshot::Sender<Result<u64>>>,
     },
@@ -82,27 +116,37 @@ enum Command {
 }
 
 struct LastHeartbeat {
-    data: String,
+    data: Json,
     ttl: Duration,
     sent: Instant,
 }
 
-struct Room {
+pub(crate) struct Room {
     subscribed: bool,
-    entries: BTreeMap<u64, Entry>,
-    version: watch::Sender<u64>,
+    synced: bool,
+    pub(crate) entries: BTreeMap<u64, Entry>,
+    pub(crate) version: watch::Sender<u64>,
     events: broadcast::Sender<RoomEvent>,
     last_heartbeat: Option<LastHeartbeat>,
+    /// Bumped by every `track` and `leave`: a track loop runs while it is unchanged.
+    track_generation: u64,
+    /// `leave` was called and its message has not been sent on a connection yet (it
+    /// was called while disconnected): sent on reconnect, since the server keeps a
+    /// resumed client's entries.
+    pending_leave: bool,
 }
 
 impl Room {
     fn new() -> Room {
         Room {
             subscribed: false,
+            synced: false,
             entries: BTreeMap::new(),
             version: watch::channel(0).0,
             events: broadcast::channel(1_024).0,
             last_heartbeat: None,
+            track_generation: 0,
+            pending_leave: false,
         }
     }
 
@@ -112,23 +156,42 @@ impl Room {
 }
 
 #[derive(Default)]
-struct State {
-    rooms: HashMap<String, Room>,
+pub(crate) struct State {
+    pub(crate) rooms: HashMap<String, Room>,
     /// Server clock minus local clock, in ms.
     offset_ms: i64,
     best_rtt: Option<Duration>,
-    closed: bool,
+    close_reason: Option<CloseReason>,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     state: Mutex<State>,
     session: watch::Sender<Option<Session>>,
+    connection: watch::Sender<ConnectionState>,
     errors: broadcast::Sender<ServerError>,
+    events: broadcast::Sender<Event>,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn server_now_ms(&self) -> u64 {
+        let offset = self.lock().offset_ms;
+        u64::try_from(local_now_ms() + offset).unwrap_or(0)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        *self.connection.borrow() == ConnectionState::Closed
+    }
+
+    pub(crate) fn client_id(&self) -> Option<u64> {
+        self.session.borrow().as_ref().map(|s| s.client_id)
+    }
+
+    fn emit(&self, event: Event) {
+        let _ = self.events.send(event);
     }
 }
 
@@ -143,6 +206,7 @@ impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("session", &*self.shared.session.borrow())
+            .field("state", &*self.shared.connection.borrow())
             .finish_non_exhaustive()
     }
 }
@@ -153,43 +217,93 @@ fn local_now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl Client {
     /// Connects to `url` with default [`Options`] and waits for the `welcome`.
     pub async fn connect(url: &str) -> Result<Client> {
         Client::connect_with(Options::new(url)).await
     }
 
-    /// Connects with `options` and waits for the `welcome`.
+    /// Connects with `options` and waits for the `welcome`: tries each URL once, in
+    /// order, and fails with the last error if none answers (at once on a final one,
+    /// such as a refused token).
     pub async fn connect_with(options: Options) -> Result<Client> {
-        let (socket, session) = open(&options, options.resume.as_deref()).await?;
+        let mut last = Error::NoUrl;
+        let mut opened = None;
+        for index in 0..options.urls.len() {
+            match open(&options, index, options.resume.as_deref()).await {
+                Ok(found) => {
+                    opened = Some((index, found));
+                    break;
+                }
+                Err(error) if error.is_final() => return Err(error),
+                Err(error) => last = error,
+            }
+        }
+        let Some((index, (socket, session))) = opened else {
+            return Err(last);
+        };
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
-            session: watch::channel(Some(session)).0,
+            session: watch::channel(Some(session.clone())).0,
+            connection: watch::channel(ConnectionState::Connected).0,
             errors: broadcast::channel(256).0,
+            events: broadcast::channel(1_024).0,
         });
+        shared.emit(Event::Connected(session));
         let (commands, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(run(options, shared.clone(), socket, receiver));
+        tokio::spawn(run(options, index, shared.clone(), socket, receiver));
         Ok(Client { shared, commands })
     }
 
-    /// The current session, `None` while reconnecting.
+    /// The current session, `None` while reconnecting or closed.
     pub fn session(&self) -> Option<Session> {
         self.shared.session.borrow().clone()
     }
 
-    /// This client's id (it survives reconnects).
+    /// This client's id (it survives reconnects); `None` while disconnected.
     pub fn client_id(&self) -> Option<u64> {
-        self.session().map(|s| s.client_id)
+        self.shared.client_id()
     }
 
-    /// Waits until the client is connected (at once if it is).
+    /// The state of the connection.
+    pub fn state(&self) -> ConnectionState {
+        *self.shared.connection.borrow()
+    }
+
+    /// Every change of [`state`](Client::state) from now on.
+    pub fn state_changes(&self) -> watch::Receiver<ConnectionState> {
+        self.shared.connection.subscribe()
+    }
+
+    /// Why the server closed the client for good (a final close code), once it did.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.shared.lock().close_reason.clone()
+    }
+
+    /// Waits until the client is connected (at once if it is). Fails with
+    /// [`Error::Closed`] when the server closed it for good, or
+    /// [`Error::ClientClosed`] after [`close`](Client::close).
     pub async fn wait_connected(&self) -> Result<Session> {
         let mut session = self.shared.session.subscribe();
-        let connected = session
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| Error::ClientClosed)?;
-        connected.clone().ok_or(Error::ClientClosed)
+        let mut state = self.shared.connection.subscribe();
+        loop {
+            if let Some(session) = session.borrow_and_update().clone() {
+                return Ok(session);
+            }
+            if *state.borrow_and_update() == ConnectionState::Closed {
+                return Err(self
+                    .close_reason()
+                    .map_or(Error::ClientClosed, Error::Closed));
+            }
+            tokio::select! {
+                changed = session.changed() => if changed.is_err() { return Err(Error::ClientClosed) },
+                changed = state.changed() => if changed.is_err() { return Err(Error::ClientClosed) },
+            }
+        }
     }
 
     /// Errors the server reported.
@@ -197,10 +311,14 @@ impl Client {
         self.shared.errors.subscribe()
     }
 
+    /// Every [`Event`] from now on: connections, snapshots, changes, errors, closes.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.shared.events.subscribe()
+    }
+
     /// The server's clock, as estimated from its timestamps.
     pub fn server_now_ms(&self) -> u64 {
-        let offset = self.shared.lock().offset_ms;
-        u64::try_from(local_now_ms() + offset).unwrap_or(0)
+        self.shared.server_now_ms()
     }
 
     /// A room: subscribes to it (snapshot, then changes).
@@ -235,7 +353,8 @@ impl Client {
     }
 }
 
-/// One room of a [`Client`].
+/// One room of a [`Client`]: its live entries, this client's heartbeats in it, and
+/// what changes.
 #[derive(Debug)]
 pub struct Presence {
     client: Client,
@@ -250,7 +369,9 @@ impl Presence {
         &self.room
     }
 
-    /// Upserts this client's entry; errors arrive on [`Client::errors`].
+    /// Upserts this client's entry; errors arrive on [`Client::errors`]. While the
+    /// connection is down the heartbeat is kept and sent on reconnect with what is
+    /// left of its TTL.
     #[allow(
         clippy::needless_pass_by_value,
         reason = "callers pass `json!(..)` temporaries"
@@ -260,7 +381,8 @@ impl Presence {
     }
 
     /// Upserts this client's entry and waits for the server's ack (sent once durable).
-    /// Returns the entry's `expiresAtMs`.
+    /// Returns the entry's `expiresAtMs`; a refusal is [`Error::Server`] with its
+    /// [`ErrorCode`](crate::ErrorCode).
     #[allow(
         clippy::needless_pass_by_value,
         reason = "callers pass `json!(..)` temporaries"
@@ -271,13 +393,70 @@ impl Presence {
         wait.await.map_err(|_| Error::ClientClosed)?
     }
 
+    /// Like [`heartbeat`](Presence::heartbeat), then keeps re-sending the latest data
+    /// (from this call or a later `heartbeat`) every `ttl / 3` until
+    /// [`leave`](Presence::leave) or [`Client::close`].
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "callers pass `json!(..)` temporaries"
+    )]
+    pub fn track(&self, data: Value, ttl: Duration) {
+        self.send_heartbeat(&data, ttl, None);
+        let generation = {
+            let mut state = self.client.shared.lock();
+            let Some(room) = state.rooms.get_mut(&self.room) else {
+                return;
+            };
+            room.track_generation += 1;
+            room.track_generation
+        };
+        let shared: Weak<Shared> = Arc::downgrade(&self.client.shared);
+        let commands = self.client.commands.clone();
+        let name = self.room.clone();
+        let every = (ttl / 3).max(Duration::from_millis(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.reset();
+            loop {
+                tick.tick().await;
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                let data = {
+                    let mut state = shared.lock();
+                    let Some(room) = state.rooms.get_mut(&name) else {
+                        return;
+                    };
+                    if room.track_generation != generation {
+                        return;
+                    }
+                    let Some(last) = room.last_heartbeat.as_mut() else {
+                        return;
+                    };
+                    last.ttl = ttl;
+                    last.sent = Instant::now();
+                    last.data.clone()
+                };
+                let heartbeat = Command::Heartbeat {
+                    room: name.clone(),
+                    data,
+                    ttl_ms: millis(ttl),
+                    ack: None,
+                };
+                if commands.send(heartbeat).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
     fn send_heartbeat(
         &self,
         data: &Value,
         ttl: Duration,
         ack: Option<oneshot::Sender<Result<u64>>>,
     ) {
-        let data = data.to_string();
+        let data = Json::from_value(data).unwrap_or_else(|_| Json::null());
         if let Some(room) = self.client.shared.lock().rooms.get_mut(&self.room) {
             room.last_heartbeat = Some(LastHeartbeat {
                 data: data.clone(),
@@ -285,16 +464,15 @@ impl Presence {
                 sent: Instant::now(),
             });
         }
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         let _ = self.client.commands.send(Command::Heartbeat {
             room: self.room.clone(),
             data,
-            ttl_ms,
+            ttl_ms: millis(ttl),
             ack,
         });
     }
 
-    /// Removes this client's entry now.
+    /// Removes this client's entry now (and stops [`track`](Presence::track)).
     pub fn leave(&self) {
         self.forget_heartbeat();
         let _ = self.client.commands.send(Command::Leave {
@@ -317,30 +495,84 @@ impl Presence {
     fn forget_heartbeat(&self) {
         if let Some(room) = self.client.shared.lock().rooms.get_mut(&self.room) {
             room.last_heartbeat = None;
+            room.track_generation += 1;
+            room.pending_leave = true;
         }
     }
 
-    /// Live entries by client id, judged by the estimated server clock.
+    /// Live entries by client id, judged by the estimated server clock (an entry
+    /// leaves as soon as it expires, before the server says so).
     pub fn value(&self) -> BTreeMap<u64, Entry> {
-        let now = self.client.server_now_ms();
-        self.client
-            .shared
-            .lock()
-            .rooms
-            .get(&self.room)
-            .map(|room| {
-                room.entries
-                    .iter()
-                    .filter(|(_, e)| now <= e.expires_at_ms)
-                    .map(|(id, e)| (*id, e.clone()))
-                    .collect()
-            })
-            .unwrap_or_default()
+        live_entries(&self.client.shared, &self.room)
+    }
+
+    /// This client's own entry, as the server echoed it.
+    pub fn own(&self) -> Option<Entry> {
+        let me = self.client.client_id()?;
+        self.value().remove(&me)
+    }
+
+    /// [`value`](Presence::value) without this client's own entry.
+    pub fn others(&self) -> BTreeMap<u64, Entry> {
+        let mut value = self.value();
+        if let Some(me) = self.client.client_id() {
+            value.remove(&me);
+        }
+        value
     }
 
     /// A stream of this room's events from now on.
     pub fn events(&self) -> broadcast::Receiver<RoomEvent> {
         self.events.subscribe()
+    }
+
+    /// What changes in [`value`](Presence::value), as [`Diff`]s (joined, left,
+    /// updated), relative to the value when this is called.
+    pub fn diffs(&self) -> DiffStream {
+        DiffStream::new(
+            Arc::downgrade(&self.client.shared),
+            self.room.clone(),
+            self.version.clone(),
+            self.value(),
+        )
+    }
+
+    /// Calls `listener` with the live entries and the [`Diff`] after every change of
+    /// [`value`](Presence::value) (including local expiry; a refresh that only moves
+    /// an entry's expiry is not a change), until the returned [`OnChange`] is dropped
+    /// or the client closes.
+    pub fn on_change(
+        &self,
+        mut listener: impl FnMut(&BTreeMap<u64, Entry>, &Diff) + Send + 'static,
+    ) -> OnChange {
+        let mut diffs = self.diffs();
+        OnChange::new(tokio::spawn(async move {
+            while let Some((value, diff)) = diffs.next().await {
+                listener(&value, &diff);
+            }
+        }))
+    }
+
+    /// Waits until the room's first snapshot arrived, so that an empty
+    /// [`value`](Presence::value) means "nobody here" rather than "not known yet".
+    pub async fn synced(&self) -> Result<()> {
+        let mut version = self.version.clone();
+        loop {
+            let synced = self
+                .client
+                .shared
+                .lock()
+                .rooms
+                .get(&self.room)
+                .is_some_and(|room| room.synced);
+            if synced {
+                return Ok(());
+            }
+            if self.client.shared.is_closed() {
+                return Err(Error::ClientClosed);
+            }
+            version.changed().await.map_err(|_| Error::ClientClosed)?;
+        }
     }
 
     /// Waits until `condition` holds for [`value`](Presence::value), or `timeout`.
@@ -356,9 +588,10 @@ impl Presence {
             if condition(&value) {
                 return Ok(value);
             }
-            // Entries also leave `value()` by the clock alone, so look again at least
-            // every 20 ms even without news from the server.
-            let next = (tokio::time::Instant::now() + Duration::from_millis(20)).min(deadline);
+            // Entries also leave `value()` by the clock alone: wake when the next one
+            // expires even without news from the server.
+            let next = next_expiry(&self.client.shared, &self.room)
+                .map_or(deadline, |at| at.min(deadline));
             tokio::select! {
                 changed = version.changed() => {
                     if changed.is_err() {
@@ -390,52 +623,80 @@ impl Presence {
     }
 }
 
-/// Opens a socket and performs the `hello`/`welcome` handshake.
-async fn open(options: &Options, resume: Option<&str>) -> Result<(Socket, Session)> {
+/// The room's entries that are live by the estimated server clock.
+pub(crate) fn live_entries(shared: &Shared, room: &str) -> BTreeMap<u64, Entry> {
+    let now = shared.server_now_ms();
+    shared
+        .lock()
+        .rooms
+        .get(room)
+        .map(|room| {
+            room.entries
+                .iter()
+                .filter(|(_, e)| now <= e.expires_at_ms)
+                .map(|(id, e)| (*id, e.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// When the room's next live entry expires (by the local clock), if any.
+pub(crate) fn next_expiry(shared: &Shared, room: &str) -> Option<tokio::time::Instant> {
+    let now = shared.server_now_ms();
+    let soonest = shared
+        .lock()
+        .rooms
+        .get(room)?
+        .entries
+        .values()
+        .map(|e| e.expires_at_ms)
+        .filter(|at| *at >= now)
+        .min()?;
+    Some(tokio::time::Instant::now() + Duration::from_millis(soonest - now + 1))
+}
+
+/// Opens a socket to `options.urls[index]` and performs the `hello`/`welcome`
+/// handshake.
+async fn open(options: &Options, index: usize, resume: Option<&str>) -> Result<(Socket, Session)> {
+    let url = options.urls.get(index).ok_or(Error::NoUrl)?;
     // Nagle's algorithm would hold a small frame until the previous one is acked,
     // adding up to the peer's delayed-ACK time (40 ms) to a request.
     let (mut socket, _) =
-        tokio_tungstenite::connect_async_with_config(options.url.as_str(), None, true).await?;
-    let mut hello = json!({"type": "hello"});
-    if let Some(resume) = resume {
-        hello["resume"] = resume.into();
-    }
-    if let Some(token) = &options.token {
-        hello["token"] = token.as_str().into();
-    }
-    socket.send(Message::Text(hello.to_string().into())).await?;
+        tokio_tungstenite::connect_async_with_config(url.as_str(), None, true).await?;
+    let hello = ClientMessage::Hello {
+        token: options.token.clone(),
+        resume: resume.map(str::to_owned),
+    };
+    socket.send(Message::Text(hello.to_json().into())).await?;
     loop {
         let Some(message) = socket.next().await else {
             return Err(Error::Disconnected);
         };
         match message? {
-            Message::Text(text) => {
-                let value: Value = serde_json::from_str(&text)
-                    .map_err(|e| Error::Protocol(format!("{e}: {text}")))?;
-                match value["type"].as_str() {
-                    Some("welcome") => {
-                        let session = Session {
-                            client_id: value["clientId"].as_u64().ok_or_else(|| {
-                                Error::Protocol("welcome without clientId".into())
-                            })?,
-                            resume_token: value["resumeToken"]
-                                .as_str()
-                                .unwrap_or_default()
-                                .to_owned(),
-                            resumed: value["resumed"].as_bool().unwrap_or(false),
-                        };
-                        return Ok((socket, session));
-                    }
-                    Some("error") => {}
-                    _ => return Err(Error::Protocol(format!("expected welcome, got {text}"))),
+            Message::Text(text) => match ServerMessage::from_json(&text) {
+                Ok(ServerMessage::Welcome {
+                    client_id,
+                    resume_token,
+                    resumed,
+                    ..
+                }) => {
+                    let session = Session {
+                        client_id,
+                        resume_token,
+                        resumed,
+                        url: url.clone(),
+                    };
+                    return Ok((socket, session));
                 }
-            }
+                // An auth refusal comes before its close (4003); the close says it.
+                Ok(ServerMessage::Error { .. }) => {}
+                Ok(_) | Err(_) => {
+                    return Err(Error::Protocol(format!("expected welcome, got {text}")));
+                }
+            },
             Message::Close(frame) => {
                 return Err(match frame {
-                    Some(frame) => Error::Closed {
-                        code: frame.code.into(),
-                        reason: frame.reason.to_string(),
-                    },
+                    Some(frame) => Error::Closed(close_reason(&frame)),
                     None => Error::Disconnected,
                 });
             }
@@ -444,16 +705,26 @@ async fn open(options: &Options, resume: Option<&str>) -> Result<(Socket, Sessio
     }
 }
 
+fn close_reason(frame: &CloseFrame) -> CloseReason {
+    CloseReason {
+        code: CloseCode::from_u16(frame.code.into()),
+        reason: frame.reason.to_string(),
+    }
+}
+
 type Pending = HashMap<u64, oneshot::Sender<Result<u64>>>;
 
-/// Owns the socket; reconnects until closed.
+/// Owns the socket; reconnects (round robin over the URLs) until closed.
 async fn run(
     options: Options,
+    mut index: usize,
     shared: Arc<Shared>,
     socket: Socket,
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
     let mut socket = Some(socket);
+    // The first socket needs no restore: every command issued so far is still queued.
+    let mut restore = false;
     let mut attempt: u32 = 0;
     // The token of the latest session: kept apart from `shared.session`, which is
     // cleared while disconnected.
@@ -462,42 +733,62 @@ async fn run(
         .borrow()
         .as_ref()
         .map(|s| s.resume_token.clone());
-    loop {
+    let final_reason = loop {
         let current = match socket.take() {
             Some(socket) => socket,
-            None => match open(&options, resume.as_deref()).await {
+            None => match open(&options, index, resume.as_deref()).await {
                 Ok((socket, session)) => {
                     resume = Some(session.resume_token.clone());
-                    shared.session.send_replace(Some(session));
+                    shared.session.send_replace(Some(session.clone()));
+                    shared.connection.send_replace(ConnectionState::Connected);
+                    shared.emit(Event::Connected(session));
                     attempt = 0;
                     socket
                 }
-                Err(Error::Closed { code, .. }) if is_fatal(code) => break,
+                Err(Error::Closed(reason)) if reason.code.is_final() => break Some(reason),
+                Err(error) if error.is_final() => break None,
                 Err(error) => {
-                    tracing::debug!(%error, "reconnect failed");
+                    tracing::debug!(%error, url = options.urls[index], "reconnect failed");
+                    index = (index + 1) % options.urls.len();
                     if !backoff(&options, &mut attempt, &shared, &mut commands).await {
-                        break;
+                        break None;
                     }
                     continue;
                 }
             },
         };
-        match connected(&shared, current, &mut commands, &options).await {
-            Ended::Closed | Ended::Fatal => break,
-            Ended::Dropped if !options.reconnect => break,
-            Ended::Dropped => {
+        let ended = connected(&shared, current, &mut commands, &options, restore).await;
+        restore = true;
+        match ended {
+            Ended::Closed => break None,
+            Ended::Fatal(reason) => break Some(reason),
+            Ended::Dropped(reason) => {
+                shared.session.send_replace(None);
+                shared.emit(Event::Disconnected(reason));
+                if !options.reconnect {
+                    break None;
+                }
+                shared
+                    .connection
+                    .send_replace(ConnectionState::Reconnecting);
+                index = (index + 1) % options.urls.len();
                 if !backoff(&options, &mut attempt, &shared, &mut commands).await {
-                    break;
+                    break None;
                 }
             }
         }
+    };
+    if let Some(reason) = &final_reason {
+        tracing::warn!(%reason, "closed by the server for good; not reconnecting");
     }
-    shared.lock().closed = true;
+    shared.lock().close_reason.clone_from(&final_reason);
     shared.session.send_replace(None);
-}
-
-fn is_fatal(code: u16) -> bool {
-    matches!(code, 4001 | 4003)
+    shared.connection.send_replace(ConnectionState::Closed);
+    shared.emit(Event::Closed(final_reason));
+    // Unblock anything still waiting on a room.
+    for room in shared.lock().rooms.values() {
+        room.bump();
+    }
 }
 
 /// Waits out a reconnect delay; false if the client was closed meanwhile.
@@ -508,6 +799,9 @@ async fn backoff(
     commands: &mut mpsc::UnboundedReceiver<Command>,
 ) -> bool {
     shared.session.send_replace(None);
+    shared
+        .connection
+        .send_replace(ConnectionState::Reconnecting);
     let base = options
         .backoff_min
         .saturating_mul(2u32.saturating_pow(*attempt));
@@ -537,9 +831,158 @@ async fn backoff(
 }
 
 enum Ended {
+    /// The client closed.
     Closed,
-    Fatal,
-    Dropped,
+    /// The server closed with a final code.
+    Fatal(CloseReason),
+    /// The connection dropped (with the server's close, if it sent one).
+    Dropped(Option<CloseReason>),
+}
+
+/// A fresh `ref` answered into `ack`, when there is one.
+fn with_ref(
+    next_ref: &mut u64,
+    pending: &mut Pending,
+    ack: Option<oneshot::Sender<Result<u64>>>,
+) -> Option<u64> {
+    ack.map(|ack| {
+        let r = *next_ref;
+        *next_ref += 1;
+        pending.insert(r, ack);
+        r
+    })
+}
+
+/// What a command puts on the socket.
+enum Outgoing {
+    Message(ClientMessage),
+    Raw(String),
+    Close(oneshot::Sender<()>),
+}
+
+fn outgoing(
+    shared: &Shared,
+    command: Command,
+    next_ref: &mut u64,
+    pending: &mut Pending,
+) -> Outgoing {
+    Outgoing::Message(match command {
+        Command::Subscribe(room) => ClientMessage::Subscribe {
+            room,
+            interval_ms: None,
+            reference: None,
+        },
+        Command::Unsubscribe(room) => ClientMessage::Unsubscribe {
+            room,
+            reference: None,
+        },
+        Command::Heartbeat {
+            room,
+            data,
+            ttl_ms,
+            ack,
+        } => ClientMessage::Heartbeat {
+            room,
+            data,
+            ttl_ms,
+            reference: with_ref(next_ref, pending, ack),
+        },
+        Command::Leave { room, ack } => {
+            if let Some(state) = shared.lock().rooms.get_mut(&room) {
+                state.pending_leave = false;
+            }
+            ClientMessage::Leave {
+                room,
+                reference: with_ref(next_ref, pending, ack),
+            }
+        }
+        Command::Raw(text) => return Outgoing::Raw(text),
+        Command::Close(done) => return Outgoing::Close(done),
+    })
+}
+
+/// After a reconnect: the messages that bring the server up to the rooms' state
+/// (leaves made while disconnected, subscriptions, then each room's last heartbeat
+/// with what remains of its TTL, never a fresh one), and the queued commands still
+/// to send after them. Queued commands the room state already holds are dropped, so
+/// nothing goes out twice; those awaiting an ack (or raw, or close) are kept.
+fn restore(
+    shared: &Shared,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+) -> (Vec<ClientMessage>, Vec<Command>) {
+    let mut kept = Vec::new();
+    let mut acked_heartbeats = HashSet::new();
+    let mut acked_leaves = HashSet::new();
+    while let Ok(command) = commands.try_recv() {
+        match &command {
+            Command::Heartbeat {
+                room, ack: Some(_), ..
+            } => {
+                acked_heartbeats.insert(room.clone());
+            }
+            Command::Leave { room, ack: Some(_) } => {
+                acked_leaves.insert(room.clone());
+            }
+            Command::Raw(_) | Command::Close(_) => {}
+            // Recorded in the room's state, restored below.
+            _ => continue,
+        }
+        kept.push(command);
+    }
+    let mut messages = Vec::new();
+    let mut state = shared.lock();
+    for (name, room) in &mut state.rooms {
+        if room.pending_leave && !acked_leaves.contains(name) {
+            room.pending_leave = false;
+            messages.push(ClientMessage::Leave {
+                room: name.clone(),
+                reference: None,
+            });
+        }
+        if room.subscribed {
+            messages.push(ClientMessage::Subscribe {
+                room: name.clone(),
+                interval_ms: None,
+                reference: None,
+            });
+        }
+        if let Some(last) = &room.last_heartbeat {
+            let remaining = millis(last.ttl.saturating_sub(last.sent.elapsed()));
+            if remaining > 0 && !acked_heartbeats.contains(name) {
+                messages.push(ClientMessage::Heartbeat {
+                    room: name.clone(),
+                    data: last.data.clone(),
+                    ttl_ms: remaining,
+                    reference: None,
+                });
+            }
+        }
+    }
+    (messages, kept)
+}
+
+/// Sends one command's message; `Some` when the connection ends with it.
+async fn send_command(
+    shared: &Shared,
+    socket: &mut Socket,
+    command: Command,
+    next_ref: &mut u64,
+    pending: &mut Pending,
+    options: &Options,
+) -> Option<Ended> {
+    let text = match outgoing(shared, command, next_ref, pending) {
+        Outgoing::Message(message) => message.to_json(),
+        Outgoing::Raw(text) => text,
+        Outgoing::Close(done) => {
+            close_cleanly(shared, socket, next_ref, options.close_timeout).await;
+            let _ = done.send(());
+            return Some(Ended::Closed);
+        }
+    };
+    match socket.send(Message::Text(text.into())).await {
+        Ok(()) => None,
+        Err(_) => Some(Ended::Dropped(None)),
+    }
 }
 
 async fn connected(
@@ -547,114 +990,98 @@ async fn connected(
     mut socket: Socket,
     commands: &mut mpsc::UnboundedReceiver<Command>,
     options: &Options,
+    reconnected: bool,
 ) -> Ended {
     let mut pending: Pending = HashMap::new();
     let mut next_ref: u64 = 1;
     let mut ping_sent: HashMap<u64, Instant> = HashMap::new();
 
-    // Restore: subscriptions, then each room's last heartbeat with what remains of
-    // its TTL (never a fresh one).
-    let mut restore = Vec::new();
-    {
-        let state = shared.lock();
-        for (name, room) in &state.rooms {
-            if room.subscribed {
-                restore.push(json!({"type": "subscribe", "room": name}).to_string());
-            }
-            if let Some(last) = &room.last_heartbeat {
-                let remaining = last.ttl.saturating_sub(last.sent.elapsed());
-                let remaining_ms = u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX);
-                if remaining_ms > 0 {
-                    restore.push(format!(
-                        r#"{{"type":"heartbeat","room":{},"data":{},"ttlMs":{remaining_ms}}}"#,
-                        Value::from(name.as_str()),
-                        last.data
-                    ));
-                }
-            }
-        }
-    }
+    let (mut messages, kept) = if reconnected {
+        restore(shared, commands)
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let ping_ref = next_ref;
     next_ref += 1;
     ping_sent.insert(ping_ref, Instant::now());
-    restore.push(json!({"type": "ping", "ref": ping_ref}).to_string());
-    for text in restore {
-        if socket.feed(Message::Text(text.into())).await.is_err() {
-            return Ended::Dropped;
+    messages.push(ClientMessage::Ping {
+        reference: Some(ping_ref),
+    });
+    for message in messages {
+        if socket
+            .feed(Message::Text(message.to_json().into()))
+            .await
+            .is_err()
+        {
+            return Ended::Dropped(None);
         }
     }
     if socket.flush().await.is_err() {
-        return Ended::Dropped;
+        return Ended::Dropped(None);
+    }
+    for command in kept {
+        let ended = send_command(
+            shared,
+            &mut socket,
+            command,
+            &mut next_ref,
+            &mut pending,
+            options,
+        )
+        .await;
+        if let Some(ended) = ended {
+            return finish(ended, &mut pending);
+        }
     }
 
-    let mut ping = tokio::time::interval(Duration::from_secs(10));
+    let mut ping = tokio::time::interval(options.ping_interval);
     ping.reset();
+    let mut last_heard = Instant::now();
     let ended = loop {
         tokio::select! {
             command = commands.recv() => {
                 let Some(command) = command else { break Ended::Closed };
-                let text = match command {
-                    Command::Subscribe(room) => json!({"type": "subscribe", "room": room}).to_string(),
-                    Command::Unsubscribe(room) => json!({"type": "unsubscribe", "room": room}).to_string(),
-                    Command::Heartbeat { room, data, ttl_ms, ack } => {
-                        let reference = ack.map(|ack| {
-                            let r = next_ref;
-                            next_ref += 1;
-                            pending.insert(r, ack);
-                            r
-                        });
-                        let mut text = format!(
-                            r#"{{"type":"heartbeat","room":{},"data":{data},"ttlMs":{ttl_ms}"#,
-                            Value::from(room)
-                        );
-                        if let Some(r) = reference {
-                            let _ = write!(text, r#","ref":{r}"#);
-                        }
-                        text.push('}');
-                        text
-                    }
-                    Command::Leave { room, ack } => {
-                        let mut value = json!({"type": "leave", "room": room});
-                        if let Some(ack) = ack {
-                            value["ref"] = next_ref.into();
-                            pending.insert(next_ref, ack);
-                            next_ref += 1;
-                        }
-                        value.to_string()
-                    }
-                    Command::Raw(text) => text,
-                    Command::Close(done) => {
-                        close_cleanly(shared, &mut socket, &mut next_ref, options.close_timeout).await;
-                        let _ = done.send(());
-                        break Ended::Closed;
-                    }
-                };
-                if socket.send(Message::Text(text.into())).await.is_err() {
-                    break Ended::Dropped;
+                let ended = send_command(shared, &mut socket, command, &mut next_ref, &mut pending, options).await;
+                if let Some(ended) = ended {
+                    break ended;
                 }
             }
             message = socket.next() => {
+                last_heard = Instant::now();
                 let text = match message {
                     Some(Ok(Message::Text(text))) => text,
                     Some(Ok(Message::Close(frame))) => {
-                        let code = frame.map_or(1005, |f| u16::from(f.code));
-                        break if is_fatal(code) { Ended::Fatal } else { Ended::Dropped };
+                        let reason = frame.as_ref().map(close_reason);
+                        break match reason {
+                            Some(reason) if reason.code.is_final() => Ended::Fatal(reason),
+                            reason => Ended::Dropped(reason),
+                        };
                     }
                     Some(Ok(_)) => continue,
-                    Some(Err(_)) | None => break Ended::Dropped,
+                    Some(Err(_)) | None => break Ended::Dropped(None),
                 };
                 handle(shared, &text, &mut pending, &mut ping_sent);
             }
             _ = ping.tick() => {
+                if last_heard.elapsed() >= options.idle_timeout {
+                    tracing::debug!("nothing heard within the idle timeout; reconnecting");
+                    break Ended::Dropped(None);
+                }
                 let r = next_ref;
                 next_ref += 1;
                 ping_sent.insert(r, Instant::now());
-                if socket.send(Message::Text(json!({"type": "ping", "ref": r}).to_string().into())).await.is_err() {
-                    break Ended::Dropped;
+                let ping = ClientMessage::Ping { reference: Some(r) };
+                if socket.send(Message::Text(ping.to_json().into())).await.is_err() {
+                    break Ended::Dropped(None);
                 }
             }
         }
     };
+    finish(ended, &mut pending)
+}
+
+/// Fails the requests still waiting for an answer.
+fn finish(ended: Ended, pending: &mut Pending) -> Ended {
     for (_, ack) in pending.drain() {
         let _ = ack.send(Err(Error::Disconnected));
     }
@@ -668,7 +1095,10 @@ async fn close_cleanly(shared: &Shared, socket: &mut Socket, next_ref: &mut u64,
         state
             .rooms
             .iter_mut()
-            .filter_map(|(name, room)| room.last_heartbeat.take().map(|_| name.clone()))
+            .filter_map(|(name, room)| {
+                room.track_generation += 1;
+                room.last_heartbeat.take().map(|_| name.clone())
+            })
             .collect()
     };
     let mut refs = Vec::new();
@@ -676,8 +1106,15 @@ async fn close_cleanly(shared: &Shared, socket: &mut Socket, next_ref: &mut u64,
         let r = *next_ref;
         *next_ref += 1;
         refs.push(r);
-        let text = json!({"type": "leave", "room": room, "ref": r}).to_string();
-        if socket.feed(Message::Text(text.into())).await.is_err() {
+        let leave = ClientMessage::Leave {
+            room,
+            reference: Some(r),
+        };
+        if socket
+            .feed(Message::Text(leave.to_json().into()))
+            .await
+            .is_err()
+        {
             return;
         }
     }
@@ -686,10 +1123,15 @@ async fn close_cleanly(shared: &Shared, socket: &mut Socket, next_ref: &mut u64,
     while !refs.is_empty() {
         match tokio::time::timeout_at(deadline, socket.next()).await {
             Ok(Some(Ok(Message::Text(text)))) => {
-                if let Ok(value) = serde_json::from_str::<Value>(&text) {
-                    if let Some(r) = value["ref"].as_u64() {
-                        refs.retain(|x| *x != r);
-                    }
+                if let Ok(
+                    ServerMessage::Ack { reference, .. }
+                    | ServerMessage::Error {
+                        reference: Some(reference),
+                        ..
+                    },
+                ) = ServerMessage::from_json(&text)
+                {
+                    refs.retain(|x| *x != reference);
                 }
             }
             Ok(Some(Ok(_))) => {}
@@ -698,135 +1140,176 @@ async fn close_cleanly(shared: &Shared, socket: &mut Socket, next_ref: &mut u64,
     }
     let _ = socket
         .send(Message::Close(Some(CloseFrame {
-            code: CloseCode::Normal,
+            code: WsCloseCode::Normal,
             reason: "client closed".into(),
         })))
         .await;
 }
 
-fn entry_of(value: &Value) -> Option<(u64, Entry)> {
-    Some((
-        value["clientId"].as_u64()?,
-        Entry {
-            data: value.get("data").cloned().unwrap_or(Value::Null),
-            expires_at_ms: value["expiresAtMs"].as_u64()?,
-            user_id: value["userId"].as_str().map(str::to_owned),
-        },
-    ))
-}
-
-/// A JSON value from raw text; a value this parser refuses (a lone surrogate escape, a
+/// A JSON value this parser can read; one it refuses (a lone surrogate escape, a
 /// number out of range, nesting past its limit) becomes `null`.
-fn value_or_null(raw: &RawValue) -> Value {
-    serde_json::from_str(raw.get()).unwrap_or_else(|error| {
-        tracing::warn!(%error, value = raw.get(), "unreadable value replaced by null");
+fn value_or_null(data: &str) -> Value {
+    serde_json::from_str(data).unwrap_or_else(|error| {
+        tracing::warn!(%error, value = data, "unreadable value replaced by null");
         Value::Null
     })
 }
 
-/// An object's fields one by one, each unreadable field `null`.
-fn object_by_field(raw: &RawValue) -> Option<Value> {
-    let fields: BTreeMap<String, &RawValue> = serde_json::from_str(raw.get()).ok()?;
-    Some(Value::Object(
-        fields
-            .into_iter()
-            .map(|(key, raw)| (key, value_or_null(raw)))
-            .collect(),
-    ))
+fn entry_of(entry: &rollcall_protocol::Entry) -> (u64, Entry) {
+    (
+        entry.client_id,
+        Entry {
+            data: value_or_null(entry.data.as_str()),
+            expires_at_ms: entry.expires_at_ms,
+            user_id: entry.user_id.clone(),
+        },
+    )
 }
 
-/// Reads a frame that does not parse as a whole: field by field, and the elements of
-/// `entries` and `changes` one by one, so one unreadable entry costs only its own
-/// unreadable part, never the frame's other changes.
-fn parse_leniently(text: &str) -> Option<Value> {
+/// Reads a frame that does not parse as a whole (an element whose data is beyond
+/// this parser's nesting limit, an unknown `op` from a newer server): the elements of
+/// `entries` and `changes` one by one, so one unreadable element costs only itself
+/// (its data read as `null`, or the element dropped), never the frame's others.
+fn parse_leniently(text: &str) -> Option<ServerMessage> {
     let fields: BTreeMap<String, &RawValue> = serde_json::from_str(text).ok()?;
-    let mut frame = serde_json::Map::new();
+    let mut frame: BTreeMap<String, Box<RawValue>> = BTreeMap::new();
     for (key, raw) in fields {
         let value = if key == "entries" || key == "changes" {
             let elements: Vec<&RawValue> = serde_json::from_str(raw.get()).ok()?;
-            Value::Array(
-                elements
-                    .into_iter()
-                    .map(|element| {
-                        serde_json::from_str(element.get())
-                            .ok()
-                            .or_else(|| object_by_field(element))
-                            .unwrap_or(Value::Null)
-                    })
-                    .collect(),
-            )
+            let kept: Vec<String> = elements
+                .into_iter()
+                .filter_map(|element| {
+                    if readable(&key, element.get()) {
+                        Some(element.get().to_owned())
+                    } else {
+                        without_data(&key, element)
+                    }
+                })
+                .collect();
+            RawValue::from_string(format!("[{}]", kept.join(","))).ok()?
         } else {
-            value_or_null(raw)
+            raw.to_owned()
         };
         frame.insert(key, value);
     }
-    Some(Value::Object(frame))
+    ServerMessage::from_json(&serde_json::to_string(&frame).ok()?).ok()
+}
+
+/// Whether `text` reads as one element of `key` (`entries` or `changes`).
+fn readable(key: &str, text: &str) -> bool {
+    if key == "entries" {
+        serde_json::from_str::<rollcall_protocol::Entry>(text).is_ok()
+    } else {
+        serde_json::from_str::<Change>(text).is_ok()
+    }
+}
+
+/// An element with its `data` replaced by `null`, if it then reads as an element of
+/// `key`.
+fn without_data(key: &str, element: &RawValue) -> Option<String> {
+    let mut fields: BTreeMap<String, &RawValue> = serde_json::from_str(element.get()).ok()?;
+    let null = RawValue::from_string("null".into()).ok()?;
+    fields.insert("data".into(), &null);
+    let text = serde_json::to_string(&fields).ok()?;
+    readable(key, &text).then_some(text)
+}
+
+fn room_event(change: &Change) -> Option<RoomEvent> {
+    Some(match change {
+        Change::Upsert {
+            client_id,
+            data,
+            expires_at_ms,
+            user_id,
+        } => RoomEvent::Upsert(
+            *client_id,
+            Entry {
+                data: value_or_null(data.as_str()),
+                expires_at_ms: *expires_at_ms,
+                user_id: user_id.clone(),
+            },
+        ),
+        Change::Leave { client_id } => RoomEvent::Leave(*client_id),
+        Change::Expire { client_id } => RoomEvent::Expire(*client_id),
+        _ => return None,
+    })
 }
 
 fn handle(shared: &Shared, text: &str, pending: &mut Pending, pings: &mut HashMap<u64, Instant>) {
-    let Some(value) = serde_json::from_str::<Value>(text)
+    let Some(message) = ServerMessage::from_json(text)
         .ok()
         .or_else(|| parse_leniently(text))
     else {
-        tracing::warn!(%text, "not JSON");
+        tracing::warn!(%text, "not a message of this protocol version");
         return;
     };
-    match value["type"].as_str() {
-        Some("snapshot") => {
-            let mut state = shared.lock();
-            let Some(room) = value["room"].as_str().and_then(|r| state.rooms.get_mut(r)) else {
-                return;
-            };
-            let entries: Vec<(u64, Entry)> = value["entries"]
-                .as_array()
-                .map(|a| a.iter().filter_map(entry_of).collect())
-                .unwrap_or_default();
-            room.entries = entries.iter().cloned().collect();
-            let _ = room.events.send(RoomEvent::Snapshot(entries));
-            room.bump();
-        }
-        Some("changes") => {
-            let mut state = shared.lock();
-            let Some(room) = value["room"].as_str().and_then(|r| state.rooms.get_mut(r)) else {
-                return;
-            };
-            for change in value["changes"].as_array().into_iter().flatten() {
-                let Some(client) = change["clientId"].as_u64() else {
-                    continue;
+    match message {
+        ServerMessage::Snapshot {
+            room,
+            server_time_ms,
+            entries,
+        } => {
+            let entries: Vec<(u64, Entry)> = entries.iter().map(entry_of).collect();
+            {
+                let mut state = shared.lock();
+                let Some(state_room) = state.rooms.get_mut(&room) else {
+                    return;
                 };
-                let event = match change["op"].as_str() {
-                    Some("upsert") => {
-                        let Some((_, entry)) = entry_of(change) else {
-                            continue;
-                        };
-                        room.entries.insert(client, entry.clone());
-                        RoomEvent::Upsert(client, entry)
-                    }
-                    Some("leave") => {
-                        room.entries.remove(&client);
-                        RoomEvent::Leave(client)
-                    }
-                    Some("expire") => {
-                        room.entries.remove(&client);
-                        RoomEvent::Expire(client)
-                    }
-                    _ => continue,
+                state_room.entries = entries.iter().cloned().collect();
+                state_room.synced = true;
+                let _ = state_room.events.send(RoomEvent::Snapshot(entries.clone()));
+                state_room.bump();
+            }
+            shared.emit(Event::Snapshot {
+                room,
+                server_time_ms,
+                entries,
+            });
+        }
+        ServerMessage::Changes {
+            room,
+            server_time_ms,
+            changes,
+        } => {
+            let events: Vec<RoomEvent> = changes.iter().filter_map(room_event).collect();
+            {
+                let mut state = shared.lock();
+                let Some(state_room) = state.rooms.get_mut(&room) else {
+                    return;
                 };
-                let _ = room.events.send(event);
+                for event in &events {
+                    match event {
+                        RoomEvent::Upsert(client, entry) => {
+                            state_room.entries.insert(*client, entry.clone());
+                        }
+                        RoomEvent::Leave(client) | RoomEvent::Expire(client) => {
+                            state_room.entries.remove(client);
+                        }
+                        RoomEvent::Snapshot(_) => {}
+                    }
+                    let _ = state_room.events.send(event.clone());
+                }
+                state_room.bump();
             }
-            room.bump();
+            shared.emit(Event::Changes {
+                room,
+                server_time_ms,
+                changes: events,
+            });
         }
-        Some("ack") => {
-            if let Some(ack) = value["ref"].as_u64().and_then(|r| pending.remove(&r)) {
-                let _ = ack.send(Ok(value["expiresAtMs"].as_u64().unwrap_or(0)));
+        ServerMessage::Ack {
+            reference,
+            expires_at_ms,
+        } => {
+            if let Some(ack) = pending.remove(&reference) {
+                let _ = ack.send(Ok(expires_at_ms.unwrap_or(0)));
             }
         }
-        Some("pong") => {
-            let (Some(r), Some(server)) = (value["ref"].as_u64(), value["serverTimeMs"].as_i64())
-            else {
-                return;
-            };
-            let Some(sent) = pings.remove(&r) else {
+        ServerMessage::Pong {
+            reference: Some(reference),
+            server_time_ms,
+        } => {
+            let Some(sent) = pings.remove(&reference) else {
                 return;
             };
             let rtt = sent.elapsed();
@@ -836,20 +1319,27 @@ fn handle(shared: &Shared, text: &str, pending: &mut Pending, pings: &mut HashMa
             if state.best_rtt.is_none_or(|best| rtt <= best) {
                 state.best_rtt = Some(rtt);
                 let half = i64::try_from(rtt.as_millis() / 2).unwrap_or(0);
+                let server = i64::try_from(server_time_ms).unwrap_or(i64::MAX);
                 state.offset_ms = server - (local_now_ms() - half);
             }
         }
-        Some("error") => {
+        ServerMessage::Error {
+            code,
+            message,
+            reference,
+            room,
+        } => {
             let error = ServerError {
-                code: value["code"].as_str().unwrap_or_default().to_owned(),
-                message: value["message"].as_str().unwrap_or_default().to_owned(),
-                reference: value["ref"].as_u64(),
-                room: value["room"].as_str().map(str::to_owned),
+                code,
+                message,
+                reference,
+                room,
             };
-            if let Some(ack) = error.reference.and_then(|r| pending.remove(&r)) {
+            if let Some(ack) = reference.and_then(|r| pending.remove(&r)) {
                 let _ = ack.send(Err(Error::Server(error.clone())));
             }
-            let _ = shared.errors.send(error);
+            let _ = shared.errors.send(error.clone());
+            shared.emit(Event::Error(error));
         }
         _ => {}
     }
@@ -860,7 +1350,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_unreadable_entry_costs_only_its_data() {
+    fn one_unreadable_entry_costs_only_itself() {
         let deep = format!("{}{}", "[".repeat(130), "]".repeat(130));
         let frame = format!(
             r#"{{"type":"changes","room":"r","serverTimeMs":1,"changes":[
@@ -868,20 +1358,24 @@ mod tests {
                 {{"op":"upsert","clientId":2,"data":"\ud800","expiresAtMs":9}},
                 {{"op":"upsert","clientId":3,"data":1e999999,"expiresAtMs":9}},
                 {{"op":"upsert","clientId":4,"data":{deep},"expiresAtMs":9}},
+                {{"op":"teleport","clientId":6}},
                 {{"op":"leave","clientId":5}}]}}"#
         );
-        assert!(serde_json::from_str::<Value>(&frame).is_err());
-        let value = parse_leniently(&frame).expect("read leniently");
-        let changes = value["changes"].as_array().expect("changes");
-        assert_eq!(changes.len(), 5);
-        assert_eq!(changes[0]["data"]["ok"], true);
-        for (i, change) in changes[1..4].iter().enumerate() {
-            assert_eq!(change["clientId"], i as u64 + 2);
-            assert_eq!(change["op"], "upsert");
-            assert_eq!(change["expiresAtMs"], 9);
-            assert!(change["data"].is_null());
+        assert!(ServerMessage::from_json(&frame).is_err());
+        let message = parse_leniently(&frame).expect("read leniently");
+        let ServerMessage::Changes { room, changes, .. } = message else {
+            panic!("not changes: {message:?}");
+        };
+        assert_eq!(room, "r");
+        let events: Vec<RoomEvent> = changes.iter().filter_map(room_event).collect();
+        assert_eq!(events.len(), 5, "{events:?}");
+        assert!(matches!(&events[0], RoomEvent::Upsert(1, e) if e.data["ok"] == true));
+        for (i, event) in events[1..4].iter().enumerate() {
+            assert!(
+                matches!(event, RoomEvent::Upsert(id, e) if *id == i as u64 + 2 && e.data.is_null() && e.expires_at_ms == 9),
+                "{event:?}"
+            );
         }
-        assert_eq!(changes[4]["op"], "leave");
-        assert_eq!(value["room"], "r");
+        assert_eq!(events[4], RoomEvent::Leave(5));
     }
 }

@@ -1,6 +1,7 @@
 import { ClockSync } from "./clock.js";
 import { loadWebSocket } from "./loaders.js";
 import { RollcallError } from "./errors.js";
+import { CLOSE, type ServerErrorCode } from "./protocol.gen.js";
 import { DEFAULT_LIMITS, isClientId, PresenceView, Room, roomNameProblem, type Limits, type RoomHost, type WireEntry } from "./presence.js";
 import { errorMessage, makeCodec, type Codec } from "./schema.js";
 import type {
@@ -34,13 +35,17 @@ const OPEN = 1;
 export const DEFAULT_HEARTBEAT_THROTTLE_MS = 50;
 
 /** Error codes the server sends before closing with 4003 (docs/protocol.md). */
-const AUTH_REFUSALS = new Set(["unauthorized", "invalid_token", "token_expired"]);
+const AUTH_REFUSALS = new Set<string>(["unauthorized", "invalid_token", "token_expired"] satisfies ServerErrorCode[]);
 
 /** Close codes after which the client must not reconnect (docs/protocol.md). */
 const TERMINAL_CLOSE: Record<number, { code: string; message: string }> = {
-  4000: { code: "bad_hello", message: "the server rejected the hello message (4000)" },
-  4001: { code: "replaced", message: "another connection resumed this client id (4001)" },
-  4003: { code: "auth_failed", message: "authentication failed (4003)" },
+  [CLOSE.BAD_HELLO]: { code: "bad_hello", message: "the server rejected the hello message (4000)" },
+  [CLOSE.REPLACED]: { code: "replaced", message: "another connection resumed this client id (4001)" },
+  [CLOSE.UNAUTHORIZED]: { code: "auth_failed", message: "authentication failed (4003)" },
+  // A client bug: reconnecting would only repeat it.
+  [CLOSE.PROTOCOL_ERROR]: { code: "protocol_error", message: "the server closed the connection on a protocol error (1002)" },
+  [CLOSE.INVALID_PAYLOAD]: { code: "invalid_payload", message: "the server closed the connection: a message was not valid UTF-8 (1007)" },
+  [CLOSE.MESSAGE_TOO_BIG]: { code: "message_too_large", message: "the server closed the connection: a message was too large (1009)" },
 };
 
 /** Creates a client and starts connecting at once. */
@@ -361,12 +366,12 @@ class Client implements RollcallClient, RoomHost {
     this.acks.clear();
     this.pings.clear();
     if (this.isClosed) return;
-    const terminal = TERMINAL_CLOSE[code] ?? (code === 4004 && typeof this.opts.token !== "function" ? { code: "token_expired", message: "the token expired (4004) and cannot be renewed: pass a token function" } : undefined);
+    const terminal = TERMINAL_CLOSE[code] ?? (code === CLOSE.TOKEN_EXPIRED && typeof this.opts.token !== "function" ? { code: "token_expired", message: "the token expired (4004) and cannot be renewed: pass a token function" } : undefined);
     if (terminal) {
       const error = new RollcallError("connection", terminal.code, `${terminal.message}${reason ? `: ${reason}` : ""}; not reconnecting`, { closeCode: code });
       this.report(error);
       // waitForConnected() rejects with the server's reason when it gave one (unauthorized, invalid_token, token_expired).
-      const refusal = code === 4003 ? this.refusal : undefined;
+      const refusal = code === CLOSE.UNAUTHORIZED ? this.refusal : undefined;
       this.shutdown(refusal ? new RollcallError("connection", refusal.code, `${refusal.message} (${refusal.code}, close 4003); not reconnecting`, { closeCode: code }) : error);
       return;
     }
@@ -380,9 +385,6 @@ class Client implements RollcallClient, RoomHost {
       this.report(error);
       this.shutdown(error);
       return;
-    }
-    if (code === 1009) {
-      this.report(new RollcallError("connection", "message_too_large", "the server closed the connection: a message was too large (1009)", { closeCode: code }));
     }
     if (this.connectedAt > 0 && this.now() - this.connectedAt >= 2000) this.attempt = 0;
     this.connectedAt = 0;

@@ -1,4 +1,5 @@
 import { RollcallError } from "./errors.js";
+import { DEFAULT_LIMITS as GENERATED_DEFAULT_LIMITS, MAX_ROOM_BYTES } from "./protocol.gen.js";
 import { describeIssues, errorMessage, failureError, type Codec, type CodecResult } from "./schema.js";
 import type { Presence, PresenceDiff, PresenceEntry, PresenceUser, UsersDiff } from "./types.js";
 
@@ -13,15 +14,8 @@ export interface Limits {
   heartbeatBurst: number;
 }
 
-export const DEFAULT_LIMITS: Limits = {
-  maxMessageBytes: 65536,
-  maxDataBytes: 4096,
-  maxTtlMs: 3_600_000,
-  maxRoomsPerConnection: 128,
-  maxEntriesPerRoom: 10_000,
-  heartbeatsPerSecond: 120,
-  heartbeatBurst: 240,
-};
+/** The defaults, generated from the protocol crate (protocol.gen.ts). */
+export const DEFAULT_LIMITS: Limits = { ...GENERATED_DEFAULT_LIMITS };
 
 /** What a room needs from its client. */
 export interface RoomHost {
@@ -824,7 +818,7 @@ export function jsonEqual(a: unknown, b: unknown): boolean {
 export function roomNameProblem(room: unknown): string | undefined {
   if (typeof room !== "string") return "a room name must be a string";
   const n = utf8Length(room);
-  if (n < 1 || n > 256) return `a room name is 1 to 256 bytes of UTF-8; this one is ${n}`;
+  if (n < 1 || n > MAX_ROOM_BYTES) return `a room name is 1 to ${MAX_ROOM_BYTES} bytes of UTF-8; this one is ${n}`;
   if (/\p{Cc}/u.test(room)) return "a room name may not contain control characters";
   return undefined;
 }

@@ -5,14 +5,25 @@
 //! must do to its materializer ([`Upsert`], [`Removal`]); the hub does it under its
 //! lock. Messages of one node arrive in order on the bus, but a sync reply (a node's
 //! entries as of some sequence number) races them: every decision compares the
-//! `(node, seq)` that last set an entry, and a sync remembers removals
-//! (tombstones) so that a reply taken before a removal cannot bring the entry back.
+//! `(node, seq)` that last set an entry, removals are remembered (tombstones) so that
+//! a reply taken before a removal cannot bring the entry back, and a node's messages
+//! no later than its last folded sync reply are already reflected in it. The same
+//! rules make a replayed message useless: it is older than what is known of its
+//! entry. Tombstones are kept for [`TOMBSTONE_MS`], past the bus's freshness window
+//! (an older message is refused before it gets here).
 
 use std::hash::RandomState;
 use std::sync::Arc;
 
 use hashbrown::{HashMap, HashSet};
 use rollcall_engine::{ChangeKind, ClientId, Entry, UnixMs};
+
+use crate::cluster::bus::MAX_AGE_MS;
+
+/// How long a removal is remembered: a message is refused once its timestamp is
+/// [`MAX_AGE_MS`] away from this node's clock, either way, so a message older than a
+/// tombstone this old cannot get here any more.
+pub(crate) const TOMBSTONE_MS: u64 = 2 * MAX_AGE_MS;
 
 /// Which message last set an entry: its node and that node's sequence number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,8 +48,41 @@ struct RemoteRoom {
     /// Entries of other nodes: which node, and the message that last set them. Every
     /// other entry of the room is this node's own.
     origins: HashMap<ClientId, Origin>,
-    /// While a sync is under way: removals seen since it started.
-    tombstones: Option<HashMap<ClientId, Origin>>,
+    /// Removals of the last [`TOMBSTONE_MS`]: the message that removed the entry,
+    /// and when this node saw it.
+    tombstones: HashMap<ClientId, (Origin, UnixMs)>,
+    /// When tombstones were last pruned.
+    pruned: UnixMs,
+    /// Per node: the sequence number of its last folded sync reply. Its messages
+    /// up to it are reflected in that reply.
+    synced: HashMap<u16, u64>,
+}
+
+impl RemoteRoom {
+    /// Whether a message of `origin` about `client` says nothing new: older than its
+    /// node's last folded sync reply, than what set the entry, or than its removal.
+    fn knows_better(&self, origin: Origin, client: ClientId) -> bool {
+        self.synced
+            .get(&origin.node)
+            .is_some_and(|&synced| origin.seq < synced)
+            || origin.is_older_than(self.origins.get(&client))
+            || origin.is_older_than(self.tombstones.get(&client).map(|(o, _)| o))
+    }
+
+    fn bury(&mut self, client: ClientId, origin: Origin, now: UnixMs) {
+        if now.0.saturating_sub(self.pruned.0) >= TOMBSTONE_MS / 4 {
+            self.tombstones
+                .retain(|_, (_, at)| now.0.saturating_sub(at.0) < TOMBSTONE_MS);
+            self.pruned = now;
+        }
+        let newer = self
+            .tombstones
+            .get(&client)
+            .is_none_or(|(seen, _)| seen.node != origin.node || seen.seq <= origin.seq);
+        if newer {
+            self.tombstones.insert(client, (origin, now));
+        }
+    }
 }
 
 /// What to do with another node's upsert.
@@ -123,6 +167,11 @@ impl Merge {
             .is_some_and(|r| r.origins.contains_key(&client))
     }
 
+    /// Entries of `room` held for other nodes.
+    pub(crate) fn remote_in(&self, room: &str) -> usize {
+        self.rooms.get(room).map_or(0, |r| r.origins.len())
+    }
+
     /// Entries held for other nodes, in every room.
     pub(crate) fn remote_entries(&self) -> usize {
         self.rooms.values().map(|r| r.origins.len()).sum()
@@ -160,9 +209,7 @@ impl Merge {
         }
         let remote = self.rooms.get_mut(room)?;
         let client = entry.client;
-        if origin.is_older_than(remote.origins.get(&client))
-            || origin.is_older_than(remote.tombstones.as_ref().and_then(|t| t.get(&client)))
-        {
+        if remote.knows_better(origin, client) {
             return None;
         }
         let mut action = Upsert::Fold;
@@ -189,11 +236,17 @@ impl Merge {
         client: ClientId,
         kind: ChangeKind,
         holds_own: bool,
+        now: UnixMs,
     ) -> Option<Removal> {
         let remote = self.rooms.get_mut(room)?;
-        if let Some(tombstones) = &mut remote.tombstones {
-            tombstones.insert(client, origin);
+        if remote
+            .synced
+            .get(&origin.node)
+            .is_some_and(|&synced| origin.seq < synced)
+        {
+            return None;
         }
+        remote.bury(client, origin, now);
         match remote.origins.get(&client) {
             Some(seen) if seen.node != origin.node || seen.seq > origin.seq => None,
             Some(_) => {
@@ -205,19 +258,34 @@ impl Merge {
         }
     }
 
-    /// A sync of `room` begins: removals are remembered until it ends.
-    pub(crate) fn sync_started(&mut self, room: &str, generation: u64) {
-        if let Some(remote) = self
-            .rooms
-            .get_mut(room)
-            .filter(|r| r.generation == generation)
-        {
-            remote.tombstones = Some(HashMap::new());
+    /// Node `node` is taken for dead: forgets its entries in every room (each buried
+    /// under the message that last set it, so a replay of an older one is refused).
+    /// Returns them, to remove.
+    pub(crate) fn lost(&mut self, node: u16, now: UnixMs) -> Vec<(Arc<str>, ClientId)> {
+        let mut gone = Vec::new();
+        for (name, remote) in &mut self.rooms {
+            let clients: Vec<(ClientId, Origin)> = remote
+                .origins
+                .iter()
+                .filter(|(_, origin)| origin.node == node)
+                .map(|(client, origin)| (*client, *origin))
+                .collect();
+            for (client, origin) in clients {
+                remote.origins.remove(&client);
+                remote.bury(client, origin, now);
+                gone.push((name.clone(), client));
+            }
         }
+        gone
     }
 
+    /// A sync of `room` begins. Nothing to prepare: removals are always remembered.
+    #[allow(clippy::unused_self, reason = "kept for the hub's sync protocol")]
+    pub(crate) fn sync_started(&mut self, _room: &str, _generation: u64) {}
+
     /// After a sync reply of `origin` listing `listed` was folded: the entries that
-    /// node set no later than the reply and no longer lists (removed since).
+    /// node set no later than the reply and no longer lists (removed since). Remove
+    /// them, then call [`Merge::reply_folded`].
     pub(crate) fn unlisted(
         &self,
         room: &str,
@@ -240,12 +308,18 @@ impl Merge {
             .unwrap_or_default()
     }
 
-    /// The sync of `room` is over: tombstones are dropped.
-    pub(crate) fn sync_ended(&mut self, room: &str) {
+    /// A sync reply of `origin` is folded: that node's messages before it say nothing
+    /// new.
+    pub(crate) fn reply_folded(&mut self, room: &str, origin: Origin) {
         if let Some(remote) = self.rooms.get_mut(room) {
-            remote.tombstones = None;
+            let synced = remote.synced.entry(origin.node).or_insert(0);
+            *synced = (*synced).max(origin.seq);
         }
     }
+
+    /// The sync of `room` is over.
+    #[allow(clippy::unused_self, reason = "kept for the hub's sync protocol")]
+    pub(crate) fn sync_ended(&mut self, _room: &str) {}
 }
 
 #[cfg(test)]
@@ -310,9 +384,14 @@ mod tests {
                     }
                 }
                 Op::Leave(client) => {
-                    let removal =
-                        self.merge
-                            .remove(ROOM, origin, ClientId(client), ChangeKind::Leave, false);
+                    let removal = self.merge.remove(
+                        ROOM,
+                        origin,
+                        ClientId(client),
+                        ChangeKind::Leave,
+                        false,
+                        NOW,
+                    );
                     if removal.is_some() {
                         self.held.remove(&client);
                     }
@@ -336,12 +415,13 @@ mod tests {
             for client in self.merge.unlisted(ROOM, origin, &listed) {
                 if self
                     .merge
-                    .remove(ROOM, origin, client, ChangeKind::Leave, false)
+                    .remove(ROOM, origin, client, ChangeKind::Leave, false, NOW)
                     .is_some()
                 {
                     self.held.remove(&client.0);
                 }
             }
+            self.merge.reply_folded(ROOM, origin);
             self.merge.sync_ended(ROOM);
         }
     }
@@ -398,6 +478,14 @@ mod tests {
                 local.fold_reply(reply.0, &reply.1);
             }
             prop_assert_eq!(&local.held, &owner, "script {:?}", script);
+            // A replay of any of the node's messages, in any order, says nothing new.
+            for (i, op) in script.iter().enumerate().rev() {
+                local.deliver(i as u64 + 1, op);
+            }
+            for (i, op) in script.iter().enumerate() {
+                local.deliver(i as u64 + 1, op);
+            }
+            prop_assert_eq!(&local.held, &owner, "replayed: script {:?}", script);
         }
     }
 
@@ -427,11 +515,11 @@ mod tests {
         assert!(merge.expired(ROOM, ClientId(7)));
         // A leave through another node of an entry held as own removes it here.
         assert_eq!(
-            merge.remove(ROOM, origin, ClientId(7), ChangeKind::Leave, true),
+            merge.remove(ROOM, origin, ClientId(7), ChangeKind::Leave, true, NOW),
             Some(Removal::Own)
         );
         assert_eq!(
-            merge.remove(ROOM, origin, ClientId(7), ChangeKind::Expire, true),
+            merge.remove(ROOM, origin, ClientId(7), ChangeKind::Expire, true, NOW),
             None,
             "another node's expiry never removes an own entry"
         );

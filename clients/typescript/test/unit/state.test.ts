@@ -139,6 +139,9 @@ describe("waitForConnected()", () => {
   for (const [closeCode, code] of [
     [4001, "replaced"],
     [4000, "bad_hello"],
+    [1002, "protocol_error"],
+    [1007, "invalid_payload"],
+    [1009, "message_too_large"],
   ] as const) {
     it(`rejects with "${code}" on a ${closeCode} before welcome`, async () => {
       const server = new FakeServer();
@@ -149,6 +152,18 @@ describe("waitForConnected()", () => {
       };
       const { client } = setup(server);
       await assert.rejects(client.waitForConnected(), isRollcallError(code));
+    });
+  }
+
+  for (const closeCode of [1002, 1007, 1009]) {
+    it(`does not reconnect after a ${closeCode} on an established connection`, async () => {
+      const server = new FakeServer();
+      const { client, errors } = setup(server);
+      await client.waitForConnected();
+      server.sockets[0]!.serverClose(closeCode);
+      await waitFor(() => client.state === "closed", "closed");
+      assert.equal(server.sockets.length, 1, "no second connection");
+      assert.ok(errors.some((e) => e.closeCode === closeCode));
     });
   }
 

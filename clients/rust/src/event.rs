@@ -1,0 +1,96 @@
+//! What a client sees: entries, room events, client events, server errors and closes.
+
+use serde_json::Value;
+
+use crate::{CloseCode, ErrorCode, Session};
+
+/// One live entry of a room, as the server sent it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    /// The client's JSON value (`null` when this parser cannot read it, e.g. a lone
+    /// surrogate escape from a server that did not validate it).
+    pub data: Value,
+    /// When the entry expires, by the server's clock (ms since the Unix epoch).
+    pub expires_at_ms: u64,
+    /// The authenticated user behind the entry, if any.
+    pub user_id: Option<String>,
+}
+
+/// Something that happened in a subscribed room.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RoomEvent {
+    /// The room's full state (after subscribing or reconnecting).
+    Snapshot(Vec<(u64, Entry)>),
+    /// An entry was created or replaced.
+    Upsert(u64, Entry),
+    /// A client left.
+    Leave(u64),
+    /// An entry expired.
+    Expire(u64),
+}
+
+/// Why the server closed a connection: its close code and reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloseReason {
+    /// The close code ([`CloseCode::is_final`]: the client does not reconnect after it).
+    pub code: CloseCode,
+    /// The reason text the server gave.
+    pub reason: String,
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.reason.is_empty() {
+            write!(f, "{}", self.code)
+        } else {
+            write!(f, "{}: {}", self.code, self.reason)
+        }
+    }
+}
+
+/// Everything a [`Client`] sees, typed (see [`Client::events`]).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A connection was opened and welcomed (also after every reconnect).
+    Connected(Session),
+    /// A room's complete state.
+    Snapshot {
+        /// The room.
+        room: String,
+        /// The server's clock when it was taken.
+        server_time_ms: u64,
+        /// Every live entry, by client id.
+        entries: Vec<(u64, Entry)>,
+    },
+    /// Changes in a subscribed room.
+    Changes {
+        /// The room.
+        room: String,
+        /// The server's clock when they were sent.
+        server_time_ms: u64,
+        /// The changes, in order per client.
+        changes: Vec<RoomEvent>,
+    },
+    /// The server refused a request.
+    Error(ServerError),
+    /// The connection dropped; the client reconnects (with its resume token).
+    Disconnected(Option<CloseReason>),
+    /// The client stopped for good: closed by [`Client::close`] (`None`) or by a
+    /// final close code from the server.
+    Closed(Option<CloseReason>),
+}
+
+/// An `error` message from the server.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ServerError {
+    /// The error code ([`ErrorCode::Unknown`] for a code this version does not know).
+    pub code: ErrorCode,
+    /// The server's explanation.
+    pub message: String,
+    /// The `ref` of the request that failed.
+    pub reference: Option<u64>,
+    /// The room of the request that failed.
+    pub room: Option<String>,
+}
