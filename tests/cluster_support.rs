@@ -86,6 +86,13 @@ impl Nats {
         self.child = Some(child);
         let deadline = Instant::now() + WAIT;
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            // A configuration it refuses (say, a JWT with a bad signature) ends it at once.
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "nats-server exited ({status}): it refused its arguments or configuration {:?}",
+                    self.args
+                );
+            }
             assert!(Instant::now() < deadline, "nats-server did not start");
             std::thread::sleep(Duration::from_millis(10));
         }
