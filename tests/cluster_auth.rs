@@ -1,6 +1,7 @@
 //! Cluster mode against a NATS that wants credentials: user and password, token, TLS
-//! with a private CA and client certificates; several server URLs; secrets kept out
-//! of the logs; clear start errors for bad files.
+//! with a private CA and client certificates, credentials files (user JWT and nkey
+//! seed) of an operator-mode NATS; several server URLs; secrets kept out of the logs;
+//! clear start errors for bad files.
 //!
 //! Needs `nats-server` (see `cluster.rs`).
 
@@ -13,7 +14,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use cluster_support::Nats;
+use cluster_support::{Nats, operator};
 use rollcall_client::Client;
 use rollcall_tests::{Launch, Server, Started, eventually};
 use serde_json::json;
@@ -235,6 +236,103 @@ async fn tls_with_a_private_ca_and_client_certificates() {
             .1
             .contains("\"cluster\":\"connected\"")
     );
+}
+
+#[tokio::test]
+async fn creds_files_of_an_operator_mode_nats() {
+    let dir = tempfile::tempdir().unwrap();
+    let operator = operator::Operator::new();
+    let config = dir.path().join("nats.conf");
+    std::fs::write(&config, operator.server_config()).unwrap();
+    let Some(nats) = Nats::start_with(&["-c", &config.display().to_string()]) else {
+        return;
+    };
+    let secret = secret_file(dir.path());
+    let creds_one = operator.app.user_creds(dir.path(), "node-one");
+    let creds_two = operator.app.user_creds(dir.path(), "node-two");
+    let seed_of = |creds: &Path| {
+        let text = std::fs::read_to_string(creds).unwrap();
+        text.lines()
+            .find(|line| line.starts_with("SU"))
+            .expect("a user seed in the file")
+            .to_owned()
+    };
+    let one = ready(launch(
+        1,
+        &secret,
+        &[
+            "--nats",
+            &nats.url(),
+            "--nats-creds",
+            &creds_one.display().to_string(),
+        ],
+    ));
+    let two = ready(launch(
+        2,
+        &secret,
+        &[
+            "--nats",
+            &nats.url(),
+            "--nats-creds",
+            &creds_two.display().to_string(),
+        ],
+    ));
+    for node in [&one, &two] {
+        assert!(connected(node).await, "{}", node.stderr_so_far());
+        assert!(
+            node.stderr_so_far().contains("credentials file"),
+            "{}",
+            node.stderr_so_far()
+        );
+    }
+    entry_crosses(&one, &two, "auth:creds").await;
+    entry_crosses(&two, &one, "auth:creds-back").await;
+    assert_not_logged(&one, &seed_of(&creds_one));
+    assert_not_logged(&two, &seed_of(&creds_two));
+    // Refused: a user signed by an account key the operator never signed, and a
+    // trusted user's JWT with another key's seed (it cannot sign the server's nonce).
+    let rogue = nkeys::KeyPair::new_account();
+    let untrusted = operator::user_creds(&rogue, dir.path(), "untrusted");
+    let stolen = dir.path().join("stolen.creds");
+    let other_seed = nkeys::KeyPair::new_user().seed().unwrap();
+    std::fs::write(
+        &stolen,
+        std::fs::read_to_string(&creds_one)
+            .unwrap()
+            .replace(&seed_of(&creds_one), &other_seed),
+    )
+    .unwrap();
+    for (id, creds) in [(3, &untrusted), (4, &stolen)] {
+        let refused = ready(launch(
+            id,
+            &secret,
+            &[
+                "--nats",
+                &nats.url(),
+                "--nats-creds",
+                &creds.display().to_string(),
+            ],
+        ));
+        assert!(
+            eventually(WAIT, || {
+                let logged = refused.stderr_so_far();
+                logged.contains("cannot reach or log in to NATS")
+                    && logged.contains("authorization violation")
+            })
+            .await,
+            "{}",
+            refused.stderr_so_far()
+        );
+        assert!(
+            refused
+                .http("GET", "/healthz", None)
+                .1
+                .contains("\"cluster\":\"disconnected\""),
+            "{}",
+            refused.stderr_so_far()
+        );
+        assert_not_logged(&refused, &seed_of(creds));
+    }
 }
 
 #[tokio::test]

@@ -6,14 +6,12 @@
 //! message: a message's size limit alone does not stop endless empty continuation
 //! frames.
 //!
-//! The connection owns the socket. After the `hello` handshake it splits into a
-//! [`Reader`] and a [`Writer`] so that a client that does not read can still be read
-//! from (its heartbeats keep flowing) while its writer waits for the socket.
+//! The connection owns the socket, and its session's one task drives both directions by
+//! polling (see [`Connection`]).
 
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -22,8 +20,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::WebSocketStream;
@@ -37,7 +34,7 @@ use crate::protocol::close;
 pub const MAX_FRAGMENTS_PER_MESSAGE: u32 = rollcall_protocol::limits::MAX_FRAMES_PER_MESSAGE;
 
 /// An upgraded WebSocket.
-pub type WebSocket = WebSocketStream<FrameGuard<TokioIo<hyper::upgrade::Upgraded>>>;
+pub type WebSocket = Socket<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// Why an upgrade request was refused.
 #[derive(Debug)]
@@ -184,7 +181,9 @@ impl WebSocketUpgrade {
             };
             let io = FrameGuard::new(TokioIo::new(upgraded));
             let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-            callback(socket).await;
+            // The session is a task of its own, so that what the upgrade needed is
+            // freed now rather than held (unused) for the session's life.
+            tokio::spawn(callback(socket));
         });
         let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
         let mut response = Response::new(Body::empty());
@@ -296,7 +295,8 @@ pub struct FrameGuard<T> {
 }
 
 impl<T> FrameGuard<T> {
-    fn new(inner: T) -> FrameGuard<T> {
+    /// Guards `inner`.
+    pub fn new(inner: T) -> FrameGuard<T> {
         FrameGuard {
             inner,
             scanner: FrameScanner::default(),
@@ -362,7 +362,7 @@ pub enum Inbound {
     /// The socket failed or the stream ended.
     Closed,
     /// The peer sent a close frame. Its answer (the same code, as RFC 6455 asks) is
-    /// queued: [`Writer::answer_close`] (or [`Connection::answer_close`]) sends it.
+    /// queued: [`Connection::answer_close`] sends it.
     CloseFrame,
     /// The message exceeded the size limit: close with 1009.
     TooBig,
@@ -373,52 +373,69 @@ pub enum Inbound {
     Control,
 }
 
-/// Time of the last frame received, shared between the reader and the writer's idle
-/// check.
+/// Whatever a session's socket runs on: a TCP or TLS stream behind hyper's upgrade in
+/// the server, an in-memory pipe in tests.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// A WebSocket over `S`, behind a [`FrameGuard`].
+pub type Socket<S> = WebSocketStream<FrameGuard<S>>;
+
+/// A WebSocket connection, driven by its session's one task: it reads messages and
+/// writes batches of frames, both by polling, so that a client that does not read can
+/// still be read from (its heartbeats keep flowing) while a batch waits for the socket.
 #[derive(Debug)]
-pub struct LastSeen {
-    origin: Instant,
-    millis: AtomicU64,
-}
-
-impl LastSeen {
-    fn new() -> LastSeen {
-        LastSeen {
-            origin: Instant::now(),
-            millis: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let elapsed = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.millis.store(elapsed, Ordering::Relaxed);
-    }
-
+pub struct Connection<S> {
+    socket: Socket<S>,
     /// When the last frame arrived.
-    pub fn at(&self) -> Instant {
-        self.origin + std::time::Duration::from_millis(self.millis.load(Ordering::Relaxed))
-    }
+    last_seen: Instant,
+    /// Frames of the batch being written that the socket has not taken yet.
+    queued: VecDeque<Message>,
+    /// The batch's frames were all taken; the flush that writes them is pending.
+    flushing: bool,
+    /// The peer's close frame was read (tungstenite queued its answer).
+    closed_by_peer: bool,
 }
 
-/// A whole WebSocket, before the handshake completes.
-#[derive(Debug)]
-pub struct Connection {
-    socket: WebSocket,
-    last_seen: Arc<LastSeen>,
-}
-
-impl Connection {
+impl<S: Io> Connection<S> {
     /// Takes ownership of an upgraded socket.
-    pub fn new(socket: WebSocket) -> Connection {
+    pub fn new(socket: Socket<S>) -> Connection<S> {
         Connection {
             socket,
-            last_seen: Arc::new(LastSeen::new()),
+            last_seen: Instant::now(),
+            queued: VecDeque::new(),
+            flushing: false,
+            closed_by_peer: false,
         }
     }
 
     /// Reads the next message.
     pub async fn read(&mut self) -> Inbound {
-        read_next(&mut self.socket, &self.last_seen).await
+        std::future::poll_fn(|cx| self.poll_read(cx)).await
+    }
+
+    /// Polls for the next message.
+    pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
+        let item = std::task::ready!(self.socket.poll_next_unpin(cx));
+        self.last_seen = Instant::now();
+        Poll::Ready(match item {
+            None => Inbound::Closed,
+            Some(Ok(Message::Close(_))) => {
+                self.closed_by_peer = true;
+                Inbound::CloseFrame
+            }
+            Some(Ok(Message::Text(text))) => Inbound::Text(text),
+            Some(Ok(Message::Binary(_))) => Inbound::Binary,
+            // (`Frame` is never produced when reading.)
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Inbound::Control,
+            Some(Err(error)) => inbound_error(&error),
+        })
+    }
+
+    /// When the peer last sent anything.
+    pub fn last_seen(&self) -> Instant {
+        self.last_seen
     }
 
     /// Sends one text frame and flushes it.
@@ -426,31 +443,75 @@ impl Connection {
         self.socket.send(Message::Text(text.into())).await.is_ok()
     }
 
-    /// Sends a close frame.
-    pub async fn close(mut self, code: u16, reason: &'static str) {
-        let _ = self.socket.send(close_message(code, reason)).await;
+    /// Sends a close frame (after whatever is still queued) and shuts the socket down.
+    pub async fn close(&mut self, code: u16, reason: &'static str) {
+        self.queued.push_back(close_message(code, reason));
+        if std::future::poll_fn(|cx| self.poll_write(cx)).await {
+            let _ = SinkExt::close(&mut self.socket).await;
+        }
+    }
+
+    /// Sends the answer to the peer's close frame (tungstenite queued it, with the
+    /// peer's code, when the frame was read) and shuts the socket down.
+    pub async fn answer_close(&mut self) {
         let _ = SinkExt::close(&mut self.socket).await;
     }
 
-    /// Sends the answer to the peer's close frame (queued when it was read) and shuts
-    /// the socket down.
-    pub async fn answer_close(mut self) {
-        let _ = SinkExt::close(&mut self.socket).await;
+    /// Whether the peer's close frame was read: the session answers it with the same
+    /// code instead of its own close.
+    pub fn closed_by_peer(&self) -> bool {
+        self.closed_by_peer
     }
 
-    /// Splits into independent halves.
-    pub fn split(self) -> (Reader, Writer) {
-        let (sink, stream) = self.socket.split();
-        (
-            Reader {
-                stream,
-                last_seen: self.last_seen.clone(),
-            },
-            Writer {
-                sink,
-                last_seen: self.last_seen,
-            },
-        )
+    /// Adds `frames` to the batch being written (starting one if none is); returns
+    /// their bytes. [`Connection::poll_write`] writes them, with one flush for all.
+    pub fn queue(&mut self, frames: &mut Vec<Utf8Bytes>) -> usize {
+        let mut bytes = 0;
+        for frame in frames.drain(..) {
+            bytes += frame.len();
+            self.queued.push_back(Message::Text(frame));
+        }
+        bytes
+    }
+
+    /// Adds a WebSocket ping to the batch (browsers answer it themselves).
+    pub fn queue_ping(&mut self) {
+        self.queued.push_back(Message::Ping(bytes::Bytes::new()));
+    }
+
+    /// Whether a batch is being written.
+    pub fn is_writing(&self) -> bool {
+        self.flushing || !self.queued.is_empty()
+    }
+
+    /// Writes the batch: `Ready(true)` once the socket took all of it, `Ready(false)`
+    /// if the socket failed.
+    pub fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        let mut socket = Pin::new(&mut self.socket);
+        while !self.queued.is_empty() {
+            // `start_send` queues into tungstenite's write buffer; only the flush
+            // writes (or the buffer's threshold, far above a batch).
+            match socket.as_mut().poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(false),
+                Poll::Pending => return Poll::Pending,
+            }
+            let Some(message) = self.queued.pop_front() else {
+                break;
+            };
+            if socket.as_mut().start_send(message).is_err() {
+                return Poll::Ready(false);
+            }
+            self.flushing = true;
+        }
+        if !self.flushing {
+            return Poll::Ready(true);
+        }
+        let flushed = std::task::ready!(socket.poll_flush(cx));
+        self.flushing = false;
+        // The queue is not kept between batches: an idle connection holds none.
+        self.queued = VecDeque::new();
+        Poll::Ready(flushed.is_ok())
     }
 }
 
@@ -459,24 +520,6 @@ fn close_message(code: u16, reason: &'static str) -> Message {
         code: CloseCode::from(code),
         reason: Utf8Bytes::from_static(reason),
     }))
-}
-
-async fn read_next<S>(stream: &mut S, last_seen: &LastSeen) -> Inbound
-where
-    S: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
-{
-    let Some(item) = stream.next().await else {
-        return Inbound::Closed;
-    };
-    last_seen.touch();
-    match item {
-        Ok(Message::Text(text)) => Inbound::Text(text),
-        Ok(Message::Binary(_)) => Inbound::Binary,
-        // (`Frame` is never produced when reading.)
-        Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => Inbound::Control,
-        Ok(Message::Close(_)) => Inbound::CloseFrame,
-        Err(error) => inbound_error(&error),
-    }
 }
 
 /// What a read error means for the connection.
@@ -501,88 +544,6 @@ fn inbound_error(error: &tungstenite::Error) -> Inbound {
             Inbound::Violation(close::PROTOCOL_ERROR, "WebSocket protocol violation")
         }
         _ => Inbound::Closed,
-    }
-}
-
-/// The reading half.
-#[derive(Debug)]
-pub struct Reader {
-    stream: SplitStream<WebSocket>,
-    last_seen: Arc<LastSeen>,
-}
-
-impl Reader {
-    /// Reads the next message.
-    pub async fn read(&mut self) -> Inbound {
-        read_next(&mut self.stream, &self.last_seen).await
-    }
-}
-
-/// The writing half.
-#[derive(Debug)]
-pub struct Writer {
-    sink: SplitSink<WebSocket, Message>,
-    last_seen: Arc<LastSeen>,
-}
-
-impl Writer {
-    /// Writes `frames` and flushes once for all of them. Returns the bytes written, or
-    /// `None` if the socket failed.
-    pub async fn send_batch(&mut self, frames: &mut Vec<Utf8Bytes>) -> Option<usize> {
-        let mut bytes = 0;
-        for frame in frames.drain(..) {
-            bytes += frame.len();
-            // `feed` queues into tungstenite's write buffer; only `flush` writes.
-            if let Err(error) = self.sink.feed(Message::Text(frame)).await {
-                self.closed_by_peer(&error).await;
-                return None;
-            }
-        }
-        if let Err(error) = self.sink.flush().await {
-            self.closed_by_peer(&error).await;
-            return None;
-        }
-        Some(bytes)
-    }
-
-    /// A write refused because the peer's close frame was read meanwhile: send the
-    /// answer tungstenite queued for it, so the peer still sees its own code.
-    async fn closed_by_peer(&mut self, error: &tungstenite::Error) {
-        if matches!(
-            error,
-            tungstenite::Error::Protocol(tungstenite::error::ProtocolError::SendAfterClosing)
-        ) {
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(1), self.sink.close()).await;
-        }
-    }
-
-    /// Sends a WebSocket ping (browsers answer it themselves).
-    pub async fn ping(&mut self) -> bool {
-        match self.sink.send(Message::Ping(bytes::Bytes::new())).await {
-            Ok(()) => true,
-            Err(error) => {
-                self.closed_by_peer(&error).await;
-                false
-            }
-        }
-    }
-
-    /// When the peer last sent anything.
-    pub fn last_seen(&self) -> Instant {
-        self.last_seen.at()
-    }
-
-    /// Sends a close frame and shuts the socket down.
-    pub async fn close(&mut self, code: u16, reason: &'static str) {
-        let _ = self.sink.send(close_message(code, reason)).await;
-        let _ = self.sink.close().await;
-    }
-
-    /// Sends the answer to the peer's close frame (tungstenite queued it, with the
-    /// peer's code, when the frame was read) and shuts the socket down.
-    pub async fn answer_close(&mut self) {
-        let _ = self.sink.close().await;
     }
 }
 

@@ -53,8 +53,11 @@ pub const CONTROL_CAPACITY: usize = 1_024;
 
 /// Past this many unread changes a frame keeps only the latest per client.
 const CONFLATE_AFTER: u64 = 64;
-/// A feed drops what every subscriber has read once it holds this many changes.
-const TRIM_AFTER: usize = 32;
+/// A feed drops what every subscriber has read once it holds this many changes. Small:
+/// what a quiet room's feed keeps is memory every idle connection pays for (a change
+/// and its serialized form, ≈ 0.4 KiB), and finding what all have read is one atomic
+/// load per subscriber.
+const TRIM_AFTER: usize = 4;
 /// A feed holds at most twice its room's entries (within these bounds): a subscriber
 /// further behind gets a snapshot instead, so what a slow reader holds up is bounded
 /// by the room's size, never by the event rate.
@@ -338,7 +341,6 @@ struct State {
 pub struct Outbox {
     state: Mutex<State>,
     wake: Notify,
-    drained: Notify,
 }
 
 /// Frames drained from an outbox, ready to write.
@@ -355,6 +357,27 @@ pub struct Drained {
     dirty: Vec<Arc<Subscription>>,
 }
 
+/// Frames (and subscriptions) a [`Drained`] keeps room for between drains.
+const DRAINED_KEEP: usize = 16;
+
+impl Drained {
+    /// Frees the buffers a burst grew, so that an idle connection does not keep them.
+    pub fn release_if_large(&mut self) {
+        if self.frames.capacity() > DRAINED_KEEP {
+            self.frames = Vec::new();
+        }
+        if self.dirty.capacity() > DRAINED_KEEP {
+            self.dirty = Vec::new();
+        }
+        if self.picked.capacity() > 4 * DRAINED_KEEP {
+            self.picked = Vec::new();
+        }
+        if self.seen.capacity() > 4 * DRAINED_KEEP {
+            self.seen = HashSet::new();
+        }
+    }
+}
+
 impl Default for Outbox {
     fn default() -> Self {
         Outbox::new()
@@ -367,27 +390,12 @@ impl Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
-            drained: Notify::new(),
         }
     }
 
     /// Resolves when something was queued since the last drain.
     pub async fn ready(&self) {
         self.wake.notified().await;
-    }
-
-    /// Resolves once fewer than `capacity` control messages and acks are waiting.
-    pub async fn wait_below(&self, capacity: usize) {
-        loop {
-            let drained = self.drained.notified();
-            tokio::pin!(drained);
-            // Register before checking, so a drain in between is not missed.
-            drained.as_mut().enable();
-            if self.backlog() < capacity {
-                return;
-            }
-            drained.await;
-        }
     }
 
     /// Creates a subscription to `room`'s `feed` (starting at its head), read at most
@@ -608,7 +616,6 @@ impl Outbox {
             *urgent = false;
             std::mem::take(deferred)
         };
-        let had_backlog = !out.frames.is_empty();
         let control_frames = out.frames.len();
         let mut dirty = std::mem::take(&mut out.dirty);
         let mut next_due = None::<Instant>;
@@ -651,7 +658,6 @@ impl Outbox {
                 (a, b) => a.or(b),
             };
         }
-        let had_backlog = had_backlog || !state.acks.is_empty();
         while let Some(ack) = state.acks.front() {
             if ack.ticket <= durable {
                 let ack = state.acks.pop_front().expect("front exists");
@@ -678,9 +684,6 @@ impl Outbox {
             }
         }
         drop(state);
-        if had_backlog {
-            self.drained.notify_waiters();
-        }
     }
 
     /// Appends an `occupancy` frame if the room's counts differ from the last sent (or
@@ -879,6 +882,25 @@ mod tests {
             .collect();
         out.sort_unstable();
         out
+    }
+
+    #[test]
+    fn an_idle_connection_keeps_no_burst_buffers() {
+        let mut drained = Drained::default();
+        drained
+            .frames
+            .extend((0..200).map(|_| Frame::from_static("x")));
+        drained.seen.extend((0..500).map(ClientId));
+        drained.frames.clear();
+        drained.seen.clear();
+        drained.release_if_large();
+        assert_eq!(drained.frames.capacity(), 0);
+        assert_eq!(drained.seen.capacity(), 0);
+        // A small batch's room is kept: no allocation per write at light load.
+        drained.frames.push(Frame::from_static("y"));
+        drained.frames.clear();
+        drained.release_if_large();
+        assert!(drained.frames.capacity() > 0);
     }
 
     #[test]

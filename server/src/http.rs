@@ -826,9 +826,6 @@ async fn upgrade(
         .read_buffer_size(512)
         .write_buffer_size(256 * 1024)
         .on_upgrade(move |socket| {
-            sessions.track_future(async move {
-                session::serve(socket, hub, shutdown, session_config).await;
-                drop(guard);
-            })
+            sessions.track_future(session::serve(socket, hub, shutdown, session_config, guard))
         }))
 }
