@@ -98,6 +98,11 @@ struct Args {
     /// per client at that rate instead of every change.
     #[arg(long, default_value_t = 0)]
     interval_ms: u64,
+    /// Rollcall: in each room only the first N clients subscribe in full; the others
+    /// subscribe with `"mode":"occupancy"` (counts only, at most once a second). All
+    /// of them heartbeat. Unset: everyone subscribes in full.
+    #[arg(long)]
+    full_subscribers: Option<usize>,
     /// Room name prefix.
     #[arg(long, default_value = "load")]
     room_prefix: String,
@@ -141,6 +146,8 @@ struct Stats {
     sent: AtomicU64,
     rejected: AtomicU64,
     deliveries: AtomicU64,
+    /// Bytes of the frames the clients received (payloads) in the measured window.
+    received_bytes: AtomicU64,
     connected: AtomicU64,
     connect_failures: AtomicU64,
     disconnects: AtomicU64,
@@ -159,6 +166,7 @@ impl Stats {
             sent: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             deliveries: AtomicU64::new(0),
+            received_bytes: AtomicU64::new(0),
             connected: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             disconnects: AtomicU64::new(0),
@@ -524,12 +532,18 @@ async fn client(plan: Arc<Plan>, stats: Arc<Stats>, slot: Arc<ClientSlot>, index
                     break;
                 }
             }
-            let subscribe = if args.interval_ms > 0 {
+            let mut subscribe = if args.interval_ms > 0 {
                 json!({"type": "subscribe", "room": room, "intervalMs": args.interval_ms})
             } else {
                 json!({"type": "subscribe", "room": room})
+            };
+            if args
+                .full_subscribers
+                .is_some_and(|full| index % args.room_size.max(1) >= full)
+            {
+                subscribe["mode"] = json!("occupancy");
             }
-            .to_string();
+            let subscribe = subscribe.to_string();
             if ws.send(TEXT, subscribe.as_bytes()).await.is_err() {
                 continue;
             }
@@ -583,7 +597,11 @@ async fn client(plan: Arc<Plan>, stats: Arc<Stats>, slot: Arc<ClientSlot>, index
                     latencies.clear();
                     cross_node.clear();
                     let mut closed = false;
+                    let measuring = stats.measuring.load(Ordering::Relaxed);
                     while let Some((opcode, payload)) = ws.frame() {
+                        if measuring {
+                            stats.received_bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
+                        }
                         match opcode {
                             TEXT => {
                                 if payload.starts_with(b"{\"type\":\"error\"") {
@@ -904,6 +922,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "heartbeats_accepted_per_s": sent.saturating_sub(rejected) as f64 / window,
         "rejected": rejected,
         "deliveries_per_s": deliveries_per_s,
+        "full_subscribers_per_room": args.full_subscribers,
+        "received_bytes_per_s": stats.received_bytes.load(Ordering::Relaxed) as f64 / window,
         "expected_deliveries_per_s": expected,
         "latency_ms": {"p50": ms(0.5), "p99": ms(0.99), "p999": ms(0.999), "max": total.max() as f64 / 1_000.0, "samples": total.len()},
         "cross_node_latency_ms": (!cross.is_empty()).then(|| json!({"p50": cross_ms(0.5), "p99": cross_ms(0.99), "p999": cross_ms(0.999), "samples": cross.len()})),
