@@ -149,3 +149,55 @@ impl RoomCounts {
         RoomsPage { rooms, next }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rollcall_engine::{ClientId, Entry, UnixMs};
+
+    fn change(kind: ChangeKind, client: u64, user: Option<&str>) -> Change {
+        Change {
+            room: "r".into(),
+            kind,
+            entry: Entry {
+                client: ClientId(client),
+                user: user.map(Arc::from),
+                data: bytes::Bytes::from_static(b"1"),
+                expires_at: UnixMs(1),
+            },
+        }
+    }
+
+    #[test]
+    fn users_are_counted_once_across_their_entries() {
+        let counts = RoomCounts::default();
+        counts.apply(&change(ChangeKind::Insert, 1, Some("alice")));
+        counts.apply(&change(ChangeKind::Insert, 2, Some("alice")));
+        counts.apply(&change(ChangeKind::Insert, 3, None));
+        assert_eq!(counts.occupancy("r"), (3, 1));
+        // A refresh moves nothing.
+        counts.apply(&change(ChangeKind::Update, 1, Some("alice")));
+        assert_eq!(counts.occupancy("r"), (3, 1));
+        counts.apply(&change(ChangeKind::Leave, 1, Some("alice")));
+        assert_eq!(counts.occupancy("r"), (2, 1));
+        counts.apply(&change(ChangeKind::Expire, 2, Some("alice")));
+        assert_eq!(counts.occupancy("r"), (1, 0));
+        counts.apply(&change(ChangeKind::Leave, 3, None));
+        assert_eq!(counts.occupancy("r"), (0, 0));
+        assert!(counts.page(None, 10).rooms.is_empty());
+    }
+
+    #[test]
+    fn counts_from_a_replay_match_the_entries() {
+        let (room, alice, bob): (Arc<str>, Arc<str>, Arc<str>) =
+            ("r".into(), "alice".into(), "bob".into());
+        let counts = RoomCounts::from_entries([
+            (&room, Some(&alice)),
+            (&room, Some(&alice)),
+            (&room, Some(&bob)),
+            (&room, None),
+        ]);
+        assert_eq!(counts.occupancy("r"), (4, 2));
+        assert_eq!(counts.page(None, 10).rooms, vec![("r".to_owned(), 4)]);
+    }
+}
