@@ -942,3 +942,26 @@ async fn refused_handshakes_cost_little_time() {
     );
     assert!(per_refusal < Duration::from_millis(200));
 }
+
+/// With auth on, the token's `sub` is the user: a `user` claimed in hello is ignored.
+#[tokio::test]
+async fn with_auth_the_hello_user_claim_is_ignored_for_the_token_sub() {
+    let auth = AuthServer::hs256(&[]);
+    let token = hs256(&claims("alice", &["pr:*"], &["pr:*"], 600));
+    let (mut raw, first) = Raw::hello_with(
+        &auth.url(),
+        &json!({"type": "hello", "token": token, "user": "mallory"}),
+    )
+    .await;
+    assert!(
+        matches!(&first, RawEvent::Json(w) if w["type"] == "welcome"),
+        "{first:?}"
+    );
+    raw.send(r#"{"type":"heartbeat","room":"pr:u","data":1,"ttlMs":60000,"ref":1}"#)
+        .await;
+    assert_eq!(raw.until("ack").await["ref"], 1);
+    let (status, users) = auth.http("GET", "/v1/rooms/pr%3Au/users", Some(&token), None);
+    assert_eq!(status, 200, "{users}");
+    assert_eq!(users["users"][0]["userId"], "alice", "{users}");
+    assert_eq!(users["users"].as_array().map(Vec::len), Some(1), "{users}");
+}
