@@ -173,4 +173,16 @@ async fn health_and_metrics() {
     }
     assert!(server.metric("rollcall_heartbeats_total") >= 1.0);
     assert!(server.metric("rollcall_connections") >= 1.0);
+    // What reached the client was counted (a batch the socket takes at once too). The
+    // count follows the write, so it may trail the client's read by a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.metric("rollcall_fanout_frames_total") < 1.0
+        || server.metric("rollcall_fanout_bytes_total") < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the frames written were not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -124,6 +124,7 @@ async fn a_slow_reader_costs_bounded_memory_and_catches_up_exactly() {
     let queued = server.metric("rollcall_fanout_changes_total");
     let delivered = server.metric("rollcall_fanout_delivered_total");
     println!("slow consumer: {queued} changes queued, {delivered} written");
+    assert!(delivered > 0.0, "what was written was not counted");
     assert!(
         queued - delivered > 1_000.0,
         "{queued} queued, {delivered} written"

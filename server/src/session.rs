@@ -394,6 +394,16 @@ struct Writing {
 }
 
 impl Writing {
+    /// The batch was taken by the socket: count it.
+    fn wrote(&mut self, hub: &Hub) {
+        self.write_deadline = None;
+        let (frames, changes, bytes) = std::mem::take(&mut self.batch);
+        let metrics = hub.metrics();
+        metrics.fanout_frames.increment(frames);
+        metrics.fanout_delivered.increment(changes);
+        metrics.fanout_bytes.increment(bytes);
+    }
+
     fn new(config: &SessionConfig) -> Writing {
         Writing {
             pacer: Pacer::new(config.fanout_interval),
@@ -540,14 +550,7 @@ async fn drive<S: Io>(
                     tokio::task::consume_budget().await;
                 }
             }
-            Event::Wrote => {
-                writing.write_deadline = None;
-                let (frames, changes, bytes) = std::mem::take(&mut writing.batch);
-                let metrics = hub.metrics();
-                metrics.fanout_frames.increment(frames);
-                metrics.fanout_delivered.increment(changes);
-                metrics.fanout_bytes.increment(bytes);
-            }
+            Event::Wrote => writing.wrote(&hub),
             Event::Work => writing.work = true,
             Event::Timer => {
                 // Fired: the next deadline is set afresh.
@@ -568,7 +571,7 @@ async fn drive<S: Io>(
                     }
                     writing.next_ping = now + config.ping_interval;
                     connection.queue_ping();
-                    start_write(connection, &mut writing, config).await;
+                    start_write(connection, &mut writing, &hub, config).await;
                 }
                 // A paced write, an ack's deadline or a paced subscription.
                 writing.work = true;
@@ -601,7 +604,7 @@ async fn drive<S: Io>(
                 let durable_now = *durable.borrow();
                 flush(connection, &mut writing, &hub, &outbox, durable_now);
                 if connection.is_writing() {
-                    start_write(connection, &mut writing, config).await;
+                    start_write(connection, &mut writing, &hub, config).await;
                 }
             }
         }
@@ -649,14 +652,21 @@ fn flush<S: Io>(
 async fn start_write<S: Io>(
     connection: &mut Connection<S>,
     writing: &mut Writing,
+    hub: &Hub,
     config: &SessionConfig,
 ) {
     if writing.write_deadline.is_some() {
         return;
     }
     let polled = std::future::poll_fn(|cx| Poll::Ready(connection.poll_write(cx))).await;
-    if polled.is_pending() {
-        writing.write_deadline = Some(tokio::time::Instant::now() + config.slow_consumer_timeout);
+    match polled {
+        Poll::Pending => {
+            writing.write_deadline =
+                Some(tokio::time::Instant::now() + config.slow_consumer_timeout);
+        }
+        // Taken at once: no `Wrote` event follows, so it is counted here.
+        Poll::Ready(true) => writing.wrote(hub),
+        Poll::Ready(false) => {}
     }
 }
 
