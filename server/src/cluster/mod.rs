@@ -139,28 +139,14 @@ impl Status {
         }
         let node = self.node.get()?;
         let deadline = tokio::time::Instant::now() + node.sync_timeout;
-        let (mut replies, inbox) = node.request(room, deadline).await?;
-        let mut entries = Vec::new();
-        let mut answered = HashSet::new();
-        loop {
-            if node.all_answered(&answered) {
-                break;
-            }
-            tokio::select! {
-                reply = replies.next() => match reply {
-                    Some(reply) => {
-                        if let Some(reply) = node.open_reply(&inbox, &reply.payload) {
-                            answered.insert(reply.node);
-                            entries.extend(reply.entries);
-                        }
-                    }
-                    None => break,
-                },
-                () = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-        let _ = replies.unsubscribe().await;
-        Some(entries)
+        let (replies, inbox) = node.request(room, deadline).await?;
+        let replies = node
+            .collect(replies, deadline, |payload| {
+                node.open_reply(&inbox, payload)
+                    .map(|reply| (reply.node, reply.entries))
+            })
+            .await;
+        Some(replies.into_iter().flatten().collect())
     }
 }
 
@@ -189,27 +175,15 @@ impl Status {
             None => body.push_str("null"),
         }
         body.push('}');
-        let (mut replies, inbox) = node
+        let (replies, inbox) = node
             .request_on(ROOMS_SUBJECT, body.into_bytes(), deadline)
             .await?;
-        let mut pages = Vec::new();
-        let mut answered = HashSet::new();
-        while !node.all_answered(&answered) {
-            tokio::select! {
-                reply = replies.next() => match reply {
-                    Some(reply) => {
-                        if let Some((from, page)) = node.open_rooms_reply(&inbox, &reply.payload) {
-                            answered.insert(from);
-                            pages.push(page);
-                        }
-                    }
-                    None => break,
-                },
-                () = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-        let _ = replies.unsubscribe().await;
-        Some(pages)
+        Some(
+            node.collect(replies, deadline, |payload| {
+                node.open_rooms_reply(&inbox, payload)
+            })
+            .await,
+        )
     }
 }
 
@@ -591,6 +565,34 @@ impl Node {
     /// Whether every node known to be alive is in `answered`. Until the node has
     /// been connected for longer than the announcement period (and a margin) it may
     /// not know every node yet: then never.
+    /// Reads `replies` until every node known to be alive answered, the replies end or
+    /// `deadline`; `open` checks one reply and names its node.
+    async fn collect<T>(
+        &self,
+        mut replies: Subscriber,
+        deadline: tokio::time::Instant,
+        open: impl Fn(&[u8]) -> Option<(u16, T)>,
+    ) -> Vec<T> {
+        let mut gathered = Vec::new();
+        let mut answered = HashSet::new();
+        while !self.all_answered(&answered) {
+            tokio::select! {
+                reply = replies.next() => match reply {
+                    Some(reply) => {
+                        if let Some((from, value)) = open(&reply.payload) {
+                            answered.insert(from);
+                            gathered.push(value);
+                        }
+                    }
+                    None => break,
+                },
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let _ = replies.unsubscribe().await;
+        gathered
+    }
+
     fn all_answered(&self, answered: &HashSet<u16>) -> bool {
         let peers = self.peers();
         let settled = peers
