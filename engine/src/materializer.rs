@@ -77,6 +77,9 @@ struct Held {
     entry: Entry,
     /// Never later than `entry.expires_at`.
     filed_at: UnixMs,
+    /// When it joined its room: the materializer's insert counter at its insert
+    /// (later joins have larger numbers; an update keeps it).
+    joined: u64,
 }
 
 #[derive(Debug)]
@@ -109,6 +112,8 @@ pub struct Materializer {
     /// Each non-empty room's earliest expiry.
     due: BTreeSet<(UnixMs, RoomSlot)>,
     len: usize,
+    /// Inserts so far: an entry's join number (see [`Materializer::joined`]).
+    joins: u64,
 }
 
 impl Materializer {
@@ -153,11 +158,13 @@ impl Materializer {
                 (ChangeKind::Update, refile)
             }
             None => {
+                self.joins += 1;
                 room.entries.insert(
                     hb.client,
                     Held {
                         entry: entry.clone(),
                         filed_at: expires_at,
+                        joined: self.joins,
                     },
                 );
                 self.len += 1;
@@ -188,7 +195,9 @@ impl Materializer {
             .as_mut()
             .expect("slot maps to a room");
         let before = room.earliest();
-        let Held { entry, filed_at } = room.entries.remove(&leave.client)?;
+        let Held {
+            entry, filed_at, ..
+        } = room.entries.remove(&leave.client)?;
         room.by_expiry.remove(&(filed_at, leave.client));
         self.len -= 1;
         let after = room.earliest();
@@ -259,6 +268,33 @@ impl Materializer {
             .filter(|entry| entry.is_live(now))
     }
 
+    /// The client's entry in `room`, live or expired but not swept yet.
+    pub fn held(&self, room: &str, client: ClientId) -> Option<&Entry> {
+        self.room(room)?
+            .entries
+            .get(&client)
+            .map(|held| &held.entry)
+    }
+
+    /// When the client's entry joined `room`: a number that grows with every new entry
+    /// (of any room), kept while the entry lives, so a room's entries sorted by it are
+    /// oldest first. `None` if the client holds no entry there.
+    pub fn joined(&self, room: &str, client: ClientId) -> Option<u64> {
+        self.room(room)?
+            .entries
+            .get(&client)
+            .map(|held| held.joined)
+    }
+
+    /// Every entry of `room` (live or not swept yet) with its join number
+    /// ([`Materializer::joined`]), in no particular order. O(entries in the room).
+    pub fn joins<'a>(&'a self, room: &str) -> impl Iterator<Item = (u64, ClientId)> + 'a {
+        self.room(room)
+            .into_iter()
+            .flat_map(|room| room.entries.iter())
+            .map(|(client, held)| (held.joined, *client))
+    }
+
     /// The live entries of `room` at `now`, in no particular order.
     pub fn entries<'a>(&'a self, room: &str, now: UnixMs) -> impl Iterator<Item = &'a Entry> + 'a {
         self.room(room)
@@ -307,7 +343,13 @@ impl Materializer {
     /// below `parts`). O(rooms). A server that folds rooms on several threads splits
     /// the replayed state once, at start.
     pub fn split(self, parts: usize, mut part_of: impl FnMut(&str) -> usize) -> Vec<Materializer> {
-        let mut split: Vec<Materializer> = (0..parts).map(|_| Materializer::new()).collect();
+        let joins = self.joins;
+        let mut split: Vec<Materializer> = (0..parts)
+            .map(|_| Materializer {
+                joins,
+                ..Materializer::new()
+            })
+            .collect();
         for room in self.rooms.into_iter().flatten() {
             let part = &mut split[part_of(&room.name)];
             let entries = room.entries.len();
@@ -406,6 +448,37 @@ mod tests {
             .inspect(|c| assert_eq!(c.kind, ChangeKind::Expire))
             .map(|c| (c.room.to_string(), c.entry.client.0))
             .collect()
+    }
+
+    #[test]
+    fn join_numbers_order_entries_oldest_first_and_survive_updates() {
+        let mut m = Materializer::new();
+        m.heartbeat(&hb("r", 3, 1_000, 500));
+        m.heartbeat(&hb("other", 9, 1_000, 500));
+        m.heartbeat(&hb("r", 1, 1_001, 500));
+        m.heartbeat(&hb("r", 2, 1_002, 500));
+        // An update keeps the entry's place.
+        m.heartbeat(&hb("r", 3, 1_003, 500));
+        let order = |m: &Materializer| {
+            let mut joins: Vec<(u64, ClientId)> = m.joins("r").collect();
+            joins.sort_unstable();
+            joins.into_iter().map(|(_, c)| c.0).collect::<Vec<_>>()
+        };
+        assert_eq!(order(&m), vec![3, 1, 2]);
+        // Leaving and coming back is a new join: the newest.
+        m.leave(&leave("r", 3, 1_004));
+        assert_eq!(m.joined("r", ClientId(3)), None);
+        m.heartbeat(&hb("r", 3, 1_005, 500));
+        assert_eq!(order(&m), vec![1, 2, 3]);
+        // Held (not yet swept) entries are found whatever the time.
+        assert!(m.held("r", ClientId(1)).is_some());
+        assert!(m.get("r", ClientId(1), UnixMs(10_000)).is_none());
+        // Splitting keeps the numbers, and later joins stay newer.
+        let before = m.joined("r", ClientId(3)).unwrap();
+        let mut parts = m.split(2, |room| usize::from(room == "r"));
+        assert_eq!(parts[1].joined("r", ClientId(3)), Some(before));
+        parts[1].heartbeat(&hb("r", 4, 1_006, 500));
+        assert!(parts[1].joined("r", ClientId(4)).unwrap() > before);
     }
 
     #[test]

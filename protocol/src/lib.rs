@@ -11,8 +11,9 @@
 //! - [`ErrorCode`] (`error.code`) and [`CloseCode`] (with [`CloseCode::reconnect`]:
 //!   whether a client may reconnect after it).
 //! - [`limits`]: the defaults, and [`Limits`] with [`Limits::check_room`].
-//! - [`check_data`], [`parse_ttl`], [`parse_interval`], [`parse_ref`]: the validators
-//!   the WebSocket and the REST API share, refusing with a [`Rejection`].
+//! - [`check_data`], [`parse_ttl`], [`parse_interval`], [`parse_sample_limit`],
+//!   [`parse_ref`]: the validators the WebSocket and the REST API share, refusing
+//!   with a [`Rejection`].
 //!
 //! ```
 //! use rollcall_protocol::{ClientMessage, CloseCode, ErrorCode, Json, ServerMessage};
@@ -51,7 +52,7 @@ pub use limits::Limits;
 pub use messages::{
     Change, ClientMessage, Entry, Json, ServerMessage, SubscribeMode, WelcomeLimits,
 };
-pub use validate::{check_data, parse_interval, parse_ref, parse_ttl};
+pub use validate::{check_data, parse_interval, parse_ref, parse_sample_limit, parse_ttl};
 
 /// The protocol version: `docs/protocol.md` describes v1, spoken at `GET /ws` with or
 /// without the subprotocol [`SUBPROTOCOL`].

@@ -37,6 +37,8 @@ pub const DEFAULT_CONTROL_FRAMES_PER_SECOND: u32 = 10;
 pub const MAX_FRAMES_PER_MESSAGE: u32 = 64;
 /// The longest `intervalMs` a subscription may ask for.
 pub const MAX_INTERVAL_MS: u64 = 60_000;
+/// The most entries a `sample` subscription may ask for (`limit`).
+pub const MAX_SAMPLE_LIMIT: u64 = 1_000;
 /// What an HTTP heartbeat body may hold beyond `maxDataBytes` (`ttlMs`, `clientId`,
 /// the keys and whitespace).
 pub const HTTP_BODY_SLACK_BYTES: usize = 1024;

@@ -64,6 +64,10 @@ pub enum SubscribeMode {
     /// `occupancy` messages: the room's counts of entries and users, at most once a
     /// second and only when they changed. For rooms too big to send everyone's entries.
     Occupancy,
+    /// At most `limit` entries, the room's oldest (by when they joined), kept stable
+    /// (an entry stays in while it lives; the next oldest replaces one that goes), plus
+    /// the room's counts.
+    Sample,
 }
 
 /// A message a client sends.
@@ -96,10 +100,13 @@ pub enum ClientMessage {
         /// Changes at most once per this many ms, conflated (absent: as they come).
         #[serde(skip_serializing_if = "Option::is_none")]
         interval_ms: Option<u64>,
-        /// What to receive: the entries (`full`, the default) or only their counts
-        /// (`occupancy`).
+        /// What to receive: the entries (`full`, the default), only their counts
+        /// (`occupancy`), or the oldest `limit` entries and the counts (`sample`).
         #[serde(skip_serializing_if = "Option::is_none")]
         mode: Option<SubscribeMode>,
+        /// `sample` mode: how many entries, in `[1, MAX_SAMPLE_LIMIT]`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        limit: Option<u64>,
         /// Correlation id, answered by `ack` or `error`.
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<u64>,
@@ -270,8 +277,14 @@ pub enum ServerMessage {
         room: String,
         /// The server's clock.
         server_time_ms: u64,
-        /// Every live entry.
+        /// Every live entry (a `sample` subscription: the sampled ones, oldest first).
         entries: Vec<Entry>,
+        /// A `sample` subscription's snapshot: the room's live entries.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        entry_count: Option<u64>,
+        /// A `sample` subscription's snapshot: the distinct users among them.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user_count: Option<u64>,
     },
     /// An occupancy subscription's counts: sent on subscribe, then at most once a
     /// second when they changed.
@@ -373,6 +386,7 @@ struct WireClient {
     ttl_ms: Option<u64>,
     interval_ms: Option<u64>,
     mode: Option<SubscribeMode>,
+    limit: Option<u64>,
     #[serde(rename = "ref")]
     reference: Option<u64>,
     token: Option<String>,
@@ -399,6 +413,7 @@ impl TryFrom<WireClient> for ClientMessage {
                 room: need(wire.room, "subscribe", "room")?,
                 interval_ms: wire.interval_ms,
                 mode: wire.mode,
+                limit: wire.limit,
                 reference,
             },
             "unsubscribe" => ClientMessage::Unsubscribe {
@@ -499,6 +514,8 @@ impl TryFrom<WireServer> for ServerMessage {
                 room: need(wire.room, "snapshot", "room")?,
                 server_time_ms: need(wire.server_time_ms, "snapshot", "serverTimeMs")?,
                 entries: wire.entries.unwrap_or_default(),
+                entry_count: wire.entry_count,
+                user_count: wire.user_count,
             },
             "occupancy" => ServerMessage::Occupancy {
                 room: need(wire.room, "occupancy", "room")?,
@@ -549,6 +566,8 @@ mod tests {
             r#"{"type":"hello"}"#,
             r#"{"type":"subscribe","room":"pr:room-123","ref":1}"#,
             r#"{"type":"subscribe","room":"pr:lobby","intervalMs":100,"ref":2}"#,
+            r#"{"type":"subscribe","room":"pr:webinar","mode":"occupancy","ref":3}"#,
+            r#"{"type":"subscribe","room":"pr:webinar","mode":"sample","limit":20,"ref":4}"#,
             r#"{"type":"unsubscribe","room":"pr:room-123"}"#,
             r#"{"type":"heartbeat","room":"pr:room-123","data":{"status":"online"},"ttlMs":30000,"ref":2}"#,
             r#"{"type":"leave","room":"pr:room-123","ref":3}"#,
@@ -563,6 +582,7 @@ mod tests {
             r#"{"type":"welcome","clientId":7,"resumeToken":"AAAAAAAAAAc.pQ3k","resumed":false,"serverTimeMs":1764300000000,"limits":{"maxMessageBytes":65536,"maxDataBytes":4096,"maxTtlMs":3600000,"maxRoomsPerConnection":128,"maxEntriesPerRoom":10000,"heartbeatsPerSecond":120,"heartbeatBurst":240}}"#,
             r#"{"type":"snapshot","room":"pr:room-123","serverTimeMs":1764300000000,"entries":[{"clientId":7,"data":{"status":"online"},"expiresAtMs":1764300030000},{"clientId":9,"data":{"x":1},"expiresAtMs":1764300005000,"userId":"alice"}]}"#,
             r#"{"type":"occupancy","room":"pr:room-123","serverTimeMs":1764300000000,"entryCount":3,"userCount":2}"#,
+            r#"{"type":"snapshot","room":"pr:webinar","serverTimeMs":1764300000000,"entries":[{"clientId":7,"data":{"name":"Ada"},"expiresAtMs":1764300030000,"userId":"ada"}],"entryCount":20000,"userCount":18500}"#,
             r#"{"type":"changes","room":"pr:room-123","serverTimeMs":1764300000250,"changes":[{"op":"upsert","clientId":9,"data":{"x":2},"expiresAtMs":1764300005250,"userId":"alice"},{"op":"leave","clientId":7},{"op":"expire","clientId":11}]}"#,
             r#"{"type":"ack","ref":2,"expiresAtMs":1764300030000}"#,
             r#"{"type":"ack","ref":2}"#,

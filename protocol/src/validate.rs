@@ -3,7 +3,7 @@
 
 use serde_json::value::RawValue;
 
-use crate::limits::{MAX_INTERVAL_MS, MAX_SAFE_INTEGER};
+use crate::limits::{MAX_INTERVAL_MS, MAX_SAFE_INTEGER, MAX_SAMPLE_LIMIT};
 use crate::{ErrorCode, Limits, Rejection};
 
 /// Validates a heartbeat's `data` (syntactically valid JSON text, as serde parsed it):
@@ -131,6 +131,29 @@ pub fn parse_interval(raw: Option<&RawValue>) -> Result<u64, Rejection> {
         })
 }
 
+/// Validates `limit` of a `sample` subscription: required, an integer in
+/// `[1, MAX_SAMPLE_LIMIT]`.
+///
+/// ```
+/// use rollcall_protocol::{ErrorCode, parse_sample_limit};
+/// use serde_json::value::RawValue;
+///
+/// let twenty = RawValue::from_string("20".into())?;
+/// assert_eq!(parse_sample_limit(Some(&twenty)), Ok(20));
+/// assert_eq!(parse_sample_limit(None).unwrap_err().code, ErrorCode::BadRequest);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+pub fn parse_sample_limit(raw: Option<&RawValue>) -> Result<u64, Rejection> {
+    raw.and_then(|value| value.get().parse::<u64>().ok())
+        .filter(|n| (1..=MAX_SAMPLE_LIMIT).contains(n))
+        .ok_or_else(|| {
+            Rejection::new(
+                ErrorCode::BadRequest,
+                format!("mode \"sample\" needs a limit: an integer in [1, {MAX_SAMPLE_LIMIT}]"),
+            )
+        })
+}
+
 /// Validates `ttlMs`: an integer literal in `[1, max_ttl_ms]` (`1.5`, `1e3`, `-1`,
 /// strings and `null` are refused).
 pub fn parse_ttl(raw: Option<&RawValue>, limits: &Limits) -> Result<u64, Rejection> {
@@ -244,6 +267,30 @@ mod tests {
         );
         assert_eq!(parse_ttl(Some(&raw("3600000")), &limits), Ok(3_600_000));
         assert_eq!(parse_ttl(Some(&raw("1")), &limits), Ok(1));
+    }
+
+    #[test]
+    fn sample_limit_is_required_and_bounded() {
+        assert_eq!(parse_sample_limit(Some(&raw("1"))), Ok(1));
+        assert_eq!(parse_sample_limit(Some(&raw("1000"))), Ok(MAX_SAMPLE_LIMIT));
+        assert_eq!(
+            parse_sample_limit(None).expect_err("missing").code,
+            ErrorCode::BadRequest
+        );
+        for bad in [
+            "0",
+            "-1",
+            "1001",
+            "2.5",
+            "\"5\"",
+            "null",
+            "18446744073709551616",
+        ] {
+            assert_eq!(
+                parse_sample_limit(Some(&raw(bad))).expect_err(bad).code,
+                ErrorCode::BadRequest
+            );
+        }
     }
 
     #[test]

@@ -23,6 +23,11 @@
 //! a second (the same pacing), and then sends the room's counts of entries and users
 //! (from `listing::RoomCounts`, O(1)) if they differ from the last it sent. A heartbeat
 //! that refreshes an entry costs watchers nothing.
+//!
+//! Sample: a subscription in `sample` mode reads a feed of its own kind, one per room
+//! and limit, that carries only the changes to that sample (kept by `sample.rs`), so a
+//! change to an unsampled entry never wakes it; and it watches the room's counts like
+//! an occupancy subscription, sending them as `occupancy` frames at most once a second.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,6 +44,17 @@ use crate::protocol::{self, ErrorCode, Rejection};
 
 /// Occupancy subscriptions are read at most this often.
 pub const OCCUPANCY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a subscription receives (`subscribe`'s `mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Every entry, then every change.
+    Full,
+    /// Only the room's counts.
+    Occupancy,
+    /// The room's oldest entries, at most this many, and the counts.
+    Sample(usize),
+}
 
 /// The index of a subscription in one outbox.
 pub(crate) type Slot = u32;
@@ -160,6 +176,14 @@ impl Feed {
         lock(&self.log).head()
     }
 
+    /// Stops `subscription` reading this feed (not watching it); returns how many
+    /// still read it.
+    pub(crate) fn remove_reader(&self, subscription: &Arc<Subscription>) -> usize {
+        let mut subscribers = lock(&self.subscribers);
+        subscribers.retain(|s| !Arc::ptr_eq(s, subscription));
+        subscribers.len()
+    }
+
     /// Stops `subscription` reading this feed; returns how many still do.
     pub(crate) fn remove(&self, subscription: &Arc<Subscription>) -> usize {
         let mut watchers = lock(&self.watchers);
@@ -251,6 +275,8 @@ pub struct Subscription {
     next_read: Mutex<Option<Instant>>,
     /// Occupancy subscriptions: where the counts are, and the last sent.
     occupancy: Option<Occupancy>,
+    /// Sample subscriptions: the counts they watch besides their sample's feed.
+    sample: Option<Sample>,
 }
 
 /// An occupancy subscription's state.
@@ -258,6 +284,15 @@ pub struct Subscription {
 struct Occupancy {
     counts: Arc<RoomCounts>,
     last: Mutex<Option<(usize, usize)>>,
+}
+
+/// A sample subscription's state besides its feed (the sample's own).
+#[derive(Debug)]
+struct Sample {
+    limit: usize,
+    occupancy: Occupancy,
+    /// When the counts may be sent next.
+    next_counts: Mutex<Option<Instant>>,
 }
 
 impl Subscription {
@@ -289,9 +324,27 @@ impl Subscription {
         self.interval
     }
 
-    /// Whether this is an occupancy subscription.
-    pub fn is_occupancy(&self) -> bool {
-        self.occupancy.is_some()
+    /// What this subscription receives.
+    pub fn mode(&self) -> Mode {
+        match (&self.occupancy, &self.sample) {
+            (Some(_), _) => Mode::Occupancy,
+            (None, Some(sample)) => Mode::Sample(sample.limit),
+            (None, None) => Mode::Full,
+        }
+    }
+
+    /// A sample subscription's limit.
+    pub fn sample_limit(&self) -> Option<usize> {
+        self.sample.as_ref().map(|sample| sample.limit)
+    }
+
+    /// [`Subscription::reset`] for a sample subscription: `snapshot` carries the room's
+    /// `counts`, so they count as sent.
+    pub fn reset_sample(&self, snapshot: String, head: u64, counts: (usize, usize)) {
+        if let Some(sample) = &self.sample {
+            *lock(&sample.occupancy.last) = Some(counts);
+        }
+        self.reset(snapshot, head);
     }
 
     /// Whether the feed may be read at `at`; a paced subscription that may not gives
@@ -414,6 +467,57 @@ impl Outbox {
         } else {
             interval
         };
+        let occupancy = occupancy.map(|counts| Occupancy {
+            counts,
+            last: Mutex::new(None),
+        });
+        let watcher = occupancy.is_some();
+        let subscription = self.add(room, feed, interval, occupancy, None);
+        if watcher {
+            lock(&subscription.feed.watchers).push(subscription.clone());
+        } else {
+            lock(&subscription.feed.subscribers).push(subscription.clone());
+        }
+        subscription
+    }
+
+    /// Creates a sample subscription: it reads `sample_feed` (the changes to a room's
+    /// sample of `limit` entries, see `sample.rs`) at most once per `interval`, and
+    /// watches `room_feed` for moves of `counts`, sent at most once per
+    /// [`OCCUPANCY_INTERVAL`] (or `interval` if longer).
+    pub fn subscribe_sample(
+        self: &Arc<Self>,
+        room: Arc<str>,
+        sample_feed: Arc<Feed>,
+        room_feed: Arc<Feed>,
+        interval: Duration,
+        counts: Arc<RoomCounts>,
+        limit: usize,
+    ) -> Arc<Subscription> {
+        let sample = Sample {
+            limit,
+            occupancy: Occupancy {
+                counts,
+                last: Mutex::new(None),
+            },
+            next_counts: Mutex::new(None),
+        };
+        let subscription = self.add(room, sample_feed, interval, None, Some(sample));
+        lock(&subscription.feed.subscribers).push(subscription.clone());
+        // Watching the room's feed: woken when the counts may have moved, and reached
+        // by broadcasts.
+        lock(&room_feed.watchers).push(subscription.clone());
+        subscription
+    }
+
+    fn add(
+        self: &Arc<Self>,
+        room: Arc<str>,
+        feed: Arc<Feed>,
+        interval: Duration,
+        occupancy: Option<Occupancy>,
+        sample: Option<Sample>,
+    ) -> Arc<Subscription> {
         let mut state = lock(&self.state);
         let slot = match state.free.pop() {
             Some(slot) => slot,
@@ -434,18 +538,11 @@ impl Outbox {
             snapshot: Mutex::new(None),
             interval,
             next_read: Mutex::new(None),
-            occupancy: occupancy.map(|counts| Occupancy {
-                counts,
-                last: Mutex::new(None),
-            }),
+            occupancy,
+            sample,
         });
         state.subscriptions[slot as usize] = Some(subscription.clone());
         drop(state);
-        if subscription.occupancy.is_some() {
-            lock(&subscription.feed.watchers).push(subscription.clone());
-        } else {
-            lock(&subscription.feed.subscribers).push(subscription.clone());
-        }
         subscription
     }
 
@@ -621,6 +718,18 @@ impl Outbox {
         let mut next_due = None::<Instant>;
         for subscription in dirty.drain(..) {
             let snapshot = lock(&subscription.snapshot).take();
+            if let Some(sample) = &subscription.sample {
+                if let Some(due) = Self::read_sample(&subscription, sample, snapshot, at, now, out)
+                {
+                    // It is not left dirty (so a change to its sample wakes it even while
+                    // its counts wait): it may be woken again while deferred.
+                    next_due = Some(next_due.map_or(due, |d| d.min(due)));
+                    if !deferred.iter().any(|d| Arc::ptr_eq(d, &subscription)) {
+                        deferred.push(subscription);
+                    }
+                }
+                continue;
+            }
             if snapshot.is_none() {
                 if let Err(due) = subscription.due(at) {
                     // Not yet: it stays dirty (publishers need not flag it again).
@@ -684,6 +793,63 @@ impl Outbox {
             }
         }
         drop(state);
+    }
+
+    /// Reads a sample subscription: its snapshot, or what is due of its sample's
+    /// changes (at its `intervalMs`) and of the room's counts (at most once per
+    /// [`OCCUPANCY_INTERVAL`], and only if they moved). Returns when to read it again
+    /// if something is waiting that is not due yet.
+    fn read_sample(
+        subscription: &Arc<Subscription>,
+        sample: &Sample,
+        snapshot: Option<String>,
+        at: Instant,
+        now: UnixMs,
+        out: &mut Drained,
+    ) -> Option<Instant> {
+        // Clear first: a change published after the reads below sets it again.
+        subscription.dirty.store(false, Ordering::Release);
+        let counts_interval = subscription.interval.max(OCCUPANCY_INTERVAL);
+        let (changes_due, counts_due) = match snapshot {
+            Some(snapshot) => {
+                // The snapshot carries the counts (see `reset_sample`).
+                out.frames.push(snapshot.into());
+                *lock(&sample.next_counts) = Some(at + counts_interval);
+                if !subscription.interval.is_zero() {
+                    *lock(&subscription.next_read) = Some(at + subscription.interval);
+                }
+                (true, false)
+            }
+            None => (
+                subscription.due(at).is_ok(),
+                lock(&sample.next_counts).is_none_or(|next| next <= at),
+            ),
+        };
+        if changes_due
+            && Self::read_feed(subscription, now, out)
+            && !subscription.interval.is_zero()
+        {
+            *lock(&subscription.next_read) = Some(at + subscription.interval);
+        }
+        if counts_due && Self::read_occupancy(subscription, &sample.occupancy, false, now, out) {
+            *lock(&sample.next_counts) = Some(at + counts_interval);
+        }
+        // What is waiting but not due: come back for it.
+        let mut wait = None::<Instant>;
+        if !changes_due && subscription.cursor.load(Ordering::Acquire) < subscription.feed.head() {
+            wait = *lock(&subscription.next_read);
+        }
+        if !counts_due {
+            let counts = sample.occupancy.counts.occupancy(&subscription.room);
+            if *lock(&sample.occupancy.last) != Some(counts) {
+                let next = *lock(&sample.next_counts);
+                wait = match (wait, next) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+        wait
     }
 
     /// Appends an `occupancy` frame if the room's counts differ from the last sent (or

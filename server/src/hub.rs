@@ -28,12 +28,13 @@ use tokio::sync::{Notify, watch};
 use crate::cluster::merge::{Merge, Origin, Removal, Upsert};
 use crate::cluster::{Links, Outgoing, Reject, RemoteChange, RemoteKind, RoomCommand, SyncReply};
 use crate::error::Result;
-use crate::fanout::{Feed, Outbox, Published, Subscription};
+use crate::fanout::{Feed, Mode, Outbox, Published, Subscription};
 use crate::identity::Identity;
 use crate::limits::Limits;
 use crate::listing::{RoomCounts, RoomsPage};
 use crate::metrics::Metrics;
 use crate::protocol::{self, ErrorCode, Rejection};
+use crate::sample::Samples;
 
 /// Shards per core, at least: with rooms spread by a hash, two busy rooms share a
 /// shard with probability 1/shards, so a few shards per core keep collisions rare.
@@ -60,6 +61,8 @@ struct RoomFeed {
     /// for their snapshot, with their outbox and the reference to acknowledge. Nothing
     /// is published on the feed meanwhile (nobody has a snapshot yet).
     waiting: Option<Vec<Waiting>>,
+    /// Its `sample` subscriptions' groups (see `sample.rs`).
+    samples: Samples,
 }
 
 #[derive(Debug)]
@@ -468,11 +471,12 @@ impl Hub {
         reference: Option<u64>,
         interval: std::time::Duration,
     ) -> Arc<Subscription> {
-        self.subscribe_mode(room, outbox, existing, reference, interval, false)
+        self.subscribe_mode(room, outbox, existing, reference, interval, Mode::Full)
     }
 
-    /// [`Hub::subscribe`], or with `occupancy` a subscription to the room's counts
-    /// (`occupancy` messages) instead of its entries.
+    /// [`Hub::subscribe`], or in [`Mode::Occupancy`] a subscription to the room's counts
+    /// (`occupancy` messages) instead of its entries, or in [`Mode::Sample`] to its
+    /// oldest entries and its counts (see `sample.rs`).
     pub fn subscribe_mode(
         &self,
         room: &Arc<str>,
@@ -480,7 +484,7 @@ impl Hub {
         existing: Option<&Arc<Subscription>>,
         reference: Option<u64>,
         interval: std::time::Duration,
-        occupancy: bool,
+        mode: Mode,
     ) -> Arc<Subscription> {
         let now = UnixMs::now();
         let mut guard = self.lock(room);
@@ -501,16 +505,25 @@ impl Hub {
                 vacant.insert(RoomFeed {
                     feed: Feed::new(),
                     waiting,
+                    samples: Samples::default(),
                 })
             }
         };
-        let subscription = match existing {
-            Some(subscription) => subscription.clone(),
-            None => outbox.subscribe(
+        let subscription = match (existing, mode) {
+            (Some(subscription), _) => subscription.clone(),
+            (None, Mode::Sample(limit)) => outbox.subscribe_sample(
+                room.clone(),
+                room_feed.samples.feed(room, limit, &shard.materializer),
+                room_feed.feed.clone(),
+                interval,
+                self.counts.clone(),
+                limit,
+            ),
+            (None, _) => outbox.subscribe(
                 room.clone(),
                 room_feed.feed.clone(),
                 interval,
-                occupancy.then(|| self.counts.clone()),
+                (mode == Mode::Occupancy).then(|| self.counts.clone()),
             ),
         };
         if let Some(waiting) = &mut room_feed.waiting {
@@ -521,11 +534,29 @@ impl Hub {
             });
             return subscription;
         }
+        if subscription.sample_limit().is_some() {
+            let view =
+                room_feed
+                    .samples
+                    .view(&subscription, &shard.materializer, &self.counts, now);
+            drop(guard);
+            view.start(&subscription, outbox, reference);
+            return subscription;
+        }
         let feed = room_feed.feed.clone();
         let view = RoomView::take(shard, room, &feed, now);
         drop(guard);
         start(&subscription, outbox, reference, view.snapshot(), view.head);
         subscription
+    }
+
+    /// The sample groups (distinct limits) of `room`'s sample subscriptions.
+    #[cfg(test)]
+    pub(crate) fn sample_groups(&self, room: &str) -> usize {
+        self.lock(room)
+            .subscribers
+            .get(room)
+            .map_or(0, |r| r.samples.groups())
     }
 
     /// Sends webhooks for every change of an entry from now on.
@@ -546,6 +577,17 @@ impl Hub {
     pub fn resync(&self, subscription: &Subscription) {
         let now = UnixMs::now();
         let shard = self.lock(&subscription.room);
+        if subscription.sample_limit().is_some() {
+            let Some(room) = shard.subscribers.get(&*subscription.room) else {
+                return;
+            };
+            let view = room
+                .samples
+                .view(subscription, &shard.materializer, &self.counts, now);
+            drop(shard);
+            view.reset(subscription);
+            return;
+        }
         let view = RoomView::take(&shard, &subscription.room, subscription.feed(), now);
         drop(shard);
         subscription.reset(view.snapshot(), view.head);
@@ -795,6 +837,7 @@ impl Locked<'_> {
         let Some(room) = self.subscribers.get_mut(&*subscription.room) else {
             return;
         };
+        room.samples.remove(subscription);
         let remaining = room.feed.remove(subscription);
         if let Some(waiting) = &mut room.waiting {
             waiting.retain(|w| !Arc::ptr_eq(&w.subscription, subscription));
@@ -1170,7 +1213,29 @@ impl Hub {
         };
         let feed = room_feed.feed.clone();
         let view = RoomView::take(&shard, room, &feed, now);
+        // Sample subscriptions get their sample instead.
+        let (waiting, samples): (Vec<Waiting>, Vec<Waiting>) = waiting
+            .into_iter()
+            .partition(|w| w.subscription.sample_limit().is_none());
+        let samples: Vec<_> = match shard.subscribers.get(room) {
+            Some(room_feed) => samples
+                .into_iter()
+                .map(|w| {
+                    let view = room_feed.samples.view(
+                        &w.subscription,
+                        &shard.materializer,
+                        &self.counts,
+                        now,
+                    );
+                    (w, view)
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         drop(shard);
+        for (w, view) in samples {
+            view.start(&w.subscription, &w.outbox, w.reference);
+        }
         // One snapshot for every waiting subscriber.
         let snapshot = view.snapshot();
         for w in waiting {
@@ -1295,6 +1360,7 @@ fn fan_out(
     let Some(room) = subscribers.get(&*change.room) else {
         return;
     };
+    room.samples.apply(change, materializer, published);
     if room.waiting.is_some() {
         // Its subscribers get the state after the sync, in their snapshots.
         return;

@@ -9,7 +9,7 @@
 //! - [`protocol`] parses requests and encodes messages, in one place;
 //! - [`session`] runs one client: handshake, request loop, write loop;
 //! - [`hub`] holds the engine and the subscriptions; [`fanout`] the per-subscriber
-//!   conflating outboxes;
+//!   conflating outboxes; [`sample`] the `sample` subscriptions' stable sets;
 //! - [`shutdown`] is the signal every task listens to;
 //! - [`cluster`] links nodes through NATS when `--nats` is given.
 //!
@@ -44,6 +44,7 @@ pub(crate) mod openapi;
 pub(crate) mod pages;
 pub(crate) mod protocol;
 pub(crate) mod rejection;
+pub(crate) mod sample;
 mod server;
 pub(crate) mod session;
 pub(crate) mod shutdown;

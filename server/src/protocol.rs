@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 
 use rollcall_protocol::ServerMessage;
 
+pub use crate::fanout::Mode;
 use crate::limits::Limits;
 pub use crate::rejection::{ErrorCode, Rejection};
 
@@ -78,8 +79,8 @@ pub enum Request<'a> {
         /// `intervalMs`: changes at most once per this many milliseconds, conflated to
         /// the latest state per client (zero: as they come).
         interval_ms: u64,
-        /// `mode: "occupancy"`: counts instead of entries.
-        occupancy: bool,
+        /// `mode` (and `limit`): entries, counts, or a sample of entries and counts.
+        mode: Mode,
     },
     /// Stop receiving a room's changes.
     Unsubscribe {
@@ -160,6 +161,8 @@ struct Raw<'a> {
     interval_ms: Option<&'a RawValue>,
     #[serde(borrow)]
     mode: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    limit: Option<&'a RawValue>,
     #[serde(rename = "ref", borrow)]
     reference: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -205,22 +208,36 @@ pub fn parse<'a>(text: &'a str, limits: &Limits) -> Result<Request<'a>, Rejectio
             let room = room(raw.room)?;
             let interval_ms =
                 parse_interval(raw.interval_ms).map_err(|r| r.with(reference, Some(&room)))?;
-            let occupancy = match raw.mode.as_deref() {
-                None | Some("full") => false,
-                Some("occupancy") => true,
+            let mode = match raw.mode.as_deref() {
+                None | Some("full") => Mode::Full,
+                Some("occupancy") => Mode::Occupancy,
+                Some("sample") => Mode::Sample(
+                    rollcall_protocol::parse_sample_limit(raw.limit)
+                        .map_err(|r| r.with(reference, Some(&room)))? as usize,
+                ),
                 Some(other) => {
                     return Err(Rejection::new(
                         ErrorCode::BadRequest,
-                        format!("unknown subscribe mode {other:?}: use \"full\" or \"occupancy\""),
+                        format!(
+                            "unknown subscribe mode {other:?}: use \"full\", \"occupancy\" or \
+                             \"sample\""
+                        ),
                     )
                     .with(reference, Some(&room)));
                 }
             };
+            if raw.limit.is_some() && !matches!(mode, Mode::Sample(_)) {
+                return Err(Rejection::new(
+                    ErrorCode::BadRequest,
+                    "limit applies to mode \"sample\" only",
+                )
+                .with(reference, Some(&room)));
+            }
             Ok(Request::Subscribe {
                 room,
                 reference,
                 interval_ms,
-                occupancy,
+                mode,
             })
         }
         "unsubscribe" => Ok(Request::Unsubscribe {
@@ -388,6 +405,22 @@ pub fn snapshot<'e>(
     out
 }
 
+/// A `sample` subscription's `snapshot`: its entries and the room's counts.
+pub fn sample_snapshot<'e>(
+    room: &str,
+    now: UnixMs,
+    entries: impl IntoIterator<Item = &'e Entry>,
+    (entry_count, user_count): (usize, usize),
+) -> String {
+    let mut out = snapshot(room, now, entries);
+    out.pop();
+    let _ = write!(
+        out,
+        ",\"entryCount\":{entry_count},\"userCount\":{user_count}}}"
+    );
+    out
+}
+
 /// An `occupancy` message: a room's counts of entries and users.
 pub fn occupancy(room: &str, now: UnixMs, entries: usize, users: usize) -> String {
     let mut out = String::with_capacity(96);
@@ -539,6 +572,37 @@ mod tests {
             let rejection = parse(&text, &limits()).unwrap_err();
             assert_eq!(rejection.code, ErrorCode::BadRequest, "{bad}");
             assert_eq!(rejection.reference, Some(2));
+        }
+    }
+
+    #[test]
+    fn subscribe_modes_and_the_sample_limit() {
+        let mode = |text: &str| match parse(text, &limits()) {
+            Ok(Request::Subscribe { mode, .. }) => Ok(mode),
+            Ok(other) => panic!("{other:?}"),
+            Err(rejection) => Err(rejection),
+        };
+        assert_eq!(mode(r#"{"type":"subscribe","room":"r"}"#), Ok(Mode::Full));
+        assert_eq!(
+            mode(r#"{"type":"subscribe","room":"r","mode":"occupancy"}"#),
+            Ok(Mode::Occupancy)
+        );
+        assert_eq!(
+            mode(r#"{"type":"subscribe","room":"r","mode":"sample","limit":20,"intervalMs":100}"#),
+            Ok(Mode::Sample(20))
+        );
+        for bad in [
+            r#"{"type":"subscribe","room":"r","mode":"sample","ref":2}"#,
+            r#"{"type":"subscribe","room":"r","mode":"sample","limit":0,"ref":2}"#,
+            r#"{"type":"subscribe","room":"r","mode":"sample","limit":1001,"ref":2}"#,
+            r#"{"type":"subscribe","room":"r","mode":"sample","limit":"5","ref":2}"#,
+            r#"{"type":"subscribe","room":"r","mode":"full","limit":5,"ref":2}"#,
+            r#"{"type":"subscribe","room":"r","mode":"some","ref":2}"#,
+        ] {
+            let rejection = mode(bad).expect_err(bad);
+            assert_eq!(rejection.code, ErrorCode::BadRequest, "{bad}");
+            assert_eq!(rejection.reference, Some(2));
+            assert_eq!(rejection.room.as_deref(), Some("r"));
         }
     }
 
@@ -759,10 +823,25 @@ mod tests {
                     room: room.clone(),
                     server_time_ms: 1_764_300_000_000,
                     entries: set.iter().map(typed).collect(),
+                    entry_count: None,
+                    user_count: None,
                 };
                 assert_eq!(written, expected.to_json());
                 assert_eq!(
                     ServerMessage::from_json(&written).expect("parses"),
+                    expected
+                );
+                let sampled = sample_snapshot(&room, UnixMs(1_764_300_000_000), set, (20_000, 7));
+                let expected = ServerMessage::Snapshot {
+                    room: room.clone(),
+                    server_time_ms: 1_764_300_000_000,
+                    entries: set.iter().map(typed).collect(),
+                    entry_count: Some(20_000),
+                    user_count: Some(7),
+                };
+                assert_eq!(sampled, expected.to_json());
+                assert_eq!(
+                    ServerMessage::from_json(&sampled).expect("parses"),
                     expected
                 );
                 let listed: Vec<rollcall_protocol::Entry> = set.iter().map(typed).collect();
@@ -892,7 +971,22 @@ mod tests {
                 room: "pr:a".into(),
                 interval_ms: Some(100),
                 mode: Some(rollcall_protocol::SubscribeMode::Occupancy),
+                limit: None,
                 reference: Some(1),
+            },
+            ClientMessage::Subscribe {
+                room: "pr:a".into(),
+                interval_ms: None,
+                mode: Some(rollcall_protocol::SubscribeMode::Sample),
+                limit: Some(25),
+                reference: Some(7),
+            },
+            ClientMessage::Subscribe {
+                room: "pr:a".into(),
+                interval_ms: None,
+                mode: Some(rollcall_protocol::SubscribeMode::Full),
+                limit: None,
+                reference: None,
             },
             ClientMessage::Unsubscribe {
                 room: "pr:a".into(),
@@ -944,19 +1038,28 @@ mod tests {
                         room,
                         interval_ms,
                         mode,
+                        limit,
                         reference,
                     },
                     Request::Subscribe {
                         room: r,
                         interval_ms: i,
-                        occupancy: o,
+                        mode: m,
                         reference: f,
                     },
                 ) => {
+                    use rollcall_protocol::SubscribeMode;
                     room == r
                         && interval_ms.unwrap_or(0) == *i
                         && reference == f
-                        && (*mode == Some(rollcall_protocol::SubscribeMode::Occupancy)) == *o
+                        && match (mode, m) {
+                            (None | Some(SubscribeMode::Full), Mode::Full) => true,
+                            (Some(SubscribeMode::Occupancy), Mode::Occupancy) => true,
+                            (Some(SubscribeMode::Sample), Mode::Sample(n)) => {
+                                *limit == Some(*n as u64)
+                            }
+                            _ => false,
+                        }
                 }
                 (
                     ClientMessage::Unsubscribe { room, reference },

@@ -16,7 +16,7 @@ use tokio::time::timeout;
 
 use crate::auth::{Auth, Grant};
 use crate::connection::{Connection, Inbound, Io, Socket, TOO_BIG};
-use crate::fanout::{CONTROL_CAPACITY, Drained, Outbox, Pacer, Subscription};
+use crate::fanout::{CONTROL_CAPACITY, Drained, Mode, Outbox, Pacer, Subscription};
 use crate::hub::{Admitted, Hub};
 use crate::limits::TokenBucket;
 use crate::protocol::{self, ErrorCode, Rejection, Request, close};
@@ -794,14 +794,14 @@ impl Session {
                 room,
                 reference,
                 interval_ms,
-                occupancy,
+                mode,
             } => {
                 if self.grant.as_ref().is_some_and(|g| !g.can_read(&room)) {
                     return Err(reject(forbidden(), &room));
                 }
                 let name = self.use_room(&room).map_err(|r| reject(r, &room))?;
                 let mut interval = Duration::from_millis(interval_ms);
-                if occupancy {
+                if mode == Mode::Occupancy {
                     interval = interval.max(crate::fanout::OCCUPANCY_INTERVAL);
                 }
                 let mut existing = self
@@ -809,7 +809,7 @@ impl Session {
                     .get(&*name)
                     .and_then(|usage| usage.subscription.clone());
                 if let Some(old) =
-                    existing.take_if(|s| s.interval() != interval || s.is_occupancy() != occupancy)
+                    existing.take_if(|s| s.interval() != interval || s.mode() != mode)
                 {
                     // Another pace or mode: a new subscription replaces the old one.
                     self.hub.unsubscribe(&self.outbox, &old);
@@ -822,7 +822,7 @@ impl Session {
                     existing.as_ref(),
                     reference,
                     interval,
-                    occupancy,
+                    mode,
                 );
                 if let Some(usage) = self.rooms.get_mut(&*name) {
                     usage.subscription = Some(subscription);
