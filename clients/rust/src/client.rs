@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
-use rollcall_protocol::{Change, ClientMessage, CloseCode, Json, ServerMessage};
+use rollcall_protocol::{Change, ClientMessage, CloseCode, Json, ServerMessage, SubscribeMode};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::net::TcpStream;
@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsClos
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::view::{Diff, DiffStream, OnChange};
-use crate::{CloseReason, Entry, Error, Event, Result, RoomEvent, ServerError};
+use crate::{Broadcast, CloseReason, Counts, Entry, Error, Event, Result, RoomEvent, ServerError};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -34,6 +34,11 @@ pub struct Options {
     pub resume: Option<String>,
     /// A JWT, when the server runs with auth.
     pub token: Option<String>,
+    /// Without auth: the user behind this client (a person with several tabs or
+    /// devices has one client per tab and one user). It becomes the `user_id` of this
+    /// client's entries. An unverified claim: for display and counting only. With auth
+    /// the server ignores it and uses the token's `sub`.
+    pub user: Option<String>,
     /// Reconnect after a dropped connection (with capped exponential backoff). Never
     /// after a final close code ([`CloseCode::is_final`]).
     pub reconnect: bool,
@@ -61,6 +66,7 @@ impl Options {
             urls: urls.into_iter().map(Into::into).collect(),
             resume: None,
             token: None,
+            user: None,
             reconnect: true,
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
@@ -111,6 +117,11 @@ enum Command {
         room: String,
         ack: Option<oneshot::Sender<Result<u64>>>,
     },
+    Broadcast {
+        room: String,
+        data: Json,
+        ack: Option<oneshot::Sender<Result<u64>>>,
+    },
     Raw(String),
     Close(oneshot::Sender<()>),
 }
@@ -121,10 +132,39 @@ struct LastHeartbeat {
     sent: Instant,
 }
 
+/// What a room's subscription asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Want {
+    mode: Option<SubscribeMode>,
+    limit: Option<u64>,
+    interval_ms: Option<u64>,
+}
+
+impl Want {
+    fn subscribe(self, room: String) -> ClientMessage {
+        ClientMessage::Subscribe {
+            room,
+            interval_ms: self.interval_ms,
+            mode: self.mode,
+            limit: self.limit,
+            reference: None,
+        }
+    }
+
+    fn is_sample(self) -> bool {
+        self.mode == Some(SubscribeMode::Sample)
+    }
+}
+
 pub(crate) struct Room {
     subscribed: bool,
     synced: bool,
+    want: Want,
     pub(crate) entries: BTreeMap<u64, Entry>,
+    /// A sample subscription: its entries' ids, oldest first.
+    order: Vec<u64>,
+    counts: Option<Counts>,
+    broadcasts: broadcast::Sender<Broadcast>,
     pub(crate) version: watch::Sender<u64>,
     events: broadcast::Sender<RoomEvent>,
     last_heartbeat: Option<LastHeartbeat>,
@@ -141,7 +181,11 @@ impl Room {
         Room {
             subscribed: false,
             synced: false,
+            want: Want::default(),
             entries: BTreeMap::new(),
+            order: Vec::new(),
+            counts: None,
+            broadcasts: broadcast::channel(256).0,
             version: watch::channel(0).0,
             events: broadcast::channel(1_024).0,
             last_heartbeat: None,
@@ -323,11 +367,67 @@ impl Client {
 
     /// A room: subscribes to it (snapshot, then changes).
     pub fn presence(&self, room: &str) -> Presence {
-        let (version, events) = {
+        self.subscribe_as(room, Want::default())
+    }
+
+    /// A room's counts only (`mode: "occupancy"`), for rooms too big to receive
+    /// everyone's entries: at once, then whenever they change, at most once a second.
+    /// Replaces any other subscription of this client to the room.
+    pub fn occupancy(&self, room: &str) -> Occupancy {
+        Occupancy {
+            presence: self.subscribe_as(
+                room,
+                Want {
+                    mode: Some(SubscribeMode::Occupancy),
+                    ..Want::default()
+                },
+            ),
+        }
+    }
+
+    /// A room's oldest `limit` entries (`mode: "sample"`, `limit` in `[1, 1000]`),
+    /// kept stable (an entry stays while it lives; the next oldest replaces one that
+    /// goes), and its counts. Replaces any other subscription of this client to the
+    /// room.
+    pub fn sample(&self, room: &str, limit: u64) -> Sample {
+        self.sample_with(room, limit, Duration::ZERO)
+    }
+
+    /// [`sample`](Client::sample) with its changes at most once per `interval`,
+    /// conflated (`intervalMs`; zero: as they come).
+    pub fn sample_with(&self, room: &str, limit: u64, interval: Duration) -> Sample {
+        let interval_ms = millis(interval);
+        Sample {
+            presence: self.subscribe_as(
+                room,
+                Want {
+                    mode: Some(SubscribeMode::Sample),
+                    limit: Some(limit),
+                    interval_ms: (interval_ms > 0).then_some(interval_ms),
+                },
+            ),
+        }
+    }
+
+    fn subscribe_as(&self, room: &str, want: Want) -> Presence {
+        let (version, events, broadcasts) = {
             let mut state = self.shared.lock();
             let entry = state.rooms.entry(room.to_owned()).or_insert_with(Room::new);
             entry.subscribed = true;
-            (entry.version.subscribe(), entry.events.clone())
+            if entry.want != want {
+                // Another kind of subscription: what the old one knew does not apply.
+                entry.want = want;
+                entry.synced = false;
+                entry.entries.clear();
+                entry.order.clear();
+                entry.counts = None;
+                entry.bump();
+            }
+            (
+                entry.version.subscribe(),
+                entry.events.clone(),
+                entry.broadcasts.clone(),
+            )
         };
         let _ = self.commands.send(Command::Subscribe(room.to_owned()));
         Presence {
@@ -335,6 +435,7 @@ impl Client {
             room: room.to_owned(),
             version,
             events,
+            broadcasts,
         }
     }
 
@@ -361,6 +462,70 @@ pub struct Presence {
     room: String,
     version: watch::Receiver<u64>,
     events: broadcast::Sender<RoomEvent>,
+    broadcasts: broadcast::Sender<Broadcast>,
+}
+
+/// A room's counts, from [`Client::occupancy`]: [`counts`](Presence::counts) and
+/// [`wait_counts`](Presence::wait_counts). It derefs to the room's [`Presence`], so
+/// this client can also heartbeat, track, leave and broadcast in the room (its
+/// [`value`](Presence::value) stays empty: no entries are sent).
+#[derive(Debug)]
+pub struct Occupancy {
+    presence: Presence,
+}
+
+impl Occupancy {
+    /// Stops receiving the counts (this client's entry stays until left or expired).
+    pub fn unsubscribe(self) {
+        self.presence.unsubscribe();
+    }
+}
+
+impl std::ops::Deref for Occupancy {
+    type Target = Presence;
+
+    fn deref(&self) -> &Presence {
+        &self.presence
+    }
+}
+
+/// A room's stable sample of its oldest entries and its counts, from
+/// [`Client::sample`]. It derefs to the room's [`Presence`], whose
+/// [`value`](Presence::value), diffs and waits are the sampled entries; this client can
+/// also heartbeat, track, leave and broadcast there.
+#[derive(Debug)]
+pub struct Sample {
+    presence: Presence,
+}
+
+impl Sample {
+    /// The sampled entries, oldest first, live by the estimated server clock.
+    pub fn entries(&self) -> Vec<(u64, Entry)> {
+        let now = self.presence.client.shared.server_now_ms();
+        let state = self.presence.client.shared.lock();
+        let Some(room) = state.rooms.get(&self.presence.room) else {
+            return Vec::new();
+        };
+        room.order
+            .iter()
+            .filter_map(|id| room.entries.get(id).map(|entry| (*id, entry)))
+            .filter(|(_, entry)| now <= entry.expires_at_ms)
+            .map(|(id, entry)| (id, entry.clone()))
+            .collect()
+    }
+
+    /// Stops receiving the sample (this client's entry stays until left or expired).
+    pub fn unsubscribe(self) {
+        self.presence.unsubscribe();
+    }
+}
+
+impl std::ops::Deref for Sample {
+    type Target = Presence;
+
+    fn deref(&self) -> &Presence {
+        &self.presence
+    }
 }
 
 impl Presence {
@@ -470,6 +635,80 @@ impl Presence {
             ttl_ms: millis(ttl),
             ack,
         });
+    }
+
+    /// Sends `data` to the room's other current subscribers: ephemeral, never stored
+    /// (reactions, "said" bubbles). Refusals arrive on [`Client::errors`].
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "callers pass `json!(..)` temporaries"
+    )]
+    pub fn broadcast(&self, data: Value) {
+        let data = Json::from_value(&data).unwrap_or_else(|_| Json::null());
+        let _ = self.client.commands.send(Command::Broadcast {
+            room: self.room.clone(),
+            data,
+            ack: None,
+        });
+    }
+
+    /// [`broadcast`](Presence::broadcast) and wait for the server's ack (sent once it
+    /// is queued for the subscribers); a refusal (`rate_limited`, `data_too_large`,
+    /// `forbidden`) is [`Error::Server`].
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "callers pass `json!(..)` temporaries"
+    )]
+    pub async fn broadcast_acked(&self, data: Value) -> Result<()> {
+        let data = Json::from_value(&data).unwrap_or_else(|_| Json::null());
+        let (ack, wait) = oneshot::channel();
+        let _ = self.client.commands.send(Command::Broadcast {
+            room: self.room.clone(),
+            data,
+            ack: Some(ack),
+        });
+        wait.await.map_err(|_| Error::ClientClosed)?.map(|_| ())
+    }
+
+    /// Other clients' broadcasts to this room from now on (a client never receives
+    /// its own).
+    pub fn broadcasts(&self) -> broadcast::Receiver<Broadcast> {
+        self.broadcasts.subscribe()
+    }
+
+    /// The room's counts, for an occupancy or sample subscription once they arrived
+    /// (`None` for a full subscription: count [`value`](Presence::value) instead).
+    pub fn counts(&self) -> Option<Counts> {
+        self.client
+            .shared
+            .lock()
+            .rooms
+            .get(&self.room)
+            .and_then(|room| room.counts)
+    }
+
+    /// Waits until the room's [`counts`](Presence::counts) satisfy `condition`, or
+    /// `timeout`.
+    pub async fn wait_counts(
+        &self,
+        timeout: Duration,
+        mut condition: impl FnMut(Counts) -> bool,
+    ) -> Result<Counts> {
+        let mut version = self.version.clone();
+        let wait = async {
+            loop {
+                if let Some(counts) = self.counts().filter(|c| condition(*c)) {
+                    return Ok(counts);
+                }
+                if self.client.shared.is_closed() {
+                    return Err(Error::ClientClosed);
+                }
+                version.changed().await.map_err(|_| Error::ClientClosed)?;
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| Error::Timeout)?
     }
 
     /// Removes this client's entry now (and stops [`track`](Presence::track)).
@@ -666,7 +905,7 @@ async fn open(options: &Options, index: usize, resume: Option<&str>) -> Result<(
     let hello = ClientMessage::Hello {
         token: options.token.clone(),
         resume: resume.map(str::to_owned),
-        user: None,
+        user: options.user.clone(),
     };
     socket.send(Message::Text(hello.to_json().into())).await?;
     loop {
@@ -822,7 +1061,11 @@ async fn backoff(
                     return false;
                 }
                 // Room state was recorded by the handle; acks cannot be had offline.
-                Some(Command::Heartbeat { ack: Some(ack), .. } | Command::Leave { ack: Some(ack), .. }) => {
+                Some(
+                    Command::Heartbeat { ack: Some(ack), .. }
+                    | Command::Leave { ack: Some(ack), .. }
+                    | Command::Broadcast { ack: Some(ack), .. },
+                ) => {
                     let _ = ack.send(Err(Error::Disconnected));
                 }
                 Some(_) => {}
@@ -868,11 +1111,19 @@ fn outgoing(
     pending: &mut Pending,
 ) -> Outgoing {
     Outgoing::Message(match command {
-        Command::Subscribe(room) => ClientMessage::Subscribe {
+        Command::Subscribe(room) => {
+            let want = shared
+                .lock()
+                .rooms
+                .get(&room)
+                .map(|state| state.want)
+                .unwrap_or_default();
+            want.subscribe(room)
+        }
+        Command::Broadcast { room, data, ack } => ClientMessage::Broadcast {
             room,
-            interval_ms: None,
-            mode: None,
-            reference: None,
+            data,
+            reference: with_ref(next_ref, pending, ack),
         },
         Command::Unsubscribe(room) => ClientMessage::Unsubscribe {
             room,
@@ -925,7 +1176,9 @@ fn restore(
             Command::Leave { room, ack: Some(_) } => {
                 acked_leaves.insert(room.clone());
             }
-            Command::Raw(_) | Command::Close(_) => {}
+            // Broadcasts are ephemeral: one that waits for its ack fails with
+            // `Disconnected` below (it was never sent); others are dropped.
+            Command::Broadcast { ack: Some(_), .. } | Command::Raw(_) | Command::Close(_) => {}
             // Recorded in the room's state, restored below.
             _ => continue,
         }
@@ -942,12 +1195,7 @@ fn restore(
             });
         }
         if room.subscribed {
-            messages.push(ClientMessage::Subscribe {
-                room: name.clone(),
-                interval_ms: None,
-                mode: None,
-                reference: None,
-            });
+            messages.push(room.want.subscribe(name.clone()));
         }
         if let Some(last) = &room.last_heartbeat {
             let remaining = millis(last.ttl.saturating_sub(last.sent.elapsed()));
@@ -1251,14 +1499,27 @@ fn handle(shared: &Shared, text: &str, pending: &mut Pending, pings: &mut HashMa
             room,
             server_time_ms,
             entries,
+            entry_count,
+            user_count,
+            ..
         } => {
             let entries: Vec<(u64, Entry)> = entries.iter().map(entry_of).collect();
+            let counts = entry_count.map(|entries| Counts {
+                entries,
+                users: user_count.unwrap_or(0),
+            });
             {
                 let mut state = shared.lock();
                 let Some(state_room) = state.rooms.get_mut(&room) else {
                     return;
                 };
                 state_room.entries = entries.iter().cloned().collect();
+                state_room.order = if state_room.want.is_sample() {
+                    entries.iter().map(|(id, _)| *id).collect()
+                } else {
+                    Vec::new()
+                };
+                state_room.counts = counts;
                 state_room.synced = true;
                 let _ = state_room.events.send(RoomEvent::Snapshot(entries.clone()));
                 state_room.bump();
@@ -1267,6 +1528,7 @@ fn handle(shared: &Shared, text: &str, pending: &mut Pending, pings: &mut HashMa
                 room,
                 server_time_ms,
                 entries,
+                counts,
             });
         }
         ServerMessage::Changes {
@@ -1280,13 +1542,21 @@ fn handle(shared: &Shared, text: &str, pending: &mut Pending, pings: &mut HashMa
                 let Some(state_room) = state.rooms.get_mut(&room) else {
                     return;
                 };
+                let sample = state_room.want.is_sample();
                 for event in &events {
                     match event {
                         RoomEvent::Upsert(client, entry) => {
-                            state_room.entries.insert(*client, entry.clone());
+                            // An entry joining a sample is newer than every sampled one.
+                            let new = state_room.entries.insert(*client, entry.clone()).is_none();
+                            if sample && new {
+                                state_room.order.push(*client);
+                            }
                         }
                         RoomEvent::Leave(client) | RoomEvent::Expire(client) => {
                             state_room.entries.remove(client);
+                            if sample {
+                                state_room.order.retain(|id| id != client);
+                            }
                         }
                         RoomEvent::Snapshot(_) => {}
                     }
@@ -1299,6 +1569,50 @@ fn handle(shared: &Shared, text: &str, pending: &mut Pending, pings: &mut HashMa
                 server_time_ms,
                 changes: events,
             });
+        }
+        ServerMessage::Occupancy {
+            room,
+            server_time_ms,
+            entry_count,
+            user_count,
+        } => {
+            let counts = Counts {
+                entries: entry_count,
+                users: user_count,
+            };
+            {
+                let mut state = shared.lock();
+                let Some(state_room) = state.rooms.get_mut(&room) else {
+                    return;
+                };
+                state_room.counts = Some(counts);
+                state_room.synced = true;
+                state_room.bump();
+            }
+            shared.emit(Event::Occupancy {
+                room,
+                server_time_ms,
+                counts,
+            });
+        }
+        ServerMessage::Broadcast {
+            room,
+            client_id,
+            user_id,
+            data,
+            server_time_ms,
+        } => {
+            let broadcast = Broadcast {
+                room,
+                client_id,
+                user_id,
+                data: value_or_null(data.as_str()),
+                server_time_ms,
+            };
+            if let Some(state_room) = shared.lock().rooms.get(&broadcast.room) {
+                let _ = state_room.broadcasts.send(broadcast.clone());
+            }
+            shared.emit(Event::Broadcast(broadcast));
         }
         ServerMessage::Ack {
             reference,

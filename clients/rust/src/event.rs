@@ -16,6 +16,31 @@ pub struct Entry {
     pub user_id: Option<String>,
 }
 
+/// A room's counts: from an `occupancy` subscription, or a `sample` subscription's
+/// snapshot and later `occupancy` messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Counts {
+    /// Live entries in the room (one per client: a tab, a device).
+    pub entries: u64,
+    /// Distinct users among them (entries without a `user_id` are not counted).
+    pub users: u64,
+}
+
+/// Another client's broadcast to a subscribed room: ephemeral, never stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Broadcast {
+    /// The room.
+    pub room: String,
+    /// The sender's client id.
+    pub client_id: u64,
+    /// The sender's user (its token's `sub`), with auth on.
+    pub user_id: Option<String>,
+    /// What it sent (`null` when this parser cannot read it).
+    pub data: Value,
+    /// The server's clock when it was sent.
+    pub server_time_ms: u64,
+}
+
 /// Something that happened in a subscribed room.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RoomEvent {
@@ -60,9 +85,23 @@ pub enum Event {
         room: String,
         /// The server's clock when it was taken.
         server_time_ms: u64,
-        /// Every live entry, by client id.
+        /// Every live entry, by client id (a `sample` subscription: the sampled
+        /// ones, oldest first).
         entries: Vec<(u64, Entry)>,
+        /// A `sample` subscription's snapshot: the room's counts.
+        counts: Option<Counts>,
     },
+    /// A room's counts (an `occupancy` or `sample` subscription).
+    Occupancy {
+        /// The room.
+        room: String,
+        /// The server's clock when they were taken.
+        server_time_ms: u64,
+        /// The counts.
+        counts: Counts,
+    },
+    /// Another client's broadcast to a subscribed room.
+    Broadcast(Broadcast),
     /// Changes in a subscribed room.
     Changes {
         /// The room.
