@@ -1,7 +1,7 @@
 import { ClockSync } from "./clock.js";
 import { loadWebSocket } from "./loaders.js";
 import { RollcallError } from "./errors.js";
-import { CLOSE, type ServerErrorCode } from "./protocol.gen.js";
+import { CLOSE, MAX_INTERVAL_MS, type ServerErrorCode } from "./protocol.gen.js";
 import { DEFAULT_LIMITS, isClientId, PresenceView, Room, roomNameProblem, type Limits, type RoomHost, type WireEntry } from "./presence.js";
 import { errorMessage, makeCodec, type Codec } from "./schema.js";
 import type {
@@ -15,9 +15,30 @@ import type {
   PresenceSchema,
   RollcallClient,
   RollcallErrorLike,
+  Sample,
+  SampleEntry,
+  SampleOptions,
   SchemaInput,
   SchemaOutput,
 } from "./types.js";
+
+/** The most entries a `sample()` may ask for (the server's `MAX_SAMPLE_LIMIT`). */
+const MAX_SAMPLE_LIMIT = 1_000;
+
+/** A room watched with `sample()`. */
+interface Sampled {
+  readonly limit: number;
+  readonly intervalMs: number;
+  readonly listeners: Set<(s: Sample) => void>;
+  /** The sample's entries as the server sent them, oldest first (a Map keeps insertion order). */
+  entries: Map<number, WireEntry & { userId?: unknown }>;
+  /** The room's counts, once the snapshot came. */
+  counts: { entryCount: number; userCount: number } | undefined;
+}
+
+function sampleSubscribe(room: string, s: Sampled): string {
+  return JSON.stringify({ type: "subscribe", room, mode: "sample", limit: s.limit, ...(s.intervalMs > 0 ? { intervalMs: s.intervalMs } : {}) });
+}
 
 /** The socket as the SDK drives it (the DOM WebSocket and `ws` both fit). */
 interface Socket {
@@ -70,6 +91,8 @@ class Client implements RollcallClient, RoomHost {
   private readonly rooms = new Map<string, Room>();
   /** Rooms watched with `occupancy()`: their listeners. */
   private readonly watched = new Map<string, Set<(o: Occupancy) => void>>();
+  /** Rooms watched with `sample()`. */
+  private readonly sampled = new Map<string, Sampled>();
   /** Rooms released while disconnected with an entry the server may still hold. */
   private readonly pendingLeaves = new Set<string>();
   private readonly errorListeners = new Set<(e: RollcallErrorLike) => void>();
@@ -182,6 +205,7 @@ class Client implements RollcallClient, RoomHost {
     if (schema !== undefined) codec = makeCodec(schema, this.opts.effectSchema);
     const broadcastCodec = options?.broadcastSchema === undefined ? null : makeCodec(options.broadcastSchema, this.opts.effectSchema);
     if (this.watched.has(room)) throw new Error(`rollcall-client: presence(${JSON.stringify(room)}): the room is watched with occupancy() on this client`);
+    if (this.sampled.has(room)) throw new Error(`rollcall-client: presence(${JSON.stringify(room)}): the room is watched with sample() on this client`);
     let r = this.rooms.get(room);
     if (!r) {
       r = new Room(room, this);
@@ -198,6 +222,7 @@ class Client implements RollcallClient, RoomHost {
     if (problem) throw new RangeError(`rollcall-client: occupancy(${JSON.stringify(room)}): ${problem}`);
     if (typeof fn !== "function") throw new TypeError("occupancy(room, fn): fn must be a function");
     if (this.rooms.has(room)) throw new Error(`rollcall-client: occupancy(${JSON.stringify(room)}): the room is open with presence() on this client`);
+    if (this.sampled.has(room)) throw new Error(`rollcall-client: occupancy(${JSON.stringify(room)}): the room is watched with sample() on this client`);
     let listeners = this.watched.get(room);
     if (!listeners) {
       listeners = new Set();
@@ -212,6 +237,98 @@ class Client implements RollcallClient, RoomHost {
       this.watched.delete(room);
       if (this.st === "connected") this.send(JSON.stringify({ type: "unsubscribe", room }));
     };
+  }
+
+  sample(room: string, options: SampleOptions, fn: (sample: Sample) => void): () => void {
+    const name = `sample(${JSON.stringify(room)})`;
+    const problem = roomNameProblem(room);
+    if (problem) throw new RangeError(`rollcall-client: ${name}: ${problem}`);
+    if (typeof options !== "object" || options === null) throw new TypeError("sample(room, options, fn): options must be an object");
+    const { limit, intervalMs = 0 } = options;
+    if (!Number.isInteger(limit) || limit < 1 || limit > MAX_SAMPLE_LIMIT) {
+      throw new RangeError(`rollcall-client: ${name}: limit must be an integer in [1, ${MAX_SAMPLE_LIMIT}], got ${String(limit)}`);
+    }
+    if (!Number.isInteger(intervalMs) || intervalMs < 0 || intervalMs > MAX_INTERVAL_MS) {
+      throw new RangeError(`rollcall-client: ${name}: intervalMs must be an integer in [0, ${MAX_INTERVAL_MS}], got ${String(intervalMs)}`);
+    }
+    if (typeof fn !== "function") throw new TypeError("sample(room, options, fn): fn must be a function");
+    if (this.rooms.has(room)) throw new Error(`rollcall-client: ${name}: the room is open with presence() on this client`);
+    if (this.watched.has(room)) throw new Error(`rollcall-client: ${name}: the room is watched with occupancy() on this client`);
+    let s = this.sampled.get(room);
+    if (s && (s.limit !== limit || s.intervalMs !== intervalMs)) {
+      throw new Error(`rollcall-client: ${name}: the room is already sampled with another limit or intervalMs on this client`);
+    }
+    if (!s) {
+      s = { limit, intervalMs, listeners: new Set(), entries: new Map(), counts: undefined };
+      this.sampled.set(room, s);
+      if (this.st === "connected") this.send(sampleSubscribe(room, s));
+    }
+    const wrapped = (sample: Sample) => fn(sample);
+    s.listeners.add(wrapped);
+    // A later listener of a room already sampled gets the current sample at once.
+    if (s.counts !== undefined) {
+      const current = this.sampleOf(room, s);
+      queueMicrotask(() => {
+        if (s.listeners.has(wrapped)) this.callSample(wrapped, current);
+      });
+    }
+    return () => {
+      const now = this.sampled.get(room);
+      if (!now?.listeners.delete(wrapped) || now.listeners.size > 0) return;
+      this.sampled.delete(room);
+      if (this.st === "connected") this.send(JSON.stringify({ type: "unsubscribe", room }));
+    };
+  }
+
+  private sampleOf(room: string, s: Sampled): Sample {
+    const offset = this.clockOffsetMs;
+    const entries: SampleEntry[] = [];
+    for (const [clientId, e] of s.entries) {
+      const entry: { clientId: number; data: unknown; expiresAtMs: number; userId?: string } = {
+        clientId,
+        data: e.data,
+        expiresAtMs: Math.round(e.expiresAtMs - offset),
+      };
+      if (typeof e.userId === "string") entry.userId = e.userId;
+      entries.push(entry);
+    }
+    return { room, entries, entryCount: s.counts?.entryCount ?? 0, userCount: s.counts?.userCount ?? 0 };
+  }
+
+  private callSample(fn: (s: Sample) => void, sample: Sample): void {
+    try {
+      fn(sample);
+    } catch (e) {
+      this.report(new RollcallError("local", "listener_error", `a sample listener threw: ${errorMessage(e)}`, { cause: e }));
+    }
+  }
+
+  /** Applies a sampled room's message; false if the room is not sampled. */
+  private onSampleMessage(msg: Record<string, unknown>): boolean {
+    const room = typeof msg.room === "string" ? msg.room : undefined;
+    const s = room === undefined ? undefined : this.sampled.get(room);
+    if (room === undefined || s === undefined) return false;
+    const counted = typeof msg.entryCount === "number" && typeof msg.userCount === "number";
+    if (msg.type === "snapshot" && Array.isArray(msg.entries)) {
+      s.entries = new Map();
+      for (const e of msg.entries as WireEntry[]) if (isClientId(e.clientId)) s.entries.set(e.clientId, e);
+      if (counted) s.counts = { entryCount: msg.entryCount as number, userCount: msg.userCount as number };
+    } else if (msg.type === "changes" && Array.isArray(msg.changes)) {
+      for (const c of msg.changes as Array<Record<string, unknown>>) {
+        if (!isClientId(c.clientId)) continue;
+        // An entry joining the sample is newer than every sampled one: it goes last.
+        if (c.op === "upsert" && typeof c.expiresAtMs === "number") s.entries.set(c.clientId, c as unknown as WireEntry);
+        else if (c.op === "leave" || c.op === "expire") s.entries.delete(c.clientId);
+      }
+    } else if (msg.type === "occupancy" && counted) {
+      s.counts = { entryCount: msg.entryCount as number, userCount: msg.userCount as number };
+    } else {
+      return true;
+    }
+    if (s.counts === undefined) return true;
+    const sample = this.sampleOf(room, s);
+    for (const fn of [...s.listeners]) this.callSample(fn, sample);
+    return true;
   }
 
   onError(fn: (error: RollcallErrorLike) => void): () => void {
@@ -472,6 +589,7 @@ class Client implements RollcallClient, RoomHost {
       this.report(new RollcallError("connection", "protocol_error", "the server sent a message that is not JSON"));
       return;
     }
+    if ((msg.type === "snapshot" || msg.type === "changes" || msg.type === "occupancy") && this.onSampleMessage(msg)) return;
     switch (msg.type) {
       case "welcome":
         this.onWelcome(msg);
@@ -555,6 +673,7 @@ class Client implements RollcallClient, RoomHost {
     // Restore every room: last heartbeat with the TTL that remains (or a pending leave), then subscribe.
     for (const room of this.rooms.values()) room.onConnected();
     for (const room of this.watched.keys()) this.send(JSON.stringify({ type: "subscribe", room, mode: "occupancy" }));
+    for (const [room, s] of this.sampled) this.send(sampleSubscribe(room, s));
     this.startPinging();
     this.scheduleReauth();
     const waiters = this.connectedWaiters;

@@ -381,6 +381,17 @@ export interface RollcallClient {
    * opened with `presence()` on one client, not both. Returns the stop function.
    */
   occupancy(room: string, fn: (occupancy: Occupancy) => void): () => void;
+  /**
+   * Watches a stable sample of a room's oldest entries and its counts (`mode:
+   * "sample"`), for "Ada, Bob and 19,998 others": `fn` gets at most `limit` entries
+   * (an integer in [1, 1000]), oldest first, on subscribe and whenever the sample or
+   * the counts change (the counts at most once a second). A sampled entry stays while
+   * it lives; when one goes, the next oldest takes its place. `intervalMs` paces the
+   * sample's changes as for a paced subscription. Kept across reconnects. A room is
+   * sampled, watched or opened with `presence()` on one client, one way. Returns the
+   * stop function.
+   */
+  sample(room: string, options: SampleOptions, fn: (sample: Sample) => void): () => void;
   /** Observes server and local errors. Returns the unsubscribe function. */
   onError(fn: (error: RollcallErrorLike) => void): () => void;
   /** Observes connection state changes. Returns the unsubscribe function. */
@@ -402,6 +413,32 @@ export interface Occupancy {
   readonly userCount: number;
   /** The server's clock when counted (ms). */
   readonly serverTimeMs: number;
+}
+
+/** What `sample()` asks for. */
+export interface SampleOptions {
+  /** The most entries in the sample: an integer in [1, 1000]. */
+  limit: number;
+  /** The sample's changes at most once per this many ms, conflated (0 or absent: as they come). */
+  intervalMs?: number;
+}
+
+/** One entry of a sample: a `PresenceEntry` (its data as sent, not decoded) with its client id. */
+export interface SampleEntry extends PresenceEntry<unknown> {
+  /** The client holding the entry. */
+  readonly clientId: number;
+}
+
+/** A room's sample, as `sample()` delivers it. */
+export interface Sample {
+  /** The room. */
+  readonly room: string;
+  /** At most `limit` entries, the room's oldest (by when they joined), oldest first. */
+  readonly entries: ReadonlyArray<SampleEntry>;
+  /** Live entries in the room (one per client: tab, device). */
+  readonly entryCount: number;
+  /** Distinct users among them (`userId`; entries without one are not counted). */
+  readonly userCount: number;
 }
 
 /** The shape of the errors passed to `onError` (instances of `RollcallError`). */
