@@ -103,6 +103,11 @@ struct Args {
     /// of them heartbeat. Unset: everyone subscribes in full.
     #[arg(long)]
     full_subscribers: Option<usize>,
+    /// Rollcall, with `--full-subscribers`: the other clients subscribe with
+    /// `"mode":"sample","limit":N` (the room's N oldest entries and its counts)
+    /// instead of occupancy.
+    #[arg(long, requires = "full_subscribers")]
+    sample_limit: Option<u64>,
     /// Room name prefix.
     #[arg(long, default_value = "load")]
     room_prefix: String,
@@ -541,7 +546,13 @@ async fn client(plan: Arc<Plan>, stats: Arc<Stats>, slot: Arc<ClientSlot>, index
                 .full_subscribers
                 .is_some_and(|full| index % args.room_size.max(1) >= full)
             {
-                subscribe["mode"] = json!("occupancy");
+                match args.sample_limit {
+                    Some(limit) => {
+                        subscribe["mode"] = json!("sample");
+                        subscribe["limit"] = json!(limit);
+                    }
+                    None => subscribe["mode"] = json!("occupancy"),
+                }
             }
             let subscribe = subscribe.to_string();
             if ws.send(TEXT, subscribe.as_bytes()).await.is_err() {
@@ -923,6 +934,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "rejected": rejected,
         "deliveries_per_s": deliveries_per_s,
         "full_subscribers_per_room": args.full_subscribers,
+        "sample_limit": args.sample_limit,
         "received_bytes_per_s": stats.received_bytes.load(Ordering::Relaxed) as f64 / window,
         "expected_deliveries_per_s": expected,
         "latency_ms": {"p50": ms(0.5), "p99": ms(0.99), "p999": ms(0.999), "max": total.max() as f64 / 1_000.0, "samples": total.len()},
