@@ -489,7 +489,7 @@ impl Outbox {
         self: &Arc<Self>,
         room: Arc<str>,
         sample_feed: Arc<Feed>,
-        room_feed: Arc<Feed>,
+        room_feed: &Feed,
         interval: Duration,
         counts: Arc<RoomCounts>,
         limit: usize,

@@ -514,7 +514,7 @@ impl Hub {
             (None, Mode::Sample(limit)) => outbox.subscribe_sample(
                 room.clone(),
                 room_feed.samples.feed(room, limit, &shard.materializer),
-                room_feed.feed.clone(),
+                &room_feed.feed,
                 interval,
                 self.counts.clone(),
                 limit,

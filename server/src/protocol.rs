@@ -1042,24 +1042,23 @@ mod tests {
                         reference,
                     },
                     Request::Subscribe {
-                        room: r,
-                        interval_ms: i,
-                        mode: m,
-                        reference: f,
+                        room: parsed_room,
+                        interval_ms: parsed_interval,
+                        mode: parsed_mode,
+                        reference: parsed_reference,
                     },
                 ) => {
                     use rollcall_protocol::SubscribeMode;
-                    room == r
-                        && interval_ms.unwrap_or(0) == *i
-                        && reference == f
-                        && match (mode, m) {
-                            (None | Some(SubscribeMode::Full), Mode::Full) => true,
-                            (Some(SubscribeMode::Occupancy), Mode::Occupancy) => true,
-                            (Some(SubscribeMode::Sample), Mode::Sample(n)) => {
-                                *limit == Some(*n as u64)
-                            }
-                            _ => false,
-                        }
+                    let same_mode = match (mode, parsed_mode) {
+                        (None | Some(SubscribeMode::Full), Mode::Full)
+                        | (Some(SubscribeMode::Occupancy), Mode::Occupancy) => true,
+                        (Some(SubscribeMode::Sample), Mode::Sample(n)) => *limit == Some(*n as u64),
+                        _ => false,
+                    };
+                    room == parsed_room
+                        && interval_ms.unwrap_or(0) == *parsed_interval
+                        && reference == parsed_reference
+                        && same_mode
                 }
                 (
                     ClientMessage::Unsubscribe { room, reference },
