@@ -575,6 +575,7 @@ impl Hub {
 
     /// Sends a subscription that fell behind its feed the room's current state.
     pub fn resync(&self, subscription: &Subscription) {
+        self.metrics.fanout_resyncs.increment(1);
         let now = UnixMs::now();
         let shard = self.lock(&subscription.room);
         if subscription.sample_limit().is_some() {
