@@ -560,6 +560,48 @@ mod tests {
     }
 
     #[test]
+    fn in_a_cluster_the_first_sample_waits_for_the_sync_and_holds_the_other_nodes_entries() {
+        let hub = Hub::in_memory(1).expect("hub");
+        let (links, _changes, rooms) = crate::cluster::links();
+        drop(rooms);
+        hub.enable_cluster(1, links);
+        let room: Arc<str> = "webinar".into();
+        let outbox = Arc::new(Outbox::new());
+        hub.subscribe_mode(
+            &room,
+            &outbox,
+            None,
+            Some(4),
+            Duration::ZERO,
+            Mode::Sample(1),
+        );
+        let t0 = Instant::now();
+        assert!(read(&outbox, t0).is_empty(), "no snapshot before the sync");
+        let entry = |client: u64| Entry {
+            client: ClientId(client),
+            user: None,
+            data: Bytes::from_static(b"1"),
+            expires_at: UnixMs(UnixMs::now().0 + 60_000),
+        };
+        let reply = crate::cluster::SyncReply {
+            node: 2,
+            seq: 5,
+            entries: vec![entry(9), entry(8)],
+        };
+        hub.sync_finished(&room, 1, vec![reply], true, UnixMs::now());
+        let sent = read(&outbox, t0);
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert_eq!(sent[0]["type"], "snapshot");
+        assert_eq!(
+            sent[0]["entries"].as_array().map(Vec::len),
+            Some(1),
+            "{sent:?}"
+        );
+        assert_eq!(sent[0]["entryCount"], 2);
+        assert_eq!(sent[1]["ref"], 4);
+    }
+
+    #[test]
     fn groups_are_per_limit_and_go_with_their_last_subscriber() {
         let room = Room::new();
         for client in 1..=5 {
