@@ -45,7 +45,6 @@ pub(crate) mod limits;
 pub(crate) mod listener;
 pub(crate) mod listing;
 pub(crate) mod metrics;
-pub(crate) mod openapi;
 pub(crate) mod pages;
 pub(crate) mod protocol;
 pub(crate) mod rejection;
