@@ -601,6 +601,88 @@ mod tests {
         assert_eq!(sent[1]["ref"], 4);
     }
 
+    /// A client's view of its sample: the snapshot, then changes applied in order (an
+    /// entry joining the sample goes last).
+    fn follow(view: &mut Vec<(u64, Value)>, messages: &[Value]) {
+        for message in messages {
+            match message["type"].as_str() {
+                Some("snapshot") => {
+                    *view = message["entries"]
+                        .as_array()
+                        .expect("entries")
+                        .iter()
+                        .map(|e| (e["clientId"].as_u64().expect("id"), e["data"].clone()))
+                        .collect();
+                }
+                Some("changes") => {
+                    for change in message["changes"].as_array().expect("changes") {
+                        let id = change["clientId"].as_u64().expect("id");
+                        let at = view.iter().position(|(c, _)| *c == id);
+                        match (change["op"].as_str(), at) {
+                            (Some("upsert"), Some(at)) => view[at].1 = change["data"].clone(),
+                            (Some("upsert"), None) => view.push((id, change["data"].clone())),
+                            (_, Some(at)) => {
+                                view.remove(at);
+                            }
+                            (_, None) => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn random_joins_refreshes_and_leaves_keep_every_sample_exact() {
+        let room = Room::new();
+        // A small linear congruential generator: the same sequence every run.
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: u64| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) % n
+        };
+        // The room, oldest first, with each entry's data.
+        let mut model: Vec<(u64, u64)> = Vec::new();
+        let limits = [1, 3, 7];
+        let outboxes: Vec<Arc<Outbox>> = limits.iter().map(|_| Arc::new(Outbox::new())).collect();
+        let mut views: Vec<Vec<(u64, Value)>> = vec![Vec::new(); limits.len()];
+        let t0 = Instant::now();
+        for step in 0..2_000u64 {
+            if step == 50 {
+                // Subscribing into a room that already has entries.
+                for (outbox, &limit) in outboxes.iter().zip(&limits) {
+                    room.sample(outbox, limit, Duration::ZERO);
+                }
+            }
+            let client = next(20) + 1;
+            if next(4) == 0 {
+                room.leave(client);
+                model.retain(|(c, _)| *c != client);
+            } else {
+                room.beat(client, None, &step.to_string());
+                match model.iter_mut().find(|(c, _)| *c == client) {
+                    Some(entry) => entry.1 = step,
+                    None => model.push((client, step)),
+                }
+            }
+            if step < 50 {
+                continue;
+            }
+            for ((outbox, view), &limit) in outboxes.iter().zip(&mut views).zip(&limits) {
+                follow(view, &read(outbox, t0));
+                let expected: Vec<(u64, Value)> = model
+                    .iter()
+                    .take(limit)
+                    .map(|(c, v)| (*c, Value::from(*v)))
+                    .collect();
+                assert_eq!(*view, expected, "limit {limit}, step {step}");
+            }
+        }
+    }
+
     #[test]
     fn groups_are_per_limit_and_go_with_their_last_subscriber() {
         let room = Room::new();
