@@ -209,17 +209,8 @@ pub fn parse<'a>(text: &'a str, limits: &Limits) -> Result<Request<'a>, Rejectio
             let room = room(raw.room)?;
             let interval_ms =
                 parse_interval(raw.interval_ms).map_err(|r| r.with(reference, Some(&room)))?;
-            let occupancy = match raw.mode.as_deref() {
-                None | Some("full") => false,
-                Some("occupancy") => true,
-                Some(other) => {
-                    return Err(Rejection::new(
-                        ErrorCode::BadRequest,
-                        format!("unknown subscribe mode {other:?}: use \"full\" or \"occupancy\""),
-                    )
-                    .with(reference, Some(&room)));
-                }
-            };
+            let occupancy =
+                parse_mode(raw.mode.as_deref()).map_err(|r| r.with(reference, Some(&room)))?;
             Ok(Request::Subscribe {
                 room,
                 reference,
@@ -270,6 +261,19 @@ pub fn parse<'a>(text: &'a str, limits: &Limits) -> Result<Request<'a>, Rejectio
             format!("unknown message type {other:?}"),
         )
         .with(reference, None)),
+    }
+}
+
+/// Reads a subscription's `mode`: whether it asks for the room's counts
+/// (`"occupancy"`) rather than its entries (`"full"`, the default).
+fn parse_mode(mode: Option<&str>) -> Result<bool, Rejection> {
+    match mode {
+        None | Some("full") => Ok(false),
+        Some("occupancy") => Ok(true),
+        Some(other) => Err(Rejection::new(
+            ErrorCode::BadRequest,
+            format!("unknown subscribe mode {other:?}: use \"full\" or \"occupancy\""),
+        )),
     }
 }
 
@@ -333,6 +337,30 @@ mod tests {
             assert_eq!(rejection.code, ErrorCode::BadRequest, "{bad}");
             assert_eq!(rejection.reference, Some(2));
         }
+    }
+
+    #[test]
+    fn subscribe_modes_are_full_or_occupancy() {
+        for (mode, occupancy) in [
+            ("", false),
+            (r#","mode":"full""#, false),
+            (r#","mode":"occupancy""#, true),
+        ] {
+            let text = format!(r#"{{"type":"subscribe","room":"r"{mode}}}"#);
+            let parsed = parse(&text, &limits()).unwrap();
+            assert!(
+                matches!(parsed, Request::Subscribe { occupancy: o, .. } if o == occupancy),
+                "{text}"
+            );
+        }
+        let rejection = parse(
+            r#"{"type":"subscribe","room":"r","mode":"counts","ref":3}"#,
+            &limits(),
+        )
+        .unwrap_err();
+        assert_eq!(rejection.code, ErrorCode::BadRequest);
+        assert_eq!(rejection.reference, Some(3));
+        assert_eq!(rejection.room.as_deref(), Some("r"));
     }
 
     #[test]
