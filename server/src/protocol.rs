@@ -212,31 +212,8 @@ pub fn parse<'a>(text: &'a str, limits: &Limits) -> Result<Request<'a>, Rejectio
             let room = room(raw.room)?;
             let interval_ms =
                 parse_interval(raw.interval_ms).map_err(|r| r.with(reference, Some(&room)))?;
-            let mode = match raw.mode.as_deref() {
-                None | Some("full") => Mode::Full,
-                Some("occupancy") => Mode::Occupancy,
-                Some("sample") => Mode::Sample(
-                    rollcall_protocol::parse_sample_limit(raw.limit)
-                        .map_err(|r| r.with(reference, Some(&room)))? as usize,
-                ),
-                Some(other) => {
-                    return Err(Rejection::new(
-                        ErrorCode::BadRequest,
-                        format!(
-                            "unknown subscribe mode {other:?}: use \"full\", \"occupancy\" or \
-                             \"sample\""
-                        ),
-                    )
-                    .with(reference, Some(&room)));
-                }
-            };
-            if raw.limit.is_some() && !matches!(mode, Mode::Sample(_)) {
-                return Err(Rejection::new(
-                    ErrorCode::BadRequest,
-                    "limit applies to mode \"sample\" only",
-                )
-                .with(reference, Some(&room)));
-            }
+            let mode = parse_mode(raw.mode.as_deref(), raw.limit)
+                .map_err(|r| r.with(reference, Some(&room)))?;
             Ok(Request::Subscribe {
                 room,
                 reference,
@@ -288,6 +265,32 @@ pub fn parse<'a>(text: &'a str, limits: &Limits) -> Result<Request<'a>, Rejectio
         )
         .with(reference, None)),
     }
+}
+
+/// Reads a subscription's `mode` and `limit`: the room's entries (`"full"`, the
+/// default), its counts (`"occupancy"`), or a sample of its oldest entries and its
+/// counts (`"sample"` with a `limit`, see [`rollcall_protocol::parse_sample_limit`]).
+fn parse_mode(mode: Option<&str>, limit: Option<&RawValue>) -> Result<Mode, Rejection> {
+    let mode = match mode {
+        None | Some("full") => Mode::Full,
+        Some("occupancy") => Mode::Occupancy,
+        Some("sample") => Mode::Sample(rollcall_protocol::parse_sample_limit(limit)? as usize),
+        Some(other) => {
+            return Err(Rejection::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "unknown subscribe mode {other:?}: use \"full\", \"occupancy\" or \"sample\""
+                ),
+            ));
+        }
+    };
+    if limit.is_some() && !matches!(mode, Mode::Sample(_)) {
+        return Err(Rejection::new(
+            ErrorCode::BadRequest,
+            "limit applies to mode \"sample\" only",
+        ));
+    }
+    Ok(mode)
 }
 
 pub use rollcall_protocol::{check_data, parse_interval};
@@ -381,6 +384,30 @@ mod tests {
             assert_eq!(rejection.reference, Some(2));
             assert_eq!(rejection.room.as_deref(), Some("r"));
         }
+    }
+
+    #[test]
+    fn subscribe_modes_are_full_or_occupancy() {
+        for (mode, expected) in [
+            ("", Mode::Full),
+            (r#","mode":"full""#, Mode::Full),
+            (r#","mode":"occupancy""#, Mode::Occupancy),
+        ] {
+            let text = format!(r#"{{"type":"subscribe","room":"r"{mode}}}"#);
+            let parsed = parse(&text, &limits()).unwrap();
+            assert!(
+                matches!(parsed, Request::Subscribe { mode: m, .. } if m == expected),
+                "{text}"
+            );
+        }
+        let rejection = parse(
+            r#"{"type":"subscribe","room":"r","mode":"counts","ref":3}"#,
+            &limits(),
+        )
+        .unwrap_err();
+        assert_eq!(rejection.code, ErrorCode::BadRequest);
+        assert_eq!(rejection.reference, Some(3));
+        assert_eq!(rejection.room.as_deref(), Some("r"));
     }
 
     #[test]

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use rollcall_engine::{Config, Durability, Engine, Ticket, UnixMs};
+use rollcall_engine::{Config, Durability, Engine, ReplayReport, Ticket, UnixMs};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::task::TaskTracker;
 
@@ -94,27 +95,7 @@ pub async fn run_notify(
             return Err(Error::Task(join.to_string()));
         }
     };
-    let cluster = match &config.cluster {
-        Some(cluster_config) => {
-            let (links, changes, rooms) = cluster::links();
-            hub.enable_cluster(config.node_id, links);
-            let status = Arc::new(cluster::Status::default());
-            state.set_cluster(status.clone());
-            Some(
-                cluster::start(
-                    hub.clone(),
-                    cluster_config,
-                    config.node_id,
-                    changes,
-                    rooms,
-                    status,
-                    trigger.subscribe(),
-                )
-                .await?,
-            )
-        }
-        None => None,
-    };
+    let cluster = start_cluster(&config, &hub, &state, trigger.subscribe()).await?;
     // After the replay: replayed entries are not news.
     if let Some(webhooks) = &config.webhooks {
         let sink = crate::webhooks::start(webhooks, config.node_id, &trigger.subscribe())
@@ -143,8 +124,48 @@ pub async fn run_notify(
         let _ = cluster.await;
     }
 
+    drain(&sessions, config.drain_timeout).await;
+    // The last handles to the hub go with the state; then the engine can close.
+    drop(state);
+    tokio::task::spawn_blocking(move || hub.close())
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
+    tracing::info!("log flushed; bye");
+    Ok(())
+}
+
+/// Cluster mode, if `config` asks for it: links the hub to the bus and starts the
+/// cluster task (returned, to wait for at shutdown).
+async fn start_cluster(
+    config: &ServerConfig,
+    hub: &Arc<Hub>,
+    state: &AppState,
+    shutdown: Shutdown,
+) -> Result<Option<JoinHandle<()>>> {
+    let Some(cluster_config) = &config.cluster else {
+        return Ok(None);
+    };
+    let (links, changes, rooms) = cluster::links();
+    hub.enable_cluster(config.node_id, links);
+    let status = Arc::new(cluster::Status::default());
+    state.set_cluster(status.clone());
+    let task = cluster::start(
+        hub.clone(),
+        cluster_config,
+        config.node_id,
+        changes,
+        rooms,
+        status,
+        shutdown,
+    )
+    .await?;
+    Ok(Some(task))
+}
+
+/// Waits for the sessions to close (they were told to), at most `timeout`.
+async fn drain(sessions: &TaskTracker, timeout: std::time::Duration) {
     sessions.close();
-    if tokio::time::timeout(config.drain_timeout, sessions.wait())
+    if tokio::time::timeout(timeout, sessions.wait())
         .await
         .is_err()
     {
@@ -153,13 +174,6 @@ pub async fn run_notify(
             "sessions did not close within the drain timeout"
         );
     }
-    // The last handles to the hub go with the state; then the engine can close.
-    drop(state);
-    tokio::task::spawn_blocking(move || hub.close())
-        .await
-        .map_err(|e| Error::Task(e.to_string()))??;
-    tracing::info!("log flushed; bye");
-    Ok(())
 }
 
 /// Presence is soft state: what to do when the directory's content is damaged.
@@ -256,6 +270,37 @@ fn open(config: &ServerConfig, metrics: Metrics) -> Result<Hub> {
                 );
             })
     };
+    let (engine, report) = open_engine(config, engine_config)?;
+    // Ids are never handed out twice, even if the writes that reserved them were lost
+    // while entries holding them survived.
+    let space = u64::from(config.node_id);
+    if let Some(highest) = report.highest_clients.get(&space) {
+        if identity::Identity::raise_counter(engine.journal(), config.node_id, *highest)? {
+            tracing::warn!(
+                highest = highest.0,
+                "the client id counter was behind ids in the log (its reservation was \
+                 lost): moved it past them"
+            );
+        }
+    }
+    report_replay(config, &report, &metrics, started);
+    Hub::new(
+        engine,
+        config.node_id,
+        config.resume_secret.as_deref(),
+        config.limits.clone(),
+        durable_rx,
+        metrics,
+    )
+}
+
+/// Opens the engine on `config.data_dir` (configured by `engine_config`), telling a
+/// first start from a damaged directory, and moving a damaged one aside if
+/// `--on-corrupt-data=move-aside` says so. Blocking.
+fn open_engine(
+    config: &ServerConfig,
+    engine_config: impl Fn() -> Config,
+) -> Result<(Engine, ReplayReport)> {
     if config.durability == Durability::Memory {
         tracing::info!("durability is memory: nothing is written to disk");
     } else {
@@ -294,8 +339,8 @@ fn open(config: &ServerConfig, metrics: Metrics) -> Result<Hub> {
     };
     let is_damage =
         |error: &Error| matches!(error, Error::DataDirectory { kind, .. } if kind.is_damage());
-    let (engine, report) = match open_checked() {
-        Ok(opened) => opened,
+    match open_checked() {
+        Ok(opened) => Ok(opened),
         // Only a directory recognised as Rollcall's is ever renamed.
         Err(error)
             if is_damage(&error)
@@ -321,22 +366,19 @@ fn open(config: &ServerConfig, metrics: Metrics) -> Result<Hub> {
                 "the data directory could not be opened; moved it aside and starting empty"
             );
             ::metrics::counter!("rollcall_data_moved_aside_total").increment(1);
-            Engine::open(engine_config()).map_err(|error| engine_problem(path, error))?
+            Engine::open(engine_config()).map_err(|error| engine_problem(path, error))
         }
-        Err(error) => return Err(error),
-    };
-    // Ids are never handed out twice, even if the writes that reserved them were lost
-    // while entries holding them survived.
-    let space = u64::from(config.node_id);
-    if let Some(highest) = report.highest_clients.get(&space) {
-        if identity::Identity::raise_counter(engine.journal(), config.node_id, *highest)? {
-            tracing::warn!(
-                highest = highest.0,
-                "the client id counter was behind ids in the log (its reservation was \
-                 lost): moved it past them"
-            );
-        }
+        Err(error) => Err(error),
     }
+}
+
+/// Logs what the replay found and publishes it in `/metrics`.
+fn report_replay(
+    config: &ServerConfig,
+    report: &ReplayReport,
+    metrics: &Metrics,
+    started: Instant,
+) {
     metrics.replay_seconds.set(started.elapsed().as_secs_f64());
     metrics.replay_entries.set(report.live_entries as f64);
     if !report.torn.is_empty() {
@@ -374,14 +416,6 @@ fn open(config: &ServerConfig, metrics: Metrics) -> Result<Hub> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "ready"
     );
-    Hub::new(
-        engine,
-        config.node_id,
-        config.resume_secret.as_deref(),
-        config.limits.clone(),
-        durable_rx,
-        metrics,
-    )
 }
 
 /// Expires due entries every tick, so an entry disappears within TTL + one tick.
