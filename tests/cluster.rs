@@ -18,7 +18,7 @@ mod cluster_support;
 
 use cluster_support::Nats;
 use rollcall_client::{Client, Options};
-use rollcall_tests::{Launch, Server, eventually};
+use rollcall_tests::{Launch, Raw, Server, eventually};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -721,4 +721,135 @@ async fn nodes_converge_after_nats_restarts() {
     for node in [&nodes[0], &nodes[2]] {
         assert!(cluster_healthy(node, true).await);
     }
+}
+
+/// A raw WebSocket client of `server` subscribed to `room` (the ack comes after the
+/// room's first sync), with its client id.
+async fn raw_subscriber(server: &Server, room: &str, hello: serde_json::Value) -> (Raw, u64) {
+    let (mut raw, welcome) = Raw::hello_with(&server.ws_url(), &hello).await;
+    let rollcall_tests::RawEvent::Json(welcome) = welcome else {
+        panic!("no welcome: {welcome:?}");
+    };
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    raw.send(&json!({"type": "subscribe", "room": room, "ref": 1}).to_string())
+        .await;
+    assert_eq!(raw.until("ack").await["ref"], 1);
+    (raw, welcome["clientId"].as_u64().unwrap())
+}
+
+/// Messages up to and including the first of type `kind`.
+async fn collect_until(raw: &mut Raw, kind: &str) -> Vec<serde_json::Value> {
+    let mut seen = Vec::new();
+    loop {
+        let message = raw.json().await;
+        let done = message["type"] == kind;
+        seen.push(message);
+        if done {
+            return seen;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_broadcast_reaches_the_subscribers_of_every_node_once() {
+    let Some(nats) = Nats::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path());
+    let nodes = [node(&nats, 1, &secret), node(&nats, 2, &secret)];
+    for node in &nodes {
+        assert!(cluster_healthy(node, true).await);
+    }
+    let room = "cl:bcast";
+    let hello = json!({"type": "hello", "user": "alice"});
+    let (mut sender, sender_id) = raw_subscriber(&nodes[0], room, hello).await;
+    let (mut near, _) = raw_subscriber(&nodes[0], room, json!({"type": "hello"})).await;
+    let (mut far, _) = raw_subscriber(&nodes[1], room, json!({"type": "hello"})).await;
+    let (mut elsewhere, _) =
+        raw_subscriber(&nodes[1], "cl:bcast-other", json!({"type": "hello"})).await;
+
+    sender
+        .send(
+            &json!({"type": "broadcast", "room": room, "data": {"emoji": "🎉"}, "ref": 7})
+                .to_string(),
+        )
+        .await;
+    let before_ack = collect_until(&mut sender, "ack").await;
+    assert!(
+        before_ack.iter().all(|m| m["type"] != "broadcast"),
+        "{before_ack:?}"
+    );
+    for raw in [&mut near, &mut far] {
+        let message = raw.until("broadcast").await;
+        assert_eq!(message["room"], room);
+        assert_eq!(message["clientId"], sender_id);
+        assert_eq!(message["userId"], "alice");
+        assert_eq!(message["data"], json!({"emoji": "🎉"}));
+        assert!(message["serverTimeMs"].as_u64().is_some());
+    }
+    // Once each: a ping's answer comes after anything queued before it, and a second
+    // broadcast after the first shows that nothing was delivered twice.
+    sender
+        .send(&json!({"type": "broadcast", "room": room, "data": 2, "ref": 8}).to_string())
+        .await;
+    for raw in [&mut near, &mut far] {
+        assert_eq!(
+            raw.until("broadcast").await["data"],
+            2,
+            "the first came once"
+        );
+        raw.send(r#"{"type":"ping","ref":9}"#).await;
+        let seen = collect_until(raw, "pong").await;
+        assert!(seen.iter().all(|m| m["type"] != "broadcast"), "{seen:?}");
+    }
+    // The sender never hears its own broadcast back from the other node.
+    sender.send(r#"{"type":"ping","ref":10}"#).await;
+    let seen = collect_until(&mut sender, "pong").await;
+    assert!(seen.iter().all(|m| m["type"] != "broadcast"), "{seen:?}");
+    // Another room's subscriber gets nothing.
+    elsewhere.send(r#"{"type":"ping","ref":9}"#).await;
+    let seen = collect_until(&mut elsewhere, "pong").await;
+    assert!(seen.iter().all(|m| m["type"] != "broadcast"), "{seen:?}");
+    // Never stored.
+    assert_eq!(
+        nodes[1].get_json("/v1/rooms/cl%3Abcast")["entries"],
+        json!([])
+    );
+    assert!(nodes[0].metric("rollcall_cluster_broadcasts_published_total") >= 2.0);
+    assert!(nodes[1].metric("rollcall_cluster_broadcasts_received_total") >= 2.0);
+
+    // From the bus: one without a valid MAC is refused; a sealed one is delivered
+    // once, and its replay refused.
+    let raw = async_nats::connect(nats.url()).await.unwrap();
+    let subject = room_subject(room);
+    let body = format!(
+        r#"{{"node":9,"seq":5,"ts":{},"op":"broadcast","clientId":{},"data":"forged"}}"#,
+        now_ms(),
+        (9u64 << 40) + 1
+    );
+    let macs_before = rejected(&nodes[1], "mac");
+    raw.publish(subject.clone(), format!("{}.{body}", "A".repeat(43)).into())
+        .await
+        .unwrap();
+    raw.flush().await.unwrap();
+    assert!(
+        eventually(WAIT, || rejected(&nodes[1], "mac") > macs_before).await,
+        "a broadcast without a valid MAC is counted"
+    );
+    let replays_before = rejected(&nodes[1], "replay");
+    let sealed = Sealer::new(&secret).seal(&subject, &body);
+    for _ in 0..2 {
+        raw.publish(subject.clone(), sealed.clone()).await.unwrap();
+    }
+    raw.flush().await.unwrap();
+    assert_eq!(far.until("broadcast").await["data"], "forged");
+    assert!(
+        eventually(WAIT, || rejected(&nodes[1], "replay") > replays_before).await,
+        "the replay is refused and counted"
+    );
+    far.send(r#"{"type":"ping","ref":11}"#).await;
+    let seen = collect_until(&mut far, "pong").await;
+    assert!(
+        seen.iter().all(|m| m["type"] != "broadcast"),
+        "no forged broadcast, no replay: {seen:?}"
+    );
 }

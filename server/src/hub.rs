@@ -542,6 +542,37 @@ impl Hub {
             .map(|r| r.feed.clone())
     }
 
+    /// Cluster mode: sends a local client's broadcast (already delivered here) to the
+    /// other nodes' subscribers of `room`. A full queue drops it, counted.
+    pub fn publish_broadcast(
+        &self,
+        room: &str,
+        client: ClientId,
+        user: Option<Arc<str>>,
+        data: &str,
+    ) {
+        if let Some(cluster) = self.cluster.get() {
+            let broadcast = crate::cluster::OutgoingBroadcast {
+                room: room.into(),
+                client,
+                user,
+                data: Bytes::copy_from_slice(data.as_bytes()),
+            };
+            if cluster.links.broadcasts.try_send(broadcast).is_err() {
+                self.metrics.cluster_dropped.increment(1);
+            }
+        }
+    }
+
+    /// Queues another node's broadcast for this node's subscribers of `room`.
+    pub fn deliver_broadcast(&self, room: &str, frame: &str) {
+        static NOBODY: std::sync::LazyLock<Outbox> = std::sync::LazyLock::new(Outbox::new);
+        if let Some(feed) = self.feed_of(room) {
+            let (_, missed) = feed.broadcast(frame, &NOBODY);
+            self.metrics.broadcasts_missed.increment(missed as u64);
+        }
+    }
+
     /// Sends a subscription that fell behind its feed the room's current state.
     pub fn resync(&self, subscription: &Subscription) {
         let now = UnixMs::now();
@@ -961,6 +992,10 @@ impl crate::cluster::LocalState for Hub {
 
     fn owned_rooms_page(&self, after: Option<&str>, limit: usize) -> RoomsPage {
         Hub::owned_rooms_page(self, after, limit)
+    }
+
+    fn deliver_broadcast(&self, room: &str, frame: &str) {
+        Hub::deliver_broadcast(self, room, frame);
     }
 
     fn sync_started(&self, room: &str, generation: u64) {

@@ -74,6 +74,16 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         "Broadcasts accepted (each goes to the room's current subscribers).",
     ),
     (
+        "rollcall_cluster_broadcasts_published_total",
+        Kind::Counter,
+        "Cluster mode: local clients' broadcasts published to the other nodes.",
+    ),
+    (
+        "rollcall_cluster_broadcasts_received_total",
+        Kind::Counter,
+        "Cluster mode: other nodes' broadcasts delivered to this node's subscribers.",
+    ),
+    (
         "rollcall_cluster_connected",
         Kind::Gauge,
         "Cluster mode: 1 while connected to NATS.",
@@ -390,6 +400,10 @@ pub struct Metrics {
     pub cluster_dropped: Counter,
     /// Cluster mode: other nodes heard from within the node timeout.
     pub cluster_nodes: Gauge,
+    /// Cluster mode: local clients' broadcasts published to the other nodes.
+    pub cluster_broadcasts_published: Counter,
+    /// Cluster mode: other nodes' broadcasts delivered to this node's subscribers.
+    pub cluster_broadcasts_received: Counter,
 }
 
 impl Metrics {
@@ -421,6 +435,8 @@ impl Metrics {
             cluster_received: counter!("rollcall_cluster_received_total"),
             cluster_dropped: counter!("rollcall_cluster_dropped_total"),
             cluster_nodes: gauge!("rollcall_cluster_nodes"),
+            cluster_broadcasts_published: counter!("rollcall_cluster_broadcasts_published_total"),
+            cluster_broadcasts_received: counter!("rollcall_cluster_broadcasts_received_total"),
         }
     }
 

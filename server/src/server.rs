@@ -96,7 +96,7 @@ pub async fn run_notify(
     };
     let cluster = match &config.cluster {
         Some(cluster_config) => {
-            let (links, changes, rooms) = cluster::links();
+            let (links, queues) = cluster::links();
             hub.enable_cluster(config.node_id, links);
             let status = Arc::new(cluster::Status::default());
             state.set_cluster(status.clone());
@@ -105,8 +105,7 @@ pub async fn run_notify(
                     hub.clone(),
                     cluster_config,
                     config.node_id,
-                    changes,
-                    rooms,
+                    queues,
                     status,
                     trigger.subscribe(),
                 )

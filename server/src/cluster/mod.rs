@@ -71,6 +71,8 @@ const CHECK_EVERY: Duration = Duration::from_millis(200);
 /// Changes of this node's entries waiting for NATS; beyond it they are dropped
 /// (and counted): the other nodes catch up at the next heartbeat or by TTL.
 const QUEUE: usize = 65_536;
+/// Broadcasts waiting for NATS; beyond it they are dropped (and counted).
+const BROADCAST_QUEUE: usize = 4_096;
 /// Sync requests of one node may arrive out of order by this many (they are sent
 /// by concurrent tasks); older ones are replays.
 const REQUEST_WINDOW: u64 = u64::BITS as u64;
@@ -88,6 +90,36 @@ pub struct Outgoing {
     pub seq: u64,
     /// The change.
     pub change: Change,
+}
+
+/// A local client's broadcast, on its way to the other nodes' subscribers of the room.
+#[derive(Debug)]
+pub struct OutgoingBroadcast {
+    /// The room.
+    pub room: Arc<str>,
+    /// The sender.
+    pub client: ClientId,
+    /// The sender's user, if it has one.
+    pub user: Option<Arc<str>>,
+    /// The JSON value, verbatim (already checked against the limits).
+    pub data: Bytes,
+}
+
+/// A broadcast received from another node.
+#[derive(Debug)]
+pub struct RemoteBroadcast {
+    /// The sending node.
+    pub node: u16,
+    /// The message's sequence number on that node.
+    pub seq: u64,
+    /// The sender's clock when it sent it (the frame's `serverTimeMs`).
+    pub ts: u64,
+    /// The client that broadcast it.
+    pub client: ClientId,
+    /// Its user, if it has one.
+    pub user: Option<String>,
+    /// The JSON value, verbatim.
+    pub data: String,
 }
 
 /// What the hub asks of the cluster task about rooms.
@@ -114,6 +146,19 @@ pub struct Links {
     pub changes: mpsc::Sender<Outgoing>,
     /// Joins and parts (one per room with subscribers, so small).
     pub rooms: mpsc::UnboundedSender<RoomCommand>,
+    /// Broadcasts to publish (bounded, like changes).
+    pub broadcasts: mpsc::Sender<OutgoingBroadcast>,
+}
+
+/// The cluster tasks' ends of the channels from the hub.
+#[derive(Debug)]
+pub struct Queues {
+    /// Changes to publish.
+    pub changes: mpsc::Receiver<Outgoing>,
+    /// Joins and parts.
+    pub rooms: mpsc::UnboundedReceiver<RoomCommand>,
+    /// Broadcasts to publish.
+    pub broadcasts: mpsc::Receiver<OutgoingBroadcast>,
 }
 
 /// The cluster as the HTTP side sees it: whether the node is connected to NATS
@@ -247,6 +292,16 @@ enum Op {
     Upsert,
     Leave,
     Expire,
+    Broadcast,
+}
+
+/// A message of a room's subject.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A change of another node's entry.
+    Change(RemoteChange),
+    /// A broadcast of another node's client.
+    Broadcast(RemoteBroadcast),
 }
 
 /// A present `data`, even `null` (a plain `Option` would read `null` as absent).
@@ -341,11 +396,51 @@ pub fn encode_change(node: u16, seq: u64, ts: UnixMs, change: &Change) -> Vec<u8
     out.into_bytes()
 }
 
+/// `{"node":…,"seq":…,"ts":…,"op":"broadcast","clientId":…[,"userId":…],"data":…}`:
+/// a local client's broadcast (unsealed).
+pub fn encode_broadcast(node: u16, seq: u64, ts: UnixMs, broadcast: &OutgoingBroadcast) -> Vec<u8> {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(112 + broadcast.data.len());
+    let _ = write!(
+        out,
+        "{{\"node\":{node},\"seq\":{seq},\"ts\":{},\"op\":\"broadcast\",\"clientId\":{}",
+        ts.0, broadcast.client
+    );
+    if let Some(user) = &broadcast.user {
+        out.push_str(",\"userId\":");
+        protocol::push_json_str(&mut out, user);
+    }
+    out.push_str(",\"data\":");
+    out.push_str(&String::from_utf8_lossy(&broadcast.data));
+    out.push('}');
+    out.into_bytes()
+}
+
 /// Decodes a change from another node (an opened body); `None` if it is not one.
-pub fn decode_change(body: &[u8]) -> Option<RemoteChange> {
+#[cfg(test)]
+fn decode_change(body: &[u8]) -> Option<RemoteChange> {
+    match decode(body)? {
+        Incoming::Change(change) => Some(change),
+        Incoming::Broadcast(_) => None,
+    }
+}
+
+/// Decodes a message of a room's subject (an opened body); `None` if it is neither a
+/// change nor a broadcast.
+pub fn decode(body: &[u8]) -> Option<Incoming> {
     let wire: WireChange<'_> = serde_json::from_slice(body).ok()?;
     let client = ClientId::new(wire.client_id)?;
     let kind = match wire.op {
+        Op::Broadcast => {
+            return Some(Incoming::Broadcast(RemoteBroadcast {
+                node: wire.node,
+                seq: wire.seq,
+                ts: wire.ts,
+                client,
+                user: wire.user_id,
+                data: wire.data?.get().to_owned(),
+            }));
+        }
         Op::Upsert => RemoteKind::Upsert(
             WireEntry {
                 client_id: wire.client_id,
@@ -358,13 +453,13 @@ pub fn decode_change(body: &[u8]) -> Option<RemoteChange> {
         Op::Leave => RemoteKind::Leave,
         Op::Expire => RemoteKind::Expire,
     };
-    Some(RemoteChange {
+    Some(Incoming::Change(RemoteChange {
         node: wire.node,
         seq: wire.seq,
         ts: wire.ts,
         client,
         kind,
-    })
+    }))
 }
 
 /// `{"node":…,"seq":…,"ts":…,"entries":[…]}`: an answer to a sync request
@@ -419,14 +514,22 @@ pub fn check_entry(entry: &Entry, limits: &Limits, now: UnixMs) -> Result<(), Re
 }
 
 /// Creates the channels between the hub and the cluster tasks.
-pub fn links() -> (
-    Links,
-    mpsc::Receiver<Outgoing>,
-    mpsc::UnboundedReceiver<RoomCommand>,
-) {
+pub fn links() -> (Links, Queues) {
     let (changes, changes_rx) = mpsc::channel(QUEUE);
     let (rooms, rooms_rx) = mpsc::unbounded_channel();
-    (Links { changes, rooms }, changes_rx, rooms_rx)
+    let (broadcasts, broadcasts_rx) = mpsc::channel(BROADCAST_QUEUE);
+    (
+        Links {
+            changes,
+            rooms,
+            broadcasts,
+        },
+        Queues {
+            changes: changes_rx,
+            rooms: rooms_rx,
+            broadcasts: broadcasts_rx,
+        },
+    )
 }
 
 /// The node's presence state, as the bus tasks use it (the hub is one). The bus
@@ -466,6 +569,9 @@ pub(crate) trait LocalState: Send + Sync + 'static {
     fn node_lost(&self, node: u16, now: UnixMs);
     /// A page of rooms with this node's own entry counts.
     fn owned_rooms_page(&self, after: Option<&str>, limit: usize) -> RoomsPage;
+    /// Queues another node's broadcast (a `broadcast` frame) for this node's
+    /// subscribers of `room`.
+    fn deliver_broadcast(&self, room: &str, frame: &str);
 }
 
 /// What this node knows of another.
@@ -794,8 +900,7 @@ pub(crate) async fn start(
     hub: Arc<dyn LocalState>,
     config: &ClusterConfig,
     node: u16,
-    changes: mpsc::Receiver<Outgoing>,
-    rooms: mpsc::UnboundedReceiver<RoomCommand>,
+    queues: Queues,
     status: Arc<Status>,
     shutdown: Shutdown,
 ) -> crate::Result<JoinHandle<()>> {
@@ -855,7 +960,13 @@ pub(crate) async fn start(
         seq: std::sync::atomic::AtomicU64::new(UnixMs::now().0.saturating_mul(1_000)),
     });
     let _ = status.node.set(node.clone());
+    let Queues {
+        changes,
+        rooms,
+        broadcasts,
+    } = queues;
     let publisher = tokio::spawn(publish(node.clone(), changes));
+    let broadcaster = tokio::spawn(publish_broadcasts(node.clone(), broadcasts));
     let announcer = tokio::spawn(announce(node.clone()));
     Ok(tokio::spawn(async move {
         let subscriptions = Subscriptions {
@@ -865,6 +976,7 @@ pub(crate) async fn start(
         };
         run(node, subscriptions, events, rooms, status, shutdown).await;
         publisher.abort();
+        broadcaster.abort();
         announcer.abort();
     }))
 }
@@ -1010,6 +1122,25 @@ async fn publish(node: Arc<Node>, mut changes: mpsc::Receiver<Outgoing>) {
     }
 }
 
+/// Publishes local clients' broadcasts, in the order they were made. Each goes to
+/// the room's subject: only the nodes that follow the room (have subscribers in it)
+/// get it. Never stored, never resent.
+async fn publish_broadcasts(node: Arc<Node>, mut broadcasts: mpsc::Receiver<OutgoingBroadcast>) {
+    let metrics = node.hub.metrics().clone();
+    while let Some(broadcast) = broadcasts.recv().await {
+        let subject = room_subject(&broadcast.room);
+        let body = encode_broadcast(node.id, node.next_seq(), UnixMs::now(), &broadcast);
+        let sealed = bus::seal(&node.key, &subject, &body);
+        match node.client.publish(subject, sealed).await {
+            Ok(()) => metrics.cluster_broadcasts_published.increment(1),
+            Err(error) => {
+                tracing::debug!(%error, "cluster: publishing a broadcast failed");
+                metrics.cluster_dropped.increment(1);
+            }
+        }
+    }
+}
+
 /// Publishes every live owned entry again: after a restart or a reconnection the
 /// other nodes may have let them expire or missed changes.
 async fn republish(node: Arc<Node>) {
@@ -1123,26 +1254,76 @@ pub(crate) fn merge_room_pages(pages: Vec<RoomsPage>, limit: usize) -> RoomsPage
     RoomsPage { rooms, next }
 }
 
-/// Checks and folds one message of `room`'s subject.
-fn receive(node: &Node, room: &Arc<str>, subject: &str, generation: u64, payload: &[u8]) {
+/// Checks and folds one message of `room`'s subject: a change, or a broadcast for
+/// this node's subscribers. `broadcasts` holds, per node, the sequence number of its
+/// last broadcast delivered in this room (a node publishes them in order, so an
+/// older one is a replay).
+fn receive(
+    node: &Node,
+    room: &Arc<str>,
+    subject: &str,
+    generation: u64,
+    payload: &[u8],
+    broadcasts: &mut HashMap<u16, u64>,
+) {
     let now = UnixMs::now();
     let result = bus::open(&node.key, subject, payload)
-        .and_then(|body| decode_change(body).ok_or(Reject::Malformed))
-        .and_then(|change| {
-            bus::fresh(change.ts, now.0)?;
-            if let RemoteKind::Upsert(entry) = &change.kind {
-                check_entry(entry, node.hub.limits(), now)?;
+        .and_then(|body| decode(body).ok_or(Reject::Malformed))
+        .and_then(|incoming| {
+            let (ts, from) = match &incoming {
+                Incoming::Change(change) => (change.ts, change.node),
+                Incoming::Broadcast(broadcast) => (broadcast.ts, broadcast.node),
+            };
+            bus::fresh(ts, now.0)?;
+            if from == node.id {
+                return Ok(());
             }
-            Ok(change)
-        })
-        .and_then(|change| {
-            node.met(change.node);
-            node.hub.metrics().cluster_received.increment(1);
-            node.hub.apply_remote(room, generation, change, now)
+            node.met(from);
+            match incoming {
+                Incoming::Change(change) => {
+                    if let RemoteKind::Upsert(entry) = &change.kind {
+                        check_entry(entry, node.hub.limits(), now)?;
+                    }
+                    node.hub.metrics().cluster_received.increment(1);
+                    node.hub.apply_remote(room, generation, change, now)
+                }
+                Incoming::Broadcast(broadcast) => {
+                    receive_broadcast(node, room, broadcast, broadcasts)
+                }
+            }
         });
     if let Err(reject) = result {
         node.reject(reject, "change");
     }
+}
+
+/// Delivers another node's broadcast to this node's subscribers of `room`, unless it
+/// breaks the data limit or is a replay. The rate limit was applied once, by the
+/// node its sender is connected to.
+fn receive_broadcast(
+    node: &Node,
+    room: &str,
+    broadcast: RemoteBroadcast,
+    seen: &mut HashMap<u16, u64>,
+) -> Result<(), Reject> {
+    if broadcast.data.len() > node.hub.limits().max_data_bytes {
+        return Err(Reject::DataSize);
+    }
+    let last = seen.entry(broadcast.node).or_insert(0);
+    if broadcast.seq <= *last {
+        return Err(Reject::Replay);
+    }
+    *last = broadcast.seq;
+    node.hub.metrics().cluster_broadcasts_received.increment(1);
+    let frame = protocol::broadcast(
+        room,
+        broadcast.client,
+        broadcast.user.as_deref(),
+        &broadcast.data,
+        UnixMs(broadcast.ts),
+    );
+    node.hub.deliver_broadcast(room, &frame);
+    Ok(())
 }
 
 /// Follows one room: subscribes to its subject, syncs it, folds every change, and
@@ -1159,9 +1340,10 @@ async fn follow(node: Arc<Node>, room: Arc<str>, generation: u64) {
         }
     };
     let mut first = true;
+    let mut broadcasts = HashMap::new();
     loop {
         let replies = match &mut live {
-            Some(live) => gather(&node, &room, &subject, generation, live).await,
+            Some(live) => gather(&node, &room, &subject, generation, live, &mut broadcasts).await,
             None => Vec::new(),
         };
         node.hub
@@ -1171,7 +1353,7 @@ async fn follow(node: Arc<Node>, room: Arc<str>, generation: u64) {
         loop {
             tokio::select! {
                 message = live.next() => match message {
-                    Some(message) => receive(&node, &room, &subject, generation, &message.payload),
+                    Some(message) => receive(&node, &room, &subject, generation, &message.payload, &mut broadcasts),
                     None => return,
                 },
                 changed = epoch.changed() => {
@@ -1194,6 +1376,7 @@ async fn gather(
     subject: &str,
     generation: u64,
     live: &mut Subscriber,
+    broadcasts: &mut HashMap<u16, u64>,
 ) -> Vec<SyncReply> {
     node.hub.sync_started(room, generation);
     let deadline = tokio::time::Instant::now() + node.sync_timeout;
@@ -1217,7 +1400,7 @@ async fn gather(
                 None => break,
             },
             message = live.next() => match message {
-                Some(message) => receive(node, room, subject, generation, &message.payload),
+                Some(message) => receive(node, room, subject, generation, &message.payload, broadcasts),
                 None => break,
             },
             () = tokio::time::sleep_until(deadline) => break,
@@ -1274,6 +1457,29 @@ mod tests {
                 | (ChangeKind::Expire, RemoteKind::Expire) => {}
                 (kind, got) => panic!("{kind:?} decoded as {got:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn broadcasts_round_trip() {
+        for user in [None, Some(Arc::<str>::from("ana \"the\" admin"))] {
+            let sent = OutgoingBroadcast {
+                room: "doc/1".into(),
+                client: ClientId(7),
+                user: user.clone(),
+                data: Bytes::from_static(br#"{"emoji":"\u00e9","n":[1,null]}"#),
+            };
+            let Some(Incoming::Broadcast(got)) = decode(&encode_broadcast(3, 42, UnixMs(5), &sent))
+            else {
+                panic!("not decoded as a broadcast");
+            };
+            assert_eq!(
+                (got.node, got.seq, got.ts, got.client),
+                (3, 42, 5, ClientId(7))
+            );
+            assert_eq!(got.user.as_deref(), user.as_deref());
+            assert_eq!(got.data.as_bytes(), &sent.data[..]);
+            assert!(decode_change(&encode_broadcast(3, 42, UnixMs(5), &sent)).is_none());
         }
     }
 
