@@ -1353,11 +1353,11 @@ mod tests {
 
     fn clustered() -> (Hub, tokio::sync::mpsc::Receiver<Outgoing>) {
         let hub = Hub::in_memory(1).unwrap();
-        let (links, changes, rooms) = cluster::links();
+        let (links, queues) = cluster::links();
         // Joins and parts are not followed here: the tests play the cluster task.
-        drop(rooms);
+        drop(queues.rooms);
         hub.enable_cluster(1, links);
-        (hub, changes)
+        (hub, queues.changes)
     }
 
     fn frames(outbox: &Outbox) -> Vec<String> {

@@ -418,7 +418,7 @@ pub fn encode_broadcast(node: u16, seq: u64, ts: UnixMs, broadcast: &OutgoingBro
 
 /// Decodes a change from another node (an opened body); `None` if it is not one.
 #[cfg(test)]
-fn decode_change(body: &[u8]) -> Option<RemoteChange> {
+pub(crate) fn decode_change(body: &[u8]) -> Option<RemoteChange> {
     match decode(body)? {
         Incoming::Change(change) => Some(change),
         Incoming::Broadcast(_) => None,
