@@ -15,6 +15,8 @@ use sha2::Sha256;
 
 #[path = "cluster_support.rs"]
 mod cluster_support;
+#[path = "webhook_support.rs"]
+mod webhook_support;
 
 use cluster_support::Nats;
 use rollcall_client::{Client, Options};
@@ -851,5 +853,215 @@ async fn a_broadcast_reaches_the_subscribers_of_every_node_once() {
     assert!(
         seen.iter().all(|m| m["type"] != "broadcast"),
         "no forged broadcast, no replay: {seen:?}"
+    );
+}
+
+/// The node that sends `room`'s webhooks among `nodes`: rendezvous hashing, as
+/// `server/src/cluster/owner.rs` ranks them.
+fn webhook_owner(room: &str, nodes: &[u16]) -> u16 {
+    use sha2::Digest as _;
+    let rank = |node: u16| {
+        let mut hash = Sha256::new();
+        hash.update(b"rollcall owner v1");
+        hash.update(node.to_be_bytes());
+        hash.update(room.as_bytes());
+        let digest = hash.finalize();
+        (
+            u64::from_be_bytes(digest[..8].try_into().unwrap()),
+            std::cmp::Reverse(node),
+        )
+    };
+    *nodes.iter().max_by_key(|&&n| rank(n)).unwrap()
+}
+
+/// The node that sent a webhook event (its id is `<node>-<start>-<seq>`).
+fn sender_of(event: &serde_json::Value) -> u16 {
+    event["id"]
+        .as_str()
+        .unwrap()
+        .split('-')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Waits for an `occupancy` frame with these counts.
+async fn occupancy_reaches(raw: &mut Raw, entries: u64, users: u64) {
+    let wanted = tokio::time::timeout(WAIT, async {
+        loop {
+            let frame = raw.until("occupancy").await;
+            if frame["entryCount"] == entries && frame["userCount"] == users {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        wanted.is_ok(),
+        "no occupancy frame with {entries} entries, {users} users"
+    );
+}
+
+/// The users of a room as `GET /v1/rooms/{room}/users` lists them: each user with
+/// how many entries.
+fn users_at(server: &Server, path: &str) -> Vec<(String, usize)> {
+    let body = server.get_json(path);
+    body["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["userId"].as_str().unwrap().to_owned(),
+                u["entries"].as_array().unwrap().len(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_user_on_two_nodes_joins_once_and_leaves_once_and_each_webhook_comes_once() {
+    let Some(nats) = Nats::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path());
+    let (url, received) = webhook_support::receiver(0).await;
+    let (_hook_dir, hook_secret) = webhook_support::secret_file();
+    let hooks = [
+        "--webhook-url",
+        url.as_str(),
+        "--webhook-secret-file",
+        hook_secret.as_str(),
+    ];
+    let nodes = [
+        node_with(&nats, 1, &secret, &hooks),
+        node_with(&nats, 2, &secret, &hooks),
+    ];
+    for node in &nodes {
+        assert!(cluster_healthy(node, true).await);
+    }
+    for node in &nodes {
+        assert!(
+            eventually(WAIT, || node.metric("rollcall_cluster_nodes") == 1.0).await,
+            "the nodes hear each other"
+        );
+    }
+    let room = "cl:users";
+    let path = "/v1/rooms/cl%3Ausers/users";
+    let owner = webhook_owner(room, &[1, 2]);
+    let (mut watcher, _) = raw_subscriber(&nodes[1], room, json!({"type": "hello"})).await;
+    watcher
+        .send(
+            &json!({"type": "subscribe", "room": room, "mode": "occupancy", "ref": 2}).to_string(),
+        )
+        .await;
+    occupancy_reaches(&mut watcher, 0, 0).await;
+
+    let (mut tab_a, _) =
+        raw_subscriber(&nodes[0], room, json!({"type": "hello", "user": "alice"})).await;
+    let (mut tab_b, _) =
+        raw_subscriber(&nodes[1], room, json!({"type": "hello", "user": "alice"})).await;
+    let beat =
+        json!({"type": "heartbeat", "room": room, "data": {"tab": 1}, "ttlMs": 60_000, "ref": 3});
+    let leave = json!({"type": "leave", "room": room, "ref": 4});
+    tab_a.send(&beat.to_string()).await;
+    assert_eq!(tab_a.until("ack").await["ref"], 3);
+    occupancy_reaches(&mut watcher, 1, 1).await;
+    tab_b.send(&beat.to_string()).await;
+    assert_eq!(tab_b.until("ack").await["ref"], 3);
+    // One user with two entries, whichever node is asked.
+    occupancy_reaches(&mut watcher, 2, 1).await;
+    for node in &nodes {
+        assert!(
+            eventually(WAIT, || users_at(node, path) == [("alice".to_owned(), 2)]).await,
+            "{:?}",
+            users_at(node, path)
+        );
+    }
+    // One tab closes: alice is still here.
+    tab_a.send(&leave.to_string()).await;
+    assert_eq!(tab_a.until("ack").await["ref"], 4);
+    occupancy_reaches(&mut watcher, 1, 1).await;
+    for node in &nodes {
+        assert!(
+            eventually(WAIT, || users_at(node, path) == [("alice".to_owned(), 1)]).await,
+            "{:?}",
+            users_at(node, path)
+        );
+    }
+    // The other: she left.
+    tab_b.send(&leave.to_string()).await;
+    assert_eq!(tab_b.until("ack").await["ref"], 4);
+    occupancy_reaches(&mut watcher, 0, 0).await;
+    for node in &nodes {
+        assert!(eventually(WAIT, || users_at(node, path).is_empty()).await);
+    }
+
+    // A room owned by each node, touched last: each node sends its events in order,
+    // so once both rooms' events are in, everything sent before them is too.
+    let sentinels: Vec<String> = [1u16, 2]
+        .iter()
+        .map(|&n| {
+            (0..)
+                .map(|i| format!("cl:sentinel-{i}"))
+                .find(|r| webhook_owner(r, &[1, 2]) == n)
+                .unwrap()
+        })
+        .collect();
+    for (node, sentinel) in nodes.iter().zip(&sentinels) {
+        let (mut raw, _) = Raw::hello(&node.ws_url()).await;
+        let beat =
+            json!({"type": "heartbeat", "room": sentinel, "data": 1, "ttlMs": 60_000, "ref": 5});
+        raw.send(&beat.to_string()).await;
+        assert_eq!(raw.until("ack").await["ref"], 5);
+    }
+    assert!(
+        eventually(WAIT, || {
+            let events = webhook_support::delivered(&received);
+            sentinels.iter().all(|s| {
+                events
+                    .iter()
+                    .any(|e| e["room"] == s.as_str() && e["type"] == "room.occupied")
+            })
+        })
+        .await,
+        "both sentinel rooms' events arrive"
+    );
+    let events: Vec<serde_json::Value> = webhook_support::delivered(&received)
+        .into_iter()
+        .filter(|e| e["room"] == room)
+        .collect();
+    let seen: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        seen,
+        [
+            "room.occupied",
+            "user.joined",
+            "entry.joined",
+            "entry.joined",
+            "entry.left",
+            "entry.left",
+            "user.left",
+            "room.vacated",
+        ],
+        "each event once: {events:?}"
+    );
+    assert!(
+        events.iter().all(|e| sender_of(e) == owner),
+        "every event from the room's owner, node {owner}: {events:?}"
+    );
+    for e in events
+        .iter()
+        .filter(|e| e["type"].as_str().unwrap().starts_with("user."))
+    {
+        assert_eq!(e["userId"], "alice", "{e}");
+    }
+    assert!(
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .all(webhook_support::verifies),
+        "every batch is signed"
     );
 }

@@ -60,6 +60,9 @@ struct RoomFeed {
     /// for their snapshot, with their outbox and the reference to acknowledge. Nothing
     /// is published on the feed meanwhile (nobody has a snapshot yet).
     waiting: Option<Vec<Waiting>>,
+    /// Cluster mode with webhooks: followed for this node's part in sending the
+    /// room's webhooks (see `cluster::owner`), subscribers or not.
+    held: bool,
 }
 
 #[derive(Debug)]
@@ -501,6 +504,7 @@ impl Hub {
                 vacant.insert(RoomFeed {
                     feed: Feed::new(),
                     waiting,
+                    held: false,
                 })
             }
         };
@@ -562,6 +566,52 @@ impl Hub {
                 self.metrics.cluster_dropped.increment(1);
             }
         }
+    }
+
+    /// Cluster mode: follows `room` whether it has subscribers or not (this node owns
+    /// or backs up its webhooks), until [`Hub::release`].
+    pub fn hold(&self, room: &Arc<str>) {
+        let mut guard = self.lock(room);
+        let shard = &mut *guard;
+        if let Some(room_feed) = shard.subscribers.get_mut(&**room) {
+            room_feed.held = true;
+            return;
+        }
+        let Some(merge) = shard.merge.as_mut() else {
+            return;
+        };
+        let generation = merge.follow(room.clone());
+        if let Some(cluster) = self.cluster.get() {
+            let _ = cluster.links.rooms.send(RoomCommand::Join {
+                room: room.clone(),
+                generation,
+            });
+        }
+        shard.subscribers.insert(
+            room.clone(),
+            RoomFeed {
+                feed: Feed::new(),
+                waiting: Some(Vec::new()),
+                held: true,
+            },
+        );
+    }
+
+    /// Undoes [`Hub::hold`]: the room is followed while it has subscribers.
+    pub fn release(&self, room: &str) {
+        let mut guard = self.lock(room);
+        let Some(room_feed) = guard.subscribers.get_mut(room) else {
+            return;
+        };
+        room_feed.held = false;
+        if room_feed.feed.is_unread() {
+            guard.unfollow(room);
+        }
+    }
+
+    /// The number of entries this node holds in `room`.
+    pub fn room_len(&self, room: &str) -> usize {
+        self.counts.occupancy(room).0
     }
 
     /// Queues another node's broadcast for this node's subscribers of `room`.
@@ -830,13 +880,17 @@ impl Locked<'_> {
         if let Some(waiting) = &mut room.waiting {
             waiting.retain(|w| !Arc::ptr_eq(&w.subscription, subscription));
         }
-        if remaining > 0 {
+        if remaining > 0 || room.held {
             return;
         }
-        let (name, _) = self
-            .subscribers
-            .remove_entry(&*subscription.room)
-            .expect("the room was just found");
+        self.unfollow(&subscription.room);
+    }
+
+    /// Stops following `room` (it has no subscribers and is not held).
+    fn unfollow(&mut self, room: &str) {
+        let Some((name, _)) = self.subscribers.remove_entry(room) else {
+            return;
+        };
         let Some(merge) = &mut self.merge else {
             return;
         };
@@ -996,6 +1050,18 @@ impl crate::cluster::LocalState for Hub {
 
     fn deliver_broadcast(&self, room: &str, frame: &str) {
         Hub::deliver_broadcast(self, room, frame);
+    }
+
+    fn hold(&self, room: &Arc<str>) {
+        Hub::hold(self, room);
+    }
+
+    fn release(&self, room: &str) {
+        Hub::release(self, room);
+    }
+
+    fn room_len(&self, room: &str) -> usize {
+        Hub::room_len(self, room)
     }
 
     fn sync_started(&self, room: &str, generation: u64) {

@@ -282,6 +282,11 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         "Webhook events dropped because a receiver's queue (10,000 events) was full.",
     ),
     (
+        "rollcall_webhook_events_resent_total",
+        Kind::Counter,
+        "Cluster mode: webhook events sent again by a room's new owner after its owner left.",
+    ),
+    (
         "rollcall_webhook_failures_total",
         Kind::Counter,
         "Webhook POSTs that failed (no connection, timeout, non-2xx); each is retried.",

@@ -94,6 +94,9 @@ pub async fn run_notify(
             return Err(Error::Task(join.to_string()));
         }
     };
+    // With webhooks in a cluster, each room's events are sent by one node.
+    let members = (config.cluster.is_some() && config.webhooks.is_some())
+        .then(|| Arc::new(cluster::owner::Members::new(config.node_id)));
     let cluster = match &config.cluster {
         Some(cluster_config) => {
             let (links, queues) = cluster::links();
@@ -106,6 +109,7 @@ pub async fn run_notify(
                     cluster_config,
                     config.node_id,
                     queues,
+                    members.clone(),
                     status,
                     trigger.subscribe(),
                 )
@@ -118,6 +122,9 @@ pub async fn run_notify(
     if let Some(webhooks) = &config.webhooks {
         let sink = crate::webhooks::start(webhooks, config.node_id, &trigger.subscribe())
             .map_err(Error::Config)?;
+        if let (Some(members), Some(cluster_config)) = (&members, &config.cluster) {
+            sink.send_for(members, cluster_config.node_timeout);
+        }
         hub.set_webhooks(sink);
     }
     state.set_hub(hub.clone());

@@ -43,6 +43,7 @@ use tokio::task::JoinHandle;
 pub(crate) mod bus;
 pub(crate) mod merge;
 pub(crate) mod nats;
+pub mod owner;
 
 pub use bus::Reject;
 
@@ -73,6 +74,14 @@ const CHECK_EVERY: Duration = Duration::from_millis(200);
 const QUEUE: usize = 65_536;
 /// Broadcasts waiting for NATS; beyond it they are dropped (and counted).
 const BROADCAST_QUEUE: usize = 4_096;
+/// The subjects of every room's changes: with webhooks on, each node hears of every
+/// room, to hold the rooms whose webhooks it owns or backs up.
+const ROOMS_WILDCARD: &str = "rollcall.v1.room.*";
+/// How often held rooms are checked: rooms no longer this node's, or empty for
+/// longer than [`HOLD_EMPTY`], are released.
+const HOLD_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How long a held room may stay empty before it is released.
+const HOLD_EMPTY: Duration = Duration::from_secs(5);
 /// Sync requests of one node may arrive out of order by this many (they are sent
 /// by concurrent tasks); older ones are replays.
 const REQUEST_WINDOW: u64 = u64::BITS as u64;
@@ -572,6 +581,13 @@ pub(crate) trait LocalState: Send + Sync + 'static {
     /// Queues another node's broadcast (a `broadcast` frame) for this node's
     /// subscribers of `room`.
     fn deliver_broadcast(&self, room: &str, frame: &str);
+    /// Follows `room`, subscribers or not (this node owns or backs up its webhooks).
+    fn hold(&self, room: &Arc<str>);
+    /// Follows `room` only while it has subscribers again.
+    fn release(&self, room: &str);
+    /// The number of entries this node holds in `room` (for a followed room, the
+    /// cluster's).
+    fn room_len(&self, room: &str) -> usize;
 }
 
 /// What this node knows of another.
@@ -640,6 +656,19 @@ struct Node {
     peers: Mutex<Peers>,
     /// Sequence numbers of this node's sync requests and announcements.
     seq: std::sync::atomic::AtomicU64,
+    /// With webhooks on: the live nodes (who owns which room's webhooks) and the
+    /// rooms this node holds for them.
+    hooks: Option<Hooks>,
+}
+
+/// The rooms held for webhooks (see [`owner`]).
+#[derive(Debug)]
+struct Hooks {
+    members: Arc<owner::Members>,
+    /// Held rooms, with when each was last seen holding entries (or was held).
+    held: Mutex<HashMap<Arc<str>, Instant>>,
+    /// Set when the live nodes changed: the rooms to hold are listed again.
+    reclaim: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Node {
@@ -845,12 +874,100 @@ impl Node {
         if node == self.id {
             return;
         }
-        self.peers().nodes.entry(node).or_insert_with(|| Peer {
-            announced: 0,
-            heard: Instant::now(),
-            alive: true,
-            requests: SeenWindow::default(),
-        });
+        let mut peers = self.peers();
+        if peers.nodes.contains_key(&node) {
+            return;
+        }
+        peers.nodes.insert(
+            node,
+            Peer {
+                announced: 0,
+                heard: Instant::now(),
+                alive: true,
+                requests: SeenWindow::default(),
+            },
+        );
+        drop(peers);
+        self.members_changed();
+    }
+
+    /// With webhooks on: the live nodes changed (or may have), so the owners of the
+    /// rooms may have; the rooms to hold are listed again.
+    fn members_changed(&self) {
+        let Some(hooks) = &self.hooks else { return };
+        let live: Vec<u16> = self
+            .peers()
+            .nodes
+            .iter()
+            .filter(|(_, peer)| peer.alive)
+            .map(|(id, _)| *id)
+            .collect();
+        if hooks.members.set(live) {
+            hooks.reclaim.notify_one();
+        }
+    }
+
+    /// Holds `room` for webhooks, unless it is held already.
+    fn hold(&self, hooks: &Hooks, room: Arc<str>) {
+        let mut held = hooks.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if held.contains_key(&room) {
+            return;
+        }
+        held.insert(room.clone(), Instant::now());
+        drop(held);
+        self.hub.hold(&room);
+    }
+
+    /// Releases the held rooms that are no longer this node's, or that stayed empty
+    /// for [`HOLD_EMPTY`].
+    fn check_held(&self) {
+        let Some(hooks) = &self.hooks else { return };
+        let mut released = Vec::new();
+        {
+            let mut held = hooks.held.lock().unwrap_or_else(PoisonError::into_inner);
+            held.retain(|room, seen| {
+                if !hooks.members.holds(room) {
+                    released.push(room.clone());
+                    return false;
+                }
+                if self.hub.room_len(room) > 0 {
+                    *seen = Instant::now();
+                    return true;
+                }
+                if seen.elapsed() < HOLD_EMPTY {
+                    return true;
+                }
+                released.push(room.clone());
+                false
+            });
+        }
+        for room in released {
+            self.hub.release(&room);
+        }
+    }
+
+    /// A message on some room's subject (with webhooks on, every room's): holds the
+    /// room if it is this node's to hold and the message is authentic.
+    fn discover(&self, subject: &str, payload: &[u8]) {
+        let Some(hooks) = &self.hooks else { return };
+        let Some(room) = subject
+            .strip_prefix("rollcall.v1.room.")
+            .and_then(|token| URL_SAFE_NO_PAD.decode(token).ok())
+            .and_then(|name| String::from_utf8(name).ok())
+        else {
+            return;
+        };
+        if hooks
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(room.as_str())
+            || !hooks.members.holds(&room)
+            || bus::open(&self.key, subject, payload).is_err()
+        {
+            return;
+        }
+        self.hold(hooks, room.into());
     }
 
     /// Whether a sync request of `node` numbered `seq` was not seen yet.
@@ -882,6 +999,11 @@ impl Node {
             alive = peers.nodes.values().filter(|p| p.alive).count();
         }
         self.hub.metrics().cluster_nodes.set(alive as f64);
+        if !lost.is_empty() {
+            // First: the lost node's rooms now have their new owner, who reports the
+            // departures of the lost node's entries.
+            self.members_changed();
+        }
         for id in lost {
             tracing::warn!(
                 node = id,
@@ -901,6 +1023,7 @@ pub(crate) async fn start(
     config: &ClusterConfig,
     node: u16,
     queues: Queues,
+    members: Option<Arc<owner::Members>>,
     status: Arc<Status>,
     shutdown: Shutdown,
 ) -> crate::Result<JoinHandle<()>> {
@@ -942,6 +1065,10 @@ pub(crate) async fn start(
     let requests = subscribe(SYNC_SUBJECT).await?;
     let room_lists = subscribe(ROOMS_SUBJECT).await?;
     let announcements = subscribe(NODES_SUBJECT).await?;
+    let wildcard = match &members {
+        Some(_) => Some(subscribe(ROOMS_WILDCARD).await?),
+        None => None,
+    };
     tracing::info!(
         servers = %resolved.shown,
         login = %resolved.login,
@@ -958,6 +1085,11 @@ pub(crate) async fn start(
         epoch: watch::channel(0).0,
         peers: Mutex::new(Peers::default()),
         seq: std::sync::atomic::AtomicU64::new(UnixMs::now().0.saturating_mul(1_000)),
+        hooks: members.map(|members| Hooks {
+            members,
+            held: Mutex::new(HashMap::new()),
+            reclaim: tokio::sync::Notify::new(),
+        }),
     });
     let _ = status.node.set(node.clone());
     let Queues {
@@ -973,6 +1105,7 @@ pub(crate) async fn start(
             requests,
             room_lists,
             announcements,
+            wildcard,
         };
         run(node, subscriptions, events, rooms, status, shutdown).await;
         publisher.abort();
@@ -986,6 +1119,76 @@ struct Subscriptions {
     requests: Subscriber,
     room_lists: Subscriber,
     announcements: Subscriber,
+    /// With webhooks on: every room's changes (see [`Node::discover`]).
+    wildcard: Option<Subscriber>,
+}
+
+/// The next message of `subscriber`, if there is one (never, without).
+async fn next_message(subscriber: &mut Option<Subscriber>) -> Option<async_nats::Message> {
+    match subscriber {
+        Some(subscriber) => subscriber.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the rooms to hold must be listed again (never, without webhooks).
+async fn reclaim(node: &Node) {
+    match &node.hooks {
+        Some(hooks) => hooks.reclaim.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Lists every room that has entries anywhere in the cluster and holds those this
+/// node owns or backs up: after the live nodes changed, rooms move (and a room
+/// nobody touches would otherwise be found only at its next change).
+async fn claim(node: Arc<Node>) {
+    let Some(hooks) = &node.hooks else { return };
+    // Wait until this node knows every live node.
+    tokio::time::sleep(ANNOUNCE_EVERY + SETTLE_MARGIN).await;
+    let mut after: Option<String> = None;
+    let mut claimed = 0usize;
+    loop {
+        let mut pages = vec![node.hub.owned_rooms_page(after.as_deref(), MAX_ROOMS_PAGE)];
+        let deadline = tokio::time::Instant::now() + node.sync_timeout;
+        let mut body = format!(
+            "{{\"node\":{},\"seq\":{},\"ts\":{},\"limit\":{MAX_ROOMS_PAGE},\"after\":",
+            node.id,
+            node.next_seq(),
+            UnixMs::now().0
+        );
+        match &after {
+            Some(after) => protocol::push_json_str(&mut body, after),
+            None => body.push_str("null"),
+        }
+        body.push('}');
+        if let Some((replies, inbox)) = node
+            .request_on(ROOMS_SUBJECT, body.into_bytes(), deadline)
+            .await
+        {
+            pages.extend(
+                node.collect(replies, deadline, |payload| {
+                    node.open_rooms_reply(&inbox, payload)
+                })
+                .await,
+            );
+        }
+        let page = merge_room_pages(pages, MAX_ROOMS_PAGE);
+        for (room, _) in page.rooms {
+            if hooks.members.holds(&room) {
+                node.hold(hooks, room.into());
+                claimed += 1;
+            }
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    tracing::info!(
+        rooms = claimed,
+        "cluster: holding the rooms whose webhooks this node owns or backs up"
+    );
 }
 
 async fn run(
@@ -1000,6 +1203,7 @@ async fn run(
         mut requests,
         mut room_lists,
         mut announcements,
+        mut wildcard,
     } = subscriptions;
     let mut following: HashMap<Arc<str>, JoinHandle<()>> = HashMap::new();
     let metrics = node.hub.metrics().clone();
@@ -1007,6 +1211,9 @@ async fn run(
     let mut failing = false;
     let mut check = tokio::time::interval(CHECK_EVERY);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut held_check = tokio::time::interval(HOLD_CHECK_EVERY);
+    held_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut claiming: Option<JoinHandle<()>> = None;
     loop {
         tokio::select! {
             Some(event) = events.recv() => match event {
@@ -1050,11 +1257,20 @@ async fn run(
             Some(announcement) = announcements.next() => match node.announced(&announcement.payload) {
                 Ok(true) => {
                     tracing::info!("cluster: a node taken for dead is back; resyncing");
+                    node.members_changed();
                     node.epoch.send_modify(|epoch| *epoch += 1);
                 }
-                Ok(false) => {}
+                Ok(false) => node.members_changed(),
                 Err(reject) => node.reject(reject, "announcement"),
             },
+            Some(message) = next_message(&mut wildcard) => node.discover(&message.subject, &message.payload),
+            () = reclaim(&node) => {
+                if let Some(task) = claiming.take() {
+                    task.abort();
+                }
+                claiming = Some(tokio::spawn(claim(node.clone())));
+            }
+            _ = held_check.tick() => node.check_held(),
             _ = check.tick() => node.check_peers(),
             Some(command) = rooms.recv() => match command {
                 RoomCommand::Join { room, generation } => {
@@ -1073,6 +1289,9 @@ async fn run(
         }
     }
     for (_, task) in following.drain() {
+        task.abort();
+    }
+    if let Some(task) = claiming {
         task.abort();
     }
     // Hand what is queued to NATS, but never wait for a NATS that is gone.
