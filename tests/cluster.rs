@@ -1065,3 +1065,89 @@ async fn a_user_on_two_nodes_joins_once_and_leaves_once_and_each_webhook_comes_o
         "every batch is signed"
     );
 }
+
+#[tokio::test]
+async fn when_a_rooms_webhook_owner_dies_the_next_owner_reports_its_entries_leaving() {
+    let Some(nats) = Nats::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path());
+    let (url, received) = webhook_support::receiver(0).await;
+    let (_hook_dir, hook_secret) = webhook_support::secret_file();
+    let flags = [
+        "--webhook-url",
+        url.as_str(),
+        "--webhook-secret-file",
+        hook_secret.as_str(),
+        "--node-timeout-ms",
+        "1500",
+    ];
+    let mut nodes = [
+        node_with(&nats, 1, &secret, &flags),
+        node_with(&nats, 2, &secret, &flags),
+    ];
+    for node in &nodes {
+        assert!(cluster_healthy(node, true).await);
+        assert!(eventually(WAIT, || node.metric("rollcall_cluster_nodes") == 1.0).await);
+    }
+    // A room node 2 owns, with alice on node 2 and bob on node 1.
+    let room = (0..)
+        .map(|i| format!("cl:takeover-{i}"))
+        .find(|r| webhook_owner(r, &[1, 2]) == 2)
+        .unwrap();
+    let beat = json!({"type": "heartbeat", "room": room, "data": 1, "ttlMs": 60_000, "ref": 3});
+    let (mut alice, _) = Raw::hello_with(
+        &nodes[1].ws_url(),
+        &json!({"type": "hello", "user": "alice"}),
+    )
+    .await;
+    alice.send(&beat.to_string()).await;
+    assert_eq!(alice.until("ack").await["ref"], 3);
+    let (mut bob, _) =
+        Raw::hello_with(&nodes[0].ws_url(), &json!({"type": "hello", "user": "bob"})).await;
+    bob.send(&beat.to_string()).await;
+    assert_eq!(bob.until("ack").await["ref"], 3);
+    let joined = |user: &str| {
+        webhook_support::delivered(&received).iter().any(|e| {
+            e["room"] == room.as_str() && e["type"] == "user.joined" && e["userId"] == user
+        })
+    };
+    assert!(
+        eventually(WAIT, || joined("alice") && joined("bob")).await,
+        "both joins reported"
+    );
+    let before: Vec<serde_json::Value> = webhook_support::delivered(&received)
+        .into_iter()
+        .filter(|e| e["room"] == room.as_str())
+        .collect();
+    assert!(before.iter().all(|e| sender_of(e) == 2), "{before:?}");
+
+    nodes[1].kill9();
+    // Node 1 takes node 2 for dead, owns the room now, and reports alice leaving.
+    let left = |events: &[serde_json::Value]| {
+        events.iter().any(|e| {
+            e["room"] == room.as_str()
+                && e["type"] == "user.left"
+                && e["userId"] == "alice"
+                && sender_of(e) == 1
+        })
+    };
+    assert!(
+        eventually(WAIT, || left(&webhook_support::delivered(&received))).await,
+        "the new owner reports the dead node's entry leaving: {:?}",
+        webhook_support::delivered(&received)
+    );
+    // bob is still there: no user.left for him, and the room is not vacated.
+    let events = webhook_support::delivered(&received);
+    assert!(
+        !events.iter().any(|e| e["room"] == room.as_str()
+            && (e["type"] == "room.vacated" || (e["type"] == "user.left" && e["userId"] == "bob"))),
+        "{events:?}"
+    );
+    assert_eq!(
+        users_at(
+            &nodes[0],
+            &format!("/v1/rooms/{}/users", room.replace(':', "%3A"))
+        ),
+        [("bob".to_owned(), 1)]
+    );
+}

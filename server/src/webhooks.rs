@@ -456,6 +456,70 @@ mod tests {
         assert_eq!(target.path, "/");
     }
 
+    fn change(room: &str, kind: ChangeKind) -> Change {
+        Change {
+            room: room.into(),
+            kind,
+            entry: rollcall_engine::Entry {
+                client: rollcall_engine::ClientId(7),
+                user: Some("alice".into()),
+                data: Bytes::from_static(b"1"),
+                expires_at: UnixMs(1),
+            },
+        }
+    }
+
+    fn types(rx: &mut mpsc::Receiver<Arc<str>>) -> Vec<(String, String)> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|event| {
+                let event: serde_json::Value = serde_json::from_str(&event).unwrap();
+                (
+                    event["type"].as_str().unwrap().to_owned(),
+                    event["room"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn in_a_cluster_the_owner_sends_and_the_backup_sends_what_it_kept_when_it_takes_over() {
+        let (tx, mut rx) = mpsc::channel(100);
+        let sink = Arc::new(Sink {
+            queues: vec![tx],
+            next_id: AtomicU64::new(0),
+            node: 1,
+            cluster: OnceLock::new(),
+        });
+        let members = Arc::new(Members::new(1));
+        members.set([2]);
+        sink.send_for(&members, Duration::from_secs(60));
+        let room_of = |owner: u16| {
+            (0..)
+                .map(|i| format!("room-{i}"))
+                .find(|r| crate::cluster::owner::ranked(r, &[1, 2], 1) == [owner])
+                .unwrap()
+        };
+        let (mine, theirs) = (room_of(1), room_of(2));
+        sink.change(&change(&mine, ChangeKind::Insert), 1, true);
+        sink.change(&change(&theirs, ChangeKind::Insert), 1, true);
+        let mine_joined = ["room.occupied", "user.joined", "entry.joined"]
+            .map(|kind| (kind.to_owned(), mine.clone()));
+        assert_eq!(types(&mut rx), mine_joined, "only the owned room's events");
+        // Node 2 goes: node 1 owns its room now, and sends what node 2 may not have.
+        members.set([]);
+        let theirs_joined = ["room.occupied", "user.joined", "entry.joined"]
+            .map(|kind| (kind.to_owned(), theirs.clone()));
+        assert_eq!(types(&mut rx), theirs_joined);
+        sink.change(&change(&theirs, ChangeKind::Leave), 0, true);
+        let theirs_left = ["entry.left", "user.left", "room.vacated"]
+            .map(|kind| (kind.to_owned(), theirs.clone()));
+        assert_eq!(types(&mut rx), theirs_left);
+        // Sent once: node 2 coming back and going again sends nothing more.
+        members.set([2]);
+        members.set([]);
+        assert_eq!(types(&mut rx), Vec::new());
+    }
+
     #[test]
     fn the_signature_is_hmac_sha256_of_timestamp_dot_body() {
         // HMAC-SHA256("key", "1.{}") computed independently (Python's hmac module).
