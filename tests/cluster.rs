@@ -942,7 +942,7 @@ async fn a_user_on_two_nodes_joins_once_and_leaves_once_and_each_webhook_comes_o
     }
     for node in &nodes {
         assert!(
-            eventually(WAIT, || node.metric("rollcall_cluster_nodes") == 1.0).await,
+            eventually(WAIT, || node.metric("rollcall_cluster_nodes") >= 1.0).await,
             "the nodes hear each other"
         );
     }
@@ -1002,7 +1002,7 @@ async fn a_user_on_two_nodes_joins_once_and_leaves_once_and_each_webhook_comes_o
     let sentinels: Vec<String> = [1u16, 2]
         .iter()
         .map(|&n| {
-            (0..)
+            (0..10_000)
                 .map(|i| format!("cl:sentinel-{i}"))
                 .find(|r| webhook_owner(r, &[1, 2]) == n)
                 .unwrap()
@@ -1087,10 +1087,10 @@ async fn when_a_rooms_webhook_owner_dies_the_next_owner_reports_its_entries_leav
     ];
     for node in &nodes {
         assert!(cluster_healthy(node, true).await);
-        assert!(eventually(WAIT, || node.metric("rollcall_cluster_nodes") == 1.0).await);
+        assert!(eventually(WAIT, || node.metric("rollcall_cluster_nodes") >= 1.0).await);
     }
     // A room node 2 owns, with alice on node 2 and bob on node 1.
-    let room = (0..)
+    let room = (0..10_000)
         .map(|i| format!("cl:takeover-{i}"))
         .find(|r| webhook_owner(r, &[1, 2]) == 2)
         .unwrap();

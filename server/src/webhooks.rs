@@ -494,7 +494,7 @@ mod tests {
         members.set([2]);
         sink.send_for(&members, Duration::from_secs(60));
         let room_of = |owner: u16| {
-            (0..)
+            (0..10_000)
                 .map(|i| format!("room-{i}"))
                 .find(|r| crate::cluster::owner::ranked(r, &[1, 2], 1) == [owner])
                 .unwrap()

@@ -908,11 +908,12 @@ impl Node {
     }
 
     /// Holds `room` for webhooks, unless it is held already.
-    fn hold(&self, hooks: &Hooks, room: Arc<str>) {
+    fn hold(&self, hooks: &Hooks, room: &str) {
         let mut held = hooks.held.lock().unwrap_or_else(PoisonError::into_inner);
-        if held.contains_key(&room) {
+        if held.contains_key(room) {
             return;
         }
+        let room: Arc<str> = room.into();
         held.insert(room.clone(), Instant::now());
         drop(held);
         self.hub.hold(&room);
@@ -967,7 +968,7 @@ impl Node {
         {
             return;
         }
-        self.hold(hooks, room.into());
+        self.hold(hooks, &room);
     }
 
     /// Whether a sync request of `node` numbered `seq` was not seen yet.
@@ -1176,7 +1177,7 @@ async fn claim(node: Arc<Node>) {
         let page = merge_room_pages(pages, MAX_ROOMS_PAGE);
         for (room, _) in page.rooms {
             if hooks.members.holds(&room) {
-                node.hold(hooks, room.into());
+                node.hold(hooks, &room);
                 claimed += 1;
             }
         }
@@ -1507,7 +1508,7 @@ fn receive(
                     node.hub.apply_remote(room, generation, change, now)
                 }
                 Incoming::Broadcast(broadcast) => {
-                    receive_broadcast(node, room, broadcast, broadcasts)
+                    receive_broadcast(node, room, &broadcast, broadcasts)
                 }
             }
         });
@@ -1522,7 +1523,7 @@ fn receive(
 fn receive_broadcast(
     node: &Node,
     room: &str,
-    broadcast: RemoteBroadcast,
+    broadcast: &RemoteBroadcast,
     seen: &mut HashMap<u16, u64>,
 ) -> Result<(), Reject> {
     if broadcast.data.len() > node.hub.limits().max_data_bytes {
