@@ -219,12 +219,10 @@ impl Sink {
         // Under the members' lock: a change of owner (which sends what was kept) is
         // either wholly before these events or wholly after.
         owners.members.with_live(|live| {
-            let route = if live.owns(&change.room) {
-                Route::Send
-            } else if live.holds(&change.room) {
-                Route::Keep
-            } else {
-                Route::Drop
+            let route = match live.place(&change.room) {
+                Some(0) => Route::Send,
+                Some(_) => Route::Keep,
+                None => Route::Drop,
             };
             match route {
                 Route::Send => events.iter().for_each(|event| self.send(event)),

@@ -1475,16 +1475,14 @@ pub(crate) fn merge_room_pages(pages: Vec<RoomsPage>, limit: usize) -> RoomsPage
 }
 
 /// Checks and folds one message of `room`'s subject: a change, or a broadcast for
-/// this node's subscribers. `broadcasts` holds, per node, the sequence number of its
-/// last broadcast delivered in this room (a node publishes them in order, so an
-/// older one is a replay).
+/// this node's subscribers.
 fn receive(
     node: &Node,
     room: &Arc<str>,
     subject: &str,
     generation: u64,
     payload: &[u8],
-    broadcasts: &mut HashMap<u16, u64>,
+    broadcasts: &mut BroadcastsSeen,
 ) {
     let now = UnixMs::now();
     let result = bus::open(&node.key, subject, payload)
@@ -1517,6 +1515,15 @@ fn receive(
     }
 }
 
+/// What one following of a room has seen of broadcasts: when it began, and per node
+/// the sequence number of its last broadcast delivered (a node publishes them in
+/// order, so an older one is a replay).
+#[derive(Debug)]
+struct BroadcastsSeen {
+    since: u64,
+    last: HashMap<u16, u64>,
+}
+
 /// Delivers another node's broadcast to this node's subscribers of `room`, unless it
 /// breaks the data limit or is a replay. The rate limit was applied once, by the
 /// node its sender is connected to.
@@ -1524,12 +1531,17 @@ fn receive_broadcast(
     node: &Node,
     room: &str,
     broadcast: &RemoteBroadcast,
-    seen: &mut HashMap<u16, u64>,
+    seen: &mut BroadcastsSeen,
 ) -> Result<(), Reject> {
     if broadcast.data.len() > node.hub.limits().max_data_bytes {
         return Err(Reject::DataSize);
     }
-    let last = seen.entry(broadcast.node).or_insert(0);
+    // Sent more than a second (of clock skew) before this following of the room
+    // began: a recording.
+    if broadcast.ts.saturating_add(1_000) < seen.since {
+        return Err(Reject::Replay);
+    }
+    let last = seen.last.entry(broadcast.node).or_insert(0);
     if broadcast.seq <= *last {
         return Err(Reject::Replay);
     }
@@ -1560,7 +1572,10 @@ async fn follow(node: Arc<Node>, room: Arc<str>, generation: u64) {
         }
     };
     let mut first = true;
-    let mut broadcasts = HashMap::new();
+    let mut broadcasts = BroadcastsSeen {
+        since: UnixMs::now().0,
+        last: HashMap::new(),
+    };
     loop {
         let replies = match &mut live {
             Some(live) => gather(&node, &room, &subject, generation, live, &mut broadcasts).await,
@@ -1596,7 +1611,7 @@ async fn gather(
     subject: &str,
     generation: u64,
     live: &mut Subscriber,
-    broadcasts: &mut HashMap<u16, u64>,
+    broadcasts: &mut BroadcastsSeen,
 ) -> Vec<SyncReply> {
     node.hub.sync_started(room, generation);
     let deadline = tokio::time::Instant::now() + node.sync_timeout;

@@ -69,6 +69,14 @@ impl Live {
     pub fn holds(&self, room: &str) -> bool {
         ranked(room, &self.nodes, HOLDERS).contains(&self.me)
     }
+
+    /// This node's part in `room`: 0 for its owner, 1 for its backup, `None` for
+    /// neither (one ranking for both questions).
+    pub fn place(&self, room: &str) -> Option<usize> {
+        ranked(room, &self.nodes, HOLDERS)
+            .iter()
+            .position(|&n| n == self.me)
+    }
 }
 
 /// The cluster's live members, shared by the cluster tasks (which keep it current)
