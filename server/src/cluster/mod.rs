@@ -1233,6 +1233,10 @@ async fn run(
                     }
                     node.epoch.send_modify(|epoch| *epoch += 1);
                     tokio::spawn(republish(node.clone()));
+                    if let Some(hooks) = &node.hooks {
+                        // Rooms may have come while this node was cut off.
+                        hooks.reclaim.notify_one();
+                    }
                 }
                 Event::Disconnected => {
                     tracing::warn!("cluster: lost NATS; local rooms keep working, remote entries stay until NATS is back or their TTL");
