@@ -894,13 +894,16 @@ impl Locked<'_> {
         let Some(merge) = &mut self.merge else {
             return;
         };
-        // Nobody here follows the room any more: forget the other nodes' entries.
+        // Nobody here follows the room any more: forget the other nodes' entries
+        // (they did not leave: no webhook says so).
         for client in merge.unfollow(&name) {
-            self.fold_unlogged(&Event::Leave(Leave {
+            if let Some(change) = self.materializer.fold(&Event::Leave(Leave {
                 room: name.clone(),
                 client,
                 at: UnixMs::now(),
-            }));
+            })) {
+                self.hub.counts.forget(&change);
+            }
         }
         if let Some(cluster) = self.hub.cluster.get() {
             let _ = cluster.links.rooms.send(RoomCommand::Part { room: name });

@@ -1279,6 +1279,13 @@ async fn run(
             _ = check.tick() => node.check_peers(),
             Some(command) = rooms.recv() => match command {
                 RoomCommand::Join { room, generation } => {
+                    if let Some(hooks) = &node.hooks {
+                        // A room followed for its subscribers stays followed while
+                        // this node sends or backs up its webhooks.
+                        if hooks.members.holds(&room) {
+                            node.hold(hooks, &room);
+                        }
+                    }
                     let task = tokio::spawn(follow(node.clone(), room.clone(), generation));
                     if let Some(old) = following.insert(room, task) {
                         old.abort();
