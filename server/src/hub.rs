@@ -625,6 +625,7 @@ impl Hub {
 
     /// Sends a subscription that fell behind its feed the room's current state.
     pub fn resync(&self, subscription: &Subscription) {
+        self.metrics.fanout_resyncs.increment(1);
         let now = UnixMs::now();
         let shard = self.lock(&subscription.room);
         let view = RoomView::take(&shard, &subscription.room, subscription.feed(), now);
