@@ -565,6 +565,37 @@ mod tests {
     }
 
     #[test]
+    fn a_held_room_stays_followed_without_subscribers_until_released() {
+        let (hub, _changes) = clustered();
+        let room: Arc<str> = ROOM.into();
+        let followed = |hub: &Hub| hub.lock(ROOM).subscribers.contains_key(ROOM);
+        hub.hold(&room);
+        assert!(followed(&hub), "held: followed with nobody subscribed");
+        hub.sync_finished(&room, 1, Vec::new(), true, NOW);
+        hub.apply_remote(&room, 1, remote(2, 1, 9, ChangeKind::Insert), NOW)
+            .unwrap();
+        assert_eq!(hub.room_len(ROOM), 1, "another node's entry is held");
+        // A subscriber comes and goes: still held.
+        let outbox = Arc::new(Outbox::new());
+        let subscription = hub.subscribe(&room, &outbox, None, None, Duration::ZERO);
+        hub.unsubscribe(&outbox, &subscription);
+        assert!(followed(&hub));
+        assert_eq!(hub.room_len(ROOM), 1);
+        // Released with a subscriber: followed for it, until it goes.
+        let subscription = hub.subscribe(&room, &outbox, None, None, Duration::ZERO);
+        hub.release(ROOM);
+        assert!(followed(&hub));
+        hub.unsubscribe(&outbox, &subscription);
+        assert!(!followed(&hub), "neither held nor subscribed");
+        assert_eq!(hub.room_len(ROOM), 0, "the other node's entry is forgotten");
+        // Released without one: unfollowed at once.
+        hub.hold(&room);
+        assert!(followed(&hub));
+        hub.release(ROOM);
+        assert!(!followed(&hub));
+    }
+
+    #[test]
     fn old_messages_never_undo_newer_ones() {
         let (hub, _changes) = clustered();
         let room: Arc<str> = ROOM.into();
