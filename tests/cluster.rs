@@ -15,10 +15,12 @@ use sha2::Sha256;
 
 #[path = "cluster_support.rs"]
 mod cluster_support;
+#[path = "webhook_support.rs"]
+mod webhook_support;
 
 use cluster_support::Nats;
 use rollcall_client::{Client, Options};
-use rollcall_tests::{Launch, Server, eventually};
+use rollcall_tests::{Launch, Raw, Server, eventually};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -721,4 +723,431 @@ async fn nodes_converge_after_nats_restarts() {
     for node in [&nodes[0], &nodes[2]] {
         assert!(cluster_healthy(node, true).await);
     }
+}
+
+/// A raw WebSocket client of `server` subscribed to `room` (the ack comes after the
+/// room's first sync), with its client id.
+async fn raw_subscriber(server: &Server, room: &str, hello: serde_json::Value) -> (Raw, u64) {
+    let (mut raw, welcome) = Raw::hello_with(&server.ws_url(), &hello).await;
+    let rollcall_tests::RawEvent::Json(welcome) = welcome else {
+        panic!("no welcome: {welcome:?}");
+    };
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    raw.send(&json!({"type": "subscribe", "room": room, "ref": 1}).to_string())
+        .await;
+    assert_eq!(raw.until("ack").await["ref"], 1);
+    (raw, welcome["clientId"].as_u64().unwrap())
+}
+
+/// Messages up to and including the first of type `kind`.
+async fn collect_until(raw: &mut Raw, kind: &str) -> Vec<serde_json::Value> {
+    let mut seen = Vec::new();
+    loop {
+        let message = raw.json().await;
+        let done = message["type"] == kind;
+        seen.push(message);
+        if done {
+            return seen;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_broadcast_reaches_the_subscribers_of_every_node_once() {
+    let Some(nats) = Nats::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path());
+    let nodes = [node(&nats, 1, &secret), node(&nats, 2, &secret)];
+    for node in &nodes {
+        assert!(cluster_healthy(node, true).await);
+    }
+    let room = "cl:bcast";
+    let hello = json!({"type": "hello", "user": "alice"});
+    let (mut sender, sender_id) = raw_subscriber(&nodes[0], room, hello).await;
+    let (mut near, _) = raw_subscriber(&nodes[0], room, json!({"type": "hello"})).await;
+    let (mut far, _) = raw_subscriber(&nodes[1], room, json!({"type": "hello"})).await;
+    let (mut elsewhere, _) =
+        raw_subscriber(&nodes[1], "cl:bcast-other", json!({"type": "hello"})).await;
+
+    sender
+        .send(
+            &json!({"type": "broadcast", "room": room, "data": {"emoji": "🎉"}, "ref": 7})
+                .to_string(),
+        )
+        .await;
+    let before_ack = collect_until(&mut sender, "ack").await;
+    assert!(
+        before_ack.iter().all(|m| m["type"] != "broadcast"),
+        "{before_ack:?}"
+    );
+    for raw in [&mut near, &mut far] {
+        let message = raw.until("broadcast").await;
+        assert_eq!(message["room"], room);
+        assert_eq!(message["clientId"], sender_id);
+        assert_eq!(message["userId"], "alice");
+        assert_eq!(message["data"], json!({"emoji": "🎉"}));
+        assert!(message["serverTimeMs"].as_u64().is_some());
+    }
+    // Once each: a ping's answer comes after anything queued before it, and a second
+    // broadcast after the first shows that nothing was delivered twice.
+    sender
+        .send(&json!({"type": "broadcast", "room": room, "data": 2, "ref": 8}).to_string())
+        .await;
+    for raw in [&mut near, &mut far] {
+        assert_eq!(
+            raw.until("broadcast").await["data"],
+            2,
+            "the first came once"
+        );
+        raw.send(r#"{"type":"ping","ref":9}"#).await;
+        let seen = collect_until(raw, "pong").await;
+        assert!(seen.iter().all(|m| m["type"] != "broadcast"), "{seen:?}");
+    }
+    // The sender never hears its own broadcast back from the other node.
+    sender.send(r#"{"type":"ping","ref":10}"#).await;
+    let seen = collect_until(&mut sender, "pong").await;
+    assert!(seen.iter().all(|m| m["type"] != "broadcast"), "{seen:?}");
+    // Another room's subscriber gets nothing.
+    elsewhere.send(r#"{"type":"ping","ref":9}"#).await;
+    let seen = collect_until(&mut elsewhere, "pong").await;
+    assert!(seen.iter().all(|m| m["type"] != "broadcast"), "{seen:?}");
+    // Never stored.
+    assert_eq!(
+        nodes[1].get_json("/v1/rooms/cl%3Abcast")["entries"],
+        json!([])
+    );
+    assert!(nodes[0].metric("rollcall_cluster_broadcasts_published_total") >= 2.0);
+    assert!(nodes[1].metric("rollcall_cluster_broadcasts_received_total") >= 2.0);
+
+    // From the bus: one without a valid MAC is refused; a sealed one is delivered
+    // once, and its replay refused.
+    let raw = async_nats::connect(nats.url()).await.unwrap();
+    let subject = room_subject(room);
+    let body = format!(
+        r#"{{"node":9,"seq":5,"ts":{},"op":"broadcast","clientId":{},"data":"forged"}}"#,
+        now_ms(),
+        (9u64 << 40) + 1
+    );
+    let macs_before = rejected(&nodes[1], "mac");
+    raw.publish(subject.clone(), format!("{}.{body}", "A".repeat(43)).into())
+        .await
+        .unwrap();
+    raw.flush().await.unwrap();
+    assert!(
+        eventually(WAIT, || rejected(&nodes[1], "mac") > macs_before).await,
+        "a broadcast without a valid MAC is counted"
+    );
+    let replays_before = rejected(&nodes[1], "replay");
+    let sealed = Sealer::new(&secret).seal(&subject, &body);
+    for _ in 0..2 {
+        raw.publish(subject.clone(), sealed.clone()).await.unwrap();
+    }
+    raw.flush().await.unwrap();
+    assert_eq!(far.until("broadcast").await["data"], "forged");
+    assert!(
+        eventually(WAIT, || rejected(&nodes[1], "replay") > replays_before).await,
+        "the replay is refused and counted"
+    );
+    far.send(r#"{"type":"ping","ref":11}"#).await;
+    let seen = collect_until(&mut far, "pong").await;
+    assert!(
+        seen.iter().all(|m| m["type"] != "broadcast"),
+        "no forged broadcast, no replay: {seen:?}"
+    );
+}
+
+/// The node that sends `room`'s webhooks among `nodes`: rendezvous hashing, as
+/// `server/src/cluster/owner.rs` ranks them.
+fn webhook_owner(room: &str, nodes: &[u16]) -> u16 {
+    use sha2::Digest as _;
+    let rank = |node: u16| {
+        let mut hash = Sha256::new();
+        hash.update(b"rollcall owner v1");
+        hash.update(node.to_be_bytes());
+        hash.update(room.as_bytes());
+        let digest = hash.finalize();
+        (
+            u64::from_be_bytes(digest[..8].try_into().unwrap()),
+            std::cmp::Reverse(node),
+        )
+    };
+    *nodes.iter().max_by_key(|&&n| rank(n)).unwrap()
+}
+
+/// The node that sent a webhook event (its id is `<node>-<start>-<seq>`).
+fn sender_of(event: &serde_json::Value) -> u16 {
+    event["id"]
+        .as_str()
+        .unwrap()
+        .split('-')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Waits for an `occupancy` frame with these counts.
+async fn occupancy_reaches(raw: &mut Raw, entries: u64, users: u64) {
+    let wanted = tokio::time::timeout(WAIT, async {
+        loop {
+            let frame = raw.until("occupancy").await;
+            if frame["entryCount"] == entries && frame["userCount"] == users {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        wanted.is_ok(),
+        "no occupancy frame with {entries} entries, {users} users"
+    );
+}
+
+/// The users of a room as `GET /v1/rooms/{room}/users` lists them: each user with
+/// how many entries.
+fn users_at(server: &Server, path: &str) -> Vec<(String, usize)> {
+    let body = server.get_json(path);
+    body["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["userId"].as_str().unwrap().to_owned(),
+                u["entries"].as_array().unwrap().len(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_user_on_two_nodes_joins_once_and_leaves_once_and_each_webhook_comes_once() {
+    let Some(nats) = Nats::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path());
+    let (url, received) = webhook_support::receiver(0).await;
+    let (_hook_dir, hook_secret) = webhook_support::secret_file();
+    let hooks = [
+        "--webhook-url",
+        url.as_str(),
+        "--webhook-secret-file",
+        hook_secret.as_str(),
+    ];
+    let nodes = [
+        node_with(&nats, 1, &secret, &hooks),
+        node_with(&nats, 2, &secret, &hooks),
+    ];
+    for node in &nodes {
+        assert!(cluster_healthy(node, true).await);
+    }
+    for node in &nodes {
+        assert!(
+            eventually(WAIT, || node.metric("rollcall_cluster_nodes") >= 1.0).await,
+            "the nodes hear each other"
+        );
+    }
+    let room = "cl:users";
+    let path = "/v1/rooms/cl%3Ausers/users";
+    let owner = webhook_owner(room, &[1, 2]);
+    let (mut watcher, _) = raw_subscriber(&nodes[1], room, json!({"type": "hello"})).await;
+    watcher
+        .send(
+            &json!({"type": "subscribe", "room": room, "mode": "occupancy", "ref": 2}).to_string(),
+        )
+        .await;
+    occupancy_reaches(&mut watcher, 0, 0).await;
+
+    let (mut tab_a, _) =
+        raw_subscriber(&nodes[0], room, json!({"type": "hello", "user": "alice"})).await;
+    let (mut tab_b, _) =
+        raw_subscriber(&nodes[1], room, json!({"type": "hello", "user": "alice"})).await;
+    let beat =
+        json!({"type": "heartbeat", "room": room, "data": {"tab": 1}, "ttlMs": 60_000, "ref": 3});
+    let leave = json!({"type": "leave", "room": room, "ref": 4});
+    tab_a.send(&beat.to_string()).await;
+    assert_eq!(tab_a.until("ack").await["ref"], 3);
+    occupancy_reaches(&mut watcher, 1, 1).await;
+    tab_b.send(&beat.to_string()).await;
+    assert_eq!(tab_b.until("ack").await["ref"], 3);
+    // One user with two entries, whichever node is asked.
+    occupancy_reaches(&mut watcher, 2, 1).await;
+    for node in &nodes {
+        assert!(
+            eventually(WAIT, || users_at(node, path) == [("alice".to_owned(), 2)]).await,
+            "{:?}",
+            users_at(node, path)
+        );
+    }
+    // One tab closes: alice is still here.
+    tab_a.send(&leave.to_string()).await;
+    assert_eq!(tab_a.until("ack").await["ref"], 4);
+    occupancy_reaches(&mut watcher, 1, 1).await;
+    for node in &nodes {
+        assert!(
+            eventually(WAIT, || users_at(node, path) == [("alice".to_owned(), 1)]).await,
+            "{:?}",
+            users_at(node, path)
+        );
+    }
+    // The other: she left.
+    tab_b.send(&leave.to_string()).await;
+    assert_eq!(tab_b.until("ack").await["ref"], 4);
+    occupancy_reaches(&mut watcher, 0, 0).await;
+    for node in &nodes {
+        assert!(eventually(WAIT, || users_at(node, path).is_empty()).await);
+    }
+
+    // A room owned by each node, touched last: each node sends its events in order,
+    // so once both rooms' events are in, everything sent before them is too.
+    let sentinels: Vec<String> = [1u16, 2]
+        .iter()
+        .map(|&n| {
+            (0..10_000)
+                .map(|i| format!("cl:sentinel-{i}"))
+                .find(|r| webhook_owner(r, &[1, 2]) == n)
+                .unwrap()
+        })
+        .collect();
+    for (node, sentinel) in nodes.iter().zip(&sentinels) {
+        let (mut raw, _) = Raw::hello(&node.ws_url()).await;
+        let beat =
+            json!({"type": "heartbeat", "room": sentinel, "data": 1, "ttlMs": 60_000, "ref": 5});
+        raw.send(&beat.to_string()).await;
+        assert_eq!(raw.until("ack").await["ref"], 5);
+    }
+    assert!(
+        eventually(WAIT, || {
+            let events = webhook_support::delivered(&received);
+            sentinels.iter().all(|s| {
+                events
+                    .iter()
+                    .any(|e| e["room"] == s.as_str() && e["type"] == "room.occupied")
+            })
+        })
+        .await,
+        "both sentinel rooms' events arrive"
+    );
+    let events: Vec<serde_json::Value> = webhook_support::delivered(&received)
+        .into_iter()
+        .filter(|e| e["room"] == room)
+        .collect();
+    let seen: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        seen,
+        [
+            "room.occupied",
+            "user.joined",
+            "entry.joined",
+            "entry.joined",
+            "entry.left",
+            "entry.left",
+            "user.left",
+            "room.vacated",
+        ],
+        "each event once: {events:?}"
+    );
+    assert!(
+        events.iter().all(|e| sender_of(e) == owner),
+        "every event from the room's owner, node {owner}: {events:?}"
+    );
+    for e in events
+        .iter()
+        .filter(|e| e["type"].as_str().unwrap().starts_with("user."))
+    {
+        assert_eq!(e["userId"], "alice", "{e}");
+    }
+    assert!(
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .all(webhook_support::verifies),
+        "every batch is signed"
+    );
+}
+
+#[tokio::test]
+async fn when_a_rooms_webhook_owner_dies_the_next_owner_reports_its_entries_leaving() {
+    let Some(nats) = Nats::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path());
+    let (url, received) = webhook_support::receiver(0).await;
+    let (_hook_dir, hook_secret) = webhook_support::secret_file();
+    let flags = [
+        "--webhook-url",
+        url.as_str(),
+        "--webhook-secret-file",
+        hook_secret.as_str(),
+        "--node-timeout-ms",
+        "1500",
+    ];
+    let mut nodes = [
+        node_with(&nats, 1, &secret, &flags),
+        node_with(&nats, 2, &secret, &flags),
+    ];
+    for node in &nodes {
+        assert!(cluster_healthy(node, true).await);
+        assert!(eventually(WAIT, || node.metric("rollcall_cluster_nodes") >= 1.0).await);
+    }
+    // A room node 2 owns, with alice on node 2 and bob on node 1.
+    let room = (0..10_000)
+        .map(|i| format!("cl:takeover-{i}"))
+        .find(|r| webhook_owner(r, &[1, 2]) == 2)
+        .unwrap();
+    let beat = json!({"type": "heartbeat", "room": room, "data": 1, "ttlMs": 60_000, "ref": 3});
+    let (mut alice, _) = Raw::hello_with(
+        &nodes[1].ws_url(),
+        &json!({"type": "hello", "user": "alice"}),
+    )
+    .await;
+    alice.send(&beat.to_string()).await;
+    assert_eq!(alice.until("ack").await["ref"], 3);
+    let (mut bob, _) =
+        Raw::hello_with(&nodes[0].ws_url(), &json!({"type": "hello", "user": "bob"})).await;
+    bob.send(&beat.to_string()).await;
+    assert_eq!(bob.until("ack").await["ref"], 3);
+    let joined = |user: &str| {
+        webhook_support::delivered(&received).iter().any(|e| {
+            e["room"] == room.as_str() && e["type"] == "user.joined" && e["userId"] == user
+        })
+    };
+    assert!(
+        eventually(WAIT, || joined("alice") && joined("bob")).await,
+        "both joins reported"
+    );
+    let before: Vec<serde_json::Value> = webhook_support::delivered(&received)
+        .into_iter()
+        .filter(|e| e["room"] == room.as_str())
+        .collect();
+    assert!(before.iter().all(|e| sender_of(e) == 2), "{before:?}");
+
+    nodes[1].kill9();
+    // Node 1 takes node 2 for dead, owns the room now, and reports alice leaving.
+    let left = |events: &[serde_json::Value]| {
+        events.iter().any(|e| {
+            e["room"] == room.as_str()
+                && e["type"] == "user.left"
+                && e["userId"] == "alice"
+                && sender_of(e) == 1
+        })
+    };
+    assert!(
+        eventually(WAIT, || left(&webhook_support::delivered(&received))).await,
+        "the new owner reports the dead node's entry leaving: {:?}",
+        webhook_support::delivered(&received)
+    );
+    // bob is still there: no user.left for him, and the room is not vacated.
+    let events = webhook_support::delivered(&received);
+    assert!(
+        !events.iter().any(|e| e["room"] == room.as_str()
+            && (e["type"] == "room.vacated" || (e["type"] == "user.left" && e["userId"] == "bob"))),
+        "{events:?}"
+    );
+    assert_eq!(
+        users_at(
+            &nodes[0],
+            &format!("/v1/rooms/{}/users", room.replace(':', "%3A"))
+        ),
+        [("bob".to_owned(), 1)]
+    );
 }

@@ -198,6 +198,11 @@ impl Feed {
         subscribers.len() + watchers.len()
     }
 
+    /// Whether nobody reads this feed.
+    pub(crate) fn is_unread(&self) -> bool {
+        lock(&self.subscribers).is_empty() && lock(&self.watchers).is_empty()
+    }
+
     /// Appends a change (O(1), no serialization: call under the room's shard lock, so
     /// the feed's order is the fold's). `room_len` is the room's number of entries, which
     /// sizes the window. Subscribers are woken by [`Feed::wake`], after the lock.

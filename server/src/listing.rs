@@ -93,6 +93,17 @@ impl RoomCounts {
 
     /// Folds a change of an entry: an insert adds one, a removal takes one.
     pub(crate) fn apply(&self, change: &Change) {
+        self.count(change, true);
+    }
+
+    /// Folds the removal of an entry this node stops holding without it having
+    /// left (another node's entry, in a room this node stops following): counted,
+    /// but no webhook event.
+    pub(crate) fn forget(&self, change: &Change) {
+        self.count(change, false);
+    }
+
+    fn count(&self, change: &Change, notify: bool) {
         if change.kind == ChangeKind::Update {
             // The common heartbeat: no count moves, so the lock is not taken.
             return;
@@ -119,7 +130,7 @@ impl RoomCounts {
             }
         };
         // Under the counts' lock: events leave in the order the counts changed.
-        if let Some(webhooks) = self.webhooks.get() {
+        if let Some(webhooks) = self.webhooks.get().filter(|_| notify) {
             webhooks.change(change, after, user_edge);
         }
         drop(counts);
@@ -183,6 +194,18 @@ mod tests {
         counts.apply(&change(ChangeKind::Expire, 2, Some("alice")));
         assert_eq!(counts.occupancy("r"), (1, 0));
         counts.apply(&change(ChangeKind::Leave, 3, None));
+        assert_eq!(counts.occupancy("r"), (0, 0));
+        assert!(counts.page(None, 10).rooms.is_empty());
+    }
+
+    #[test]
+    fn forgotten_entries_are_counted_out() {
+        let counts = RoomCounts::default();
+        counts.apply(&change(ChangeKind::Insert, 1, Some("alice")));
+        counts.apply(&change(ChangeKind::Insert, 2, Some("bob")));
+        counts.forget(&change(ChangeKind::Leave, 2, Some("bob")));
+        assert_eq!(counts.occupancy("r"), (1, 1));
+        counts.forget(&change(ChangeKind::Leave, 1, Some("alice")));
         assert_eq!(counts.occupancy("r"), (0, 0));
         assert!(counts.page(None, 10).rooms.is_empty());
     }

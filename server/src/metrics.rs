@@ -74,6 +74,16 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         "Broadcasts accepted (each goes to the room's current subscribers).",
     ),
     (
+        "rollcall_cluster_broadcasts_published_total",
+        Kind::Counter,
+        "Cluster mode: local clients' broadcasts published to the other nodes.",
+    ),
+    (
+        "rollcall_cluster_broadcasts_received_total",
+        Kind::Counter,
+        "Cluster mode: other nodes' broadcasts delivered to this node's subscribers.",
+    ),
+    (
         "rollcall_cluster_connected",
         Kind::Gauge,
         "Cluster mode: 1 while connected to NATS.",
@@ -277,6 +287,11 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         "Webhook events dropped because a receiver's queue (10,000 events) was full.",
     ),
     (
+        "rollcall_webhook_events_resent_total",
+        Kind::Counter,
+        "Cluster mode: webhook events sent again by a room's new owner after its owner left.",
+    ),
+    (
         "rollcall_webhook_failures_total",
         Kind::Counter,
         "Webhook POSTs that failed (no connection, timeout, non-2xx); each is retried.",
@@ -397,6 +412,10 @@ pub struct Metrics {
     pub cluster_dropped: Counter,
     /// Cluster mode: other nodes heard from within the node timeout.
     pub cluster_nodes: Gauge,
+    /// Cluster mode: local clients' broadcasts published to the other nodes.
+    pub cluster_broadcasts_published: Counter,
+    /// Cluster mode: other nodes' broadcasts delivered to this node's subscribers.
+    pub cluster_broadcasts_received: Counter,
 }
 
 impl Metrics {
@@ -429,6 +448,8 @@ impl Metrics {
             cluster_received: counter!("rollcall_cluster_received_total"),
             cluster_dropped: counter!("rollcall_cluster_dropped_total"),
             cluster_nodes: gauge!("rollcall_cluster_nodes"),
+            cluster_broadcasts_published: counter!("rollcall_cluster_broadcasts_published_total"),
+            cluster_broadcasts_received: counter!("rollcall_cluster_broadcasts_received_total"),
         }
     }
 

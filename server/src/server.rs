@@ -95,11 +95,18 @@ pub async fn run_notify(
             return Err(Error::Task(join.to_string()));
         }
     };
-    let cluster = start_cluster(&config, &hub, &state, trigger.subscribe()).await?;
+    // With webhooks in a cluster, each room's events are sent by one node.
+    let members = (config.cluster.is_some() && config.webhooks.is_some())
+        .then(|| Arc::new(cluster::owner::Members::new(config.node_id)));
+    let cluster =
+        start_cluster(&config, &hub, &state, members.clone(), trigger.subscribe()).await?;
     // After the replay: replayed entries are not news.
     if let Some(webhooks) = &config.webhooks {
         let sink = crate::webhooks::start(webhooks, config.node_id, &trigger.subscribe())
             .map_err(Error::Config)?;
+        if let (Some(members), Some(cluster_config)) = (&members, &config.cluster) {
+            sink.send_for(members, cluster_config.node_timeout);
+        }
         hub.set_webhooks(sink);
     }
     state.set_hub(hub.clone());
@@ -140,12 +147,13 @@ async fn start_cluster(
     config: &ServerConfig,
     hub: &Arc<Hub>,
     state: &AppState,
+    members: Option<Arc<cluster::owner::Members>>,
     shutdown: Shutdown,
 ) -> Result<Option<JoinHandle<()>>> {
     let Some(cluster_config) = &config.cluster else {
         return Ok(None);
     };
-    let (links, changes, rooms) = cluster::links();
+    let (links, queues) = cluster::links();
     hub.enable_cluster(config.node_id, links);
     let status = Arc::new(cluster::Status::default());
     state.set_cluster(status.clone());
@@ -153,8 +161,8 @@ async fn start_cluster(
         hub.clone(),
         cluster_config,
         config.node_id,
-        changes,
-        rooms,
+        queues,
+        members,
         status,
         shutdown,
     )

@@ -920,6 +920,9 @@ impl Session {
                         .broadcasts_missed
                         .increment(missed as u64);
                 }
+                // And to the other nodes' subscribers, in cluster mode.
+                self.hub
+                    .publish_broadcast(&room, self.client, self.user.clone(), data);
                 self.hub.metrics().broadcasts.increment(1);
                 self.ack(reference, None, None);
                 Ok(())

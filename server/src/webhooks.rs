@@ -13,11 +13,17 @@
 //! goes), `user.joined` / `user.left` (a user's first entry in the room appears / its
 //! last goes, across the user's tabs; from the per-user counts of
 //! `listing::RoomCounts`) and `entry.joined` / `entry.left` (one client's entry).
+//!
+//! In a cluster, a room's events are sent by its owner only (`cluster::owner`), from
+//! its cluster-wide view of the room. The room's backup keeps the events it would
+//! have sent for the node timeout and a margin, and sends them when it becomes the
+//! owner: the dead owner may not have delivered them.
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
@@ -25,6 +31,7 @@ use rollcall_engine::{Change, ChangeKind, UnixMs};
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
+use crate::cluster::owner::{Live, Members, Takeover};
 use crate::shutdown::Shutdown;
 
 /// Events waiting for one receiver at most; past that, new events are dropped.
@@ -40,6 +47,9 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Attempts of one batch before it is dropped (and counted): about 5 minutes.
 const ATTEMPTS: u32 = 16;
+/// Cluster mode: past the node timeout, how long a backup keeps the events it would
+/// have sent (the owner's last batch may not have gone out when it died).
+const KEEP_MARGIN: Duration = Duration::from_secs(2);
 
 /// Where and how to send webhooks.
 #[derive(Clone, Debug)]
@@ -103,76 +113,190 @@ pub struct Sink {
     queues: Vec<mpsc::Sender<Arc<str>>>,
     next_id: AtomicU64,
     node: u16,
+    /// Cluster mode: who owns which room's events.
+    cluster: OnceLock<Owners>,
+}
+
+/// Cluster mode: the live nodes, and the events this node keeps as a backup.
+#[derive(Debug)]
+struct Owners {
+    members: Arc<Members>,
+    keep_for: Duration,
+    kept: Mutex<VecDeque<Kept>>,
+}
+
+/// An event a backup kept.
+#[derive(Debug)]
+struct Kept {
+    at: Instant,
+    event: Event,
+}
+
+/// One event, before it gets its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Event {
+    kind: &'static str,
+    room: Arc<str>,
+    client: Option<u64>,
+    user: Option<Arc<str>>,
+    reason: Option<&'static str>,
+    timestamp: u64,
+}
+
+/// What this node does with a room's events.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    /// Sends them: it owns the room (or is alone).
+    Send,
+    /// Keeps them for a while: it backs the room up.
+    Keep,
+    /// Neither.
+    Drop,
 }
 
 impl Sink {
+    /// Cluster mode: sends only the events of the rooms this node owns among
+    /// `members`, and keeps those of the rooms it backs up for `node_timeout` and a
+    /// margin. Call once, before the first event.
+    pub fn send_for(self: &Arc<Self>, members: &Arc<Members>, node_timeout: Duration) {
+        let owners = Owners {
+            members: members.clone(),
+            keep_for: node_timeout + KEEP_MARGIN,
+            kept: Mutex::new(VecDeque::new()),
+        };
+        if self.cluster.set(owners).is_ok() {
+            members.on_change(self.clone());
+        }
+    }
+
     /// Emits the events a change of an entry makes: the entry's own;
     /// `room.occupied` / `room.vacated` when the room's count went from or to zero;
     /// `user.joined` / `user.left` when `user_edge` says the entry was its user's
     /// first / last in the room.
     pub(crate) fn change(&self, change: &Change, count_after: usize, user_edge: bool) {
         let entry = &change.entry;
-        let client = Some(entry.client.0);
-        let user = entry.user.as_deref();
-        let room = &*change.room;
+        let event = |kind: &'static str, with_entry: bool, reason: Option<&'static str>| Event {
+            kind,
+            room: change.room.clone(),
+            client: with_entry.then_some(entry.client.0),
+            user: if with_entry { entry.user.clone() } else { None },
+            reason,
+            timestamp: UnixMs::now().0,
+        };
+        let mut events = Vec::with_capacity(3);
         match change.kind {
             ChangeKind::Insert => {
                 if count_after == 1 {
-                    self.emit("room.occupied", room, None, None, None);
+                    events.push(event("room.occupied", false, None));
                 }
                 if user_edge {
-                    self.emit("user.joined", room, client, user, None);
+                    events.push(event("user.joined", true, None));
                 }
-                self.emit("entry.joined", room, client, user, None);
+                events.push(event("entry.joined", true, None));
             }
-            ChangeKind::Update => {}
+            ChangeKind::Update => return,
             ChangeKind::Leave | ChangeKind::Expire => {
                 let reason = if change.kind == ChangeKind::Leave {
                     "leave"
                 } else {
                     "expire"
                 };
-                self.emit("entry.left", room, client, user, Some(reason));
+                events.push(event("entry.left", true, Some(reason)));
                 if user_edge {
-                    self.emit("user.left", room, client, user, Some(reason));
+                    events.push(event("user.left", true, Some(reason)));
                 }
                 if count_after == 0 {
-                    self.emit("room.vacated", room, None, None, None);
+                    events.push(event("room.vacated", false, None));
                 }
             }
         }
+        let Some(owners) = self.cluster.get() else {
+            for event in &events {
+                self.send(event);
+            }
+            return;
+        };
+        // Under the members' lock: a change of owner (which sends what was kept) is
+        // either wholly before these events or wholly after.
+        owners.members.with_live(|live| {
+            let route = match live.place(&change.room) {
+                Some(0) => Route::Send,
+                Some(_) => Route::Keep,
+                None => Route::Drop,
+            };
+            match route {
+                Route::Send => events.iter().for_each(|event| self.send(event)),
+                Route::Keep => {
+                    let now = Instant::now();
+                    let mut kept = owners.kept.lock().unwrap_or_else(PoisonError::into_inner);
+                    while kept
+                        .front()
+                        .is_some_and(|k| now.duration_since(k.at) > owners.keep_for)
+                        || kept.len() >= QUEUE_CAPACITY
+                    {
+                        kept.pop_front();
+                    }
+                    kept.extend(events.into_iter().map(|event| Kept { at: now, event }));
+                }
+                Route::Drop => {}
+            }
+        });
     }
 
     /// Queues one event for every receiver (dropped, and counted, where full).
-    pub fn emit(
-        &self,
-        kind: &str,
-        room: &str,
-        client: Option<u64>,
-        user: Option<&str>,
-        reason: Option<&str>,
-    ) {
+    fn send(&self, event: &Event) {
         let seq = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut event = serde_json::json!({
+        let mut json = serde_json::json!({
             "id": format!("{}-{}-{seq}", self.node, START.get_or_init(UnixMs::now).0),
-            "type": kind,
-            "room": room,
-            "timestampMs": UnixMs::now().0,
+            "type": event.kind,
+            "room": &*event.room,
+            "timestampMs": event.timestamp,
         });
-        if let Some(client) = client {
-            event["clientId"] = client.into();
+        if let Some(client) = event.client {
+            json["clientId"] = client.into();
         }
-        if let Some(user) = user {
-            event["userId"] = user.into();
+        if let Some(user) = &event.user {
+            json["userId"] = (**user).into();
         }
-        if let Some(reason) = reason {
-            event["reason"] = reason.into();
+        if let Some(reason) = event.reason {
+            json["reason"] = reason.into();
         }
-        let event: Arc<str> = event.to_string().into();
+        let json: Arc<str> = json.to_string().into();
         for queue in &self.queues {
-            if queue.try_send(event.clone()).is_err() {
+            if queue.try_send(json.clone()).is_err() {
                 metrics::counter!("rollcall_webhook_events_dropped_total").increment(1);
             }
+        }
+    }
+}
+
+impl Takeover for Sink {
+    /// Sends the kept events of the rooms this node now owns (their owner may have
+    /// died before sending them), and forgets those of rooms it no longer backs up.
+    fn members_changed(&self, live: &Live) {
+        let Some(owners) = self.cluster.get() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut kept = owners.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut resent = 0u64;
+        kept.retain(|k| {
+            if now.duration_since(k.at) > owners.keep_for {
+                return false;
+            }
+            if live.owns(&k.event.room) {
+                self.send(&k.event);
+                resent += 1;
+                return false;
+            }
+            live.holds(&k.event.room)
+        });
+        if resent > 0 {
+            metrics::counter!("rollcall_webhook_events_resent_total").increment(resent);
+            tracing::info!(
+                events = resent,
+                "webhooks: now the owner of rooms whose owner left; sending their recent events again"
+            );
         }
     }
 }
@@ -199,6 +323,7 @@ pub fn start(config: &WebhookConfig, node: u16, shutdown: &Shutdown) -> Result<A
         queues,
         next_id: AtomicU64::new(0),
         node,
+        cluster: OnceLock::new(),
     }))
 }
 
@@ -327,6 +452,70 @@ mod tests {
         let target = Target::parse("http://example.com").unwrap();
         assert_eq!(target.authority, "example.com:80");
         assert_eq!(target.path, "/");
+    }
+
+    fn change(room: &str, kind: ChangeKind) -> Change {
+        Change {
+            room: room.into(),
+            kind,
+            entry: rollcall_engine::Entry {
+                client: rollcall_engine::ClientId(7),
+                user: Some("alice".into()),
+                data: Bytes::from_static(b"1"),
+                expires_at: UnixMs(1),
+            },
+        }
+    }
+
+    fn types(rx: &mut mpsc::Receiver<Arc<str>>) -> Vec<(String, String)> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|event| {
+                let event: serde_json::Value = serde_json::from_str(&event).unwrap();
+                (
+                    event["type"].as_str().unwrap().to_owned(),
+                    event["room"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn in_a_cluster_the_owner_sends_and_the_backup_sends_what_it_kept_when_it_takes_over() {
+        let (tx, mut rx) = mpsc::channel(100);
+        let sink = Arc::new(Sink {
+            queues: vec![tx],
+            next_id: AtomicU64::new(0),
+            node: 1,
+            cluster: OnceLock::new(),
+        });
+        let members = Arc::new(Members::new(1));
+        members.set([2]);
+        sink.send_for(&members, Duration::from_secs(60));
+        let room_of = |owner: u16| {
+            (0..10_000)
+                .map(|i| format!("room-{i}"))
+                .find(|r| crate::cluster::owner::ranked(r, &[1, 2], 1) == [owner])
+                .unwrap()
+        };
+        let (mine, theirs) = (room_of(1), room_of(2));
+        sink.change(&change(&mine, ChangeKind::Insert), 1, true);
+        sink.change(&change(&theirs, ChangeKind::Insert), 1, true);
+        let mine_joined = ["room.occupied", "user.joined", "entry.joined"]
+            .map(|kind| (kind.to_owned(), mine.clone()));
+        assert_eq!(types(&mut rx), mine_joined, "only the owned room's events");
+        // Node 2 goes: node 1 owns its room now, and sends what node 2 may not have.
+        members.set([]);
+        let theirs_joined = ["room.occupied", "user.joined", "entry.joined"]
+            .map(|kind| (kind.to_owned(), theirs.clone()));
+        assert_eq!(types(&mut rx), theirs_joined);
+        sink.change(&change(&theirs, ChangeKind::Leave), 0, true);
+        let theirs_left = ["entry.left", "user.left", "room.vacated"]
+            .map(|kind| (kind.to_owned(), theirs.clone()));
+        assert_eq!(types(&mut rx), theirs_left);
+        // Sent once: node 2 coming back and going again sends nothing more.
+        members.set([2]);
+        members.set([]);
+        assert_eq!(types(&mut rx), Vec::new());
     }
 
     #[test]

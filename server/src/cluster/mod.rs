@@ -43,6 +43,7 @@ use tokio::task::JoinHandle;
 pub(crate) mod bus;
 pub(crate) mod merge;
 pub(crate) mod nats;
+pub mod owner;
 
 pub use bus::Reject;
 
@@ -71,6 +72,16 @@ const CHECK_EVERY: Duration = Duration::from_millis(200);
 /// Changes of this node's entries waiting for NATS; beyond it they are dropped
 /// (and counted): the other nodes catch up at the next heartbeat or by TTL.
 const QUEUE: usize = 65_536;
+/// Broadcasts waiting for NATS; beyond it they are dropped (and counted).
+const BROADCAST_QUEUE: usize = 4_096;
+/// The subjects of every room's changes: with webhooks on, each node hears of every
+/// room, to hold the rooms whose webhooks it owns or backs up.
+const ROOMS_WILDCARD: &str = "rollcall.v1.room.*";
+/// How often held rooms are checked: rooms no longer this node's, or empty for
+/// longer than [`HOLD_EMPTY`], are released.
+const HOLD_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How long a held room may stay empty before it is released.
+const HOLD_EMPTY: Duration = Duration::from_secs(5);
 /// Sync requests of one node may arrive out of order by this many (they are sent
 /// by concurrent tasks); older ones are replays.
 const REQUEST_WINDOW: u64 = u64::BITS as u64;
@@ -88,6 +99,36 @@ pub struct Outgoing {
     pub seq: u64,
     /// The change.
     pub change: Change,
+}
+
+/// A local client's broadcast, on its way to the other nodes' subscribers of the room.
+#[derive(Debug)]
+pub struct OutgoingBroadcast {
+    /// The room.
+    pub room: Arc<str>,
+    /// The sender.
+    pub client: ClientId,
+    /// The sender's user, if it has one.
+    pub user: Option<Arc<str>>,
+    /// The JSON value, verbatim (already checked against the limits).
+    pub data: Bytes,
+}
+
+/// A broadcast received from another node.
+#[derive(Debug)]
+pub struct RemoteBroadcast {
+    /// The sending node.
+    pub node: u16,
+    /// The message's sequence number on that node.
+    pub seq: u64,
+    /// The sender's clock when it sent it (the frame's `serverTimeMs`).
+    pub ts: u64,
+    /// The client that broadcast it.
+    pub client: ClientId,
+    /// Its user, if it has one.
+    pub user: Option<String>,
+    /// The JSON value, verbatim.
+    pub data: String,
 }
 
 /// What the hub asks of the cluster task about rooms.
@@ -114,6 +155,19 @@ pub struct Links {
     pub changes: mpsc::Sender<Outgoing>,
     /// Joins and parts (one per room with subscribers, so small).
     pub rooms: mpsc::UnboundedSender<RoomCommand>,
+    /// Broadcasts to publish (bounded, like changes).
+    pub broadcasts: mpsc::Sender<OutgoingBroadcast>,
+}
+
+/// The cluster tasks' ends of the channels from the hub.
+#[derive(Debug)]
+pub struct Queues {
+    /// Changes to publish.
+    pub changes: mpsc::Receiver<Outgoing>,
+    /// Joins and parts.
+    pub rooms: mpsc::UnboundedReceiver<RoomCommand>,
+    /// Broadcasts to publish.
+    pub broadcasts: mpsc::Receiver<OutgoingBroadcast>,
 }
 
 /// The cluster as the HTTP side sees it: whether the node is connected to NATS
@@ -247,6 +301,16 @@ enum Op {
     Upsert,
     Leave,
     Expire,
+    Broadcast,
+}
+
+/// A message of a room's subject.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A change of another node's entry.
+    Change(RemoteChange),
+    /// A broadcast of another node's client.
+    Broadcast(RemoteBroadcast),
 }
 
 /// A present `data`, even `null` (a plain `Option` would read `null` as absent).
@@ -341,11 +405,51 @@ pub fn encode_change(node: u16, seq: u64, ts: UnixMs, change: &Change) -> Vec<u8
     out.into_bytes()
 }
 
+/// `{"node":…,"seq":…,"ts":…,"op":"broadcast","clientId":…[,"userId":…],"data":…}`:
+/// a local client's broadcast (unsealed).
+pub fn encode_broadcast(node: u16, seq: u64, ts: UnixMs, broadcast: &OutgoingBroadcast) -> Vec<u8> {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(112 + broadcast.data.len());
+    let _ = write!(
+        out,
+        "{{\"node\":{node},\"seq\":{seq},\"ts\":{},\"op\":\"broadcast\",\"clientId\":{}",
+        ts.0, broadcast.client
+    );
+    if let Some(user) = &broadcast.user {
+        out.push_str(",\"userId\":");
+        protocol::push_json_str(&mut out, user);
+    }
+    out.push_str(",\"data\":");
+    out.push_str(&String::from_utf8_lossy(&broadcast.data));
+    out.push('}');
+    out.into_bytes()
+}
+
 /// Decodes a change from another node (an opened body); `None` if it is not one.
-pub fn decode_change(body: &[u8]) -> Option<RemoteChange> {
+#[cfg(test)]
+pub(crate) fn decode_change(body: &[u8]) -> Option<RemoteChange> {
+    match decode(body)? {
+        Incoming::Change(change) => Some(change),
+        Incoming::Broadcast(_) => None,
+    }
+}
+
+/// Decodes a message of a room's subject (an opened body); `None` if it is neither a
+/// change nor a broadcast.
+pub fn decode(body: &[u8]) -> Option<Incoming> {
     let wire: WireChange<'_> = serde_json::from_slice(body).ok()?;
     let client = ClientId::new(wire.client_id)?;
     let kind = match wire.op {
+        Op::Broadcast => {
+            return Some(Incoming::Broadcast(RemoteBroadcast {
+                node: wire.node,
+                seq: wire.seq,
+                ts: wire.ts,
+                client,
+                user: wire.user_id,
+                data: wire.data?.get().to_owned(),
+            }));
+        }
         Op::Upsert => RemoteKind::Upsert(
             WireEntry {
                 client_id: wire.client_id,
@@ -358,13 +462,13 @@ pub fn decode_change(body: &[u8]) -> Option<RemoteChange> {
         Op::Leave => RemoteKind::Leave,
         Op::Expire => RemoteKind::Expire,
     };
-    Some(RemoteChange {
+    Some(Incoming::Change(RemoteChange {
         node: wire.node,
         seq: wire.seq,
         ts: wire.ts,
         client,
         kind,
-    })
+    }))
 }
 
 /// `{"node":…,"seq":…,"ts":…,"entries":[…]}`: an answer to a sync request
@@ -419,14 +523,22 @@ pub fn check_entry(entry: &Entry, limits: &Limits, now: UnixMs) -> Result<(), Re
 }
 
 /// Creates the channels between the hub and the cluster tasks.
-pub fn links() -> (
-    Links,
-    mpsc::Receiver<Outgoing>,
-    mpsc::UnboundedReceiver<RoomCommand>,
-) {
+pub fn links() -> (Links, Queues) {
     let (changes, changes_rx) = mpsc::channel(QUEUE);
     let (rooms, rooms_rx) = mpsc::unbounded_channel();
-    (Links { changes, rooms }, changes_rx, rooms_rx)
+    let (broadcasts, broadcasts_rx) = mpsc::channel(BROADCAST_QUEUE);
+    (
+        Links {
+            changes,
+            rooms,
+            broadcasts,
+        },
+        Queues {
+            changes: changes_rx,
+            rooms: rooms_rx,
+            broadcasts: broadcasts_rx,
+        },
+    )
 }
 
 /// The node's presence state, as the bus tasks use it (the hub is one). The bus
@@ -466,6 +578,16 @@ pub(crate) trait LocalState: Send + Sync + 'static {
     fn node_lost(&self, node: u16, now: UnixMs);
     /// A page of rooms with this node's own entry counts.
     fn owned_rooms_page(&self, after: Option<&str>, limit: usize) -> RoomsPage;
+    /// Queues another node's broadcast (a `broadcast` frame) for this node's
+    /// subscribers of `room`.
+    fn deliver_broadcast(&self, room: &str, frame: &str);
+    /// Follows `room`, subscribers or not (this node owns or backs up its webhooks).
+    fn hold(&self, room: &Arc<str>);
+    /// Follows `room` only while it has subscribers again.
+    fn release(&self, room: &str);
+    /// The number of entries this node holds in `room` (for a followed room, the
+    /// cluster's).
+    fn room_len(&self, room: &str) -> usize;
 }
 
 /// What this node knows of another.
@@ -534,6 +656,19 @@ struct Node {
     peers: Mutex<Peers>,
     /// Sequence numbers of this node's sync requests and announcements.
     seq: std::sync::atomic::AtomicU64,
+    /// With webhooks on: the live nodes (who owns which room's webhooks) and the
+    /// rooms this node holds for them.
+    hooks: Option<Hooks>,
+}
+
+/// The rooms held for webhooks (see [`owner`]).
+#[derive(Debug)]
+struct Hooks {
+    members: Arc<owner::Members>,
+    /// Held rooms, with when each was last seen holding entries (or was held).
+    held: Mutex<HashMap<Arc<str>, Instant>>,
+    /// Set when the live nodes changed: the rooms to hold are listed again.
+    reclaim: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Node {
@@ -739,12 +874,101 @@ impl Node {
         if node == self.id {
             return;
         }
-        self.peers().nodes.entry(node).or_insert_with(|| Peer {
-            announced: 0,
-            heard: Instant::now(),
-            alive: true,
-            requests: SeenWindow::default(),
-        });
+        let mut peers = self.peers();
+        if peers.nodes.contains_key(&node) {
+            return;
+        }
+        peers.nodes.insert(
+            node,
+            Peer {
+                announced: 0,
+                heard: Instant::now(),
+                alive: true,
+                requests: SeenWindow::default(),
+            },
+        );
+        drop(peers);
+        self.members_changed();
+    }
+
+    /// With webhooks on: the live nodes changed (or may have), so the owners of the
+    /// rooms may have; the rooms to hold are listed again.
+    fn members_changed(&self) {
+        let Some(hooks) = &self.hooks else { return };
+        let live: Vec<u16> = self
+            .peers()
+            .nodes
+            .iter()
+            .filter(|(_, peer)| peer.alive)
+            .map(|(id, _)| *id)
+            .collect();
+        if hooks.members.set(live) {
+            hooks.reclaim.notify_one();
+        }
+    }
+
+    /// Holds `room` for webhooks, unless it is held already.
+    fn hold(&self, hooks: &Hooks, room: &str) {
+        let mut held = hooks.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if held.contains_key(room) {
+            return;
+        }
+        let room: Arc<str> = room.into();
+        held.insert(room.clone(), Instant::now());
+        drop(held);
+        self.hub.hold(&room);
+    }
+
+    /// Releases the held rooms that are no longer this node's, or that stayed empty
+    /// for [`HOLD_EMPTY`].
+    fn check_held(&self) {
+        let Some(hooks) = &self.hooks else { return };
+        let mut released = Vec::new();
+        {
+            let mut held = hooks.held.lock().unwrap_or_else(PoisonError::into_inner);
+            held.retain(|room, seen| {
+                if !hooks.members.holds(room) {
+                    released.push(room.clone());
+                    return false;
+                }
+                if self.hub.room_len(room) > 0 {
+                    *seen = Instant::now();
+                    return true;
+                }
+                if seen.elapsed() < HOLD_EMPTY {
+                    return true;
+                }
+                released.push(room.clone());
+                false
+            });
+        }
+        for room in released {
+            self.hub.release(&room);
+        }
+    }
+
+    /// A message on some room's subject (with webhooks on, every room's): holds the
+    /// room if it is this node's to hold and the message is authentic.
+    fn discover(&self, subject: &str, payload: &[u8]) {
+        let Some(hooks) = &self.hooks else { return };
+        let Some(room) = subject
+            .strip_prefix("rollcall.v1.room.")
+            .and_then(|token| URL_SAFE_NO_PAD.decode(token).ok())
+            .and_then(|name| String::from_utf8(name).ok())
+        else {
+            return;
+        };
+        if hooks
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(room.as_str())
+            || !hooks.members.holds(&room)
+            || bus::open(&self.key, subject, payload).is_err()
+        {
+            return;
+        }
+        self.hold(hooks, &room);
     }
 
     /// Whether a sync request of `node` numbered `seq` was not seen yet.
@@ -776,6 +1000,11 @@ impl Node {
             alive = peers.nodes.values().filter(|p| p.alive).count();
         }
         self.hub.metrics().cluster_nodes.set(alive as f64);
+        if !lost.is_empty() {
+            // First: the lost node's rooms now have their new owner, who reports the
+            // departures of the lost node's entries.
+            self.members_changed();
+        }
         for id in lost {
             tracing::warn!(
                 node = id,
@@ -794,8 +1023,8 @@ pub(crate) async fn start(
     hub: Arc<dyn LocalState>,
     config: &ClusterConfig,
     node: u16,
-    changes: mpsc::Receiver<Outgoing>,
-    rooms: mpsc::UnboundedReceiver<RoomCommand>,
+    queues: Queues,
+    members: Option<Arc<owner::Members>>,
     status: Arc<Status>,
     shutdown: Shutdown,
 ) -> crate::Result<JoinHandle<()>> {
@@ -837,6 +1066,10 @@ pub(crate) async fn start(
     let requests = subscribe(SYNC_SUBJECT).await?;
     let room_lists = subscribe(ROOMS_SUBJECT).await?;
     let announcements = subscribe(NODES_SUBJECT).await?;
+    let wildcard = match &members {
+        Some(_) => Some(subscribe(ROOMS_WILDCARD).await?),
+        None => None,
+    };
     tracing::info!(
         servers = %resolved.shown,
         login = %resolved.login,
@@ -853,18 +1086,31 @@ pub(crate) async fn start(
         epoch: watch::channel(0).0,
         peers: Mutex::new(Peers::default()),
         seq: std::sync::atomic::AtomicU64::new(UnixMs::now().0.saturating_mul(1_000)),
+        hooks: members.map(|members| Hooks {
+            members,
+            held: Mutex::new(HashMap::new()),
+            reclaim: tokio::sync::Notify::new(),
+        }),
     });
     let _ = status.node.set(node.clone());
+    let Queues {
+        changes,
+        rooms,
+        broadcasts,
+    } = queues;
     let publisher = tokio::spawn(publish(node.clone(), changes));
+    let broadcaster = tokio::spawn(publish_broadcasts(node.clone(), broadcasts));
     let announcer = tokio::spawn(announce(node.clone()));
     Ok(tokio::spawn(async move {
         let subscriptions = Subscriptions {
             requests,
             room_lists,
             announcements,
+            wildcard,
         };
         run(node, subscriptions, events, rooms, status, shutdown).await;
         publisher.abort();
+        broadcaster.abort();
         announcer.abort();
     }))
 }
@@ -874,6 +1120,76 @@ struct Subscriptions {
     requests: Subscriber,
     room_lists: Subscriber,
     announcements: Subscriber,
+    /// With webhooks on: every room's changes (see [`Node::discover`]).
+    wildcard: Option<Subscriber>,
+}
+
+/// The next message of `subscriber`, if there is one (never, without).
+async fn next_message(subscriber: &mut Option<Subscriber>) -> Option<async_nats::Message> {
+    match subscriber {
+        Some(subscriber) => subscriber.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the rooms to hold must be listed again (never, without webhooks).
+async fn reclaim(node: &Node) {
+    match &node.hooks {
+        Some(hooks) => hooks.reclaim.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Lists every room that has entries anywhere in the cluster and holds those this
+/// node owns or backs up: after the live nodes changed, rooms move (and a room
+/// nobody touches would otherwise be found only at its next change).
+async fn claim(node: Arc<Node>) {
+    let Some(hooks) = &node.hooks else { return };
+    // Wait until this node knows every live node.
+    tokio::time::sleep(ANNOUNCE_EVERY + SETTLE_MARGIN).await;
+    let mut after: Option<String> = None;
+    let mut claimed = 0usize;
+    loop {
+        let mut pages = vec![node.hub.owned_rooms_page(after.as_deref(), MAX_ROOMS_PAGE)];
+        let deadline = tokio::time::Instant::now() + node.sync_timeout;
+        let mut body = format!(
+            "{{\"node\":{},\"seq\":{},\"ts\":{},\"limit\":{MAX_ROOMS_PAGE},\"after\":",
+            node.id,
+            node.next_seq(),
+            UnixMs::now().0
+        );
+        match &after {
+            Some(after) => protocol::push_json_str(&mut body, after),
+            None => body.push_str("null"),
+        }
+        body.push('}');
+        if let Some((replies, inbox)) = node
+            .request_on(ROOMS_SUBJECT, body.into_bytes(), deadline)
+            .await
+        {
+            pages.extend(
+                node.collect(replies, deadline, |payload| {
+                    node.open_rooms_reply(&inbox, payload)
+                })
+                .await,
+            );
+        }
+        let page = merge_room_pages(pages, MAX_ROOMS_PAGE);
+        for (room, _) in page.rooms {
+            if hooks.members.holds(&room) {
+                node.hold(hooks, &room);
+                claimed += 1;
+            }
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    tracing::info!(
+        rooms = claimed,
+        "cluster: holding the rooms whose webhooks this node owns or backs up"
+    );
 }
 
 async fn run(
@@ -888,6 +1204,7 @@ async fn run(
         mut requests,
         mut room_lists,
         mut announcements,
+        mut wildcard,
     } = subscriptions;
     let mut following: HashMap<Arc<str>, JoinHandle<()>> = HashMap::new();
     let metrics = node.hub.metrics().clone();
@@ -895,6 +1212,9 @@ async fn run(
     let mut failing = false;
     let mut check = tokio::time::interval(CHECK_EVERY);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut held_check = tokio::time::interval(HOLD_CHECK_EVERY);
+    held_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut claiming: Option<JoinHandle<()>> = None;
     loop {
         tokio::select! {
             Some(event) = events.recv() => match event {
@@ -913,6 +1233,10 @@ async fn run(
                     }
                     node.epoch.send_modify(|epoch| *epoch += 1);
                     tokio::spawn(republish(node.clone()));
+                    if let Some(hooks) = &node.hooks {
+                        // Rooms may have come while this node was cut off.
+                        hooks.reclaim.notify_one();
+                    }
                 }
                 Event::Disconnected => {
                     tracing::warn!("cluster: lost NATS; local rooms keep working, remote entries stay until NATS is back or their TTL");
@@ -938,14 +1262,30 @@ async fn run(
             Some(announcement) = announcements.next() => match node.announced(&announcement.payload) {
                 Ok(true) => {
                     tracing::info!("cluster: a node taken for dead is back; resyncing");
+                    node.members_changed();
                     node.epoch.send_modify(|epoch| *epoch += 1);
                 }
-                Ok(false) => {}
+                Ok(false) => node.members_changed(),
                 Err(reject) => node.reject(reject, "announcement"),
             },
+            Some(message) = next_message(&mut wildcard) => node.discover(&message.subject, &message.payload),
+            () = reclaim(&node) => {
+                if let Some(task) = claiming.take() {
+                    task.abort();
+                }
+                claiming = Some(tokio::spawn(claim(node.clone())));
+            }
+            _ = held_check.tick() => node.check_held(),
             _ = check.tick() => node.check_peers(),
             Some(command) = rooms.recv() => match command {
                 RoomCommand::Join { room, generation } => {
+                    if let Some(hooks) = &node.hooks {
+                        // A room followed for its subscribers stays followed while
+                        // this node sends or backs up its webhooks.
+                        if hooks.members.holds(&room) {
+                            node.hold(hooks, &room);
+                        }
+                    }
                     let task = tokio::spawn(follow(node.clone(), room.clone(), generation));
                     if let Some(old) = following.insert(room, task) {
                         old.abort();
@@ -961,6 +1301,9 @@ async fn run(
         }
     }
     for (_, task) in following.drain() {
+        task.abort();
+    }
+    if let Some(task) = claiming {
         task.abort();
     }
     // Hand what is queued to NATS, but never wait for a NATS that is gone.
@@ -1006,6 +1349,25 @@ async fn publish(node: Arc<Node>, mut changes: mpsc::Receiver<Outgoing>) {
             metrics.cluster_published.increment(1);
         } else {
             metrics.cluster_dropped.increment(1);
+        }
+    }
+}
+
+/// Publishes local clients' broadcasts, in the order they were made. Each goes to
+/// the room's subject: only the nodes that follow the room (have subscribers in it)
+/// get it. Never stored, never resent.
+async fn publish_broadcasts(node: Arc<Node>, mut broadcasts: mpsc::Receiver<OutgoingBroadcast>) {
+    let metrics = node.hub.metrics().clone();
+    while let Some(broadcast) = broadcasts.recv().await {
+        let subject = room_subject(&broadcast.room);
+        let body = encode_broadcast(node.id, node.next_seq(), UnixMs::now(), &broadcast);
+        let sealed = bus::seal(&node.key, &subject, &body);
+        match node.client.publish(subject, sealed).await {
+            Ok(()) => metrics.cluster_broadcasts_published.increment(1),
+            Err(error) => {
+                tracing::debug!(%error, "cluster: publishing a broadcast failed");
+                metrics.cluster_dropped.increment(1);
+            }
         }
     }
 }
@@ -1123,26 +1485,88 @@ pub(crate) fn merge_room_pages(pages: Vec<RoomsPage>, limit: usize) -> RoomsPage
     RoomsPage { rooms, next }
 }
 
-/// Checks and folds one message of `room`'s subject.
-fn receive(node: &Node, room: &Arc<str>, subject: &str, generation: u64, payload: &[u8]) {
+/// Checks and folds one message of `room`'s subject: a change, or a broadcast for
+/// this node's subscribers.
+fn receive(
+    node: &Node,
+    room: &Arc<str>,
+    subject: &str,
+    generation: u64,
+    payload: &[u8],
+    broadcasts: &mut BroadcastsSeen,
+) {
     let now = UnixMs::now();
     let result = bus::open(&node.key, subject, payload)
-        .and_then(|body| decode_change(body).ok_or(Reject::Malformed))
-        .and_then(|change| {
-            bus::fresh(change.ts, now.0)?;
-            if let RemoteKind::Upsert(entry) = &change.kind {
-                check_entry(entry, node.hub.limits(), now)?;
+        .and_then(|body| decode(body).ok_or(Reject::Malformed))
+        .and_then(|incoming| {
+            let (ts, from) = match &incoming {
+                Incoming::Change(change) => (change.ts, change.node),
+                Incoming::Broadcast(broadcast) => (broadcast.ts, broadcast.node),
+            };
+            bus::fresh(ts, now.0)?;
+            if from == node.id {
+                return Ok(());
             }
-            Ok(change)
-        })
-        .and_then(|change| {
-            node.met(change.node);
-            node.hub.metrics().cluster_received.increment(1);
-            node.hub.apply_remote(room, generation, change, now)
+            node.met(from);
+            match incoming {
+                Incoming::Change(change) => {
+                    if let RemoteKind::Upsert(entry) = &change.kind {
+                        check_entry(entry, node.hub.limits(), now)?;
+                    }
+                    node.hub.metrics().cluster_received.increment(1);
+                    node.hub.apply_remote(room, generation, change, now)
+                }
+                Incoming::Broadcast(broadcast) => {
+                    receive_broadcast(node, room, &broadcast, broadcasts)
+                }
+            }
         });
     if let Err(reject) = result {
         node.reject(reject, "change");
     }
+}
+
+/// What one following of a room has seen of broadcasts: when it began, and per node
+/// the sequence number of its last broadcast delivered (a node publishes them in
+/// order, so an older one is a replay).
+#[derive(Debug)]
+struct BroadcastsSeen {
+    since: u64,
+    last: HashMap<u16, u64>,
+}
+
+/// Delivers another node's broadcast to this node's subscribers of `room`, unless it
+/// breaks the data limit or is a replay. The rate limit was applied once, by the
+/// node its sender is connected to.
+fn receive_broadcast(
+    node: &Node,
+    room: &str,
+    broadcast: &RemoteBroadcast,
+    seen: &mut BroadcastsSeen,
+) -> Result<(), Reject> {
+    if broadcast.data.len() > node.hub.limits().max_data_bytes {
+        return Err(Reject::DataSize);
+    }
+    // Sent more than a second (of clock skew) before this following of the room
+    // began: a recording.
+    if broadcast.ts.saturating_add(1_000) < seen.since {
+        return Err(Reject::Replay);
+    }
+    let last = seen.last.entry(broadcast.node).or_insert(0);
+    if broadcast.seq <= *last {
+        return Err(Reject::Replay);
+    }
+    *last = broadcast.seq;
+    node.hub.metrics().cluster_broadcasts_received.increment(1);
+    let frame = protocol::broadcast(
+        room,
+        broadcast.client,
+        broadcast.user.as_deref(),
+        &broadcast.data,
+        UnixMs(broadcast.ts),
+    );
+    node.hub.deliver_broadcast(room, &frame);
+    Ok(())
 }
 
 /// Follows one room: subscribes to its subject, syncs it, folds every change, and
@@ -1159,9 +1583,13 @@ async fn follow(node: Arc<Node>, room: Arc<str>, generation: u64) {
         }
     };
     let mut first = true;
+    let mut broadcasts = BroadcastsSeen {
+        since: UnixMs::now().0,
+        last: HashMap::new(),
+    };
     loop {
         let replies = match &mut live {
-            Some(live) => gather(&node, &room, &subject, generation, live).await,
+            Some(live) => gather(&node, &room, &subject, generation, live, &mut broadcasts).await,
             None => Vec::new(),
         };
         node.hub
@@ -1171,7 +1599,7 @@ async fn follow(node: Arc<Node>, room: Arc<str>, generation: u64) {
         loop {
             tokio::select! {
                 message = live.next() => match message {
-                    Some(message) => receive(&node, &room, &subject, generation, &message.payload),
+                    Some(message) => receive(&node, &room, &subject, generation, &message.payload, &mut broadcasts),
                     None => return,
                 },
                 changed = epoch.changed() => {
@@ -1194,6 +1622,7 @@ async fn gather(
     subject: &str,
     generation: u64,
     live: &mut Subscriber,
+    broadcasts: &mut BroadcastsSeen,
 ) -> Vec<SyncReply> {
     node.hub.sync_started(room, generation);
     let deadline = tokio::time::Instant::now() + node.sync_timeout;
@@ -1217,7 +1646,7 @@ async fn gather(
                 None => break,
             },
             message = live.next() => match message {
-                Some(message) => receive(node, room, subject, generation, &message.payload),
+                Some(message) => receive(node, room, subject, generation, &message.payload, broadcasts),
                 None => break,
             },
             () = tokio::time::sleep_until(deadline) => break,
@@ -1274,6 +1703,29 @@ mod tests {
                 | (ChangeKind::Expire, RemoteKind::Expire) => {}
                 (kind, got) => panic!("{kind:?} decoded as {got:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn broadcasts_round_trip() {
+        for user in [None, Some(Arc::<str>::from("ana \"the\" admin"))] {
+            let sent = OutgoingBroadcast {
+                room: "doc/1".into(),
+                client: ClientId(7),
+                user: user.clone(),
+                data: Bytes::from_static(br#"{"emoji":"\u00e9","n":[1,null]}"#),
+            };
+            let Some(Incoming::Broadcast(got)) = decode(&encode_broadcast(3, 42, UnixMs(5), &sent))
+            else {
+                panic!("not decoded as a broadcast");
+            };
+            assert_eq!(
+                (got.node, got.seq, got.ts, got.client),
+                (3, 42, 5, ClientId(7))
+            );
+            assert_eq!(got.user.as_deref(), user.as_deref());
+            assert_eq!(got.data.as_bytes(), &sent.data[..]);
+            assert!(decode_change(&encode_broadcast(3, 42, UnixMs(5), &sent)).is_none());
         }
     }
 

@@ -7,15 +7,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rollcall_engine::{Change, ChangeKind, ClientId, Entry, Event, Heartbeat, Leave, Ttl, UnixMs};
 
-use super::shard::Locked;
-use super::shard::Waiting;
+use super::shard::{Locked, RoomFeed, Waiting};
 use super::{Hub, RoomView, start};
 use crate::cluster::merge::{Merge, Origin, Removal, Upsert};
-use crate::cluster::{Links, Outgoing, Reject, RemoteChange, RemoteKind, SyncReply};
+use crate::cluster::{Links, Outgoing, Reject, RemoteChange, RemoteKind, RoomCommand, SyncReply};
+use crate::fanout::{Feed, Outbox};
 use crate::limits::Limits;
 use crate::listing::RoomsPage;
 use crate::metrics::Metrics;
 use crate::protocol;
+use crate::sample::Samples;
 
 /// Cluster mode: this node's side of the bus, shared by every shard (the merge state
 /// is per shard, in [`Shard::merge`]).
@@ -178,6 +179,22 @@ impl crate::cluster::LocalState for Hub {
         Hub::owned_rooms_page(self, after, limit)
     }
 
+    fn deliver_broadcast(&self, room: &str, frame: &str) {
+        Hub::deliver_broadcast(self, room, frame);
+    }
+
+    fn hold(&self, room: &Arc<str>) {
+        Hub::hold(self, room);
+    }
+
+    fn release(&self, room: &str) {
+        Hub::release(self, room);
+    }
+
+    fn room_len(&self, room: &str) -> usize {
+        Hub::room_len(self, room)
+    }
+
     fn sync_started(&self, room: &str, generation: u64) {
         Hub::sync_started(self, room, generation);
     }
@@ -191,6 +208,87 @@ impl crate::cluster::LocalState for Hub {
         now: UnixMs,
     ) {
         Hub::sync_finished(self, room, generation, replies, first, now);
+    }
+}
+
+/// Cluster mode: broadcasts, and rooms held for webhooks.
+impl Hub {
+    /// Cluster mode: sends a local client's broadcast (already delivered here) to the
+    /// other nodes' subscribers of `room`. A full queue drops it, counted.
+    pub fn publish_broadcast(
+        &self,
+        room: &str,
+        client: ClientId,
+        user: Option<Arc<str>>,
+        data: &str,
+    ) {
+        if let Some(cluster) = self.cluster.get() {
+            let broadcast = crate::cluster::OutgoingBroadcast {
+                room: room.into(),
+                client,
+                user,
+                data: bytes::Bytes::copy_from_slice(data.as_bytes()),
+            };
+            if cluster.links.broadcasts.try_send(broadcast).is_err() {
+                self.metrics.cluster_dropped.increment(1);
+            }
+        }
+    }
+
+    /// Queues another node's broadcast for this node's subscribers of `room`.
+    pub fn deliver_broadcast(&self, room: &str, frame: &str) {
+        static NOBODY: std::sync::LazyLock<Outbox> = std::sync::LazyLock::new(Outbox::new);
+        if let Some(feed) = self.feed_of(room) {
+            let (_, missed) = feed.broadcast(frame, &NOBODY);
+            self.metrics.broadcasts_missed.increment(missed as u64);
+        }
+    }
+
+    /// Cluster mode: follows `room` whether it has subscribers or not (this node owns
+    /// or backs up its webhooks), until [`Hub::release`].
+    pub fn hold(&self, room: &Arc<str>) {
+        let mut guard = self.lock(room);
+        let shard = &mut *guard;
+        if let Some(room_feed) = shard.subscribers.get_mut(&**room) {
+            room_feed.held = true;
+            return;
+        }
+        let Some(merge) = shard.merge.as_mut() else {
+            return;
+        };
+        let generation = merge.follow(room.clone());
+        if let Some(cluster) = self.cluster.get() {
+            let _ = cluster.links.rooms.send(RoomCommand::Join {
+                room: room.clone(),
+                generation,
+            });
+        }
+        shard.subscribers.insert(
+            room.clone(),
+            RoomFeed {
+                feed: Feed::new(),
+                waiting: Some(Vec::new()),
+                samples: Samples::default(),
+                held: true,
+            },
+        );
+    }
+
+    /// Undoes [`Hub::hold`]: the room is followed while it has subscribers.
+    pub fn release(&self, room: &str) {
+        let mut guard = self.lock(room);
+        let Some(room_feed) = guard.subscribers.get_mut(room) else {
+            return;
+        };
+        room_feed.held = false;
+        if room_feed.feed.is_unread() {
+            guard.unfollow(room);
+        }
+    }
+
+    /// The number of entries this node holds in `room`.
+    pub fn room_len(&self, room: &str) -> usize {
+        self.counts.occupancy(room).0
     }
 }
 

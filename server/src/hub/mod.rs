@@ -264,6 +264,7 @@ impl Hub {
                     feed: Feed::new(),
                     waiting,
                     samples: Samples::default(),
+                    held: false,
                 })
             }
         };
@@ -539,11 +540,11 @@ mod tests {
 
     fn clustered() -> (Hub, tokio::sync::mpsc::Receiver<Outgoing>) {
         let hub = Hub::in_memory(1).unwrap();
-        let (links, changes, rooms) = cluster::links();
+        let (links, queues) = cluster::links();
         // Joins and parts are not followed here: the tests play the cluster task.
-        drop(rooms);
+        drop(queues.rooms);
         hub.enable_cluster(1, links);
-        (hub, changes)
+        (hub, queues.changes)
     }
 
     fn frames(outbox: &Outbox) -> Vec<String> {
@@ -601,6 +602,37 @@ mod tests {
             sent[0].starts_with("{\"type\":\"snapshot\"") && sent[0].contains("\"clientId\":9")
         );
         assert!(sent[1].contains("\"ref\":7"), "{sent:?}");
+    }
+
+    #[test]
+    fn a_held_room_stays_followed_without_subscribers_until_released() {
+        let (hub, _changes) = clustered();
+        let room: Arc<str> = ROOM.into();
+        let followed = |hub: &Hub| hub.lock(ROOM).subscribers.contains_key(ROOM);
+        hub.hold(&room);
+        assert!(followed(&hub), "held: followed with nobody subscribed");
+        hub.sync_finished(&room, 1, Vec::new(), true, NOW);
+        hub.apply_remote(&room, 1, remote(2, 1, 9, ChangeKind::Insert), NOW)
+            .unwrap();
+        assert_eq!(hub.room_len(ROOM), 1, "another node's entry is held");
+        // A subscriber comes and goes: still held.
+        let outbox = Arc::new(Outbox::new());
+        let subscription = hub.subscribe(&room, &outbox, None, None, Duration::ZERO);
+        hub.unsubscribe(&outbox, &subscription);
+        assert!(followed(&hub));
+        assert_eq!(hub.room_len(ROOM), 1);
+        // Released with a subscriber: followed for it, until it goes.
+        let subscription = hub.subscribe(&room, &outbox, None, None, Duration::ZERO);
+        hub.release(ROOM);
+        assert!(followed(&hub));
+        hub.unsubscribe(&outbox, &subscription);
+        assert!(!followed(&hub), "neither held nor subscribed");
+        assert_eq!(hub.room_len(ROOM), 0, "the other node's entry is forgotten");
+        // Released without one: unfollowed at once.
+        hub.hold(&room);
+        assert!(followed(&hub));
+        hub.release(ROOM);
+        assert!(!followed(&hub));
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub(super) struct RoomFeed {
     pub(super) waiting: Option<Vec<Waiting>>,
     /// Its `sample` subscriptions' groups (see `sample.rs`).
     pub(super) samples: Samples,
+    /// Cluster mode with webhooks: followed for this node's part in sending the
+    /// room's webhooks (see `cluster::owner`), subscribers or not.
+    pub(super) held: bool,
 }
 
 #[derive(Debug)]
@@ -209,23 +212,30 @@ impl Locked<'_> {
         if let Some(waiting) = &mut room.waiting {
             waiting.retain(|w| !Arc::ptr_eq(&w.subscription, subscription));
         }
-        if remaining > 0 {
+        if remaining > 0 || room.held {
             return;
         }
-        let (name, _) = self
-            .subscribers
-            .remove_entry(&*subscription.room)
-            .expect("the room was just found");
+        self.unfollow(&subscription.room);
+    }
+
+    /// Stops following `room` (it has no subscribers and is not held).
+    pub(super) fn unfollow(&mut self, room: &str) {
+        let Some((name, _)) = self.subscribers.remove_entry(room) else {
+            return;
+        };
         let Some(merge) = &mut self.merge else {
             return;
         };
-        // Nobody here follows the room any more: forget the other nodes' entries.
+        // Nobody here follows the room any more: forget the other nodes' entries
+        // (they did not leave: no webhook says so).
         for client in merge.unfollow(&name) {
-            self.fold_unlogged(&Event::Leave(Leave {
+            if let Some(change) = self.materializer.fold(&Event::Leave(Leave {
                 room: name.clone(),
                 client,
                 at: UnixMs::now(),
-            }));
+            })) {
+                self.hub.counts.forget(&change);
+            }
         }
         if let Some(cluster) = self.hub.cluster.get() {
             let _ = cluster.links.rooms.send(RoomCommand::Part { room: name });
