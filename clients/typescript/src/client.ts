@@ -2,8 +2,9 @@ import { ClockSync } from "./clock.js";
 import { loadWebSocket } from "./loaders.js";
 import { RollcallError } from "./errors.js";
 import { CLOSE, type ServerErrorCode } from "./protocol.gen.js";
-import { DEFAULT_LIMITS, isClientId, PresenceView, Room, roomNameProblem, type Limits, type RoomHost, type WireEntry } from "./presence.js";
+import { DEFAULT_LIMITS, isClientId, PresenceView, Room, roomNameProblem, type Limits, type RoomHost } from "./presence.js";
 import { errorMessage, makeCodec, type Codec } from "./schema.js";
+import { decode, encode, type ClientMessageOf, type ClientRequest, type ReceivedServerMessage } from "./wire.js";
 import type {
   BroadcastInput,
   BroadcastOutput,
@@ -33,6 +34,9 @@ interface Socket {
 type SocketCtor = new (url: string) => Socket;
 
 const OPEN = 1;
+
+/** A server message of one `type`, as received (values still unchecked). */
+type Received<K extends ReceivedServerMessage["type"]> = Extract<ReceivedServerMessage, { type: K }>;
 
 /** The default of `heartbeatThrottleMs`. */
 export const DEFAULT_HEARTBEAT_THROTTLE_MS = 50;
@@ -186,7 +190,7 @@ class Client implements RollcallClient, RoomHost {
     if (!r) {
       r = new Room(room, this);
       this.rooms.set(room, r);
-      if (this.st === "connected") this.send(JSON.stringify({ type: "subscribe", room }));
+      if (this.st === "connected") this.send(encode({ type: "subscribe", room }));
     }
     const view = new PresenceView<unknown, unknown>(r, this, codec, throttleMs, broadcastCodec);
     r.views.add(view);
@@ -202,7 +206,7 @@ class Client implements RollcallClient, RoomHost {
     if (!listeners) {
       listeners = new Set();
       this.watched.set(room, listeners);
-      if (this.st === "connected") this.send(JSON.stringify({ type: "subscribe", room, mode: "occupancy" }));
+      if (this.st === "connected") this.send(encode({ type: "subscribe", room, mode: "occupancy" }));
     }
     const wrapped = (o: Occupancy) => fn(o);
     listeners.add(wrapped);
@@ -210,7 +214,7 @@ class Client implements RollcallClient, RoomHost {
       const now = this.watched.get(room);
       if (!now?.delete(wrapped) || now.size > 0) return;
       this.watched.delete(room);
-      if (this.st === "connected") this.send(JSON.stringify({ type: "unsubscribe", room }));
+      if (this.st === "connected") this.send(encode({ type: "unsubscribe", room }));
     };
   }
 
@@ -257,11 +261,11 @@ class Client implements RollcallClient, RoomHost {
     }
   }
 
-  request(message: Record<string, unknown>): Promise<boolean> {
+  request(message: ClientRequest): Promise<boolean> {
     const ref = this.nextRef++;
     return new Promise<boolean>((resolve) => {
       this.acks.set(ref, resolve);
-      if (!this.send(JSON.stringify({ ...message, ref }))) {
+      if (!this.send(encode({ ...message, ref }))) {
         this.acks.delete(ref);
         resolve(false);
       }
@@ -275,7 +279,7 @@ class Client implements RollcallClient, RoomHost {
     r.released = true;
     r.dispose();
     this.rooms.delete(r.name);
-    if (this.st === "connected") this.send(JSON.stringify({ type: "unsubscribe", room: r.name }));
+    if (this.st === "connected") this.send(encode({ type: "unsubscribe", room: r.name }));
   }
 
   report(error: RollcallError): void {
@@ -364,12 +368,12 @@ class Client implements RollcallClient, RoomHost {
     this.helloTokenExpMs = token === undefined ? undefined : jwtExpiryMs(token);
     ws.onopen = () => {
       if (this.ws !== ws) return;
-      const hello: { type: "hello"; resume?: string; token?: string; user?: string } = { type: "hello" };
+      const hello: ClientMessageOf<"hello"> = { type: "hello" };
       if (this.resumeToken !== undefined) hello.resume = this.resumeToken;
       if (token !== undefined) hello.token = token;
       if (typeof this.opts.user === "string") hello.user = this.opts.user;
       this.helloSentAt = this.now();
-      this.send(JSON.stringify(hello));
+      this.send(encode(hello));
     };
     ws.onmessage = (ev) => {
       if (this.ws !== ws) return;
@@ -463,22 +467,19 @@ class Client implements RollcallClient, RoomHost {
     if (typeof data === "string") text = data;
     else if (data instanceof ArrayBuffer || ArrayBuffer.isView(data)) text = new TextDecoder().decode(data as ArrayBuffer);
     else return;
-    let msg: Record<string, unknown>;
-    try {
-      const parsed: unknown = JSON.parse(text);
-      if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) return;
-      msg = parsed as Record<string, unknown>;
-    } catch {
+    const msg = decode(text);
+    if (msg === null) {
       this.report(new RollcallError("connection", "protocol_error", "the server sent a message that is not JSON"));
       return;
     }
+    if (msg === undefined) return;
     switch (msg.type) {
       case "welcome":
         this.onWelcome(msg);
         break;
       case "snapshot": {
         const room = typeof msg.room === "string" ? this.rooms.get(msg.room) : undefined;
-        if (room && Array.isArray(msg.entries)) room.applySnapshot(msg.entries as WireEntry[]);
+        if (room && Array.isArray(msg.entries)) room.applySnapshot(msg.entries);
         break;
       }
       case "changes": {
@@ -488,14 +489,15 @@ class Client implements RollcallClient, RoomHost {
       }
       case "broadcast": {
         const room = typeof msg.room === "string" ? this.rooms.get(msg.room) : undefined;
-        if (room && isClientId(msg.clientId)) room.applyBroadcast(msg);
+        if (room && isClientId(msg.clientId)) room.applyBroadcast(msg.clientId, msg);
         break;
       }
       case "occupancy": {
-        const listeners = typeof msg.room === "string" ? this.watched.get(msg.room) : undefined;
-        if (listeners && typeof msg.entryCount === "number" && typeof msg.userCount === "number") {
+        const room = msg.room;
+        const listeners = typeof room === "string" ? this.watched.get(room) : undefined;
+        if (listeners && typeof room === "string" && typeof msg.entryCount === "number" && typeof msg.userCount === "number") {
           const o: Occupancy = {
-            room: msg.room as string,
+            room,
             entryCount: msg.entryCount,
             userCount: msg.userCount,
             serverTimeMs: typeof msg.serverTimeMs === "number" ? msg.serverTimeMs : 0,
@@ -529,7 +531,7 @@ class Client implements RollcallClient, RoomHost {
     }
   }
 
-  private onWelcome(msg: Record<string, unknown>): void {
+  private onWelcome(msg: Received<"welcome">): void {
     if (!isClientId(msg.clientId)) {
       this.report(new RollcallError("connection", "protocol_error", "welcome without a valid clientId"));
       return;
@@ -550,11 +552,11 @@ class Client implements RollcallClient, RoomHost {
     this.everConnected = true;
     this.setState("connected");
     // Entries of rooms closed while disconnected go first (a reopened room heartbeats after).
-    for (const room of this.pendingLeaves) this.send(JSON.stringify({ type: "leave", room }));
+    for (const room of this.pendingLeaves) this.send(encode({ type: "leave", room }));
     this.pendingLeaves.clear();
     // Restore every room: last heartbeat with the TTL that remains (or a pending leave), then subscribe.
     for (const room of this.rooms.values()) room.onConnected();
-    for (const room of this.watched.keys()) this.send(JSON.stringify({ type: "subscribe", room, mode: "occupancy" }));
+    for (const room of this.watched.keys()) this.send(encode({ type: "subscribe", room, mode: "occupancy" }));
     this.startPinging();
     this.scheduleReauth();
     const waiters = this.connectedWaiters;
@@ -584,10 +586,10 @@ class Client implements RollcallClient, RoomHost {
     const ref = this.nextRef++;
     this.pings.set(ref, this.now());
     if (this.pings.size > 16) this.pings.delete(this.pings.keys().next().value as number);
-    this.send(JSON.stringify({ type: "ping", ref }));
+    this.send(encode({ type: "ping", ref }));
   }
 
-  private onPong(msg: Record<string, unknown>): void {
+  private onPong(msg: Received<"pong">): void {
     if (typeof msg.ref !== "number") return;
     const sentAt = this.pings.get(msg.ref);
     if (sentAt === undefined) return;
@@ -597,7 +599,7 @@ class Client implements RollcallClient, RoomHost {
     if (++this.syncPings < 4 && this.st === "connected") this.ping();
   }
 
-  private onServerError(msg: Record<string, unknown>): void {
+  private onServerError(msg: Received<"error">): void {
     const ref = typeof msg.ref === "number" ? msg.ref : undefined;
     if (ref !== undefined) {
       const done = this.acks.get(ref);
@@ -683,7 +685,7 @@ class Client implements RollcallClient, RoomHost {
       this.tokenExpMs = exp;
       this.scheduleReauth();
     });
-    if (!this.send(JSON.stringify({ type: "auth", token, ref }))) this.acks.delete(ref);
+    if (!this.send(encode({ type: "auth", token, ref }))) this.acks.delete(ref);
   }
 
   /** Terminal: no more reconnects, timers or notifications; `waitForConnected()` rejects with `error`. */
@@ -728,7 +730,7 @@ class Client implements RollcallClient, RoomHost {
         if (!room.own && !room.serverMayHaveEntry) continue;
         const ref = this.nextRef++;
         acks.push(new Promise<boolean>((resolve) => this.acks.set(ref, resolve)));
-        this.send(JSON.stringify({ type: "leave", room: room.name, ref }));
+        this.send(encode({ type: "leave", room: room.name, ref }));
         room.own = null;
         room.serverMayHaveEntry = false;
       }

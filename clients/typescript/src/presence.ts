@@ -1,18 +1,11 @@
 import { RollcallError } from "./errors.js";
-import { DEFAULT_LIMITS as GENERATED_DEFAULT_LIMITS, MAX_ROOM_BYTES } from "./protocol.gen.js";
+import { DEFAULT_LIMITS as GENERATED_DEFAULT_LIMITS, MAX_ROOM_BYTES, type Entry, type WelcomeLimits } from "./protocol.gen.js";
 import { describeIssues, errorMessage, failureError, type Codec, type CodecResult } from "./schema.js";
 import type { BroadcastSender, Presence, PresenceDiff, PresenceEntry, PresenceUser, UsersDiff } from "./types.js";
+import { encode, encodeHeartbeat, type ClientRequest, type ReceivedChange, type ReceivedEntry, type ReceivedServerMessage } from "./wire.js";
 
-/** Server limits announced in `welcome` (defaults from docs/protocol.md until then). */
-export interface Limits {
-  maxMessageBytes: number;
-  maxDataBytes: number;
-  maxTtlMs: number;
-  maxRoomsPerConnection: number;
-  maxEntriesPerRoom: number;
-  heartbeatsPerSecond: number;
-  heartbeatBurst: number;
-}
+/** Server limits announced in `welcome` (the generated defaults until then). */
+export type Limits = WelcomeLimits;
 
 /** The defaults, generated from the protocol crate (protocol.gen.ts). */
 export const DEFAULT_LIMITS: Limits = { ...GENERATED_DEFAULT_LIMITS };
@@ -27,7 +20,7 @@ export interface RoomHost {
   readonly clockOffsetMs: number;
   send(message: string): boolean;
   /** Sends `message` with a fresh `ref`; resolves true on its ack, false on an error or when it could not be sent. */
-  request(message: Record<string, unknown>): Promise<boolean>;
+  request(message: ClientRequest): Promise<boolean>;
   report(error: RollcallError): void;
   /** The room's last view closed: leave it, unsubscribe and forget it. */
   release(room: Room): void;
@@ -42,13 +35,8 @@ export interface RawEntry {
   readonly userId: string | undefined;
 }
 
-/** The wire shape of a snapshot entry / upsert change. */
-export interface WireEntry {
-  clientId: number;
-  data?: unknown;
-  expiresAtMs: number;
-  userId?: string;
-}
+/** A snapshot entry / upsert change whose `clientId` and `expiresAtMs` were checked. */
+type WireEntry = ReceivedEntry & Pick<Entry, "clientId" | "expiresAtMs">;
 
 interface OwnHeartbeat {
   /** The serialized data, exactly as sent. */
@@ -158,14 +146,14 @@ export class Room {
     const me = this.host.clientId;
     if (me !== undefined && this.raw.delete(me)) this.notify([me]);
     if (this.host.connected) {
-      this.host.send(JSON.stringify({ type: "leave", room: this.name }));
+      this.host.send(encode({ type: "leave", room: this.name }));
       this.serverMayHaveEntry = false;
     }
   }
 
   private sendHeartbeat(dataJson: string, ttlMs: number): void {
     if (!this.host.connected) return; // sent on (re)connect with what remains of the TTL
-    this.host.send(`{"type":"heartbeat","room":${JSON.stringify(this.name)},"data":${dataJson},"ttlMs":${ttlMs}}`);
+    this.host.send(encodeHeartbeat({ type: "heartbeat", room: this.name, ttlMs }, dataJson));
     this.serverMayHaveEntry = true;
     this.lastSentAt = monotonic();
   }
@@ -205,10 +193,10 @@ export class Room {
       if (remaining >= 1) this.sendHeartbeat(own.dataJson, Math.min(remaining, own.ttlMs));
       else if (!this.tracking) this.own = null;
     } else if (this.serverMayHaveEntry) {
-      this.host.send(JSON.stringify({ type: "leave", room: this.name }));
+      this.host.send(encode({ type: "leave", room: this.name }));
       this.serverMayHaveEntry = false;
     }
-    this.host.send(JSON.stringify({ type: "subscribe", room: this.name }));
+    this.host.send(encode({ type: "subscribe", room: this.name }));
   }
 
   // ---- incoming -------------------------------------------------------------
@@ -235,7 +223,7 @@ export class Room {
   }
 
   /** A snapshot replaces everything known about the room. */
-  applySnapshot(entries: WireEntry[]): void {
+  applySnapshot(entries: readonly unknown[]): void {
     const next = new Map<number, RawEntry>();
     const changed: number[] = [];
     for (const e of entries) {
@@ -263,25 +251,31 @@ export class Room {
     this.wakeSyncWaiters();
   }
 
-  applyChanges(changes: unknown[]): void {
+  applyChanges(changes: readonly unknown[]): void {
     const ids: number[] = [];
     for (const c of changes) {
       if (typeof c !== "object" || c === null) continue;
-      const ch = c as { op?: unknown; clientId?: unknown };
+      const ch = c as ReceivedChange;
       if (!isClientId(ch.clientId)) continue;
-      if (ch.op === "upsert") {
-        if (!isWireEntry(c)) continue;
-        const raw = this.toRaw(c);
-        this.raw.set(ch.clientId, raw);
-        if (raw.expiresAtMs < this.expiryAt) {
-          this.expiryAt = raw.expiresAtMs;
-          this.armExpiry(true);
+      switch (ch.op) {
+        case "upsert": {
+          if (!isWireEntry(ch)) continue;
+          const raw = this.toRaw(ch);
+          this.raw.set(ch.clientId, raw);
+          if (raw.expiresAtMs < this.expiryAt) {
+            this.expiryAt = raw.expiresAtMs;
+            this.armExpiry(true);
+          }
+          ids.push(ch.clientId);
+          break;
         }
-        ids.push(ch.clientId);
-      } else if (ch.op === "leave" || ch.op === "expire") {
-        if (this.raw.delete(ch.clientId)) ids.push(ch.clientId);
+        case "leave":
+        case "expire":
+          if (this.raw.delete(ch.clientId)) ids.push(ch.clientId);
+          break;
+        default:
+          break; // unknown ops are ignored (forward compatibility)
       }
-      // unknown ops are ignored (forward compatibility)
     }
     this.notify(ids);
   }
@@ -325,9 +319,9 @@ export class Room {
 
   /** Stops every timer (client closed). */
   /** Another client's broadcast to this room: every view decodes and delivers it. */
-  applyBroadcast(msg: Record<string, unknown>): void {
+  applyBroadcast(clientId: number, msg: Extract<ReceivedServerMessage, { type: "broadcast" }>): void {
     const from: BroadcastSender = {
-      clientId: msg.clientId as number,
+      clientId,
       serverTimeMs: typeof msg.serverTimeMs === "number" ? msg.serverTimeMs : 0,
     };
     if (typeof msg.userId === "string") from.userId = msg.userId;
@@ -491,7 +485,7 @@ export class PresenceView<T, In, B = unknown, BIn = B> implements Presence<T, In
       this.host.report(new RollcallError("local", "not_connected", "not connected: broadcast not sent", { room: this.room }));
       return Promise.resolve(false);
     }
-    return this.host.request({ type: "broadcast", room: this.room, data: json === undefined ? null : JSON.parse(json) });
+    return this.host.request({ type: "broadcast", room: this.room, data: json === undefined ? null : (JSON.parse(json) as unknown) });
   }
 
   onBroadcast(fn: (data: B, from: BroadcastSender) => void): () => void {
@@ -890,7 +884,7 @@ export function isClientId(v: unknown): v is number {
 
 function isWireEntry(e: unknown): e is WireEntry {
   if (typeof e !== "object" || e === null) return false;
-  const w = e as { clientId?: unknown; expiresAtMs?: unknown };
+  const w = e as ReceivedEntry;
   return isClientId(w.clientId) && typeof w.expiresAtMs === "number" && Number.isFinite(w.expiresAtMs);
 }
 
