@@ -166,7 +166,7 @@ impl Auth {
 
     /// Verifies a token; the rejection's code tells an expired token (or one not valid
     /// yet) from a bad one.
-    pub fn verify(&self, token: &str) -> Result<Grant, Rejection> {
+    pub(crate) fn verify(&self, token: &str) -> Result<Grant, Rejection> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
             |e| match e.kind() {
                 ErrorKind::ExpiredSignature => {

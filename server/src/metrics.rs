@@ -154,6 +154,11 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         "Frames written to WebSockets.",
     ),
     (
+        "rollcall_fanout_resyncs_total",
+        Kind::Counter,
+        "Subscribers that fell behind their room's window and were sent its state again.",
+    ),
+    (
         "rollcall_heartbeats_total",
         Kind::Counter,
         "Heartbeats accepted.",
@@ -373,6 +378,8 @@ pub struct Metrics {
     pub fanout_frames: Counter,
     /// Bytes of frames written to WebSockets.
     pub fanout_bytes: Counter,
+    /// Subscribers resent their room's state after falling out of its window.
+    pub fanout_resyncs: Counter,
     /// Seconds the last replay took.
     pub replay_seconds: Gauge,
     /// Live entries after the last replay.
@@ -413,6 +420,7 @@ impl Metrics {
             fanout_delivered: counter!("rollcall_fanout_delivered_total"),
             fanout_frames: counter!("rollcall_fanout_frames_total"),
             fanout_bytes: counter!("rollcall_fanout_bytes_total"),
+            fanout_resyncs: counter!("rollcall_fanout_resyncs_total"),
             replay_seconds: gauge!("rollcall_replay_seconds"),
             replay_entries: gauge!("rollcall_replay_live_entries"),
             cluster_connected: gauge!("rollcall_cluster_connected"),

@@ -484,6 +484,7 @@ async fn drive<S: Io>(
         let awaiting = awaits_durability && writing.paced_until.is_none();
         // A client that sends without reading its answers is not read from.
         let reading = outbox.backlog() < CONTROL_CAPACITY;
+        let urgent = outbox.urgent();
         let event = std::future::poll_fn(|cx| {
             if shutting_down.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Exit(Exit::Close(
@@ -504,13 +505,19 @@ async fn drive<S: Io>(
                     Poll::Pending => {}
                 }
             }
-            // What the last request queued (its answer, its ack) is written (or paced)
-            // before the next request is read.
+            // Reading first: requests already buffered are applied in one go, and what
+            // they queue goes out in one write. A reply (pong, error) goes out before
+            // the next request is read, so a flood does not starve its own answers.
+            if reading && !urgent {
+                if let Poll::Ready(inbound) = connection.poll_read(cx) {
+                    return Poll::Ready(Event::Read(inbound));
+                }
+            }
             if ready.as_mut().poll(cx).is_ready() {
                 ready.set(outbox.ready());
                 return Poll::Ready(Event::Work);
             }
-            if reading {
+            if reading && urgent {
                 if let Poll::Ready(inbound) = connection.poll_read(cx) {
                     return Poll::Ready(Event::Read(inbound));
                 }

@@ -11,204 +11,46 @@
 //! fold, log append and publication are atomic with respect to subscribes (a
 //! subscriber never misses a change between its snapshot and its first `changes`
 //! frame).
+//!
+//! The parts, by concept:
+//!
+//! - this module: the [`Hub`] and what sessions and handlers ask of it (subscribe,
+//!   heartbeat, leave, sweep), and the room view a snapshot is serialized from;
+//! - `shard`: a shard's rooms, its lock (`Locked`) and what runs under it;
+//! - `admission`: client ids, resume tokens, live sessions and kicks;
+//! - `queries`: REST room reads, room listings and gauges;
+//! - `cluster`: cluster mode, the glue between the shards and the merge state machine
+//!   (`crate::cluster::merge`).
 
-use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::RandomState;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 use std::time::Instant;
 
 use bytes::Bytes;
 use hashbrown::HashMap;
 use rollcall_engine::{
-    Change, ChangeKind, ClientId, Durability, Engine, Entry, Event, Heartbeat, Journal, Leave,
-    Materializer, Ticket, Ttl, UnixMs,
+    ClientId, Durability, Engine, Entry, Event, Heartbeat, Journal, Leave, Ticket, Ttl, UnixMs,
 };
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
-use crate::cluster::merge::{Merge, Origin, Removal, Upsert};
-use crate::cluster::{Links, Outgoing, Reject, RemoteChange, RemoteKind, RoomCommand, SyncReply};
+use crate::cluster::RoomCommand;
 use crate::error::Result;
-use crate::fanout::{Feed, Outbox, Published, Subscription};
+use crate::fanout::{Feed, Outbox, Subscription};
 use crate::identity::Identity;
 use crate::limits::Limits;
-use crate::listing::{RoomCounts, RoomsPage};
+use crate::listing::RoomCounts;
 use crate::metrics::Metrics;
 use crate::protocol::{self, ErrorCode, Rejection};
 
-/// Shards per core, at least: with rooms spread by a hash, two busy rooms share a
-/// shard with probability 1/shards, so a few shards per core keep collisions rare.
-const SHARDS_PER_CORE: usize = 4;
-/// The fewest shards, whatever the core count (see `docs/performance.md`, "More
-/// cores": collisions between busy rooms cost more than the extra, empty shards).
-const MIN_SHARDS: usize = 64;
+mod admission;
+mod cluster;
+mod queries;
+mod shard;
 
-/// How many shards a hub on this machine uses: a power of two, at least
-/// [`SHARDS_PER_CORE`] per core and at least [`MIN_SHARDS`].
-fn shard_count() -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    (cores * SHARDS_PER_CORE)
-        .max(MIN_SHARDS)
-        .next_power_of_two()
-}
-
-/// A room with subscribers: its feed and who reads it.
-#[derive(Debug)]
-struct RoomFeed {
-    /// The room's changes and subscribers, behind the room's own locks.
-    feed: Arc<Feed>,
-    /// Cluster mode, until the room's first sync is done: the subscriptions waiting
-    /// for their snapshot, with their outbox and the reference to acknowledge. Nothing
-    /// is published on the feed meanwhile (nobody has a snapshot yet).
-    waiting: Option<Vec<Waiting>>,
-}
-
-#[derive(Debug)]
-struct Waiting {
-    subscription: Arc<Subscription>,
-    outbox: Arc<Outbox>,
-    reference: Option<u64>,
-}
-
-/// Cluster mode: this node's side of the bus, shared by every shard (the merge state
-/// is per shard, in [`Shard::merge`]).
-#[derive(Debug)]
-struct Cluster {
-    links: Links,
-    /// The last sequence number used. Starts from the clock, so it keeps growing
-    /// across restarts. Taken under the lock of the change's shard, so within a room
-    /// sequence numbers follow the fold's order.
-    seq: AtomicU64,
-}
-
-impl Cluster {
-    fn next_seq(&self) -> u64 {
-        self.seq.fetch_add(1, Ordering::AcqRel) + 1
-    }
-
-    /// Queues a change of an owned entry for the other nodes.
-    fn publish(&self, change: &Change, metrics: &Metrics) {
-        let outgoing = Outgoing {
-            seq: self.next_seq(),
-            change: change.clone(),
-        };
-        if self.links.changes.try_send(outgoing).is_err() {
-            metrics.cluster_dropped.increment(1);
-        }
-    }
-}
-
-/// Rooms with subscribers. Room names come from clients, so the map uses a keyed
-/// hasher.
-type Subscribers = HashMap<Arc<str>, RoomFeed, RandomState>;
-
-/// A live WebSocket session, by client id.
-#[derive(Debug)]
-struct Session {
-    connection: u64,
-    kick: Arc<Notify>,
-}
-
-/// The rooms of one shard: everything a heartbeat, leave or sweep of them touches,
-/// except the log's queue (shared, with its own lock) and the room counts (shared,
-/// taken only when an entry comes or goes).
-struct Shard {
-    /// This shard's rooms' entries and expiry order.
-    materializer: Materializer,
-    /// Changes published under this shard's lock: serialized and their subscribers
-    /// woken once it is released (see [`Locked`]).
-    published: Vec<(Arc<Feed>, Arc<Published>)>,
-    /// This shard's rooms with subscribers.
-    subscribers: Subscribers,
-    scratch: Vec<Change>,
-    /// Cluster mode: who owns which entry of this shard's followed rooms.
-    merge: Option<Merge>,
-}
-
-impl Shard {
-    fn new(materializer: Materializer) -> Shard {
-        Shard {
-            materializer,
-            published: Vec::new(),
-            subscribers: HashMap::default(),
-            scratch: Vec::new(),
-            merge: None,
-        }
-    }
-}
-
-/// A shard's lock, aligned to cache lines of its own: two busy shards next to each
-/// other in [`Hub::shards`] never share a line.
-#[repr(align(128))]
-struct ShardLock(Mutex<Shard>);
-
-/// Client ids, resume tokens and live sessions, behind their own lock.
-struct Admission {
-    identity: Identity,
-    sessions: HashMap<ClientId, Session>,
-    next_connection: u64,
-}
-
-/// A shard's lock, held. Code that must run under it takes `&Shard` or `&mut Shard`,
-/// which only a `Locked` hands out. Releasing it records how long it was held, so a
-/// serialized shard shows up in `/metrics` (`rollcall_hub_lock_hold_microseconds`),
-/// and then, with the lock released, serializes the changes published meanwhile and
-/// wakes their rooms' subscribers: that work is per room, under the rooms' own locks.
-struct Locked<'a> {
-    /// `Some` until dropped.
-    guard: Option<MutexGuard<'a, Shard>>,
-    hub: &'a Hub,
-    since: Instant,
-}
-
-impl std::ops::Deref for Locked<'_> {
-    type Target = Shard;
-
-    fn deref(&self) -> &Shard {
-        self.guard.as_ref().expect("held until dropped")
-    }
-}
-
-impl std::ops::DerefMut for Locked<'_> {
-    fn deref_mut(&mut self) -> &mut Shard {
-        self.guard.as_mut().expect("held until dropped")
-    }
-}
-
-impl Drop for Locked<'_> {
-    fn drop(&mut self) {
-        let Some(mut guard) = self.guard.take() else {
-            return;
-        };
-        let published = std::mem::take(&mut guard.published);
-        drop(guard);
-        let metrics = &self.hub.metrics;
-        metrics
-            .hub_lock_hold
-            .record(self.since.elapsed().as_secs_f64() * 1_000_000.0);
-        for (feed, change) in published {
-            change.fragment();
-            let subscribers = feed.wake(change.moves_counts());
-            metrics.fanout_changes.increment(subscribers as u64);
-        }
-    }
-}
-
-/// What a new session gets.
-#[derive(Debug)]
-pub struct Admitted {
-    /// The session's client id.
-    pub client: ClientId,
-    /// Its resume token.
-    pub resume_token: String,
-    /// Whether the client id came from a valid resume token.
-    pub resumed: bool,
-    /// The resume token presented was not valid (a fresh id was assigned).
-    pub resume_rejected: bool,
-    /// Unique per connection, to tell sessions of the same client apart.
-    pub connection: u64,
-    /// Notified when another connection resumes the same client id.
-    pub kick: Arc<Notify>,
-}
+use admission::Admission;
+pub use admission::Admitted;
+use cluster::Cluster;
+use shard::{Locked, RoomFeed, Shard, ShardLock, Waiting, shard_count, shard_index};
 
 /// The server's shared state.
 pub struct Hub {
@@ -353,12 +195,6 @@ impl Hub {
         }
     }
 
-    fn admission(&self) -> MutexGuard<'_, Admission> {
-        self.admission
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// The limits clients must respect.
     pub fn limits(&self) -> &Limits {
         &self.limits
@@ -377,82 +213,6 @@ impl Hub {
     /// A receiver of the log's durable watermark.
     pub fn durable(&self) -> watch::Receiver<Ticket> {
         self.durable.clone()
-    }
-
-    /// Starts a session: resumes the client id of a valid `resume` token (closing any
-    /// other connection holding it) or assigns a new one.
-    pub fn admit(&self, resume: Option<&str>, user: Option<&str>) -> Result<Admitted> {
-        let mut admission = self.admission();
-        let admission = &mut *admission;
-        let resumed_id = resume.and_then(|token| admission.identity.verify(token, user));
-        let resume_rejected = resume.is_some() && resumed_id.is_none();
-        let client = match resumed_id {
-            Some(id) => id,
-            None => admission.identity.allocate(&self.journal)?,
-        };
-        let connection = admission.next_connection;
-        admission.next_connection += 1;
-        let kick = Arc::new(Notify::new());
-        if let Some(old) = admission.sessions.insert(
-            client,
-            Session {
-                connection,
-                kick: kick.clone(),
-            },
-        ) {
-            old.kick.notify_one();
-        }
-        let resume_token = admission.identity.token(client, user);
-        Ok(Admitted {
-            client,
-            resume_token,
-            resumed: resumed_id.is_some(),
-            resume_rejected,
-            connection,
-            kick,
-        })
-    }
-
-    /// Ends a session: its subscriptions stop; its entries stay until their TTL.
-    pub fn depart(&self, client: ClientId, connection: u64, subscriptions: &[Arc<Subscription>]) {
-        for subscription in subscriptions {
-            self.lock(&subscription.room)
-                .remove_subscriber(subscription);
-        }
-        let mut admission = self.admission();
-        if admission
-            .sessions
-            .get(&client)
-            .is_some_and(|s| s.connection == connection)
-        {
-            admission.sessions.remove(&client);
-        }
-    }
-
-    /// A fresh client id (for REST heartbeats without one).
-    pub fn allocate_client(&self) -> Result<ClientId> {
-        self.admission().identity.allocate(&self.journal)
-    }
-
-    /// Reserves a client id chosen over REST, so that the server never gives it to
-    /// another client (see [`Identity::reserve`]).
-    pub fn reserve_client(&self, client: ClientId) -> Result<(), Rejection> {
-        let reserved = self.admission().identity.reserve(client, &self.journal);
-        match reserved {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(Rejection::new(
-                ErrorCode::BadRequest,
-                format!(
-                    "clientId {client} is past the ids this server can reserve: choose one \
-                     below {}, or omit clientId and the server assigns one",
-                    crate::identity::MAX_CHOSEN_COUNTER
-                ),
-            )),
-            Err(e) => Err(Rejection::new(
-                ErrorCode::Internal,
-                format!("cannot reserve the client id: {e}"),
-            )),
-        }
     }
 
     /// Subscribes `outbox` to `room` (its changes paced to one read per `interval`, if
@@ -544,6 +304,7 @@ impl Hub {
 
     /// Sends a subscription that fell behind its feed the room's current state.
     pub fn resync(&self, subscription: &Subscription) {
+        self.metrics.fanout_resyncs.increment(1);
         let now = UnixMs::now();
         let shard = self.lock(&subscription.room);
         let view = RoomView::take(&shard, &subscription.room, subscription.feed(), now);
@@ -650,53 +411,6 @@ impl Hub {
         expired
     }
 
-    /// The live entries of `room` as a JSON array: copied under its shard's lock,
-    /// serialized after.
-    #[cfg(test)]
-    pub fn entries_json(&self, room: &str) -> String {
-        let now = UnixMs::now();
-        let shard = self.lock(room);
-        let entries: Vec<Entry> = shard.materializer.entries(room, now).cloned().collect();
-        drop(shard);
-        protocol::entries_json(entries.iter())
-    }
-
-    /// Rooms with entries, sorted by name, after `after`, at most `limit`. Takes no
-    /// shard lock.
-    pub fn rooms_page(&self, after: Option<&str>, limit: usize) -> RoomsPage {
-        self.counts.page(after, limit)
-    }
-
-    /// Publishes gauges: rooms, entries, log size. Takes each shard's lock in turn,
-    /// for O(1) each.
-    pub fn record_gauges(&self) {
-        let (mut rooms, mut entries, mut subscribed, mut remote) = (0, 0, 0, 0);
-        for index in 0..self.shards.len() {
-            let shard = self.lock_shard(index);
-            rooms += shard.materializer.room_count();
-            entries += shard.materializer.len();
-            subscribed += shard.subscribers.len();
-            remote += shard.merge.as_ref().map_or(0, Merge::remote_entries);
-        }
-        self.metrics.rooms.set(rooms as f64);
-        self.metrics.entries.set(entries as f64);
-        self.metrics.subscribed_rooms.set(subscribed as f64);
-        self.metrics
-            .log_failing
-            .set(if self.journal.log_failing() { 1.0 } else { 0.0 });
-        self.metrics
-            .log_stalled
-            .set(self.journal.log_stalled_for().as_secs_f64());
-        if self.cluster.get().is_some() {
-            self.metrics.cluster_remote_entries.set(remote as f64);
-        }
-    }
-
-    /// How long the log writer has been stuck in one storage call.
-    pub fn log_stalled_for(&self) -> std::time::Duration {
-        self.journal.log_stalled_for()
-    }
-
     /// Flushes the log and waits for it (blocking).
     pub fn sync(&self) -> Result<bool> {
         Ok(self.journal.sync()?)
@@ -722,520 +436,6 @@ impl std::fmt::Debug for Hub {
             .field("limits", &self.limits)
             .field("durability", &self.durability)
             .finish_non_exhaustive()
-    }
-}
-
-/// The shard of `room` among `shards` (a power of two), by a keyed hash.
-fn shard_index(route: &RandomState, shards: usize, room: &str) -> usize {
-    // The low bits of SipHash are as good as any.
-    (route.hash_one(room) as usize) & (shards - 1)
-}
-
-/// What runs under a shard's lock and needs the hub's shared parts too (the journal,
-/// the counts, the cluster's links).
-impl Locked<'_> {
-    /// Removes `client`'s entry and logs the leave (under this lock: the log's order
-    /// is the fold's). Adjusts the room's count.
-    fn leave_logged(&mut self, leave: Leave) -> Option<(Change, Ticket)> {
-        let change = self.materializer.leave(&leave)?;
-        let ticket = self.hub.journal.append(Event::Leave(leave));
-        self.hub.counts.apply(&change);
-        Some((change, ticket))
-    }
-
-    /// Folds another node's event without logging it. Adjusts the room's count.
-    fn fold_unlogged(&mut self, event: &Event) -> Option<Change> {
-        let change = self.materializer.fold(event)?;
-        self.hub.counts.apply(&change);
-        Some(change)
-    }
-
-    /// Expires this shard's due entries and fans out their removal.
-    fn sweep(&mut self, now: UnixMs) -> usize {
-        if self.materializer.next_expiry().is_none_or(|at| at >= now) {
-            return 0;
-        }
-        let hub = self.hub;
-        let shard = &mut **self.guard.as_mut().expect("held until dropped");
-        shard.scratch.clear();
-        let expired = shard.materializer.sweep_due(now, &mut shard.scratch);
-        hub.journal.expired(&shard.scratch);
-        for change in &shard.scratch {
-            hub.counts.apply(change);
-            fan_out(
-                &shard.subscribers,
-                &mut shard.published,
-                change,
-                &shard.materializer,
-            );
-            // Another node's entry expires here by its own TTL, like everywhere; only
-            // this node's expiries are published.
-            if let (Some(merge), Some(cluster)) = (&mut shard.merge, hub.cluster.get()) {
-                if merge.expired(&change.room, change.entry.client) {
-                    cluster.publish(change, &hub.metrics);
-                }
-            }
-        }
-        shard.scratch.clear();
-        expired
-    }
-
-    /// A heartbeat or leave of a local client: in cluster mode the entry is this
-    /// node's now, even if it was another node's before, and the other nodes hear of
-    /// it.
-    fn own(&mut self, change: &Change) {
-        let hub = self.hub;
-        if let (Some(merge), Some(cluster)) = (&mut self.merge, hub.cluster.get()) {
-            merge.owned(&change.room, change.entry.client);
-            cluster.publish(change, &hub.metrics);
-        }
-    }
-
-    fn remove_subscriber(&mut self, subscription: &Arc<Subscription>) {
-        let Some(room) = self.subscribers.get_mut(&*subscription.room) else {
-            return;
-        };
-        let remaining = room.feed.remove(subscription);
-        if let Some(waiting) = &mut room.waiting {
-            waiting.retain(|w| !Arc::ptr_eq(&w.subscription, subscription));
-        }
-        if remaining > 0 {
-            return;
-        }
-        let (name, _) = self
-            .subscribers
-            .remove_entry(&*subscription.room)
-            .expect("the room was just found");
-        let Some(merge) = &mut self.merge else {
-            return;
-        };
-        // Nobody here follows the room any more: forget the other nodes' entries.
-        for client in merge.unfollow(&name) {
-            self.fold_unlogged(&Event::Leave(Leave {
-                room: name.clone(),
-                client,
-                at: UnixMs::now(),
-            }));
-        }
-        if let Some(cluster) = self.hub.cluster.get() {
-            let _ = cluster.links.rooms.send(RoomCommand::Part { room: name });
-        }
-    }
-
-    /// Folds another node's upsert of `entry`, unless what this node holds is newer.
-    /// A new entry that would put the room past `max_entries` is refused, as a local
-    /// client's would be.
-    fn upsert_remote(
-        &mut self,
-        room: &Arc<str>,
-        origin: Origin,
-        entry: Entry,
-        max_entries: usize,
-        now: UnixMs,
-    ) -> Result<Option<Change>, Reject> {
-        let shard = &mut **self.guard.as_mut().expect("held until dropped");
-        let materializer = &shard.materializer;
-        if materializer.get(room, entry.client, now).is_none()
-            && materializer.room_len(room) >= max_entries
-        {
-            return Err(Reject::RoomFull);
-        }
-        let Some(merge) = shard.merge.as_mut() else {
-            return Ok(None);
-        };
-        let own_expiry = if merge.is_remote(room, entry.client) {
-            None
-        } else {
-            shard
-                .materializer
-                .get(room, entry.client, now)
-                .map(|own| own.expires_at)
-        };
-        let Some(action) = merge.upsert(room, origin, &entry, own_expiry, now) else {
-            return Ok(None);
-        };
-        match action {
-            Upsert::Fold => {}
-            Upsert::TakeOver => {
-                self.leave_logged(Leave {
-                    room: room.clone(),
-                    client: entry.client,
-                    at: now,
-                });
-            }
-        }
-        // `at + ttl` is the owner's expiry, to the millisecond.
-        Ok(self.fold_unlogged(&Event::Heartbeat(Heartbeat {
-            room: room.clone(),
-            client: entry.client,
-            user: entry.user,
-            data: entry.data,
-            ttl: Ttl(0),
-            at: entry.expires_at,
-        })))
-    }
-
-    /// Removes another node's entry (kind `Leave` or `Expire`). A leave of an entry
-    /// this node holds as its own is taken only from the node that allocated the
-    /// client's id.
-    fn remove_remote(
-        &mut self,
-        room: &Arc<str>,
-        origin: Origin,
-        client: ClientId,
-        kind: ChangeKind,
-        now: UnixMs,
-    ) -> Result<Option<Change>, Reject> {
-        let shard = &mut **self.guard.as_mut().expect("held until dropped");
-        let Some(merge) = shard.merge.as_mut() else {
-            return Ok(None);
-        };
-        let holds_own =
-            !merge.is_remote(room, client) && shard.materializer.get(room, client, now).is_some();
-        if holds_own
-            && kind == ChangeKind::Leave
-            && client.0 >> crate::identity::NODE_SHIFT != u64::from(origin.node)
-        {
-            return Err(Reject::Owner);
-        }
-        let leave = Leave {
-            room: room.clone(),
-            client,
-            at: now,
-        };
-        Ok(
-            match merge.remove(room, origin, client, kind, holds_own, now) {
-                None => None,
-                Some(Removal::Own) => self.leave_logged(leave).map(|(change, _)| change),
-                Some(Removal::Remote(kind)) => {
-                    self.fold_unlogged(&Event::Leave(leave)).map(|mut change| {
-                        change.kind = kind;
-                        change
-                    })
-                }
-            },
-        )
-    }
-
-    fn fan_out(&mut self, change: &Change) {
-        let shard = &mut **self.guard.as_mut().expect("held until dropped");
-        fan_out(
-            &shard.subscribers,
-            &mut shard.published,
-            change,
-            &shard.materializer,
-        );
-    }
-}
-
-impl crate::cluster::LocalState for Hub {
-    fn metrics(&self) -> &Metrics {
-        Hub::metrics(self)
-    }
-
-    fn owned_live(&self, now: UnixMs) -> Vec<Outgoing> {
-        Hub::owned_live(self, now)
-    }
-
-    fn owned_entries(&self, room: &str, now: UnixMs) -> (u64, String) {
-        Hub::owned_entries(self, room, now)
-    }
-
-    fn limits(&self) -> &Limits {
-        Hub::limits(self)
-    }
-
-    fn apply_remote(
-        &self,
-        room: &Arc<str>,
-        generation: u64,
-        change: RemoteChange,
-        now: UnixMs,
-    ) -> Result<(), Reject> {
-        Hub::apply_remote(self, room, generation, change, now)
-    }
-
-    fn node_lost(&self, node: u16, now: UnixMs) {
-        Hub::node_lost(self, node, now);
-    }
-
-    fn owned_rooms_page(&self, after: Option<&str>, limit: usize) -> RoomsPage {
-        Hub::owned_rooms_page(self, after, limit)
-    }
-
-    fn sync_started(&self, room: &str, generation: u64) {
-        Hub::sync_started(self, room, generation);
-    }
-
-    fn sync_finished(
-        &self,
-        room: &Arc<str>,
-        generation: u64,
-        replies: Vec<SyncReply>,
-        first: bool,
-        now: UnixMs,
-    ) {
-        Hub::sync_finished(self, room, generation, replies, first, now);
-    }
-}
-
-/// Cluster mode.
-impl Hub {
-    /// Turns cluster mode on: changes of this node's entries go out through `links`.
-    /// Call once, before serving.
-    pub fn enable_cluster(&self, node: u16, links: Links) {
-        let cluster = Cluster {
-            links,
-            seq: AtomicU64::new(UnixMs::now().0.saturating_mul(1_000_000)),
-        };
-        if self.cluster.set(cluster).is_err() {
-            tracing::warn!("cluster mode was already on");
-            return;
-        }
-        for index in 0..self.shards.len() {
-            self.lock_shard(index).merge = Some(Merge::new(node));
-        }
-    }
-
-    /// Folds an authenticated change another node published in `room`.
-    pub fn apply_remote(
-        &self,
-        room: &Arc<str>,
-        generation: u64,
-        remote: RemoteChange,
-        now: UnixMs,
-    ) -> Result<(), Reject> {
-        let mut shard = self.lock(room);
-        if !shard
-            .merge
-            .as_ref()
-            .is_some_and(|m| m.accepts(room, generation, remote.node))
-        {
-            return Ok(());
-        }
-        let RemoteChange {
-            node,
-            seq,
-            client,
-            kind,
-            ..
-        } = remote;
-        let origin = Origin { node, seq };
-        let max_entries = self.limits.max_entries_per_room;
-        let change = match kind {
-            RemoteKind::Upsert(entry) => shard.upsert_remote(room, origin, entry, max_entries, now),
-            RemoteKind::Leave => shard.remove_remote(room, origin, client, ChangeKind::Leave, now),
-            RemoteKind::Expire => {
-                shard.remove_remote(room, origin, client, ChangeKind::Expire, now)
-            }
-        }?;
-        if let Some(change) = change {
-            shard.fan_out(&change);
-        }
-        Ok(())
-    }
-
-    /// Node `node` is taken for dead: removes its entries from every followed room,
-    /// unlogged (subscribers see them leave), one shard at a time. They come back when
-    /// it republishes.
-    pub fn node_lost(&self, node: u16, now: UnixMs) {
-        for index in 0..self.shards.len() {
-            let mut shard = self.lock_shard(index);
-            let Some(merge) = &mut shard.merge else {
-                return;
-            };
-            for (room, client) in merge.lost(node, now) {
-                if let Some(change) = shard.fold_unlogged(&Event::Leave(Leave {
-                    room,
-                    client,
-                    at: now,
-                })) {
-                    shard.fan_out(&change);
-                }
-            }
-        }
-    }
-
-    /// A page of rooms (after `after`, at most `limit`) with this node's own entries
-    /// only: what it answers to another node listing the cluster's rooms. The cursor
-    /// says how far the page got, whatever was left out for holding no own entry.
-    /// Takes each listed room's shard lock in turn.
-    pub(crate) fn owned_rooms_page(&self, after: Option<&str>, limit: usize) -> RoomsPage {
-        let mut page = self.counts.page(after, limit);
-        if self.cluster.get().is_some() {
-            for (room, count) in &mut page.rooms {
-                let remote = self
-                    .lock(room)
-                    .merge
-                    .as_ref()
-                    .map_or(0, |merge| merge.remote_in(room));
-                *count = count.saturating_sub(remote);
-            }
-            page.rooms.retain(|(_, count)| *count > 0);
-        }
-        page
-    }
-
-    /// The live entries of `room` this node holds, and whether they are the whole
-    /// cluster's: the room is followed and synced. Otherwise they are this node's own
-    /// only (a REST read asks the other nodes for theirs). Copied under the room's
-    /// shard lock.
-    pub fn room_entries(&self, room: &str) -> (Vec<Entry>, bool) {
-        let now = UnixMs::now();
-        let shard = self.lock(room);
-        let complete = self.cluster.get().is_none()
-            || shard
-                .subscribers
-                .get(room)
-                .is_some_and(|feed| feed.waiting.is_none());
-        let entries = shard.materializer.entries(room, now).cloned().collect();
-        (entries, complete)
-    }
-
-    /// A sync of `room` begins: removals are remembered until it ends.
-    pub fn sync_started(&self, room: &str, generation: u64) {
-        if let Some(merge) = &mut self.lock(room).merge {
-            merge.sync_started(room, generation);
-        }
-    }
-
-    /// Folds the other nodes' answers to a sync of `room`. Entries a node no longer
-    /// lists are removed. After the room's first sync, its subscribers get their
-    /// snapshots.
-    pub fn sync_finished(
-        &self,
-        room: &Arc<str>,
-        generation: u64,
-        replies: Vec<SyncReply>,
-        first: bool,
-        now: UnixMs,
-    ) {
-        let mut shard = self.lock(room);
-        if !shard
-            .merge
-            .as_ref()
-            .is_some_and(|m| m.follows(room, generation))
-        {
-            return;
-        }
-        for reply in replies {
-            let origin = Origin {
-                node: reply.node,
-                seq: reply.seq,
-            };
-            if !shard
-                .merge
-                .as_ref()
-                .is_some_and(|m| m.accepts(room, generation, reply.node))
-            {
-                continue;
-            }
-            let mut listed = hashbrown::HashSet::with_capacity(reply.entries.len());
-            let max_entries = self.limits.max_entries_per_room;
-            for entry in reply.entries {
-                listed.insert(entry.client);
-                match shard.upsert_remote(room, origin, entry, max_entries, now) {
-                    Ok(Some(change)) => shard.fan_out(&change),
-                    Ok(None) => {}
-                    Err(reject) => self.metrics.cluster_rejected(reject),
-                }
-            }
-            let gone = shard
-                .merge
-                .as_ref()
-                .map(|m| m.unlisted(room, origin, &listed))
-                .unwrap_or_default();
-            for client in gone {
-                match shard.remove_remote(room, origin, client, ChangeKind::Leave, now) {
-                    Ok(Some(change)) => shard.fan_out(&change),
-                    Ok(None) => {}
-                    Err(reject) => self.metrics.cluster_rejected(reject),
-                }
-            }
-            if let Some(merge) = &mut shard.merge {
-                merge.reply_folded(room, origin);
-            }
-        }
-        if let Some(merge) = &mut shard.merge {
-            merge.sync_ended(room);
-        }
-        if !first {
-            return;
-        }
-        let Some(room_feed) = shard.subscribers.get_mut(room) else {
-            return;
-        };
-        let Some(waiting) = room_feed.waiting.take() else {
-            return;
-        };
-        let feed = room_feed.feed.clone();
-        let view = RoomView::take(&shard, room, &feed, now);
-        drop(shard);
-        // One snapshot for every waiting subscriber.
-        let snapshot = view.snapshot();
-        for w in waiting {
-            start(
-                &w.subscription,
-                &w.outbox,
-                w.reference,
-                snapshot.clone(),
-                view.head,
-            );
-        }
-    }
-
-    /// This node's own live entries of `room` as a JSON array, and the last sequence
-    /// number it used: the answer to a sync request. Copied under the room's shard
-    /// lock (so the sequence number and the entries agree), serialized after.
-    pub fn owned_entries(&self, room: &str, now: UnixMs) -> (u64, String) {
-        let Some(cluster) = self.cluster.get() else {
-            return (0, "[]".into());
-        };
-        let shard = self.lock(room);
-        let Some(merge) = &shard.merge else {
-            return (0, "[]".into());
-        };
-        let seq = cluster.seq.load(Ordering::Acquire);
-        let entries: Vec<Entry> = shard
-            .materializer
-            .entries(room, now)
-            .filter(|e| !merge.is_remote(room, e.client))
-            .cloned()
-            .collect();
-        drop(shard);
-        (seq, protocol::entries_json(entries.iter()))
-    }
-
-    /// Every live entry this node owns, as upserts with fresh sequence numbers. Takes
-    /// one shard's lock at a time.
-    pub fn owned_live(&self, now: UnixMs) -> Vec<Outgoing> {
-        let Some(cluster) = self.cluster.get() else {
-            return Vec::new();
-        };
-        let mut owned = Vec::new();
-        for index in 0..self.shards.len() {
-            let shard = self.lock_shard(index);
-            let Some(merge) = &shard.merge else {
-                continue;
-            };
-            let materializer = &shard.materializer;
-            for (room, _) in materializer.rooms(now) {
-                for entry in materializer.entries(room, now) {
-                    if merge.is_remote(room, entry.client) {
-                        continue;
-                    }
-                    owned.push(Outgoing {
-                        seq: cluster.next_seq(),
-                        change: Change {
-                            room: room.clone(),
-                            kind: ChangeKind::Update,
-                            entry: entry.clone(),
-                        },
-                    });
-                }
-            }
-        }
-        owned
     }
 }
 
@@ -1283,34 +483,15 @@ fn start(
     }
 }
 
-/// Publishes a change on its room's feed, if the room has subscribers (sized by the
-/// room's entries, looked up only then). O(1): serializing it and waking the
-/// subscribers happen once the shard's lock is released.
-fn fan_out(
-    subscribers: &Subscribers,
-    published: &mut Vec<(Arc<Feed>, Arc<Published>)>,
-    change: &Change,
-    materializer: &Materializer,
-) {
-    let Some(room) = subscribers.get(&*change.room) else {
-        return;
-    };
-    if room.waiting.is_some() {
-        // Its subscribers get the state after the sync, in their snapshots.
-        return;
-    }
-    let room_len = materializer.room_len(&change.room);
-    let change = Published::new(change.clone());
-    room.feed.publish(change.clone(), room_len);
-    published.push((room.feed.clone(), change));
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, Instant};
 
+    use rollcall_engine::{Change, ChangeKind, Entry};
+
+    use super::shard::{MIN_SHARDS, SHARDS_PER_CORE};
     use super::*;
-    use crate::cluster::{self, decode_change, encode_change};
+    use crate::cluster::{self, Outgoing, RemoteChange, SyncReply, decode_change, encode_change};
     use crate::fanout::Drained;
 
     const ROOM: &str = "room";

@@ -1,10 +1,10 @@
 //! The OpenAPI 3.1 description of the REST API, served at `/v1/openapi.json`.
 //!
 //! The operations come from the `#[utoipa::path]` attributes on the handlers in
-//! `http.rs`; the schemas below describe the JSON the handlers write.
+//! `http.rs` and `http/rooms.rs`; the schemas below describe the JSON the handlers write.
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
 /// Every HTTP error: `{"error": code, "message": …}`.
 #[derive(Debug, serde::Serialize, ToSchema)]
@@ -123,6 +123,32 @@ pub struct Health {
     pub cluster: Option<String>,
 }
 
+/// The errors of a room read: `GET /v1/rooms/{room}`, its `users` and its `events`.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub(crate) enum RoomReadErrors {
+    #[response(status = 400, description = "An invalid room name")]
+    InvalidRoom(ErrorBody),
+    #[response(status = 401, description = "Auth on and no valid token")]
+    Unauthorized(ErrorBody),
+    #[response(status = 403, description = "The token cannot read this room")]
+    Forbidden(ErrorBody),
+    #[response(status = 503, description = "Starting")]
+    Starting(ErrorBody),
+}
+
+/// The errors every REST write shares (each adds its own 400 and the like).
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub(crate) enum WriteErrors {
+    #[response(status = 401, description = "Auth on and no valid token")]
+    Unauthorized(ErrorBody),
+    #[response(status = 403, description = "Not an admin token, or a foreign Origin")]
+    Forbidden(ErrorBody),
+    #[response(status = 503, description = "Starting, or storage unavailable")]
+    Unavailable(ErrorBody),
+}
+
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -153,12 +179,12 @@ impl Modify for BearerAuth {
     ),
     paths(
         crate::http::healthz,
-        crate::http::rooms,
-        crate::http::room,
-        crate::http::events,
-        crate::http::users,
-        crate::http::heartbeat,
-        crate::http::remove_entry,
+        crate::http::rooms::rooms,
+        crate::http::rooms::room,
+        crate::http::rooms::events,
+        crate::http::rooms::users,
+        crate::http::rooms::heartbeat,
+        crate::http::rooms::remove_entry,
         crate::http::openapi_json,
     ),
     components(schemas(ErrorBody, Entry, Room, RoomUser, RoomUsers, RoomCount, RoomsPage, HeartbeatRequest, HeartbeatAnswer, Health)),
