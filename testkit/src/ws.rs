@@ -120,6 +120,35 @@ impl Raw {
         (raw, first)
     }
 
+    /// Says hello as `user` (an unverified claim, for a server without auth); panics
+    /// unless the answer is a `welcome`.
+    pub async fn hello_as(url: &str, user: &str) -> Raw {
+        let hello = serde_json::json!({"type": "hello", "user": user});
+        let (raw, first) = Raw::hello_with(url, &hello).await;
+        assert!(
+            matches!(&first, RawEvent::Json(welcome) if welcome["type"] == "welcome"),
+            "{first:?}"
+        );
+        raw
+    }
+
+    /// Says hello as `user` (see [`Raw::hello_as`]) and sends `message` (a heartbeat,
+    /// say), waiting for its `ack`.
+    pub async fn joined(url: &str, user: &str, message: &Value) -> Raw {
+        let mut raw = Raw::hello_as(url, user).await;
+        raw.acked(message.clone()).await;
+        raw
+    }
+
+    /// Sends `message` with `ref` 1 and waits for its `ack` (other messages are
+    /// skipped); panics on an ack of another ref.
+    pub async fn acked(&mut self, mut message: Value) {
+        message["ref"] = 1.into();
+        self.send(&message.to_string()).await;
+        let ack = self.until("ack").await;
+        assert_eq!(ack["ref"], 1, "{ack}");
+    }
+
     /// Says hello (with `token` when given): `Ok((raw, welcome))`, or the refusal as
     /// `Err((error code, close code that followed))`.
     pub async fn hello_token(
