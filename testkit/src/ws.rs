@@ -7,16 +7,20 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
+/// How long a test waits for a message before it fails: a bound for a server that
+/// stopped answering, not a timing under test, so generous for a loaded machine.
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The next text message on any WebSocket (plain, TLS, through a proxy), parsed;
-/// other frames are skipped. Panics after 10 s without one, or if the socket closes.
+/// other frames are skipped. Panics after 30 s without one, or if the socket closes.
 pub async fn next_json<S>(socket: &mut tokio_tungstenite::WebSocketStream<S>) -> Value
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+        let message = tokio::time::timeout(MESSAGE_TIMEOUT, socket.next())
             .await
-            .expect("a message within 10 s")
+            .expect("a message within 30 s")
             .expect("open")
             .expect("a frame");
         if let Message::Text(text) = message {
@@ -72,12 +76,12 @@ impl Raw {
             .expect("send");
     }
 
-    /// The next message or close (10 s at most).
+    /// The next message or close (30 s at most).
     pub async fn next(&mut self) -> RawEvent {
         loop {
-            let next = tokio::time::timeout(Duration::from_secs(10), self.socket.next())
+            let next = tokio::time::timeout(MESSAGE_TIMEOUT, self.socket.next())
                 .await
-                .expect("a message within 10 s");
+                .expect("a message within 30 s");
             match next {
                 Some(Ok(Message::Text(text))) => {
                     return RawEvent::Json(serde_json::from_str(&text).expect("JSON"));
