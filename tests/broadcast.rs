@@ -1,6 +1,6 @@
 //! `broadcast`: ephemeral messages to a room's current subscribers, never stored.
 
-use jsonwebtoken::{EncodingKey, Header};
+use rollcall_tests::jwt::hs256;
 use rollcall_tests::{Raw, RawEvent, Server};
 use serde_json::{Value, json};
 
@@ -102,28 +102,13 @@ async fn broadcasts_are_size_and_rate_limited() {
     assert!((15..=25).contains(&limited), "{limited} refused of 60");
 }
 
-const SECRET: &str = "broadcast-test-secret-of-sufficient-length";
-
 fn token(sub: &str, read: &[&str], write: &[&str]) -> String {
-    let claims =
-        json!({"sub": sub, "exp": 4_000_000_000_u64, "rooms": {"read": read, "write": write}});
-    jsonwebtoken::encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    hs256(&json!({"sub": sub, "exp": 4_000_000_000_u64, "rooms": {"read": read, "write": write}}))
 }
 
 #[tokio::test]
 async fn broadcasting_needs_write_permission_and_carries_the_user() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, SECRET).unwrap();
-    let server = Server::launch()
-        .arg("--auth-secret-file")
-        .arg(secret.display().to_string())
-        .start();
+    let server = Server::launch().auth_secret().start();
     let hello = |token: String| json!({"type": "hello", "token": token});
     let (mut watcher, first) =
         Raw::hello_with(&server.ws_url(), &hello(token("watcher", &["bc:*"], &[]))).await;

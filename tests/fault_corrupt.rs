@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rollcall_tests::{Server, Started, noise};
+use rollcall_tests::{Server, Started, moved_aside, noise};
 use serde_json::Value;
 
 const ENTRIES: usize = 60;
@@ -118,20 +118,6 @@ fn assert_clear(stderr: &str, data: &Path) {
         stderr.contains("--on-corrupt-data=move-aside"),
         "the message does not say how to recover:\n{stderr}"
     );
-}
-
-/// Directories next to `data` that it was moved aside to.
-fn moved_aside(data: &Path) -> Vec<PathBuf> {
-    let name = data.file_name().unwrap().to_string_lossy().into_owned();
-    std::fs::read_dir(data.parent().unwrap())
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}.corrupt-")))
-        })
-        .collect()
 }
 
 /// Starts with move-aside on a damaged directory: the directory is renamed, the

@@ -1,26 +1,8 @@
 //! Occupancy subscriptions: counts of entries and users instead of the entries, at
 //! most once a second and only when they changed.
 
-use rollcall_tests::{Raw, RawEvent, Server};
+use rollcall_tests::{Raw, Server};
 use serde_json::{Value, json};
-
-/// Says hello as `user` (an unverified claim: the server runs without auth).
-async fn hello_as(url: &str, user: &str) -> Raw {
-    let (raw, first) = Raw::hello_with(url, &json!({"type": "hello", "user": user})).await;
-    assert!(
-        matches!(&first, RawEvent::Json(w) if w["type"] == "welcome"),
-        "{first:?}"
-    );
-    raw
-}
-
-/// Sends `message` with ref 1 and waits for its ack.
-async fn acked(raw: &mut Raw, mut message: Value) {
-    message["ref"] = json!(1);
-    raw.send(&message.to_string()).await;
-    let ack = raw.until("ack").await;
-    assert_eq!(ack["ref"], 1, "{ack}");
-}
 
 /// Reads occupancy messages until one has these counts; every message read must be
 /// an occupancy message of `room`. Returns them all.
@@ -70,26 +52,23 @@ async fn an_occupancy_subscriber_gets_counts_not_entries_at_most_once_a_second()
     );
 
     // alice in two tabs, bob in one: three entries, two users.
-    let mut alice_1 = hello_as(&ws, "alice").await;
-    let mut alice_2 = hello_as(&ws, "alice").await;
-    let mut bob = hello_as(&ws, "bob").await;
-    acked(&mut alice_1, beat.clone()).await;
-    acked(&mut alice_2, beat.clone()).await;
-    acked(&mut bob, beat.clone()).await;
+    let mut alice_1 = Raw::joined(&ws, "alice", &beat).await;
+    let mut alice_2 = Raw::joined(&ws, "alice", &beat).await;
+    let mut bob = Raw::joined(&ws, "bob", &beat).await;
     let mut messages = vec![first];
     messages.extend(occupancy_until(&mut watcher, room, 3, 2).await);
 
     // Refreshes move no count: nothing is sent. Then alice closes a tab: 2 entries,
     // still 2 users.
     for _ in 0..5 {
-        acked(&mut alice_1, beat.clone()).await;
-        acked(&mut bob, beat.clone()).await;
+        alice_1.acked(beat.clone()).await;
+        bob.acked(beat.clone()).await;
     }
-    acked(&mut alice_1, json!({"type": "leave", "room": room})).await;
+    alice_1.acked(json!({"type": "leave", "room": room})).await;
     let after = occupancy_until(&mut watcher, room, 2, 2).await;
     assert_eq!(after.len(), 1, "refreshes sent counts: {after:?}");
     messages.extend(after);
-    acked(&mut alice_2, json!({"type": "leave", "room": room})).await;
+    alice_2.acked(json!({"type": "leave", "room": room})).await;
     messages.extend(occupancy_until(&mut watcher, room, 1, 1).await);
 
     // Never two messages within a second, and never the same counts twice in a row.

@@ -3,11 +3,9 @@
 
 use std::collections::BTreeSet;
 
-use jsonwebtoken::{EncodingKey, Header};
+use rollcall_tests::jwt::hs256;
 use rollcall_tests::{Server, http_with};
 use serde_json::{Value, json};
-
-const SECRET: &str = "openapi-test-secret-of-sufficient-length";
 
 /// Resolves a `$ref` into `#/components/schemas`.
 fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
@@ -156,14 +154,8 @@ impl Checked {
 
 #[test]
 fn the_openapi_document_matches_the_real_answers() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, SECRET).unwrap();
     let open = Server::start();
-    let guarded = Server::launch()
-        .arg("--auth-secret-file")
-        .arg(secret.display().to_string())
-        .start();
+    let guarded = Server::launch().auth_secret().start();
 
     let doc = open.get_json("/v1/openapi.json");
     assert_eq!(doc["openapi"], "3.1.0");
@@ -237,20 +229,11 @@ fn the_openapi_document_matches_the_real_answers() {
     // Auth errors on a server with auth on.
     let unauthorized = checked.call(&guarded, &doc, ("GET", "/v1/rooms", None), none, 401);
     assert_eq!(unauthorized["error"], "unauthorized");
-    let claims =
-        json!({"sub": "u", "exp": 4_000_000_000_u64, "rooms": {"read": ["api:*"], "write": []}});
-    let token = jsonwebtoken::encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
+    let token = hs256(
+        &json!({"sub": "u", "exp": 4_000_000_000_u64, "rooms": {"read": ["api:*"], "write": []}}),
+    );
     let bearer = format!("Bearer {token}");
     let reader = [("Authorization", bearer.as_str())];
-    assert_eq!(
-        checked.call(&guarded, &doc, ("GET", "/v1/rooms", None), &reader, 403)["error"],
-        "forbidden"
-    );
     checked.call(
         &guarded,
         &doc,
@@ -258,36 +241,15 @@ fn the_openapi_document_matches_the_real_answers() {
         &reader,
         200,
     );
-    assert_eq!(
-        checked.call(
-            &guarded,
-            &doc,
-            ("GET", "/v1/rooms/other", None),
-            &reader,
-            403
-        )["error"],
-        "forbidden"
-    );
-    assert_eq!(
-        checked.call(
-            &guarded,
-            &doc,
-            ("GET", "/v1/rooms/other/users", None),
-            &reader,
-            403
-        )["error"],
-        "forbidden"
-    );
-    assert_eq!(
-        checked.call(
-            &guarded,
-            &doc,
-            ("DELETE", "/v1/rooms/api%3Ab/entries/1", None),
-            &reader,
-            403
-        )["error"],
-        "forbidden"
-    );
+    for (method, path) in [
+        ("GET", "/v1/rooms"),
+        ("GET", "/v1/rooms/other"),
+        ("GET", "/v1/rooms/other/users"),
+        ("DELETE", "/v1/rooms/api%3Ab/entries/1"),
+    ] {
+        let refused = checked.call(&guarded, &doc, (method, path, None), &reader, 403);
+        assert_eq!(refused["error"], "forbidden", "{method} {path}");
+    }
 
     // Every documented operation was called on the real server.
     let documented: BTreeSet<(String, String)> = doc["paths"]

@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use rollcall_engine::{ClientId, Config, Engine, Heartbeat, Ttl, UnixMs};
-use rollcall_tests::{Server, Started, noise, require};
+use rollcall_tests::{Server, Started, moved_aside, noise, require};
 use serde_json::Value;
 use support::{Exit, exit_of, serve};
 
@@ -54,24 +54,6 @@ fn error_line(exit: &Exit) -> String {
     assert_eq!(lines.len(), 1, "one error line:\n{}", exit.stderr);
     assert!(!exit.stderr.contains("backtrace"), "{}", exit.stderr);
     lines[0].to_owned()
-}
-
-/// Directories `data` was moved aside to.
-fn moved_aside(data: &Path) -> Vec<PathBuf> {
-    let name = data
-        .file_name()
-        .expect("a name")
-        .to_string_lossy()
-        .into_owned();
-    std::fs::read_dir(data.parent().expect("a parent"))
-        .expect("list the parent")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}.corrupt-")))
-        })
-        .collect()
 }
 
 /// Names in a directory, sorted.

@@ -4,11 +4,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use jsonwebtoken::{EncodingKey, Header};
 use rollcall_tests::Server;
+use rollcall_tests::jwt::{hs256, now_s};
 use serde_json::{Value, json};
-
-const SECRET: &str = "sse-test-secret-of-sufficient-length";
 
 /// An open event stream.
 struct Events {
@@ -185,25 +183,9 @@ fn a_client_that_goes_away_ends_its_stream() {
 
 #[test]
 fn events_are_authorized_as_rest_reads() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, SECRET).unwrap();
-    let server = Server::launch()
-        .arg("--auth-secret-file")
-        .arg(secret.display().to_string())
-        .start();
-    let token = |exp_in: u64, read: &[&str]| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let claims = json!({"sub": "u", "exp": now + exp_in, "rooms": {"read": read, "write": []}});
-        jsonwebtoken::encode(
-            &Header::default(),
-            &claims,
-            &EncodingKey::from_secret(SECRET.as_bytes()),
-        )
-        .unwrap()
+    let server = Server::launch().auth_secret().start();
+    let token = |exp_in: i64, read: &[&str]| {
+        hs256(&json!({"sub": "u", "exp": now_s() + exp_in, "rooms": {"read": read, "write": []}}))
     };
 
     let refused = Events::open(server.addr, "/v1/rooms/sse%3Ac/events", None);

@@ -4,14 +4,22 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rollcall_tests::{Raw, Server};
+use rollcall_tests::{Launch, Raw, Server};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 #[path = "webhook_support.rs"]
 mod webhook_support;
 
-use webhook_support::{delivered, receiver, secret_file, verifies};
+use webhook_support::{SECRET, delivered, receiver, secret_file, verifies};
+
+/// A server that posts its webhooks to `url`, signed with [`SECRET`].
+fn posting_to(url: &str) -> Launch {
+    Server::launch()
+        .arg("--webhook-url")
+        .arg(url)
+        .file_arg("--webhook-secret-file", format!("{SECRET}\n"))
+}
 
 async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -24,13 +32,7 @@ async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
 #[tokio::test]
 async fn events_are_signed_retried_after_a_500_and_in_order() {
     let (url, received) = receiver(1).await;
-    let (_dir, secret) = secret_file();
-    let server = Server::launch()
-        .arg("--webhook-url")
-        .arg(&url)
-        .arg("--webhook-secret-file")
-        .arg(&secret)
-        .start();
+    let server = posting_to(&url).start();
 
     let (status, body) = server.http(
         "POST",
@@ -118,13 +120,7 @@ async fn a_receiver_that_never_answers_does_not_slow_heartbeats() {
             keep.lock().unwrap().push(stream);
         }
     });
-    let (_dir, secret) = secret_file();
-    let server = Server::launch()
-        .arg("--webhook-url")
-        .arg(&url)
-        .arg("--webhook-secret-file")
-        .arg(&secret)
-        .start();
+    let server = posting_to(&url).start();
 
     let (mut raw, _) = Raw::hello(&server.ws_url()).await;
     // The first event's POST is now stuck at the silent receiver.
@@ -187,45 +183,18 @@ fn a_webhook_url_needs_a_secret_and_http() {
     );
 }
 
-/// Says hello as `user` (an unverified claim: this server runs without auth).
-async fn hello_as(url: &str, user: &str) -> Raw {
-    let (raw, first) = Raw::hello_with(url, &json!({"type": "hello", "user": user})).await;
-    assert!(
-        matches!(&first, rollcall_tests::RawEvent::Json(w) if w["type"] == "welcome"),
-        "{first:?}"
-    );
-    raw
-}
-
-/// Sends `message` with a ref and waits for its ack.
-async fn acked(raw: &mut Raw, mut message: Value) {
-    message["ref"] = json!(1);
-    raw.send(&message.to_string()).await;
-    let ack = raw.until("ack").await;
-    assert_eq!(ack["ref"], 1, "{ack}");
-}
-
 #[tokio::test]
 async fn a_user_joins_with_their_first_tab_and_leaves_with_their_last() {
     let (url, received) = receiver(0).await;
-    let (_dir, secret) = secret_file();
-    let server = Server::launch()
-        .arg("--webhook-url")
-        .arg(&url)
-        .arg("--webhook-secret-file")
-        .arg(&secret)
-        .in_process();
+    let server = posting_to(&url).in_process();
     let ws = server.ws_url();
     let room = "u:a";
     let beat = json!({"type": "heartbeat", "room": room, "data": {"n": 1}, "ttlMs": 30_000});
     let leave = json!({"type": "leave", "room": room});
 
-    let mut alice_1 = hello_as(&ws, "alice").await;
-    let mut alice_2 = hello_as(&ws, "alice").await;
-    let mut bob = hello_as(&ws, "bob").await;
-    acked(&mut alice_1, beat.clone()).await;
-    acked(&mut alice_2, beat.clone()).await;
-    acked(&mut bob, beat.clone()).await;
+    let mut alice_1 = Raw::joined(&ws, "alice", &beat).await;
+    let mut alice_2 = Raw::joined(&ws, "alice", &beat).await;
+    let mut bob = Raw::joined(&ws, "bob", &beat).await;
 
     // Two users; alice with both tabs.
     let users = server.get_json("/v1/rooms/u%3Aa/users");
@@ -243,11 +212,11 @@ async fn a_user_joins_with_their_first_tab_and_leaves_with_their_last() {
     }
 
     // alice closes one tab: she is still here; then the other: she left.
-    acked(&mut alice_1, leave.clone()).await;
+    alice_1.acked(leave.clone()).await;
     let users = server.get_json("/v1/rooms/u%3Aa/users");
     assert_eq!(users["users"][0]["entries"].as_array().unwrap().len(), 1);
-    acked(&mut alice_2, leave.clone()).await;
-    acked(&mut bob, leave).await;
+    alice_2.acked(leave.clone()).await;
+    bob.acked(leave).await;
     let users = server.get_json("/v1/rooms/u%3Aa/users");
     assert_eq!(users["users"], json!([]), "{users}");
 

@@ -44,6 +44,8 @@ mod codes;
 mod error;
 pub mod limits;
 mod messages;
+#[cfg(feature = "typescript")]
+mod typescript;
 mod validate;
 
 pub use codes::{CloseCode, ErrorCode, Reconnect};

@@ -55,6 +55,7 @@ impl std::fmt::Display for Json {
 }
 
 /// What a subscription receives.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
@@ -71,6 +72,7 @@ pub enum SubscribeMode {
 }
 
 /// A message a client sends.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS), ts(optional_fields))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(
     tag = "type",
@@ -166,6 +168,7 @@ pub enum ClientMessage {
 }
 
 /// The limits a server announces in `welcome`.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WelcomeLimits {
@@ -192,6 +195,7 @@ impl Default for WelcomeLimits {
 }
 
 /// One live entry of a room (in `snapshot` and `GET /v1/rooms/{room}`).
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS), ts(optional_fields))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Entry {
@@ -208,6 +212,7 @@ pub struct Entry {
 }
 
 /// One element of a `changes` message.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS), ts(optional_fields))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase")]
 #[serde(try_from = "WireChange")]
@@ -249,6 +254,7 @@ impl Change {
 }
 
 /// A message the server sends.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS), ts(optional_fields))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(
     tag = "type",

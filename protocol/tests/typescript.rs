@@ -1,13 +1,53 @@
-//! The TypeScript SDK's protocol constants (`clients/typescript/src/protocol.gen.ts`)
-//! are generated from this crate; this test fails when the checked-in file is stale.
-//! Regenerate it with `ROLLCALL_BLESS=1 cargo test -p rollcall-protocol --test typescript`.
+//! The TypeScript SDK's protocol constants and wire-message types
+//! (`clients/typescript/src/protocol.gen.ts`) are generated from this crate: the
+//! constants from their values, the message types by `ts_rs::TS` (derived with the
+//! crate's `typescript` feature) from the same Rust types serde reads and writes. This
+//! test fails when the checked-in file is stale. Regenerate it with
+//! `ROLLCALL_BLESS=1 cargo test -p rollcall-protocol --test typescript`.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use rollcall_protocol::{
-    CloseCode, ErrorCode, PROTOCOL_VERSION, SUBPROTOCOL, WelcomeLimits, limits,
+    Change, ClientMessage, CloseCode, Entry, ErrorCode, PROTOCOL_VERSION, SUBPROTOCOL,
+    ServerMessage, SubscribeMode, WelcomeLimits, limits,
 };
+use ts_rs::{Config, TS};
+
+/// `export type T = ...;` with its doc comment, laid out one field a line.
+fn declaration<T: TS + 'static>(cfg: &Config) -> String {
+    let mut out = T::docs().unwrap_or_default();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    let decl = T::decl(cfg)
+        .replace("{ \n", "{\n")
+        .replace(", \n", ",\n")
+        .replace(", } | { ", ",\n} | {\n")
+        .replace(", };", ",\n};")
+        .replace("= { ", "= {\n");
+    let mut depth = 0usize;
+    for line in decl.lines() {
+        let line = line.trim_end();
+        let comment = line.starts_with("/**") || line.starts_with(" *");
+        if !comment && line.starts_with('}') {
+            depth = depth.saturating_sub(1);
+        }
+        if depth == 0 && line.starts_with("type ") {
+            out.push_str("export ");
+        }
+        for _ in 0..depth {
+            out.push_str("  ");
+        }
+        out.push_str(line);
+        out.push('\n');
+        if !comment && line.ends_with('{') {
+            depth += 1;
+        }
+    }
+    out.push('\n');
+    out
+}
 
 fn generated() -> String {
     let mut out = String::new();
@@ -87,11 +127,25 @@ fn generated() -> String {
         "export const MAX_DATA_DEPTH = {};",
         limits::DEFAULT_MAX_DATA_DEPTH
     );
+
+    // u64 fields are numbers below 2^53 on the wire (ids, ms timestamps, counts).
+    let cfg = Config::new().with_large_int("number");
+    out.push_str(
+        "\n// Wire messages (docs/protocol.md), from the serde types of the protocol crate.\n\n",
+    );
+    out.push_str(&declaration::<ClientMessage>(&cfg));
+    out.push_str(&declaration::<ServerMessage>(&cfg));
+    out.push_str(&declaration::<Entry>(&cfg));
+    out.push_str(&declaration::<Change>(&cfg));
+    out.push_str(&declaration::<WelcomeLimits>(&cfg));
+    out.push_str(&declaration::<SubscribeMode>(&cfg));
+    out.truncate(out.trim_end().len());
+    out.push('\n');
     out
 }
 
 #[test]
-fn typescript_constants_match_the_crate() {
+fn protocol_gen_ts_matches_the_crate() {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../clients/typescript/src/protocol.gen.ts");
     let expected = generated();

@@ -13,6 +13,7 @@ use rollcall_engine::UnixMs;
 
 use crate::auth::{self, Claims, RoomClaims};
 use crate::limits;
+use crate::{config, listener};
 
 mod file;
 mod settings;
@@ -150,14 +151,14 @@ pub struct ServeArgs {
     /// Group commit pacing: the shortest time between two log writes, in
     /// milliseconds. Under load everything appended meanwhile is written and flushed
     /// together; a write after a quiet spell goes at once.
-    #[arg(long, env = "ROLLCALL_COMMIT_DELAY_MS", default_value_t = 10)]
+    #[arg(long, env = "ROLLCALL_COMMIT_DELAY_MS", default_value_t = config::DEFAULT_COMMIT_DELAY_MS)]
     pub commit_delay_ms: u64,
 
     /// Fan-out pacing, in milliseconds: a client averaging under one write per this
     /// interval (a burst of 16 after a quiet spell) is written to at once; a busier one
     /// gets one write per interval, gathering what arrived meanwhile. 0 turns pacing
     /// off.
-    #[arg(long, env = "ROLLCALL_FANOUT_INTERVAL_MS", default_value_t = crate::config::DEFAULT_FANOUT_INTERVAL_MS, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    #[arg(long, env = "ROLLCALL_FANOUT_INTERVAL_MS", default_value_t = config::DEFAULT_FANOUT_INTERVAL_MS, value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub fanout_interval_ms: u64,
 
     /// Log record layout: one record per commit group, or one per event.
@@ -174,7 +175,7 @@ pub struct ServeArgs {
     pub recovery: RecoveryArg,
 
     /// Sweep interval in milliseconds: an entry disappears within its TTL plus one tick.
-    #[arg(long, env = "ROLLCALL_TICK_MS", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    #[arg(long, env = "ROLLCALL_TICK_MS", default_value_t = config::DEFAULT_TICK_MS, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub tick_ms: u64,
 
     /// Largest WebSocket message in bytes; larger ones close the connection with 1009.
@@ -210,47 +211,47 @@ pub struct ServeArgs {
     pub hello_timeout_ms: u64,
 
     /// Seconds between pings to a quiet client.
-    #[arg(long, env = "ROLLCALL_PING_INTERVAL_SECS", default_value_t = 20)]
+    #[arg(long, env = "ROLLCALL_PING_INTERVAL_SECS", default_value_t = config::DEFAULT_PING_INTERVAL_SECS)]
     pub ping_interval_secs: u64,
 
     /// Seconds of silence (no message, no pong) after which a client is closed.
-    #[arg(long, env = "ROLLCALL_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    #[arg(long, env = "ROLLCALL_IDLE_TIMEOUT_SECS", default_value_t = config::DEFAULT_IDLE_TIMEOUT_SECS)]
     pub idle_timeout_secs: u64,
 
     /// Open connections (HTTP and WebSocket) at most; more are refused at accept.
-    #[arg(long, env = "ROLLCALL_MAX_CONNECTIONS", default_value_t = 100_000)]
+    #[arg(long, env = "ROLLCALL_MAX_CONNECTIONS", default_value_t = listener::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
 
     /// Open connections per client IP address at most.
     #[arg(
         long,
         env = "ROLLCALL_MAX_CONNECTIONS_PER_IP",
-        default_value_t = 10_000
+        default_value_t = listener::DEFAULT_MAX_CONNECTIONS_PER_IP
     )]
     pub max_connections_per_ip: usize,
 
     /// Milliseconds a client has to send its HTTP request head (or upgrade request).
-    #[arg(long, env = "ROLLCALL_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "ROLLCALL_HEADER_TIMEOUT_MS", default_value_t = listener::DEFAULT_HEADER_TIMEOUT_MS)]
     pub header_timeout_ms: u64,
 
     /// Milliseconds a client has to send a REST request's body once its head is in
     /// (a body still incomplete then is answered 408).
-    #[arg(long, env = "ROLLCALL_BODY_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "ROLLCALL_BODY_TIMEOUT_MS", default_value_t = listener::DEFAULT_BODY_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
     pub body_timeout_ms: u64,
 
     /// Largest HTTP request head in bytes (larger ones are answered 431).
-    #[arg(long, env = "ROLLCALL_MAX_HEADER_BYTES", default_value_t = 65_536)]
+    #[arg(long, env = "ROLLCALL_MAX_HEADER_BYTES", default_value_t = listener::DEFAULT_MAX_HEADER_BYTES)]
     pub max_header_bytes: usize,
 
     /// Seconds shutdown waits for sessions to close before flushing anyway.
-    #[arg(long, env = "ROLLCALL_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
+    #[arg(long, env = "ROLLCALL_DRAIN_TIMEOUT_SECS", default_value_t = config::DEFAULT_DRAIN_TIMEOUT_SECS)]
     pub drain_timeout_secs: u64,
 
     /// Seconds a client's socket may accept nothing before it is closed (4005).
     #[arg(
         long,
         env = "ROLLCALL_SLOW_CONSUMER_TIMEOUT_SECS",
-        default_value_t = 30
+        default_value_t = config::DEFAULT_SLOW_CONSUMER_TIMEOUT_SECS
     )]
     pub slow_consumer_timeout_secs: u64,
 

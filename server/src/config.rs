@@ -14,6 +14,18 @@ use crate::listener::ConnectionLimits;
 /// The default of `--fanout-interval-ms` (see `docs/performance.md` for how it was
 /// chosen).
 pub const DEFAULT_FANOUT_INTERVAL_MS: u64 = 5;
+/// The default of `--commit-delay-ms`.
+pub const DEFAULT_COMMIT_DELAY_MS: u64 = 10;
+/// The default of `--tick-ms`.
+pub const DEFAULT_TICK_MS: u64 = 25;
+/// The default of `--ping-interval-secs`.
+pub const DEFAULT_PING_INTERVAL_SECS: u64 = 20;
+/// The default of `--idle-timeout-secs`.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+/// The default of `--drain-timeout-secs`.
+pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 10;
+/// The default of `--slow-consumer-timeout-secs`.
+pub const DEFAULT_SLOW_CONSUMER_TIMEOUT_SECS: u64 = 30;
 
 /// Everything `run` needs besides the listener.
 #[derive(Clone, Debug)]
@@ -163,16 +175,16 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./rollcall-data"),
             durability: Durability::Flush,
             layout: Layout::PerGroup,
-            commit_delay: Duration::from_millis(10),
+            commit_delay: Duration::from_millis(DEFAULT_COMMIT_DELAY_MS),
             fanout_interval: Duration::from_millis(DEFAULT_FANOUT_INTERVAL_MS),
             recovery: Recovery::Strict,
             limits: Limits::default(),
-            tick: Duration::from_millis(25),
+            tick: Duration::from_millis(DEFAULT_TICK_MS),
             connections: ConnectionLimits::default(),
-            ping_interval: Duration::from_secs(20),
-            idle_timeout: Duration::from_secs(60),
-            drain_timeout: Duration::from_secs(10),
-            slow_consumer_timeout: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(DEFAULT_PING_INTERVAL_SECS),
+            idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
+            drain_timeout: Duration::from_secs(DEFAULT_DRAIN_TIMEOUT_SECS),
+            slow_consumer_timeout: Duration::from_secs(DEFAULT_SLOW_CONSUMER_TIMEOUT_SECS),
             requests_per_second: crate::limits::DEFAULT_REQUESTS_PER_SECOND,
             control_frames_per_second: crate::limits::DEFAULT_CONTROL_FRAMES_PER_SECOND,
             auth: None,

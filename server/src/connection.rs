@@ -554,21 +554,9 @@ pub const TOO_BIG: (u16, &str) = (close::MESSAGE_TOO_BIG, "message too big");
 mod tests {
     use super::*;
 
-    /// A masked client frame header (zero mask) followed by `len` payload bytes.
+    /// A masked client frame (zero mask) of `len` payload bytes.
     fn frame(opcode: u8, fin: bool, len: usize) -> Vec<u8> {
-        let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
-        if len < 126 {
-            out.push(0x80 | len as u8);
-        } else if let Ok(len) = u16::try_from(len) {
-            out.push(0x80 | 0x7e);
-            out.extend_from_slice(&len.to_be_bytes());
-        } else {
-            out.push(0x80 | 0x7f);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        out.extend_from_slice(&[0; 4]);
-        out.resize(out.len() + len, b'x');
-        out
+        rollcall_testkit::wire::frame(opcode, fin, &vec![b'x'; len])
     }
 
     fn message(fragments: usize, len: usize) -> Vec<u8> {

@@ -40,14 +40,25 @@ pub struct ConnectionLimits {
     pub body_timeout: Duration,
 }
 
+/// The default of `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+/// The default of `--max-connections-per-ip`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 10_000;
+/// The default of `--header-timeout-ms`.
+pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
+/// The default of `--max-header-bytes`.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// The default of `--body-timeout-ms`.
+pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 10_000;
+
 impl Default for ConnectionLimits {
     fn default() -> Self {
         ConnectionLimits {
-            max_connections: 100_000,
-            max_per_ip: 10_000,
-            header_timeout: Duration::from_secs(10),
-            max_header_bytes: 64 * 1024,
-            body_timeout: Duration::from_secs(10),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            header_timeout: Duration::from_millis(DEFAULT_HEADER_TIMEOUT_MS),
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            body_timeout: Duration::from_millis(DEFAULT_BODY_TIMEOUT_MS),
         }
     }
 }

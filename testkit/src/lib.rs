@@ -82,6 +82,26 @@ pub fn noise(len: usize, mut seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// The directories next to the data directory `data` that
+/// `--on-corrupt-data=move-aside` renamed it to (`<name>.corrupt-<unix ms>`).
+pub fn moved_aside(data: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let name = data
+        .file_name()
+        .expect("a name")
+        .to_string_lossy()
+        .into_owned();
+    let prefix = format!("{name}.corrupt-");
+    std::fs::read_dir(data.parent().expect("a parent"))
+        .expect("list the parent")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+        })
+        .collect()
+}
+
 /// An environment variable parsed as a number, or `default`.
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)

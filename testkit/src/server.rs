@@ -91,7 +91,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Its data directory.
     pub data: PathBuf,
-    _temp: Option<tempfile::TempDir>,
+    /// The temporary directories it uses (its data, its flags' files).
+    _temp: Vec<Arc<tempfile::TempDir>>,
     args: Vec<String>,
     /// What it has printed on stderr so far, when started with [`Launch::try_start`].
     stderr: Option<Arc<Mutex<String>>>,
@@ -130,6 +131,8 @@ pub struct Launch {
     args: Vec<String>,
     data: Option<PathBuf>,
     listen: Option<SocketAddr>,
+    /// The directories of the files written by [`Launch::file_arg`].
+    files: Vec<Arc<tempfile::TempDir>>,
 }
 
 impl Launch {
@@ -147,6 +150,24 @@ impl Launch {
         self
     }
 
+    /// Adds `flag` with the path of a temporary file holding `contents` (a secret, a
+    /// key, a config file), kept for as long as the server.
+    #[must_use]
+    pub fn file_arg(mut self, flag: &str, contents: impl AsRef<[u8]>) -> Launch {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("file");
+        std::fs::write(&path, contents).expect("write the flag's file");
+        self.files.push(Arc::new(dir));
+        self.arg(flag).arg(path.display().to_string())
+    }
+
+    /// Turns auth on with HS256 and [`crate::jwt::SECRET`] (sign tokens with
+    /// [`crate::jwt::hs256`]).
+    #[must_use]
+    pub fn auth_secret(self) -> Launch {
+        self.file_arg("--auth-secret-file", crate::jwt::SECRET)
+    }
+
     /// Uses this data directory instead of a fresh temporary one.
     #[must_use]
     pub fn data(mut self, path: &Path) -> Launch {
@@ -161,14 +182,17 @@ impl Launch {
         self
     }
 
-    /// The data directory (a fresh temporary one unless given) and the listen address.
-    fn place(&mut self) -> (Option<tempfile::TempDir>, PathBuf, String) {
-        let (temp, data) = match self.data.take() {
-            Some(data) => (None, data),
+    /// The temporary directories to keep (a fresh data directory unless one was
+    /// given, the flags' files), the data directory and the listen address.
+    fn place(&mut self) -> (Vec<Arc<tempfile::TempDir>>, PathBuf, String) {
+        let mut temp = std::mem::take(&mut self.files);
+        let data = match self.data.take() {
+            Some(data) => data,
             None => {
-                let temp = tempfile::tempdir().expect("temp dir");
-                let data = temp.path().join("data");
-                (Some(temp), data)
+                let dir = tempfile::tempdir().expect("temp dir");
+                let data = dir.path().join("data");
+                temp.push(Arc::new(dir));
+                data
             }
         };
         let listen = self
@@ -312,7 +336,7 @@ impl Server {
         child: Child,
         addr: SocketAddr,
         data: PathBuf,
-        temp: Option<tempfile::TempDir>,
+        temp: Vec<Arc<tempfile::TempDir>>,
         args: Vec<String>,
         stderr: Option<Arc<Mutex<String>>>,
     ) -> Server {

@@ -7,16 +7,20 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
+/// How long a test waits for a message before it fails: a bound for a server that
+/// stopped answering, not a timing under test, so generous for a loaded machine.
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The next text message on any WebSocket (plain, TLS, through a proxy), parsed;
-/// other frames are skipped. Panics after 10 s without one, or if the socket closes.
+/// other frames are skipped. Panics after 30 s without one, or if the socket closes.
 pub async fn next_json<S>(socket: &mut tokio_tungstenite::WebSocketStream<S>) -> Value
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+        let message = tokio::time::timeout(MESSAGE_TIMEOUT, socket.next())
             .await
-            .expect("a message within 10 s")
+            .expect("a message within 30 s")
             .expect("open")
             .expect("a frame");
         if let Message::Text(text) = message {
@@ -72,12 +76,12 @@ impl Raw {
             .expect("send");
     }
 
-    /// The next message or close (10 s at most).
+    /// The next message or close (30 s at most).
     pub async fn next(&mut self) -> RawEvent {
         loop {
-            let next = tokio::time::timeout(Duration::from_secs(10), self.socket.next())
+            let next = tokio::time::timeout(MESSAGE_TIMEOUT, self.socket.next())
                 .await
-                .expect("a message within 10 s");
+                .expect("a message within 30 s");
             match next {
                 Some(Ok(Message::Text(text))) => {
                     return RawEvent::Json(serde_json::from_str(&text).expect("JSON"));
@@ -118,6 +122,35 @@ impl Raw {
         raw.send(&hello.to_string()).await;
         let first = raw.next().await;
         (raw, first)
+    }
+
+    /// Says hello as `user` (an unverified claim, for a server without auth); panics
+    /// unless the answer is a `welcome`.
+    pub async fn hello_as(url: &str, user: &str) -> Raw {
+        let hello = serde_json::json!({"type": "hello", "user": user});
+        let (raw, first) = Raw::hello_with(url, &hello).await;
+        assert!(
+            matches!(&first, RawEvent::Json(welcome) if welcome["type"] == "welcome"),
+            "{first:?}"
+        );
+        raw
+    }
+
+    /// Says hello as `user` (see [`Raw::hello_as`]) and sends `message` (a heartbeat,
+    /// say), waiting for its `ack`.
+    pub async fn joined(url: &str, user: &str, message: &Value) -> Raw {
+        let mut raw = Raw::hello_as(url, user).await;
+        raw.acked(message.clone()).await;
+        raw
+    }
+
+    /// Sends `message` with `ref` 1 and waits for its `ack` (other messages are
+    /// skipped); panics on an ack of another ref.
+    pub async fn acked(&mut self, mut message: Value) {
+        message["ref"] = 1.into();
+        self.send(&message.to_string()).await;
+        let ack = self.until("ack").await;
+        assert_eq!(ack["ref"], 1, "{ack}");
     }
 
     /// Says hello (with `token` when given): `Ok((raw, welcome))`, or the refusal as

@@ -229,34 +229,240 @@ struct ClientSlot {
 /// Bits of a client id below its node id (cluster mode).
 const NODE_SHIFT: u32 = 40;
 
-/// Scans a Rollcall `changes` frame: latency of every upsert from another client, and
-/// again in `cross` if that client is on another node.
+/// Scans a Rollcall `changes` frame: latency of every upsert from another client whose
+/// data has a top-level integer `ts`, and again in `cross` if that client is on another
+/// node.
+///
+/// It reads the frame as JSON without building a tree (strings with their escapes,
+/// white space, nesting), so it finds exactly what a full parse finds; a frame it
+/// cannot read adds nothing.
 fn scan_rollcall(frame: &[u8], own: u64, now_us: u64, out: &mut Vec<u64>, cross: &mut Vec<u64>) {
-    static CLIENT: OnceLock<memmem::Finder<'static>> = OnceLock::new();
-    static TS: OnceLock<memmem::Finder<'static>> = OnceLock::new();
-    let client_key = CLIENT.get_or_init(|| memmem::Finder::new(b"\"clientId\":"));
-    let ts_key = TS.get_or_init(|| memmem::Finder::new(b"\"ts\":"));
     if !frame.starts_with(b"{\"type\":\"changes\"") {
         return;
     }
-    let mut pos = 0;
-    while let Some(found) = client_key.find(&frame[pos..]) {
-        let start = pos + found + b"\"clientId\":".len();
-        let (id, after) = parse_number(frame, start);
-        pos = after;
-        // An upsert continues with its data; leaves and expiries end here.
-        if !frame[after..].starts_with(b",\"data\":") || id == own {
-            continue;
+    let (before, before_cross) = (out.len(), cross.len());
+    let mut reader = JsonReader {
+        bytes: frame,
+        at: 0,
+    };
+    let read = reader.object(0, |reader, key| {
+        if !key_is(key, "changes") {
+            return reader.skip(1);
         }
-        if let Some(found) = ts_key.find(&frame[after..]) {
-            let (ts, end) = parse_number(frame, after + found + b"\"ts\":".len());
-            out.push(now_us.saturating_sub(ts));
-            if id >> NODE_SHIFT != own >> NODE_SHIFT {
-                cross.push(now_us.saturating_sub(ts));
+        reader.array(1, |reader| {
+            let (mut op_upsert, mut client, mut ts) = (false, None, None);
+            reader.object(2, |reader, key| {
+                if key_is(key, "op") {
+                    op_upsert = key_is(reader.string()?, "upsert");
+                } else if key_is(key, "clientId") {
+                    client = Some(reader.unsigned()?.as_u64()?);
+                } else if key_is(key, "data") {
+                    ts = reader.top_level_ts(3)?.as_u64();
+                } else {
+                    reader.skip(3)?;
+                }
+                Some(())
+            })?;
+            let client = client?;
+            if let Some(ts) = ts.filter(|_| op_upsert && client != own) {
+                out.push(now_us.saturating_sub(ts));
+                if client >> NODE_SHIFT != own >> NODE_SHIFT {
+                    cross.push(now_us.saturating_sub(ts));
+                }
             }
-            pos = end;
+            Some(())
+        })
+    });
+    if read.is_none() {
+        out.truncate(before);
+        cross.truncate(before_cross);
+    }
+}
+
+/// A value read where an unsigned integer is wanted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Read {
+    /// An integer that fits a `u64` (what `serde_json::Value::as_u64` accepts).
+    Unsigned(u64),
+    /// Any other value (or none).
+    Other,
+}
+
+impl Read {
+    fn as_u64(self) -> Option<u64> {
+        match self {
+            Read::Unsigned(n) => Some(n),
+            Read::Other => None,
         }
     }
+}
+
+/// Whether a text frame is an `error` (the server writes `type` first).
+fn is_error(frame: &[u8]) -> bool {
+    frame.starts_with(b"{\"type\":\"error\"")
+}
+
+/// Deeper nesting than this is refused (the server allows 64 levels of data).
+const MAX_SCAN_DEPTH: usize = 128;
+
+/// Reads JSON text in place: enough to walk objects and arrays and skip the rest.
+/// Every method returns `None` for text that is not JSON.
+struct JsonReader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> JsonReader<'a> {
+    /// The next byte after white space.
+    fn peek(&mut self) -> Option<u8> {
+        while let Some(&b) = self.bytes.get(self.at) {
+            if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+                return Some(b);
+            }
+            self.at += 1;
+        }
+        None
+    }
+
+    /// Consumes `byte` if it comes next.
+    fn eat(&mut self, byte: u8) -> bool {
+        let next = self.peek() == Some(byte);
+        if next {
+            self.at += 1;
+        }
+        next
+    }
+
+    /// A string: its text between the quotes, escapes left as they are.
+    fn string(&mut self) -> Option<&'a [u8]> {
+        if !self.eat(b'"') {
+            return None;
+        }
+        let start = self.at;
+        loop {
+            let found = memchr::memchr2(b'"', b'\\', self.bytes.get(self.at..)?)?;
+            self.at += found;
+            if self.bytes[self.at] == b'"' {
+                self.at += 1;
+                return Some(&self.bytes[start..self.at - 1]);
+            }
+            self.at += 2; // a backslash and the byte it escapes
+        }
+    }
+
+    /// An object: `field` is called with each key and must read its value.
+    fn object(
+        &mut self,
+        depth: usize,
+        mut field: impl FnMut(&mut Self, &'a [u8]) -> Option<()>,
+    ) -> Option<()> {
+        if depth > MAX_SCAN_DEPTH || !self.eat(b'{') {
+            return None;
+        }
+        if self.eat(b'}') {
+            return Some(());
+        }
+        loop {
+            let key = self.string()?;
+            if !self.eat(b':') {
+                return None;
+            }
+            field(self, key)?;
+            if self.eat(b'}') {
+                return Some(());
+            }
+            if !self.eat(b',') {
+                return None;
+            }
+        }
+    }
+
+    /// An array: `item` is called for each element and must read it.
+    fn array(&mut self, depth: usize, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        if depth > MAX_SCAN_DEPTH || !self.eat(b'[') {
+            return None;
+        }
+        if self.eat(b']') {
+            return Some(());
+        }
+        loop {
+            item(self)?;
+            if self.eat(b']') {
+                return Some(());
+            }
+            if !self.eat(b',') {
+                return None;
+            }
+        }
+    }
+
+    /// Skips one value.
+    fn skip(&mut self, depth: usize) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.string().map(drop),
+            b'{' => self.object(depth, |reader, _| reader.skip(depth + 1)),
+            b'[' => self.array(depth, |reader| reader.skip(depth + 1)),
+            _ => self.scalar().map(drop),
+        }
+    }
+
+    /// A number, `true`, `false` or `null`: its text.
+    fn scalar(&mut self) -> Option<&'a [u8]> {
+        self.peek()?;
+        let start = self.at;
+        while let Some(&b) = self.bytes.get(self.at) {
+            if matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+                break;
+            }
+            self.at += 1;
+        }
+        (self.at > start).then(|| &self.bytes[start..self.at])
+    }
+
+    /// Reads one value, telling whether it is an unsigned integer.
+    fn unsigned(&mut self) -> Option<Read> {
+        if !self.peek()?.is_ascii_digit() {
+            return self.skip(0).map(|()| Read::Other);
+        }
+        let text = self.scalar()?;
+        if !text.iter().all(u8::is_ascii_digit) {
+            return Some(Read::Other); // a fraction or an exponent
+        }
+        let value = text.iter().try_fold(0u64, |n, &b| {
+            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        });
+        Some(value.map_or(Read::Other, Read::Unsigned))
+    }
+
+    /// Reads heartbeat data: its top-level `ts` when that is an integer (the last one
+    /// if the key repeats, as a parse keeps it).
+    fn top_level_ts(&mut self, depth: usize) -> Option<Read> {
+        if self.peek()? != b'{' {
+            return self.skip(depth).map(|()| Read::Other);
+        }
+        let mut ts = Read::Other;
+        self.object(depth, |reader, key| {
+            if key_is(key, "ts") {
+                ts = reader.unsigned()?;
+                Some(())
+            } else {
+                reader.skip(depth + 1)
+            }
+        })?;
+        Some(ts)
+    }
+}
+
+/// Whether a key (its text between the quotes) means `name`, escapes decoded.
+fn key_is(raw: &[u8], name: &str) -> bool {
+    if !raw.contains(&b'\\') {
+        return raw == name.as_bytes();
+    }
+    let mut quoted = Vec::with_capacity(raw.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(raw);
+    quoted.push(b'"');
+    serde_json::from_slice::<String>(&quoted).is_ok_and(|key| key == name)
 }
 
 fn parse_number(bytes: &[u8], mut at: usize) -> (u64, usize) {
@@ -615,7 +821,7 @@ async fn client(plan: Arc<Plan>, stats: Arc<Stats>, slot: Arc<ClientSlot>, index
                         }
                         match opcode {
                             TEXT => {
-                                if payload.starts_with(b"{\"type\":\"error\"") {
+                                if is_error(&payload) {
                                     stats.rejected.fetch_add(1, Ordering::Relaxed);
                                 }
                                 scan_rollcall(&payload, own, now_us, &mut latencies, &mut cross_node);
@@ -978,6 +1184,372 @@ mod tests {
             &mut cross,
         );
         assert!(out.is_empty());
+    }
+
+    use rollcall_protocol::{Change, Entry, ErrorCode, Json, ServerMessage};
+
+    /// What a full parse of `frame` finds: `(latencies, cross-node latencies)` of the
+    /// upserts from clients other than `own` whose data has a top-level integer `ts`.
+    fn parsed(frame: &str, own: u64, now_us: u64) -> (Vec<u64>, Vec<u64>) {
+        let (mut out, mut cross) = (Vec::new(), Vec::new());
+        if let Ok(ServerMessage::Changes { changes, .. }) = ServerMessage::from_json(frame) {
+            for change in changes {
+                let Change::Upsert {
+                    client_id, data, ..
+                } = change
+                else {
+                    continue;
+                };
+                let value: serde_json::Value = data.to_value().expect("data is JSON");
+                let Some(ts) = value.get("ts").and_then(serde_json::Value::as_u64) else {
+                    continue;
+                };
+                if client_id == own {
+                    continue;
+                }
+                out.push(now_us.saturating_sub(ts));
+                if client_id >> NODE_SHIFT != own >> NODE_SHIFT {
+                    cross.push(now_us.saturating_sub(ts));
+                }
+            }
+        }
+        (out, cross)
+    }
+
+    fn scanned(frame: &str, own: u64, now_us: u64) -> (Vec<u64>, Vec<u64>) {
+        let (mut out, mut cross) = (Vec::new(), Vec::new());
+        scan_rollcall(frame.as_bytes(), own, now_us, &mut out, &mut cross);
+        (out, cross)
+    }
+
+    fn upsert(client_id: u64, data: &str) -> Change {
+        Change::Upsert {
+            client_id,
+            data: Json::from_text(data).expect(data),
+            expires_at_ms: 1_764_300_030_000,
+            user_id: None,
+        }
+    }
+
+    fn changes(room: &str, changes: Vec<Change>) -> String {
+        ServerMessage::Changes {
+            room: room.into(),
+            server_time_ms: 1_764_300_000_000,
+            changes,
+        }
+        .to_json()
+    }
+
+    const OWN: u64 = 3;
+    const NOW: u64 = 1_000_000;
+    /// A client of node 2 (its id carries the node above `NODE_SHIFT`).
+    const OTHER_NODE: u64 = (2 << NODE_SHIFT) | 5;
+
+    /// Frames as the server writes them (the protocol crate's types).
+    fn frames() -> Vec<(&'static str, String)> {
+        let load = payload(900_000, 1, 80);
+        vec![
+            ("one upsert", changes("r", vec![upsert(7, &load)])),
+            (
+                "several changes per frame",
+                changes(
+                    "pr:room-1",
+                    vec![
+                        upsert(7, &payload(900_000, 1, 40)),
+                        Change::Leave { client_id: 8 },
+                        upsert(OWN, &payload(910_000, 2, 40)),
+                        Change::Expire { client_id: 9 },
+                        upsert(OTHER_NODE, &payload(950_000, 3, 40)),
+                        upsert(11, &payload(990_000, 4, 300)),
+                    ],
+                ),
+            ),
+            (
+                "conflated: the same clients several times",
+                changes(
+                    "r",
+                    vec![
+                        upsert(7, &payload(900_000, 1, 40)),
+                        upsert(7, &payload(920_000, 2, 40)),
+                        Change::Leave { client_id: 7 },
+                        upsert(7, &payload(940_000, 3, 40)),
+                        upsert(OWN, &payload(941_000, 3, 40)),
+                        upsert(OWN, &payload(942_000, 3, 40)),
+                    ],
+                ),
+            ),
+            (
+                "escapes in the data, the room and the user",
+                changes(
+                    r#"r"clientId":1,"data":{"ts":5}"#,
+                    vec![
+                        Change::Upsert {
+                            client_id: 7,
+                            data: Json::from_text(
+                                r#"{"p":"a\"ts\":1,\"clientId\":2\\","ts":900000,"q":"\\\""}"#,
+                            )
+                            .expect("json"),
+                            expires_at_ms: 1,
+                            user_id: Some(r#"u"ts":5,"clientId":6"#.into()),
+                        },
+                        upsert(8, r#"{"s":"}]\"[{","ts":910000}"#),
+                    ],
+                ),
+            ),
+            (
+                "unicode",
+                changes(
+                    "salle-é-🎉",
+                    vec![
+                        upsert(7, r#"{"name":"Zoë 🎉 \u00e9\ud83c\udf89","ts":900000}"#),
+                        upsert(8, r#"{"\u0074s":910000}"#),
+                    ],
+                ),
+            ),
+            (
+                "nested data",
+                changes(
+                    "r",
+                    vec![
+                        upsert(
+                            7,
+                            r#"{"a":{"ts":1,"clientId":2},"b":[{"ts":3}],"ts":900000}"#,
+                        ),
+                        upsert(8, r#"{"a":{"b":{"c":[[{"ts":4}]]}}}"#),
+                        upsert(9, r#"[{"ts":5},900000]"#),
+                        upsert(10, r#"{"clientId":11,"data":{"ts":6}}"#),
+                        upsert(12, &payload(930_000, 1, 40)),
+                    ],
+                ),
+            ),
+            (
+                "own data that looks like another change",
+                changes(
+                    "r",
+                    vec![
+                        upsert(OWN, r#"{"x":{"clientId":7,"data":{"ts":5}}}"#),
+                        upsert(9, &payload(930_000, 1, 40)),
+                    ],
+                ),
+            ),
+            (
+                "data without a usable ts",
+                changes(
+                    "r",
+                    vec![
+                        upsert(7, "null"),
+                        upsert(8, r#"{"x":1}"#),
+                        upsert(9, r#""ts""#),
+                        upsert(10, r#"{"ts":"900000"}"#),
+                        upsert(11, r#"{"ts":900000.5}"#),
+                        upsert(12, r#"{"ts":-5}"#),
+                        upsert(13, r#"{"ts":99999999999999999999}"#),
+                        upsert(14, r#"{"ts":9e5}"#),
+                        upsert(15, r#"{"ts":null}"#),
+                        upsert(17, r#"{"ts":-0}"#),
+                        upsert(18, r#"{"ts":0}"#),
+                        upsert(16, &payload(940_000, 1, 40)),
+                    ],
+                ),
+            ),
+            (
+                "white space kept in the data",
+                changes(
+                    "r",
+                    vec![
+                        upsert(7, "{ \"ts\" : 900000 , \"x\" : 1 }"),
+                        upsert(8, "{\n\t\"x\": [ 1, 2 ],\r\n  \"ts\":\t910000\n}"),
+                    ],
+                ),
+            ),
+            (
+                "duplicate keys: the last wins",
+                changes(
+                    "r",
+                    vec![
+                        upsert(7, r#"{"ts":1,"ts":900000}"#),
+                        upsert(8, r#"{"ts":910000,"ts":"late"}"#),
+                    ],
+                ),
+            ),
+            (
+                "a snapshot",
+                ServerMessage::Snapshot {
+                    room: "r".into(),
+                    server_time_ms: 1,
+                    entries: vec![Entry {
+                        client_id: 7,
+                        data: Json::from_text(load.clone()).expect("json"),
+                        expires_at_ms: 5,
+                        user_id: None,
+                    }],
+                }
+                .to_json(),
+            ),
+            (
+                "a broadcast",
+                ServerMessage::Broadcast {
+                    room: "r".into(),
+                    client_id: 7,
+                    user_id: None,
+                    data: Json::from_text(load.clone()).expect("json"),
+                    server_time_ms: 1,
+                }
+                .to_json(),
+            ),
+            (
+                "an ack",
+                ServerMessage::Ack {
+                    reference: 4,
+                    expires_at_ms: Some(5),
+                }
+                .to_json(),
+            ),
+            (
+                "an error",
+                ServerMessage::Error {
+                    code: ErrorCode::RateLimited,
+                    message: r#"{"type":"changes","changes":[{"clientId":7,"data":{"ts":1}}]}"#
+                        .into(),
+                    reference: None,
+                    room: Some("r".into()),
+                }
+                .to_json(),
+            ),
+            ("an empty changes", changes("r", vec![])),
+        ]
+    }
+
+    #[test]
+    fn errors_are_told_from_every_other_frame() {
+        for (name, frame) in frames() {
+            let error = matches!(
+                ServerMessage::from_json(&frame),
+                Ok(ServerMessage::Error { .. })
+            );
+            assert_eq!(is_error(frame.as_bytes()), error, "{name}: {frame}");
+        }
+    }
+
+    /// Every frame of `frames()`, scanned and parsed in full: the scanner must find
+    /// exactly what the parse finds.
+    #[test]
+    fn scanner_finds_what_a_full_parse_finds() {
+        let mut failures = Vec::new();
+        for (name, frame) in frames() {
+            let want = parsed(&frame, OWN, NOW);
+            let got = scanned(&frame, OWN, NOW);
+            if got != want {
+                failures.push(format!(
+                    "{name}: scanned {got:?}, parsed {want:?}\n  {frame}"
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    // Regression tests: each of these frames fooled the scanner that searched the
+    // frame's bytes for `"clientId":` and `"ts":`.
+
+    #[test]
+    fn scan_ignores_ts_and_client_ids_nested_in_data() {
+        let frame = changes(
+            "r",
+            vec![
+                upsert(
+                    7,
+                    r#"{"a":{"ts":1,"clientId":2},"b":[{"ts":3}],"ts":900000}"#,
+                ),
+                upsert(8, r#"{"clientId":11,"data":{"ts":6}}"#),
+            ],
+        );
+        assert_eq!(scanned(&frame, OWN, NOW), (vec![100_000], vec![]));
+    }
+
+    #[test]
+    fn scan_skips_own_data_that_looks_like_a_change() {
+        let frame = changes(
+            "r",
+            vec![
+                upsert(OWN, r#"{"x":{"clientId":7,"data":{"ts":5}}}"#),
+                upsert(9, r#"{"ts":930000}"#),
+            ],
+        );
+        assert_eq!(scanned(&frame, OWN, NOW), (vec![70_000], vec![]));
+    }
+
+    #[test]
+    fn scan_never_takes_ts_from_a_later_change() {
+        let frame = changes(
+            "r",
+            vec![
+                upsert(7, "null"),
+                upsert(8, r#"{"x":1}"#),
+                upsert(OWN, r#"{"ts":990000}"#),
+            ],
+        );
+        assert_eq!(scanned(&frame, OWN, NOW), (vec![], vec![]));
+    }
+
+    #[test]
+    fn scan_counts_only_integer_ts() {
+        for data in [
+            r#"{"ts":"900000"}"#,
+            r#"{"ts":900000.5}"#,
+            r#"{"ts":-5}"#,
+            r#"{"ts":9e5}"#,
+            r#"{"ts":99999999999999999999}"#,
+            r#"{"ts":null}"#,
+        ] {
+            let frame = changes("r", vec![upsert(7, data)]);
+            assert_eq!(scanned(&frame, OWN, NOW), (vec![], vec![]), "{data}");
+        }
+    }
+
+    #[test]
+    fn scan_reads_data_with_white_space() {
+        let frame = changes(
+            "r",
+            vec![upsert(7, "{ \"x\" : [ 1 ],\n\t\"ts\" :\r\n 900000 }")],
+        );
+        assert_eq!(scanned(&frame, OWN, NOW), (vec![100_000], vec![]));
+    }
+
+    #[test]
+    fn scan_takes_the_last_of_duplicate_keys() {
+        let frame = changes(
+            "r",
+            vec![
+                upsert(7, r#"{"ts":1,"ts":900000}"#),
+                upsert(8, r#"{"ts":910000,"ts":"late"}"#),
+            ],
+        );
+        assert_eq!(scanned(&frame, OWN, NOW), (vec![100_000], vec![]));
+    }
+
+    #[test]
+    fn scan_reads_escaped_keys() {
+        let frame = changes("r", vec![upsert(7, r#"{"\u0074s":900000}"#)]);
+        assert_eq!(scanned(&frame, OWN, NOW), (vec![100_000], vec![]));
+    }
+
+    #[test]
+    fn scan_adds_nothing_for_a_frame_it_cannot_read() {
+        let mut frame = changes("r", vec![upsert(7, r#"{"ts":900000}"#), upsert(8, "{}")]);
+        frame.truncate(frame.len() - 10);
+        let (mut out, mut cross) = (vec![1], Vec::new());
+        scan_rollcall(frame.as_bytes(), OWN, NOW, &mut out, &mut cross);
+        assert_eq!(
+            out,
+            vec![1],
+            "what was there before stays, nothing is added"
+        );
+        let deep = format!(
+            r#"{{"type":"changes","changes":[{{"op":"upsert","clientId":7,"data":{}"#,
+            "[".repeat(100_000)
+        );
+        scan_rollcall(deep.as_bytes(), OWN, NOW, &mut out, &mut cross);
+        assert_eq!(out, vec![1]);
     }
 
     #[test]

@@ -1,9 +1,14 @@
 import { ClockSync } from "./clock.js";
 import { loadWebSocket } from "./loaders.js";
 import { RollcallError } from "./errors.js";
-import { CLOSE, MAX_INTERVAL_MS, type ServerErrorCode } from "./protocol.gen.js";
-import { DEFAULT_LIMITS, isClientId, PresenceView, Room, roomNameProblem, type Limits, type RoomHost, type WireEntry } from "./presence.js";
+import { CLOSE, MAX_INTERVAL_MS } from "./protocol.gen.js";
+import { PresenceView } from "./presence.js";
+import { DEFAULT_LIMITS, Room, type Limits, type RoomHost } from "./room.js";
 import { errorMessage, makeCodec, type Codec } from "./schema.js";
+import { AUTH_REFUSALS, backoffDelayMs, closeSocket, detach, normalizeUrls, OPEN, TERMINAL_CLOSE, upgradeStatusOf, type Socket, type SocketCtor } from "./socket.js";
+import { jwtExpiryMs, renewalDelayMs } from "./token.js";
+import { isClientId, MAX_TIMER_MS, monotonic, roomNameProblem, utf8Length, withTimeout } from "./util.js";
+import { decode, encode, type ClientMessageOf, type ClientRequest, type ReceivedServerMessage } from "./wire.js";
 import type {
   BroadcastInput,
   BroadcastOutput,
@@ -25,52 +30,39 @@ import type {
 /** The most entries a `sample()` may ask for (the server's `MAX_SAMPLE_LIMIT`). */
 const MAX_SAMPLE_LIMIT = 1_000;
 
+/** A sampled entry as the server sent it (values checked). */
+interface SampledEntry {
+  readonly data: unknown;
+  readonly expiresAtMs: number;
+  readonly userId: string | undefined;
+}
+
 /** A room watched with `sample()`. */
 interface Sampled {
   readonly limit: number;
   readonly intervalMs: number;
   readonly listeners: Set<(s: Sample) => void>;
-  /** The sample's entries as the server sent them, oldest first (a Map keeps insertion order). */
-  entries: Map<number, WireEntry & { userId?: unknown }>;
+  /** The sample's entries, oldest first (a Map keeps insertion order). */
+  entries: Map<number, SampledEntry>;
   /** The room's counts, once the snapshot came. */
   counts: { entryCount: number; userCount: number } | undefined;
 }
 
 function sampleSubscribe(room: string, s: Sampled): string {
-  return JSON.stringify({ type: "subscribe", room, mode: "sample", limit: s.limit, ...(s.intervalMs > 0 ? { intervalMs: s.intervalMs } : {}) });
+  return encode({ type: "subscribe", room, mode: "sample", limit: s.limit, ...(s.intervalMs > 0 ? { intervalMs: s.intervalMs } : {}) });
 }
 
-/** The socket as the SDK drives it (the DOM WebSocket and `ws` both fit). */
-interface Socket {
-  readonly readyState: number;
-  send(data: string): void;
-  close(code?: number, reason?: string): void;
-  terminate?: () => void;
-  onopen: ((ev: unknown) => void) | null;
-  onmessage: ((ev: { data: unknown }) => void) | null;
-  onclose: ((ev: { code?: number; reason?: string }) => void) | null;
-  onerror: ((ev: unknown) => void) | null;
+/** A snapshot entry or an upsert as received, if its fields are of the right types. */
+function sampledEntry(e: { readonly data?: unknown; readonly expiresAtMs?: unknown; readonly userId?: unknown }): SampledEntry | undefined {
+  if (typeof e.expiresAtMs !== "number") return undefined;
+  return { data: e.data, expiresAtMs: e.expiresAtMs, userId: typeof e.userId === "string" ? e.userId : undefined };
 }
-type SocketCtor = new (url: string) => Socket;
 
-const OPEN = 1;
+/** A server message of one `type`, as received (values still unchecked). */
+type Received<K extends ReceivedServerMessage["type"]> = Extract<ReceivedServerMessage, { type: K }>;
 
 /** The default of `heartbeatThrottleMs`. */
 export const DEFAULT_HEARTBEAT_THROTTLE_MS = 50;
-
-/** Error codes the server sends before closing with 4003 (docs/protocol.md). */
-const AUTH_REFUSALS = new Set<string>(["unauthorized", "invalid_token", "token_expired"] satisfies ServerErrorCode[]);
-
-/** Close codes after which the client must not reconnect (docs/protocol.md). */
-const TERMINAL_CLOSE: Record<number, { code: string; message: string }> = {
-  [CLOSE.BAD_HELLO]: { code: "bad_hello", message: "the server rejected the hello message (4000)" },
-  [CLOSE.REPLACED]: { code: "replaced", message: "another connection resumed this client id (4001)" },
-  [CLOSE.UNAUTHORIZED]: { code: "auth_failed", message: "authentication failed (4003)" },
-  // A client bug: reconnecting would only repeat it.
-  [CLOSE.PROTOCOL_ERROR]: { code: "protocol_error", message: "the server closed the connection on a protocol error (1002)" },
-  [CLOSE.INVALID_PAYLOAD]: { code: "invalid_payload", message: "the server closed the connection: a message was not valid UTF-8 (1007)" },
-  [CLOSE.MESSAGE_TOO_BIG]: { code: "message_too_large", message: "the server closed the connection: a message was too large (1009)" },
-};
 
 /** Creates a client and starts connecting at once. */
 export function createClient(options: ClientOptions): RollcallClient {
@@ -210,7 +202,7 @@ class Client implements RollcallClient, RoomHost {
     if (!r) {
       r = new Room(room, this);
       this.rooms.set(room, r);
-      if (this.st === "connected") this.send(JSON.stringify({ type: "subscribe", room }));
+      if (this.st === "connected") this.send(encode({ type: "subscribe", room }));
     }
     const view = new PresenceView<unknown, unknown>(r, this, codec, throttleMs, broadcastCodec);
     r.views.add(view);
@@ -227,7 +219,7 @@ class Client implements RollcallClient, RoomHost {
     if (!listeners) {
       listeners = new Set();
       this.watched.set(room, listeners);
-      if (this.st === "connected") this.send(JSON.stringify({ type: "subscribe", room, mode: "occupancy" }));
+      if (this.st === "connected") this.send(encode({ type: "subscribe", room, mode: "occupancy" }));
     }
     const wrapped = (o: Occupancy) => fn(o);
     listeners.add(wrapped);
@@ -235,7 +227,7 @@ class Client implements RollcallClient, RoomHost {
       const now = this.watched.get(room);
       if (!now?.delete(wrapped) || now.size > 0) return;
       this.watched.delete(room);
-      if (this.st === "connected") this.send(JSON.stringify({ type: "unsubscribe", room }));
+      if (this.st === "connected") this.send(encode({ type: "unsubscribe", room }));
     };
   }
 
@@ -263,20 +255,21 @@ class Client implements RollcallClient, RoomHost {
       this.sampled.set(room, s);
       if (this.st === "connected") this.send(sampleSubscribe(room, s));
     }
+    const sampled = s;
     const wrapped = (sample: Sample) => fn(sample);
-    s.listeners.add(wrapped);
+    sampled.listeners.add(wrapped);
     // A later listener of a room already sampled gets the current sample at once.
-    if (s.counts !== undefined) {
-      const current = this.sampleOf(room, s);
+    if (sampled.counts !== undefined) {
+      const current = this.sampleOf(room, sampled);
       queueMicrotask(() => {
-        if (s.listeners.has(wrapped)) this.callSample(wrapped, current);
+        if (sampled.listeners.has(wrapped)) this.callSample(wrapped, current);
       });
     }
     return () => {
       const now = this.sampled.get(room);
       if (!now?.listeners.delete(wrapped) || now.listeners.size > 0) return;
       this.sampled.delete(room);
-      if (this.st === "connected") this.send(JSON.stringify({ type: "unsubscribe", room }));
+      if (this.st === "connected") this.send(encode({ type: "unsubscribe", room }));
     };
   }
 
@@ -289,7 +282,7 @@ class Client implements RollcallClient, RoomHost {
         data: e.data,
         expiresAtMs: Math.round(e.expiresAtMs - offset),
       };
-      if (typeof e.userId === "string") entry.userId = e.userId;
+      if (e.userId !== undefined) entry.userId = e.userId;
       entries.push(entry);
     }
     return { room, entries, entryCount: s.counts?.entryCount ?? 0, userCount: s.counts?.userCount ?? 0 };
@@ -304,24 +297,30 @@ class Client implements RollcallClient, RoomHost {
   }
 
   /** Applies a sampled room's message; false if the room is not sampled. */
-  private onSampleMessage(msg: Record<string, unknown>): boolean {
+  private onSampleMessage(msg: Received<"snapshot"> | Received<"changes"> | Received<"occupancy">): boolean {
     const room = typeof msg.room === "string" ? msg.room : undefined;
     const s = room === undefined ? undefined : this.sampled.get(room);
     if (room === undefined || s === undefined) return false;
-    const counted = typeof msg.entryCount === "number" && typeof msg.userCount === "number";
+    const counted = msg.type === "changes" ? undefined : { entryCount: msg.entryCount, userCount: msg.userCount };
+    const counts =
+      counted && typeof counted.entryCount === "number" && typeof counted.userCount === "number" ? { entryCount: counted.entryCount, userCount: counted.userCount } : undefined;
     if (msg.type === "snapshot" && Array.isArray(msg.entries)) {
       s.entries = new Map();
-      for (const e of msg.entries as WireEntry[]) if (isClientId(e.clientId)) s.entries.set(e.clientId, e);
-      if (counted) s.counts = { entryCount: msg.entryCount as number, userCount: msg.userCount as number };
+      for (const e of msg.entries as ReadonlyArray<Record<string, unknown>>) {
+        const entry = sampledEntry(e);
+        if (isClientId(e.clientId) && entry) s.entries.set(e.clientId, entry);
+      }
+      if (counts) s.counts = counts;
     } else if (msg.type === "changes" && Array.isArray(msg.changes)) {
-      for (const c of msg.changes as Array<Record<string, unknown>>) {
+      for (const c of msg.changes as ReadonlyArray<Record<string, unknown>>) {
         if (!isClientId(c.clientId)) continue;
         // An entry joining the sample is newer than every sampled one: it goes last.
-        if (c.op === "upsert" && typeof c.expiresAtMs === "number") s.entries.set(c.clientId, c as unknown as WireEntry);
+        const entry = c.op === "upsert" ? sampledEntry(c) : undefined;
+        if (entry) s.entries.set(c.clientId, entry);
         else if (c.op === "leave" || c.op === "expire") s.entries.delete(c.clientId);
       }
-    } else if (msg.type === "occupancy" && counted) {
-      s.counts = { entryCount: msg.entryCount as number, userCount: msg.userCount as number };
+    } else if (msg.type === "occupancy" && counts) {
+      s.counts = counts;
     } else {
       return true;
     }
@@ -361,8 +360,8 @@ class Client implements RollcallClient, RoomHost {
   send(message: string): boolean {
     const ws = this.ws;
     if (!ws || ws.readyState !== OPEN) return false;
-    if (message.length * 3 > this.limits.maxMessageBytes && utf8Bytes(message) > this.limits.maxMessageBytes) {
-      this.report(new RollcallError("local", "message_too_large", `a message of ${utf8Bytes(message)} bytes exceeds the server's limit of ${this.limits.maxMessageBytes}`));
+    if (message.length * 3 > this.limits.maxMessageBytes && utf8Length(message) > this.limits.maxMessageBytes) {
+      this.report(new RollcallError("local", "message_too_large", `a message of ${utf8Length(message)} bytes exceeds the server's limit of ${this.limits.maxMessageBytes}`));
       return false;
     }
     try {
@@ -374,11 +373,11 @@ class Client implements RollcallClient, RoomHost {
     }
   }
 
-  request(message: Record<string, unknown>): Promise<boolean> {
+  request(message: ClientRequest): Promise<boolean> {
     const ref = this.nextRef++;
     return new Promise<boolean>((resolve) => {
       this.acks.set(ref, resolve);
-      if (!this.send(JSON.stringify({ ...message, ref }))) {
+      if (!this.send(encode({ ...message, ref }))) {
         this.acks.delete(ref);
         resolve(false);
       }
@@ -392,7 +391,7 @@ class Client implements RollcallClient, RoomHost {
     r.released = true;
     r.dispose();
     this.rooms.delete(r.name);
-    if (this.st === "connected") this.send(JSON.stringify({ type: "unsubscribe", room: r.name }));
+    if (this.st === "connected") this.send(encode({ type: "unsubscribe", room: r.name }));
   }
 
   report(error: RollcallError): void {
@@ -481,12 +480,12 @@ class Client implements RollcallClient, RoomHost {
     this.helloTokenExpMs = token === undefined ? undefined : jwtExpiryMs(token);
     ws.onopen = () => {
       if (this.ws !== ws) return;
-      const hello: { type: "hello"; resume?: string; token?: string; user?: string } = { type: "hello" };
+      const hello: ClientMessageOf<"hello"> = { type: "hello" };
       if (this.resumeToken !== undefined) hello.resume = this.resumeToken;
       if (token !== undefined) hello.token = token;
       if (typeof this.opts.user === "string") hello.user = this.opts.user;
       this.helloSentAt = this.now();
-      this.send(JSON.stringify(hello));
+      this.send(encode(hello));
     };
     ws.onmessage = (ev) => {
       if (this.ws !== ws) return;
@@ -561,12 +560,8 @@ class Client implements RollcallClient, RoomHost {
   private scheduleReconnect(): void {
     if (this.isClosed) return;
     this.setState(this.everConnected ? "reconnecting" : "connecting");
-    const initial = this.opts.reconnect?.initialDelayMs ?? 250;
-    const max = this.opts.reconnect?.maxDelayMs ?? 10_000;
-    const ceiling = Math.min(max, initial * 2 ** Math.min(this.attempt, 30));
+    const delay = backoffDelayMs(this.attempt, this.opts.reconnect);
     this.attempt++;
-    // "Equal jitter": half fixed, half random, so clients restarting together spread out.
-    const delay = ceiling / 2 + Math.random() * (ceiling / 2);
     if (this.reconnectTimer !== undefined) clearTimeout(this.reconnectTimer);
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = undefined;
@@ -580,15 +575,12 @@ class Client implements RollcallClient, RoomHost {
     if (typeof data === "string") text = data;
     else if (data instanceof ArrayBuffer || ArrayBuffer.isView(data)) text = new TextDecoder().decode(data as ArrayBuffer);
     else return;
-    let msg: Record<string, unknown>;
-    try {
-      const parsed: unknown = JSON.parse(text);
-      if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) return;
-      msg = parsed as Record<string, unknown>;
-    } catch {
+    const msg = decode(text);
+    if (msg === null) {
       this.report(new RollcallError("connection", "protocol_error", "the server sent a message that is not JSON"));
       return;
     }
+    if (msg === undefined) return;
     if ((msg.type === "snapshot" || msg.type === "changes" || msg.type === "occupancy") && this.onSampleMessage(msg)) return;
     switch (msg.type) {
       case "welcome":
@@ -596,7 +588,7 @@ class Client implements RollcallClient, RoomHost {
         break;
       case "snapshot": {
         const room = typeof msg.room === "string" ? this.rooms.get(msg.room) : undefined;
-        if (room && Array.isArray(msg.entries)) room.applySnapshot(msg.entries as WireEntry[]);
+        if (room && Array.isArray(msg.entries)) room.applySnapshot(msg.entries);
         break;
       }
       case "changes": {
@@ -606,14 +598,15 @@ class Client implements RollcallClient, RoomHost {
       }
       case "broadcast": {
         const room = typeof msg.room === "string" ? this.rooms.get(msg.room) : undefined;
-        if (room && isClientId(msg.clientId)) room.applyBroadcast(msg);
+        if (room && isClientId(msg.clientId)) room.applyBroadcast(msg.clientId, msg);
         break;
       }
       case "occupancy": {
-        const listeners = typeof msg.room === "string" ? this.watched.get(msg.room) : undefined;
-        if (listeners && typeof msg.entryCount === "number" && typeof msg.userCount === "number") {
+        const room = msg.room;
+        const listeners = typeof room === "string" ? this.watched.get(room) : undefined;
+        if (listeners && typeof room === "string" && typeof msg.entryCount === "number" && typeof msg.userCount === "number") {
           const o: Occupancy = {
-            room: msg.room as string,
+            room,
             entryCount: msg.entryCount,
             userCount: msg.userCount,
             serverTimeMs: typeof msg.serverTimeMs === "number" ? msg.serverTimeMs : 0,
@@ -647,7 +640,7 @@ class Client implements RollcallClient, RoomHost {
     }
   }
 
-  private onWelcome(msg: Record<string, unknown>): void {
+  private onWelcome(msg: Received<"welcome">): void {
     if (!isClientId(msg.clientId)) {
       this.report(new RollcallError("connection", "protocol_error", "welcome without a valid clientId"));
       return;
@@ -668,11 +661,11 @@ class Client implements RollcallClient, RoomHost {
     this.everConnected = true;
     this.setState("connected");
     // Entries of rooms closed while disconnected go first (a reopened room heartbeats after).
-    for (const room of this.pendingLeaves) this.send(JSON.stringify({ type: "leave", room }));
+    for (const room of this.pendingLeaves) this.send(encode({ type: "leave", room }));
     this.pendingLeaves.clear();
     // Restore every room: last heartbeat with the TTL that remains (or a pending leave), then subscribe.
     for (const room of this.rooms.values()) room.onConnected();
-    for (const room of this.watched.keys()) this.send(JSON.stringify({ type: "subscribe", room, mode: "occupancy" }));
+    for (const room of this.watched.keys()) this.send(encode({ type: "subscribe", room, mode: "occupancy" }));
     for (const [room, s] of this.sampled) this.send(sampleSubscribe(room, s));
     this.startPinging();
     this.scheduleReauth();
@@ -703,10 +696,10 @@ class Client implements RollcallClient, RoomHost {
     const ref = this.nextRef++;
     this.pings.set(ref, this.now());
     if (this.pings.size > 16) this.pings.delete(this.pings.keys().next().value as number);
-    this.send(JSON.stringify({ type: "ping", ref }));
+    this.send(encode({ type: "ping", ref }));
   }
 
-  private onPong(msg: Record<string, unknown>): void {
+  private onPong(msg: Received<"pong">): void {
     if (typeof msg.ref !== "number") return;
     const sentAt = this.pings.get(msg.ref);
     if (sentAt === undefined) return;
@@ -716,7 +709,7 @@ class Client implements RollcallClient, RoomHost {
     if (++this.syncPings < 4 && this.st === "connected") this.ping();
   }
 
-  private onServerError(msg: Record<string, unknown>): void {
+  private onServerError(msg: Received<"error">): void {
     const ref = typeof msg.ref === "number" ? msg.ref : undefined;
     if (ref !== undefined) {
       const done = this.acks.get(ref);
@@ -760,7 +753,7 @@ class Client implements RollcallClient, RoomHost {
     if (typeof this.opts.token !== "function" || exp === undefined || this.isClosed) return;
     const remaining = exp - (this.now() + this.clock.offset);
     if (remaining <= 0) return; // the server closes with 4004 and we reconnect
-    const due = Math.max(Math.min(0.8 * remaining, remaining - 30_000), 0.5 * remaining);
+    const due = renewalDelayMs(remaining);
     // setTimeout fires at once for delays beyond 2^31 - 1 ms (~24.8 days): check again later.
     const tooFar = due > MAX_TIMER_MS;
     const gen = this.generation;
@@ -802,7 +795,7 @@ class Client implements RollcallClient, RoomHost {
       this.tokenExpMs = exp;
       this.scheduleReauth();
     });
-    if (!this.send(JSON.stringify({ type: "auth", token, ref }))) this.acks.delete(ref);
+    if (!this.send(encode({ type: "auth", token, ref }))) this.acks.delete(ref);
   }
 
   /** Terminal: no more reconnects, timers or notifications; `waitForConnected()` rejects with `error`. */
@@ -847,7 +840,7 @@ class Client implements RollcallClient, RoomHost {
         if (!room.own && !room.serverMayHaveEntry) continue;
         const ref = this.nextRef++;
         acks.push(new Promise<boolean>((resolve) => this.acks.set(ref, resolve)));
-        this.send(JSON.stringify({ type: "leave", room: room.name, ref }));
+        this.send(encode({ type: "leave", room: room.name, ref }));
         room.own = null;
         room.serverMayHaveEntry = false;
       }
@@ -861,101 +854,8 @@ class Client implements RollcallClient, RoomHost {
   }
 }
 
-/** The longest delay `setTimeout` honours (2^31 - 1 ms). */
-const MAX_TIMER_MS = 2_147_483_647;
-
-/**
- * The `exp` claim of a JWT, in ms since the epoch; `undefined` if the token is not a
- * JWT or has no numeric `exp`. The signature is not checked: this only schedules the
- * renewal, the server verifies.
- */
-export function jwtExpiryMs(token: string): number | undefined {
-  const parts = token.split(".");
-  if (parts.length < 2 || !parts[1]) return undefined;
-  try {
-    const base64 = parts[1].replace(/-/g, "+").replace(/_/g, "/");
-    const padded = base64 + "=".repeat((4 - (base64.length % 4)) % 4);
-    const json = new TextDecoder().decode(Uint8Array.from(atob(padded), (c) => c.charCodeAt(0)));
-    const payload: unknown = JSON.parse(json);
-    if (typeof payload !== "object" || payload === null) return undefined;
-    const exp = (payload as { exp?: unknown }).exp;
-    return typeof exp === "number" && Number.isFinite(exp) ? exp * 1000 : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-function detach(ws: Socket): void {
-  ws.onopen = null;
-  ws.onmessage = null;
-  ws.onclose = null;
-  ws.onerror = () => {};
-}
-
-/** Closes with 1000 and waits for the close event, at most `timeoutMs`. */
-function closeSocket(ws: Socket, timeoutMs: number): Promise<void> {
-  return new Promise<void>((resolve) => {
-    const state = ws.readyState;
-    if (state === 3 /* CLOSED */) {
-      detach(ws);
-      resolve();
-      return;
-    }
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const done = () => {
-      if (timer !== undefined) clearTimeout(timer);
-      timer = undefined;
-      detach(ws);
-      resolve();
-    };
-    ws.onopen = null;
-    ws.onmessage = null;
-    ws.onclose = done;
-    ws.onerror = () => {};
-    timer = setTimeout(() => {
-      try {
-        ws.terminate?.();
-      } catch {
-        /* ignore */
-      }
-      done();
-    }, timeoutMs);
-    try {
-      if (state === 0 /* CONNECTING */ && typeof ws.terminate === "function") ws.terminate();
-      else ws.close(1000, "client closed");
-    } catch {
-      done();
-    }
-  });
-}
-
-function withTimeout<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
-  return new Promise<T | undefined>((resolve) => {
-    const timer = setTimeout(() => resolve(undefined), ms);
-    p.then(
-      (v) => {
-        clearTimeout(timer);
-        resolve(v);
-      },
-      () => {
-        clearTimeout(timer);
-        resolve(undefined);
-      },
-    );
-  });
-}
-
 function closedError(): RollcallError {
   return new RollcallError("local", "closed", "the client was closed");
-}
-
-/** The HTTP status in ws's "Unexpected server response: 403" error, if that is what `ev` is. */
-function upgradeStatusOf(ev: unknown): number | undefined {
-  if (typeof ev !== "object" || ev === null) return undefined;
-  const e = ev as { message?: unknown; error?: { message?: unknown } };
-  const message = typeof e.message === "string" ? e.message : typeof e.error?.message === "string" ? e.error.message : "";
-  const m = /Unexpected server response: (\d{3})/.exec(message);
-  return m ? Number(m[1]) : undefined;
 }
 
 function throttleOption(v: unknown, where: string): number {
@@ -964,32 +864,3 @@ function throttleOption(v: unknown, where: string): number {
   return v;
 }
 
-function normalizeUrls(url: unknown): string[] {
-  if (Array.isArray(url)) {
-    if (url.length === 0) throw new TypeError("createClient({ url }): the list of URLs is empty");
-    return url.map((u) => normalizeUrl(u));
-  }
-  return [normalizeUrl(url)];
-}
-
-function normalizeUrl(url: unknown): string {
-  if (typeof url !== "string") throw new TypeError("createClient({ url }): url must be a string like ws://127.0.0.1:7700/ws, or a non-empty array of them");
-  let u: URL;
-  try {
-    u = new URL(url);
-  } catch {
-    throw new TypeError(`createClient({ url }): not a URL: ${JSON.stringify(url)}`);
-  }
-  if (u.protocol === "http:") u.protocol = "ws:";
-  else if (u.protocol === "https:") u.protocol = "wss:";
-  if (u.protocol !== "ws:" && u.protocol !== "wss:") throw new TypeError(`createClient({ url }): expected a ws:// or wss:// URL, got ${JSON.stringify(url)}`);
-  return u.toString();
-}
-
-function utf8Bytes(s: string): number {
-  return new TextEncoder().encode(s).length;
-}
-
-function monotonic(): number {
-  return typeof performance !== "undefined" ? performance.now() : Date.now();
-}

@@ -1,6 +1,11 @@
 // Public types of rollcall-client. Kept free of any runtime import so that the
 // emitted .d.ts files never require `effect`, `zod` or `ws` to be installed.
 
+import type { ServerMessage } from "./protocol.gen.js";
+
+/** One server message, by its `type` (the shapes are generated from the protocol crate). */
+type ServerMessageOf<K extends ServerMessage["type"]> = Extract<ServerMessage, { type: K }>;
+
 /** One live entry of a room, as seen by this client. */
 export interface PresenceEntry<T> {
   /** The data the client sent with its last heartbeat (decoded by the schema, if any). */
@@ -61,15 +66,12 @@ export interface PresenceOptions<BS extends PresenceSchema | undefined = Presenc
   broadcastSchema?: BS;
 }
 
-/** Who sent a broadcast. */
-export interface BroadcastSender {
-  /** The sender's client id. */
-  clientId: number;
-  /** The sender's user (its token's `sub`), only when the server uses auth. */
-  userId?: string;
-  /** When the server relayed it (server clock, Unix milliseconds). */
-  serverTimeMs: number;
-}
+/**
+ * Who sent a broadcast: `clientId`, `userId` (the sender's token `sub`, only when the
+ * server uses auth) and `serverTimeMs` (when the server relayed it), as the wire
+ * message carries them.
+ */
+export type BroadcastSender = Pick<ServerMessageOf<"broadcast">, "clientId" | "userId" | "serverTimeMs">;
 
 /** The type a `broadcastSchema` decodes to (`unknown` without one). */
 export type BroadcastOutput<BS> = [BS] extends [PresenceSchema] ? SchemaOutput<BS> : unknown;
@@ -403,17 +405,13 @@ export interface RollcallClient {
   close(): Promise<void>;
 }
 
-/** A room's counts, as `occupancy()` delivers them. */
-export interface Occupancy {
-  /** The room. */
-  readonly room: string;
-  /** Live entries: one per client (tab, device). */
-  readonly entryCount: number;
-  /** Distinct users among them (`userId`; entries without one are not counted). */
-  readonly userCount: number;
-  /** The server's clock when counted (ms). */
-  readonly serverTimeMs: number;
-}
+/**
+ * A room's counts, as `occupancy()` delivers them: the `occupancy` message without its
+ * `type`: `room`, `entryCount` (live entries, one per client: a tab, a device),
+ * `userCount` (distinct `userId`s among them; entries without one are not counted) and
+ * `serverTimeMs` (the server's clock when counted).
+ */
+export type Occupancy = Readonly<Omit<ServerMessageOf<"occupancy">, "type">>;
 
 /** What `sample()` asks for. */
 export interface SampleOptions {

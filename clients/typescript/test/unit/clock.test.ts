@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { ClockSync } from "../../src/clock.js";
-import { jsonEqual, roomNameProblem, utf8Length } from "../../src/presence.js";
+import { jsonEqual, roomNameProblem, utf8Length } from "../../src/util.js";
 
 describe("ClockSync", () => {
   it("estimates offset = serverTime - midpoint, and the smallest round trip wins", () => {
