@@ -112,6 +112,15 @@ fn generated() -> String {
         "export const MAX_INTERVAL_MS = {};",
         limits::MAX_INTERVAL_MS
     );
+    let _ = writeln!(
+        out,
+        "/** The most entries a `sample` subscription may ask for (`limit`). */"
+    );
+    let _ = writeln!(
+        out,
+        "export const MAX_SAMPLE_LIMIT = {};",
+        limits::MAX_SAMPLE_LIMIT
+    );
     let _ = writeln!(out, "/** The longest room name, in bytes of UTF-8. */");
     let _ = writeln!(
         out,

@@ -1,7 +1,7 @@
 import { ClockSync } from "./clock.js";
 import { loadWebSocket } from "./loaders.js";
 import { RollcallError } from "./errors.js";
-import { CLOSE, MAX_INTERVAL_MS } from "./protocol.gen.js";
+import { CLOSE, MAX_INTERVAL_MS, MAX_SAMPLE_LIMIT } from "./protocol.gen.js";
 import { PresenceView } from "./presence.js";
 import { DEFAULT_LIMITS, Room, type Limits, type RoomHost } from "./room.js";
 import { errorMessage, makeCodec, type Codec } from "./schema.js";
@@ -26,9 +26,6 @@ import type {
   SchemaInput,
   SchemaOutput,
 } from "./types.js";
-
-/** The most entries a `sample()` may ask for (the server's `MAX_SAMPLE_LIMIT`). */
-const MAX_SAMPLE_LIMIT = 1_000;
 
 /** A sampled entry as the server sent it (values checked). */
 interface SampledEntry {

@@ -68,6 +68,8 @@ export const DEFAULT_LIMITS = {
 
 /** The longest `intervalMs` a subscription may ask for. */
 export const MAX_INTERVAL_MS = 60000;
+/** The most entries a `sample` subscription may ask for (`limit`). */
+export const MAX_SAMPLE_LIMIT = 1000;
 /** The longest room name, in bytes of UTF-8. */
 export const MAX_ROOM_BYTES = 256;
 /** The deepest nesting of arrays and objects in `data`. */
