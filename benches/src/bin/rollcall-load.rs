@@ -1383,6 +1383,8 @@ mod tests {
                         expires_at_ms: 5,
                         user_id: None,
                     }],
+                    entry_count: None,
+                    user_count: None,
                 }
                 .to_json(),
             ),
