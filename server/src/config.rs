@@ -143,10 +143,7 @@ pub struct NatsConfig {
 impl std::fmt::Debug for NatsConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NatsConfig")
-            .field(
-                "servers",
-                &crate::cluster::nats::redacted(&self.servers).join(","),
-            )
+            .field("servers", &redacted(&self.servers).join(","))
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| ".."))
             .field("token", &self.token.as_ref().map(|_| ".."))
@@ -197,4 +194,23 @@ impl Default for ServerConfig {
             webhooks: None,
         }
     }
+}
+
+/// `url` with any credentials replaced by `***`, for messages.
+pub(crate) fn redact_one(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => url.to_owned(),
+        },
+        None => match url.rsplit_once('@') {
+            Some((_, host)) => format!("***@{host}"),
+            None => url.to_owned(),
+        },
+    }
+}
+
+/// The URLs with their credentials replaced by `***`.
+pub(crate) fn redacted(servers: &[String]) -> Vec<String> {
+    servers.iter().map(|s| redact_one(s)).collect()
 }

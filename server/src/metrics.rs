@@ -467,8 +467,8 @@ impl Metrics {
         clippy::unused_self,
         reason = "called on the handles like every other metric"
     )]
-    pub fn cluster_rejected(&self, reason: crate::cluster::Reject) {
-        counter!("rollcall_cluster_rejected_total", "reason" => reason.as_str()).increment(1);
+    pub fn cluster_rejected(&self, reason: &'static str) {
+        counter!("rollcall_cluster_rejected_total", "reason" => reason).increment(1);
     }
 }
 

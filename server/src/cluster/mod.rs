@@ -689,7 +689,7 @@ impl Node {
     }
 
     fn reject(&self, reject: Reject, what: &str) {
-        self.hub.metrics().cluster_rejected(reject);
+        self.hub.metrics().cluster_rejected(reject.as_str());
         tracing::debug!(
             reason = reject.as_str(),
             what,

@@ -8,7 +8,7 @@
 use async_nats::{ConnectOptions, ServerAddr};
 use url::Url;
 
-use crate::config::NatsConfig;
+use crate::config::{NatsConfig, redact_one};
 
 /// Credentials found in the URLs or the flags.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,25 +71,6 @@ fn decode(part: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// `url` with any credentials replaced by `***`, for messages.
-fn redact_one(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((_, host)) => format!("{scheme}://***@{host}"),
-            None => url.to_owned(),
-        },
-        None => match url.rsplit_once('@') {
-            Some((_, host)) => format!("***@{host}"),
-            None => url.to_owned(),
-        },
-    }
-}
-
-/// The URLs with their credentials replaced by `***`.
-pub fn redacted(servers: &[String]) -> Vec<String> {
-    servers.iter().map(|s| redact_one(s)).collect()
 }
 
 /// Takes `config` apart: the servers without credentials and how to log in. Every
@@ -230,6 +211,7 @@ fn check_readable(path: &std::path::Path, flag: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::redacted;
 
     fn config(servers: &[&str]) -> NatsConfig {
         NatsConfig {

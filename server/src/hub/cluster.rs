@@ -434,7 +434,7 @@ impl Hub {
                 match shard.upsert_remote(room, origin, entry, max_entries, now) {
                     Ok(Some(change)) => shard.fan_out(&change),
                     Ok(None) => {}
-                    Err(reject) => self.metrics.cluster_rejected(reject),
+                    Err(reject) => self.metrics.cluster_rejected(reject.as_str()),
                 }
             }
             let gone = shard
@@ -446,7 +446,7 @@ impl Hub {
                 match shard.remove_remote(room, origin, client, ChangeKind::Leave, now) {
                     Ok(Some(change)) => shard.fan_out(&change),
                     Ok(None) => {}
-                    Err(reject) => self.metrics.cluster_rejected(reject),
+                    Err(reject) => self.metrics.cluster_rejected(reject.as_str()),
                 }
             }
             if let Some(merge) = &mut shard.merge {
