@@ -2,20 +2,7 @@
 
 use rollcall_tests::jwt::hs256;
 use rollcall_tests::{Raw, RawEvent, Server};
-use serde_json::{Value, json};
-
-/// Messages up to and including the first of type `kind`.
-async fn until_collect(raw: &mut Raw, kind: &str) -> Vec<Value> {
-    let mut seen = Vec::new();
-    loop {
-        let message = raw.json().await;
-        let done = message["type"] == kind;
-        seen.push(message);
-        if done {
-            return seen;
-        }
-    }
-}
+use serde_json::json;
 
 async fn subscribed(server: &Server, room: &str) -> (Raw, u64) {
     let (mut raw, welcome) = Raw::hello(&server.ws_url()).await;
@@ -37,7 +24,7 @@ async fn a_broadcast_reaches_the_rooms_subscribers_but_not_the_sender_and_is_not
         .send(r#"{"type":"broadcast","room":"bc:a","data":{"emoji":"🎉"},"ref":7}"#)
         .await;
     // The sender gets its ack, and never its own broadcast.
-    let before_ack = until_collect(&mut sender, "ack").await;
+    let before_ack = sender.through("ack").await;
     assert_eq!(before_ack.last().unwrap()["ref"], 7);
     assert!(
         before_ack.iter().all(|m| m["type"] != "broadcast"),
@@ -54,7 +41,7 @@ async fn a_broadcast_reaches_the_rooms_subscribers_but_not_the_sender_and_is_not
     // Another room's subscriber gets nothing (it was queued, if at all, before this
     // pong's answer).
     elsewhere.send(r#"{"type":"ping","ref":9}"#).await;
-    let seen = until_collect(&mut elsewhere, "pong").await;
+    let seen = elsewhere.through("pong").await;
     assert!(seen.iter().all(|m| m["type"] != "broadcast"), "{seen:?}");
 
     // Never stored: the room has no entries, and no change was sent.
@@ -92,7 +79,7 @@ async fn broadcasts_are_size_and_rate_limited() {
             .await;
     }
     sender.send(r#"{"type":"ping","ref":1000}"#).await;
-    let answers = until_collect(&mut sender, "pong").await;
+    let answers = sender.through("pong").await;
     let limited = answers
         .iter()
         .filter(|m| m["type"] == "error" && m["code"] == "rate_limited")

@@ -739,19 +739,6 @@ async fn raw_subscriber(server: &Server, room: &str, hello: serde_json::Value) -
     (raw, welcome["clientId"].as_u64().unwrap())
 }
 
-/// Messages up to and including the first of type `kind`.
-async fn collect_until(raw: &mut Raw, kind: &str) -> Vec<serde_json::Value> {
-    let mut seen = Vec::new();
-    loop {
-        let message = raw.json().await;
-        let done = message["type"] == kind;
-        seen.push(message);
-        if done {
-            return seen;
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_broadcast_reaches_the_subscribers_of_every_node_once() {
     let Some(nats) = Nats::start() else { return };
@@ -775,7 +762,7 @@ async fn a_broadcast_reaches_the_subscribers_of_every_node_once() {
                 .to_string(),
         )
         .await;
-    let before_ack = collect_until(&mut sender, "ack").await;
+    let before_ack = sender.through("ack").await;
     assert!(
         before_ack.iter().all(|m| m["type"] != "broadcast"),
         "{before_ack:?}"
@@ -800,16 +787,16 @@ async fn a_broadcast_reaches_the_subscribers_of_every_node_once() {
             "the first came once"
         );
         raw.send(r#"{"type":"ping","ref":9}"#).await;
-        let seen = collect_until(raw, "pong").await;
+        let seen = raw.through("pong").await;
         assert!(seen.iter().all(|m| m["type"] != "broadcast"), "{seen:?}");
     }
     // The sender never hears its own broadcast back from the other node.
     sender.send(r#"{"type":"ping","ref":10}"#).await;
-    let seen = collect_until(&mut sender, "pong").await;
+    let seen = sender.through("pong").await;
     assert!(seen.iter().all(|m| m["type"] != "broadcast"), "{seen:?}");
     // Another room's subscriber gets nothing.
     elsewhere.send(r#"{"type":"ping","ref":9}"#).await;
-    let seen = collect_until(&mut elsewhere, "pong").await;
+    let seen = elsewhere.through("pong").await;
     assert!(seen.iter().all(|m| m["type"] != "broadcast"), "{seen:?}");
     // Never stored.
     assert_eq!(
@@ -849,7 +836,7 @@ async fn a_broadcast_reaches_the_subscribers_of_every_node_once() {
         "the replay is refused and counted"
     );
     far.send(r#"{"type":"ping","ref":11}"#).await;
-    let seen = collect_until(&mut far, "pong").await;
+    let seen = far.through("pong").await;
     assert!(
         seen.iter().all(|m| m["type"] != "broadcast"),
         "no forged broadcast, no replay: {seen:?}"

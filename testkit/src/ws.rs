@@ -112,6 +112,19 @@ impl Raw {
             }
         }
     }
+
+    /// The messages up to and including the first with this `type`.
+    pub async fn through(&mut self, kind: &str) -> Vec<Value> {
+        let mut seen = Vec::new();
+        loop {
+            let value = self.json().await;
+            let done = value["type"] == kind;
+            seen.push(value);
+            if done {
+                return seen;
+            }
+        }
+    }
 }
 
 impl Raw {
