@@ -78,6 +78,20 @@ impl AppState {
         let _ = self.inner.hub.set(hub);
     }
 
+    /// The checks of every read of one room: the hub is up, the room's name is valid
+    /// and the token may read it. Returns the hub and the grant (`None`: auth off).
+    fn readable_room(
+        &self,
+        headers: &HeaderMap,
+        room: &str,
+    ) -> Result<(&Arc<Hub>, Option<Grant>), ApiError> {
+        let hub = self.hub()?;
+        hub.limits().check_room(room)?;
+        // The same answer for a room with entries and one without: nothing leaks.
+        let grant = self.authorize(headers, |grant| grant.can_read(room))?;
+        Ok((hub, grant))
+    }
+
     /// With auth on, the request's bearer token must verify and satisfy `allowed`.
     /// Returns the grant (`None` when auth is off).
     fn authorize(

@@ -100,10 +100,7 @@ pub(crate) async fn room(
     headers: HeaderMap,
     Path(room): Path<String>,
 ) -> Result<Response, ApiError> {
-    let hub = state.hub()?;
-    hub.limits().check_room(&room)?;
-    // The same answer for a room with entries and one without: nothing leaks.
-    state.authorize(&headers, |grant| grant.can_read(&room))?;
+    let (hub, _) = state.readable_room(&headers, &room)?;
     let mut body = String::from("{\"room\":");
     protocol::push_json_str(&mut body, &room);
     body.push_str(",\"entries\":");
@@ -129,9 +126,7 @@ pub(crate) async fn users(
     headers: HeaderMap,
     Path(room): Path<String>,
 ) -> Result<Response, ApiError> {
-    let hub = state.hub()?;
-    hub.limits().check_room(&room)?;
-    state.authorize(&headers, |grant| grant.can_read(&room))?;
+    let (hub, _) = state.readable_room(&headers, &room)?;
     let mut entries = room_entries(&state, hub, &room).await;
     let anonymous = entries.iter().filter(|e| e.user.is_none()).count();
     entries.retain(|e| e.user.is_some());
@@ -304,10 +299,8 @@ pub(crate) async fn events(
     headers: HeaderMap,
     Path(room): Path<String>,
 ) -> Result<Response, ApiError> {
-    let hub = state.hub()?;
-    hub.limits().check_room(&room)?;
-    // The same check as reading the room once.
-    let grant = state.authorize(&headers, |grant| grant.can_read(&room))?;
+    // The same checks as reading the room once.
+    let (hub, grant) = state.readable_room(&headers, &room)?;
     let config = &state.inner.config;
     let stream = crate::sse::StreamConfig {
         keep_alive: config.ping_interval,
